@@ -1,0 +1,66 @@
+"""aioipc: Linux inter-process communication as asyncio streams.
+
+Every mechanism is an anyio-compatible stream that you ``await`` and
+``async for``::
+
+    import aioipc
+
+    async def main() -> None:
+        r, w = aioipc.pipe()
+        async with aioipc.framed(r) as rx, aioipc.framed(w) as tx:
+            await tx.send(b"hello")
+            print(await rx.receive())
+
+    aioipc.run(main())
+"""
+
+from __future__ import annotations
+
+from . import fifo, pipes
+from ._address import Address, available_schemes, connect, parse_address, serve
+from ._attributes import IPCAttribute, PeerCredentials
+from ._exceptions import AddressInUse, FrameTooLarge, IPCError, PeerDied, ProtocolError
+from ._objects import Codec, ObjectStream
+from ._runner import run
+from ._server import Server
+from ._streams import (
+    ByteReceiveStream,
+    ByteSendStream,
+    ByteStream,
+    MessageReceiveStream,
+    MessageSendStream,
+    MessageStream,
+    framed,
+)
+from .pipes import pipe
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Address",
+    "AddressInUse",
+    "ByteReceiveStream",
+    "ByteSendStream",
+    "ByteStream",
+    "Codec",
+    "FrameTooLarge",
+    "IPCAttribute",
+    "IPCError",
+    "MessageReceiveStream",
+    "MessageSendStream",
+    "MessageStream",
+    "ObjectStream",
+    "PeerCredentials",
+    "PeerDied",
+    "ProtocolError",
+    "Server",
+    "available_schemes",
+    "connect",
+    "fifo",
+    "framed",
+    "parse_address",
+    "pipe",
+    "pipes",
+    "run",
+    "serve",
+]

@@ -1,0 +1,163 @@
+"""Sans-IO length-prefix framing: bytes in, messages out, no I/O.
+
+Wire format: each message is a 4-byte big-endian unsigned length followed by
+that many payload bytes. Empty messages are allowed.
+
+Rule 1: nothing here reads or writes a file descriptor; the async adapter in
+``_streams`` feeds chunks in and takes messages out.
+Rule 2: a header is checked against ``max_size`` before any byte of its
+payload is buffered, so a peer cannot make us allocate more than
+``max_size + 4 + one chunk``.
+
+Example::
+
+    framer = Framer(max_size=1024)
+    framer.feed(Framer.encode(b"hi") + Framer.encode(b""))
+    assert framer.next_message() == b"hi"
+    assert framer.next_message() == b""
+    assert framer.next_message() is NEED_DATA
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from struct import Struct
+from typing import Final
+
+from ._exceptions import FrameTooLarge, ProtocolError
+
+__all__ = ["DEFAULT_MAX_SIZE", "HEADER", "NEED_DATA", "Framer"]
+
+HEADER: Final = Struct(">I")
+DEFAULT_MAX_SIZE: Final = 16 * 2**20
+_MAX_WIRE_SIZE: Final = 2**32 - 1
+_MIN_READ: Final = 64 * 1024
+
+
+class _Sentinel(enum.Enum):
+    NEED_DATA = "NEED_DATA"
+    EOF = "EOF"
+
+
+NEED_DATA: Final = _Sentinel.NEED_DATA
+"""Returned by :meth:`Framer.next_message` when more bytes are needed."""
+
+EOF: Final = _Sentinel.EOF
+"""Returned by :meth:`Framer.next_message` after a clean end of input."""
+
+
+class Framer:
+    """Decode length-prefixed frames from chunks of bytes, all complete frames in one pass.
+
+    Feed bytes with :meth:`feed` (or read straight into :meth:`get_buffer`
+    and report with :meth:`buffer_updated`); take messages with
+    :meth:`next_message`. ``feed(b"")`` marks the end of input.
+
+    Raises:
+        FrameTooLarge: a header announces more than ``max_size`` bytes.
+        ProtocolError: input ends in the middle of a frame.
+    """
+
+    __slots__ = ("_buf", "_end", "_eof", "_messages", "_need", "_start", "max_size")
+
+    def __init__(self, max_size: int = DEFAULT_MAX_SIZE) -> None:
+        if not 0 <= max_size <= _MAX_WIRE_SIZE:
+            raise ValueError(f"max_size must be between 0 and {_MAX_WIRE_SIZE}")
+        self.max_size = max_size
+        self._buf = bytearray(_MIN_READ)
+        self._start = 0  # first unparsed byte
+        self._end = 0  # end of valid data
+        self._need = HEADER.size  # bytes the next frame needs in the buffer
+        self._messages: deque[bytes] = deque()
+        self._eof = False
+
+    @staticmethod
+    def encode_header(size: int) -> bytes:
+        """The 4-byte header for a payload of ``size`` bytes."""
+        return HEADER.pack(size)
+
+    @staticmethod
+    def encode(message: bytes | bytearray | memoryview) -> bytes:
+        """One whole frame: header and payload."""
+        return HEADER.pack(len(message)) + message
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet returned as messages (excluding parsed messages)."""
+        return self._end - self._start
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        """Add received bytes; ``b""`` means the input has ended."""
+        if not data:
+            self._eof = True
+            return
+        size = len(data)
+        view = self.get_buffer(size)
+        view[:size] = data
+        self.buffer_updated(size)
+
+    def get_buffer(self, size_hint: int = _MIN_READ) -> memoryview:
+        """A writable view to read into; at least ``size_hint`` bytes, or what the pending frame needs."""
+        want = max(size_hint, self._need - (self._end - self._start), 1)
+        if len(self._buf) - self._end < want:
+            self._compact(want)
+        return memoryview(self._buf)[self._end :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """Report that ``nbytes`` were written at the start of the last :meth:`get_buffer` view."""
+        self._end += nbytes
+        if self._end - self._start >= self._need:
+            self._parse()
+
+    def next_message(self) -> bytes | _Sentinel:
+        """The next whole message, :data:`NEED_DATA`, or :data:`EOF` after a clean end.
+
+        Raises:
+            ProtocolError: the input ended inside a frame.
+        """
+        if self._messages:
+            return self._messages.popleft()
+        if self._eof:
+            if self._end != self._start:
+                raise ProtocolError(
+                    f"input ended inside a frame ({self._end - self._start} bytes of it received)"
+                )
+            return EOF
+        return NEED_DATA
+
+    def _compact(self, want: int) -> None:
+        pending = self._end - self._start
+        if pending + want > len(self._buf):
+            new = bytearray(pending + want)
+            new[:pending] = memoryview(self._buf)[self._start : self._end]
+            self._buf = new
+        else:
+            self._buf[:pending] = self._buf[self._start : self._end]
+        self._start = 0
+        self._end = pending
+
+    def _parse(self) -> None:
+        buf = self._buf
+        start, end = self._start, self._end
+        unpack = HEADER.unpack_from
+        max_size = self.max_size
+        append = self._messages.append
+        view = memoryview(buf)
+        while end - start >= 4:
+            (size,) = unpack(buf, start)
+            if size > max_size:
+                raise FrameTooLarge(size, max_size)
+            stop = start + 4 + size
+            if stop > end:
+                self._need = 4 + size
+                break
+            append(bytes(view[start + 4 : stop]))
+            start = stop
+        else:
+            self._need = HEADER.size
+        view.release()
+        if start == end:
+            self._start = self._end = 0
+        else:
+            self._start = start

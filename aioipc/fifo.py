@@ -1,0 +1,218 @@
+"""Named pipes (FIFOs) as async streams, with no blocking ``open()`` on the loop.
+
+Example: a log collector fed by short-lived shell writers::
+
+    async with await aioipc.fifo.create("/tmp/app.log.fifo") as fifo:
+        async with await aioipc.fifo.open_reader(fifo.path, persistent=True) as r:
+            async for chunk in r:        # `echo hi > /tmp/app.log.fifo` from anywhere
+                print(chunk)
+
+Caveats:
+    Writes of at most ``PIPE_BUF`` (4096) bytes are atomic; larger writes from
+    several writers at once may interleave. aioipc keeps each ``send()`` of
+    at most 4096 bytes in one ``write()``. Linux only: a ``persistent``
+    reader opens the FIFO read-write, which POSIX leaves undefined.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from types import TracebackType
+
+import anyio
+
+from ._address import Address, register_scheme
+from ._attributes import IPCAttribute
+from ._fdstream import FdHandle, FdReceiveStream, FdSendStream
+from ._framing import DEFAULT_MAX_SIZE
+from ._server import Server
+from ._streams import MessageReceiveStream, MessageSendStream, framed
+
+__all__ = ["Fifo", "FifoReceiveStream", "FifoSendStream", "create", "open_reader", "open_writer"]
+
+_MAX_BACKOFF = 0.05
+
+
+class FifoReceiveStream(FdReceiveStream):
+    """The reading end of a FIFO (a ``ByteReceiveStream``)."""
+
+
+class FifoSendStream(FdSendStream):
+    """The writing end of a FIFO (a ``ByteSendStream``); a reader that left gives ``BrokenResourceError``."""
+
+
+def _open_checked(path: str, flags: int) -> int:
+    """Open ``path`` without blocking and check it is a FIFO."""
+    fd = os.open(path, flags | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+            raise ValueError(f"{path!r} exists but is not a FIFO")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+class Fifo:
+    """A FIFO this process created or found; removes it on ``aclose()`` if it created it.
+
+    Use :func:`create` to get one.
+    """
+
+    def __init__(self, path: str, *, owned: bool, persist: bool = False) -> None:
+        self.path = path
+        self.owned = owned and not persist
+        self._inode = os.stat(path).st_ino if self.owned else None
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<Fifo path={self.path!r} owned={self.owned}>"
+
+    async def open_reader(self, *, persistent: bool = False) -> FifoReceiveStream:
+        """Same as the module's :func:`open_reader` on this FIFO."""
+        return await open_reader(self.path, persistent=persistent)
+
+    async def open_writer(
+        self, *, wait_for_reader: bool = True, timeout: float | None = None
+    ) -> FifoSendStream:
+        """Same as the module's :func:`open_writer` on this FIFO."""
+        return await open_writer(self.path, wait_for_reader=wait_for_reader, timeout=timeout)
+
+    async def aclose(self) -> None:
+        """Remove the FIFO if this handle created it and it is still the same file (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.owned:
+            try:
+                if os.stat(self.path).st_ino == self._inode:
+                    os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+        await anyio.lowlevel.checkpoint()
+
+    async def __aenter__(self) -> Fifo:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+
+async def create(
+    path: str | os.PathLike[str], mode: int = 0o600, *, exist_ok: bool = False, persist: bool = False
+) -> Fifo:
+    """Create a FIFO; the handle removes it on ``aclose()`` unless ``persist=True``.
+
+    The FIFO gets exactly ``mode`` (0600 by default: only this user), never
+    anything looser, whatever the umask.
+
+    Args:
+        exist_ok: accept an existing FIFO at ``path``; the handle then does
+            not remove it (it did not create it).
+
+    Raises:
+        FileExistsError: ``path`` exists (or exists and is not a FIFO, even with ``exist_ok``).
+        FileNotFoundError: the directory does not exist.
+        PermissionError: the directory is not writable.
+    """
+    path = os.fspath(path)
+    try:
+        os.mkfifo(path, mode & 0o700)
+    except FileExistsError:
+        if exist_ok and stat.S_ISFIFO(os.stat(path).st_mode):
+            return Fifo(path, owned=False)
+        if exist_ok:
+            raise FileExistsError(errno.EEXIST, "exists and is not a FIFO", path) from None
+        raise
+    # Created with at most the owner's bits (minus umask), so never briefly
+    # looser than asked; now set exactly what was asked.
+    os.chmod(path, mode)
+    await anyio.lowlevel.checkpoint()
+    return Fifo(path, owned=True, persist=persist)
+
+
+async def open_reader(path: str | os.PathLike[str], *, persistent: bool = False) -> FifoReceiveStream:
+    """Open a FIFO for reading without blocking the loop.
+
+    A plain reader waits in its first ``receive()`` for a writer, then reads
+    until every writer has closed (``EndOfStream``). A ``persistent`` reader
+    never sees EOF: it keeps reading as writers come and go (it holds the
+    FIFO open read-write, on Linux), until you close it.
+
+    Raises:
+        FileNotFoundError: no such path.
+        ValueError: the path exists but is not a FIFO.
+        PermissionError: no read permission.
+    """
+    path = os.fspath(path)
+    fd = _open_checked(path, os.O_RDWR if persistent else os.O_RDONLY)
+    await anyio.lowlevel.checkpoint()
+    return FifoReceiveStream(FdHandle(fd), extra={IPCAttribute.path: path}, wait_first=not persistent)
+
+
+async def open_writer(
+    path: str | os.PathLike[str], *, wait_for_reader: bool = True, timeout: float | None = None
+) -> FifoSendStream:
+    """Open a FIFO for writing, waiting asynchronously for a reader.
+
+    Never a blocking ``open()``: with no reader, opening fails with ``ENXIO``
+    and is retried with a short backoff (at most 50 ms apart), cancellably.
+
+    Args:
+        wait_for_reader: ``False`` fails at once when no reader has the FIFO open.
+        timeout: seconds to wait for a reader; ``None`` waits for ever.
+
+    Raises:
+        TimeoutError: no reader came within ``timeout``.
+        OSError: ``ENXIO`` with ``wait_for_reader=False`` and no reader.
+        FileNotFoundError, ValueError, PermissionError: as for :func:`open_reader`.
+    """
+    path = os.fspath(path)
+    delay = 0.001
+    with anyio.fail_after(timeout):
+        while True:
+            try:
+                fd = _open_checked(path, os.O_WRONLY)
+                break
+            except OSError as exc:
+                if exc.errno != errno.ENXIO:
+                    raise
+                if not wait_for_reader:
+                    raise OSError(errno.ENXIO, f"no reader has the FIFO open: {path}") from None
+            await anyio.sleep(delay)
+            delay = min(delay * 2, _MAX_BACKOFF)
+    return FifoSendStream(FdHandle(fd), extra={IPCAttribute.path: path}, atomic=True)
+
+
+async def _connect(
+    address: Address, *, framing: str | None, max_size: int = DEFAULT_MAX_SIZE, timeout: float | None = None
+) -> MessageSendStream | FifoSendStream:
+    stream = await open_writer(address.path, timeout=timeout)
+    return stream if framing is None else framed(stream, max_size)
+
+
+async def _serve(
+    address: Address,
+    handler: object,
+    *,
+    framing: str | None,
+    max_size: int = DEFAULT_MAX_SIZE,
+    mode: int = 0o600,
+) -> Server:
+    fifo = await create(address.path, mode)
+    try:
+        reader = await fifo.open_reader(persistent=True)
+    except BaseException:
+        await fifo.aclose()
+        raise
+    stream: MessageReceiveStream | FifoReceiveStream = reader if framing is None else framed(reader, max_size)
+    server = Server(str(address), on_close=fifo.aclose)
+    server.start_handler(handler, stream)  # type: ignore[arg-type]
+    return server
+
+
+register_scheme("fifo", _connect, _serve)

@@ -1,0 +1,56 @@
+"""Every async test runs once on stock asyncio and once on uvloop, and fails on
+any exception the loop reports as unhandled."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvloop
+
+_loop_errors: list[dict[str, Any]] = []
+
+
+def _recording(factory: Callable[[], asyncio.AbstractEventLoop]) -> Callable[[], asyncio.AbstractEventLoop]:
+    def make() -> asyncio.AbstractEventLoop:
+        loop = factory()
+        loop.set_exception_handler(lambda _loop, context: _loop_errors.append(context))
+        return loop
+
+    return make
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> Mapping[str, Any]:
+    return {"asyncio": _recording(asyncio.new_event_loop), "uvloop": _recording(uvloop.new_event_loop)}
+
+
+@pytest.fixture(autouse=True)
+def _fail_on_loop_errors() -> Iterator[None]:
+    _loop_errors.clear()
+    yield
+    errors = list(_loop_errors)
+    _loop_errors.clear()
+    if errors:
+        pytest.fail(f"unhandled exceptions in the event loop: {errors!r}")
+
+
+@pytest.fixture
+def tmp_ipc_dir() -> Iterator[Path]:
+    """A private directory for socket files and FIFOs (short path: sun_path is 108 bytes)."""
+    base = Path("/tmp") / f"aioipc-test-{uuid.uuid4().hex[:10]}"
+    base.mkdir(mode=0o700)
+    yield base
+    for child in base.iterdir():
+        child.unlink()
+    base.rmdir()
+
+
+@pytest.fixture
+def unique_name() -> str:
+    """A name no other test (or earlier run) uses, for kernel objects with global names."""
+    return f"aioipc-test-{os.getpid()}-{uuid.uuid4().hex[:10]}"

@@ -1,0 +1,90 @@
+"""The sans-IO framer: pure, synchronous, property-tested."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from aioipc import FrameTooLarge, ProtocolError
+from aioipc._framing import EOF, NEED_DATA, Framer
+
+
+def decode_all(framer: Framer) -> list[bytes]:
+    out = []
+    while (message := framer.next_message()) not in (NEED_DATA, EOF):
+        assert isinstance(message, bytes)
+        out.append(message)
+    return out
+
+
+@given(
+    messages=st.lists(st.binary(max_size=300), max_size=30),
+    cuts=st.lists(st.integers(min_value=0, max_value=10_000), max_size=20),
+)
+def test_any_split_decodes_to_the_same_messages(messages: list[bytes], cuts: list[int]) -> None:
+    wire = b"".join(Framer.encode(m) for m in messages)
+    points = sorted({c % (len(wire) + 1) for c in cuts} | {0, len(wire)})
+    framer = Framer(max_size=1000)
+    got: list[bytes] = []
+    for a, b in itertools.pairwise(points):
+        framer.feed(wire[a:b])
+        got.extend(decode_all(framer))
+    framer.feed(b"")
+    got.extend(decode_all(framer))
+    assert got == messages
+    assert framer.next_message() is EOF
+
+
+@given(messages=st.lists(st.binary(max_size=5000), max_size=10), chunk=st.integers(1, 70_000))
+def test_reading_into_the_buffer_decodes_the_same(messages: list[bytes], chunk: int) -> None:
+    wire = b"".join(Framer.encode(m) for m in messages)
+    framer = Framer()
+    got: list[bytes] = []
+    pos = 0
+    while pos < len(wire):
+        view = framer.get_buffer(chunk)
+        n = min(len(view), chunk, len(wire) - pos)
+        view[:n] = wire[pos : pos + n]
+        framer.buffer_updated(n)
+        pos += n
+        got.extend(decode_all(framer))
+    assert got == messages
+
+
+def test_all_complete_frames_of_a_chunk_are_parsed_in_one_pass() -> None:
+    framer = Framer()
+    framer.feed(b"".join(Framer.encode(b"m%d" % i) for i in range(100)) + b"\x00\x00")
+    assert framer.buffered == 2
+    assert decode_all(framer) == [b"m%d" % i for i in range(100)]
+
+
+def test_header_over_max_size_is_refused_before_allocation() -> None:
+    framer = Framer(max_size=1024)
+    with pytest.raises(FrameTooLarge) as info:
+        framer.feed(b"\x80\x00\x00\x00")  # announces 2 GiB
+    assert info.value.size == 2**31
+    assert len(framer._buf) < 2**20
+
+
+def test_eof_inside_a_frame_is_a_protocol_error() -> None:
+    framer = Framer()
+    framer.feed(Framer.encode(b"hello")[:-1])
+    framer.feed(b"")
+    with pytest.raises(ProtocolError, match="inside a frame"):
+        framer.next_message()
+
+
+def test_empty_messages_and_clean_eof() -> None:
+    framer = Framer()
+    framer.feed(Framer.encode(b"") * 3)
+    framer.feed(b"")
+    assert decode_all(framer) == [b"", b"", b""]
+    assert framer.next_message() is EOF
+
+
+def test_bad_max_size() -> None:
+    with pytest.raises(ValueError, match="max_size"):
+        Framer(max_size=-1)
