@@ -64,7 +64,9 @@ class Fifo:
     def __init__(self, path: str, *, owned: bool, persist: bool = False) -> None:
         self.path = path
         self.owned = owned and not persist
-        self._inode = os.stat(path).st_ino if self.owned else None
+        # An O_PATH fd keeps our inode alive, so a FIFO made at the same path
+        # later cannot reuse its number and be mistaken for ours.
+        self._anchor = os.open(path, os.O_PATH | os.O_CLOEXEC) if self.owned else -1
         self._closed = False
 
     def __repr__(self) -> str:
@@ -87,10 +89,13 @@ class Fifo:
         self._closed = True
         if self.owned:
             try:
-                if os.stat(self.path).st_ino == self._inode:
+                mine, now = os.fstat(self._anchor), os.stat(self.path)
+                if (mine.st_dev, mine.st_ino) == (now.st_dev, now.st_ino):
                     os.unlink(self.path)
             except FileNotFoundError:
                 pass
+            finally:
+                os.close(self._anchor)
         await anyio.lowlevel.checkpoint()
 
     async def __aenter__(self) -> Fifo:
