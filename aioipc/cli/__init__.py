@@ -1,0 +1,189 @@
+"""The ``aioipc`` command: send, receive and relay messages at any address.
+
+Examples::
+
+    aioipc recv unix:/tmp/app.sock --count 1 &     # serve, print one message
+    aioipc send unix:/tmp/app.sock hello
+    echo hi | aioipc send fifo:/tmp/app.fifo -      # one message per line
+    aioipc relay tcp:127.0.0.1:9000 unix:/tmp/app.sock
+
+Exit status: 0 on success, 1 on an IPC error (the message says which), 2 on
+bad usage, 130 on Ctrl+C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import anyio
+
+from .._address import available_schemes, connect, parse_address, serve
+from .._exceptions import IPCError
+from .._runner import run
+
+__all__ = ["main"]
+
+_SCHEMES_HELP = (
+    "unix:/path unix:@name unix+dgram:/path unix+seqpacket:/path tcp:host:port udp:host:port "
+    "fifo:/path mq:/name sysvmq:KEY shm:/name"
+)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="aioipc",
+        description="Send, receive and relay messages over Linux IPC.",
+        epilog=f"Addresses: {_SCHEMES_HELP}",
+    )
+    parser.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto", help="event loop")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    send = commands.add_parser(
+        "send",
+        help="send messages to an address",
+        description=(
+            "Connect to ADDR and send MESSAGE, or each line of standard input with '-' (the default)."
+        ),
+    )
+    send.add_argument("address", metavar="ADDR")
+    send.add_argument(
+        "message", metavar="MESSAGE", nargs="?", default="-", help="text to send, or - for stdin"
+    )
+    send.add_argument(
+        "--raw", action="store_true", help="raw bytes: no length-prefix framing (stream transports)"
+    )
+    send.add_argument("--timeout", type=float, default=None, help="seconds to wait for the peer")
+
+    recv = commands.add_parser(
+        "recv",
+        help="receive messages at an address",
+        description=(
+            "Create ADDR (listen on a socket, make a FIFO) and print each message received, one per line. "
+            "With --connect, open an existing object (a server, a queue) instead."
+        ),
+    )
+    recv.add_argument("address", metavar="ADDR")
+    recv.add_argument("--count", type=int, default=None, metavar="N", help="stop after N messages")
+    recv.add_argument("--connect", action="store_true", help="connect to ADDR instead of creating it")
+    recv.add_argument("--raw", action="store_true", help="raw bytes: no length-prefix framing")
+
+    relay = commands.add_parser(
+        "relay",
+        help="relay between two addresses",
+        description=(
+            "Serve FROM; for each connection, connect to TO and copy messages both ways (socat-like)."
+        ),
+    )
+    relay.add_argument("source", metavar="FROM")
+    relay.add_argument("target", metavar="TO")
+    relay.add_argument("--raw", action="store_true", help="copy raw bytes instead of messages")
+
+    commands.add_parser("schemes", help="list the address schemes this installation handles")
+    return parser
+
+
+def _framing(raw: bool) -> Any:
+    return None if raw else "length"
+
+
+async def _send(args: argparse.Namespace) -> int:
+    options: dict[str, Any] = {} if args.timeout is None else {"timeout": args.timeout}
+    async with await connect(args.address, framing=_framing(args.raw), **options) as stream:
+        if args.message != "-":
+            await stream.send(args.message.encode())
+        elif args.raw:
+            while chunk := await anyio.to_thread.run_sync(os.read, sys.stdin.fileno(), 65536):
+                await stream.send(chunk)
+        else:
+            while line := await anyio.to_thread.run_sync(sys.stdin.buffer.readline):
+                await stream.send(line.rstrip(b"\n"))
+    return 0
+
+
+def _print(data: bytes, raw: bool) -> None:
+    sys.stdout.buffer.write(data if raw else data + b"\n")
+    sys.stdout.buffer.flush()
+
+
+async def _recv(args: argparse.Namespace) -> int:
+    remaining = args.count
+    done = asyncio.Event()
+
+    async def consume(stream: Any) -> None:
+        nonlocal remaining
+        async for data in stream:
+            if remaining is not None and remaining <= 0:
+                break
+            _print(data, args.raw)
+            if remaining is not None:
+                remaining -= 1
+                if remaining <= 0:
+                    done.set()
+                    return
+
+    if args.connect:
+        async with await connect(args.address, framing=_framing(args.raw)) as stream:
+            await consume(stream)
+        return 0
+    async with await serve(args.address, consume, framing=_framing(args.raw)) as server:
+        print(f"receiving at {server.address}", file=sys.stderr, flush=True)
+        await done.wait()
+    return 0
+
+
+async def _pump(source: Any, target: Any) -> None:
+    try:
+        async for data in source:
+            await target.send(data)
+    except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+        return
+    if hasattr(target, "send_eof"):
+        try:
+            await target.send_eof()
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, NotImplementedError):
+            pass
+
+
+async def _relay(args: argparse.Namespace) -> int:
+    framing = _framing(args.raw)
+
+    async def bridge(incoming: Any) -> None:
+        async with await connect(args.target, framing=framing) as outgoing, anyio.create_task_group() as tg:
+            if hasattr(incoming, "receive"):
+                tg.start_soon(_pump, incoming, outgoing)
+            if hasattr(outgoing, "receive") and hasattr(incoming, "send"):
+                tg.start_soon(_pump, outgoing, incoming)
+
+    parse_address(args.target)
+    async with await serve(args.source, bridge, framing=framing) as server:
+        print(f"relaying {server.address} -> {args.target}", file=sys.stderr, flush=True)
+        await server.serve_forever()
+    return 0
+
+
+async def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "send":
+        return await _send(args)
+    if args.command == "recv":
+        return await _recv(args)
+    if args.command == "relay":
+        return await _relay(args)
+    print("\n".join(available_schemes()))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``aioipc`` command; returns the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        return run(_dispatch(args), loop=args.loop)
+    except KeyboardInterrupt:
+        return 130
+    except (OSError, ValueError, IPCError, anyio.BrokenResourceError, TimeoutError) as exc:
+        print(f"aioipc: error: {exc or type(exc).__name__}", file=sys.stderr)
+        return 1

@@ -1,0 +1,74 @@
+"""The aioipc command, run as a user would run it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+import anyio
+
+AIOIPC = [sys.executable, "-m", "aioipc"]
+
+
+async def start_receiver(*args: str) -> asyncio.subprocess.Process:
+    proc = await asyncio.create_subprocess_exec(
+        *AIOIPC, "recv", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    assert proc.stderr is not None
+    line = await proc.stderr.readline()
+    assert line.startswith(b"receiving at"), line
+    return proc
+
+
+async def run_cli(*args: str, stdin: bytes | None = None) -> tuple[int, bytes, bytes]:
+    proc = await asyncio.create_subprocess_exec(
+        *AIOIPC,
+        *args,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate(stdin)
+    assert proc.returncode is not None
+    return proc.returncode, out, err
+
+
+async def test_send_and_recv_over_a_fifo(tmp_ipc_dir: Path) -> None:
+    address = f"fifo:{tmp_ipc_dir / 'cli.fifo'}"
+    with anyio.fail_after(30):
+        receiver = await start_receiver(address, "--count", "3")
+        code, _, err = await run_cli("send", address, "-", stdin=b"one\ntwo\n")
+        assert code == 0, err
+        code, _, err = await run_cli("send", address, "three")
+        assert code == 0, err
+        out, _ = await receiver.communicate()
+    assert receiver.returncode == 0
+    assert out == b"one\ntwo\nthree\n"
+    assert not (tmp_ipc_dir / "cli.fifo").exists()
+
+
+async def test_bad_address_is_a_clear_error() -> None:
+    with anyio.fail_after(30):
+        code, _, err = await run_cli("send", "nope:/x", "hi")
+    assert code == 1
+    assert b"unknown scheme 'nope'" in err
+    assert b"fifo" in err
+
+
+async def test_help_for_each_command() -> None:
+    with anyio.fail_after(30):
+        for command in ("send", "recv", "relay"):
+            code, out, _ = await run_cli(command, "--help")
+            assert code == 0
+            assert b"usage: aioipc " + command.encode() in out
+
+
+async def test_missing_fifo_reader_times_out_cleanly(tmp_ipc_dir: Path) -> None:
+    path = tmp_ipc_dir / "lonely.fifo"
+    os.mkfifo(path, 0o600)
+    with anyio.fail_after(30):
+        code, _, err = await run_cli("send", f"fifo:{path}", "hi", "--timeout", "0.1")
+    assert code == 1
+    assert b"aioipc: error: TimeoutError" in err
