@@ -185,5 +185,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except (OSError, ValueError, IPCError, anyio.BrokenResourceError, TimeoutError) as exc:
-        print(f"aioipc: error: {exc or type(exc).__name__}", file=sys.stderr)
+        print(f"aioipc: error: {str(exc) or type(exc).__name__}", file=sys.stderr)
         return 1
