@@ -1,0 +1,164 @@
+"""A short tour: real messages between two processes over every mechanism that works here.
+
+Run ``python -m aioipc.demo`` (or ``make demo``). For each mechanism it
+starts a child process, measures the round-trip latency of 64-byte messages
+and the one-way throughput of a burst, and prints a table. It finishes in
+well under a minute.
+
+The child side of every mechanism is the same tiny protocol over a message
+stream: ``E…`` is echoed back, ``S…`` is swallowed and counted, ``Q`` is
+answered with the count so far.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+
+import anyio
+
+from . import fifo, pipes
+from ._runner import run
+from ._streams import framed
+
+__all__ = ["MECHANISMS", "main"]
+
+Channel = tuple[Any, Any]  # (sender, receiver) message streams
+Opener = Callable[[str], AbstractAsyncContextManager[Channel]]
+
+ROUND_TRIPS = 2000
+BURST = 50_000
+PAYLOAD = b"x" * 63
+
+
+async def _child_serve(tx: Any, rx: Any) -> None:
+    count = 0
+    async for message in rx:
+        kind = message[:1]
+        if kind == b"S":
+            count += 1
+        elif kind == b"E":
+            await tx.send(message)
+        elif kind == b"Q":
+            await tx.send(b"%d" % count)
+            count = 0
+
+
+# -- mechanisms: each yields the parent's (sender, receiver) with a child running --------------
+
+
+def _child_argv(mechanism: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", "aioipc.demo", "--child", mechanism, *args]
+
+
+@asynccontextmanager
+async def _pipe(loop: str) -> AsyncIterator[Channel]:
+    to_child_r, to_child_w = pipes.pipe()
+    from_child_r, from_child_w = pipes.pipe()
+    fds = [to_child_r.fileno(), from_child_w.fileno()]
+    proc = await asyncio.create_subprocess_exec(
+        *_child_argv("pipe", *map(str, fds)), "--loop", loop, pass_fds=fds
+    )
+    await to_child_r.aclose()
+    await from_child_w.aclose()
+    async with framed(to_child_w) as tx, framed(from_child_r) as rx:
+        yield tx, rx
+    await proc.wait()
+
+
+@asynccontextmanager
+async def _fifo(loop: str) -> AsyncIterator[Channel]:
+    with tempfile.TemporaryDirectory(prefix="aioipc-demo-") as directory:
+        down, up = os.path.join(directory, "down"), os.path.join(directory, "up")
+        async with await fifo.create(down) as f_down, await fifo.create(up) as f_up:
+            proc = await asyncio.create_subprocess_exec(*_child_argv("fifo", down, up), "--loop", loop)
+            rx = framed(await f_up.open_reader())
+            tx = framed(await f_down.open_writer(timeout=10))
+            async with tx, rx:
+                yield tx, rx
+            await proc.wait()
+
+
+MECHANISMS: dict[str, Opener] = {"pipe": _pipe, "fifo": _fifo}
+
+
+async def _child(mechanism: str, args: list[str]) -> None:
+    if mechanism == "pipe":
+        rx = framed(pipes.from_fd(int(args[0]), "r"))
+        tx = framed(pipes.from_fd(int(args[1]), "w"))
+    elif mechanism == "fifo":
+        tx = framed(await fifo.open_writer(args[1], timeout=10))
+        rx = framed(await fifo.open_reader(args[0]))
+    else:
+        raise SystemExit(f"unknown mechanism {mechanism!r}")
+    async with tx, rx:
+        await _child_serve(tx, rx)
+
+
+# -- measuring ------------------------------------------------------------------------------
+
+
+async def _measure(open_channel: Opener, loop: str) -> tuple[int, float, float]:
+    async with open_channel(loop) as (tx, rx):
+        with anyio.fail_after(60):
+            samples = []
+            echo = b"E" + PAYLOAD
+            for _ in range(ROUND_TRIPS):
+                start = time.perf_counter()
+                await tx.send(echo)
+                await rx.receive()
+                samples.append(time.perf_counter() - start)
+            sink = b"S" + PAYLOAD
+            start = time.perf_counter()
+            for _ in range(BURST):
+                await tx.send(sink)
+            await tx.send(b"Q")
+            counted = int(await rx.receive())
+            elapsed = time.perf_counter() - start
+    if counted != BURST:
+        raise RuntimeError(f"lost messages: sent {BURST}, the child counted {counted}")
+    return ROUND_TRIPS + BURST, statistics.median(samples) * 1e6, BURST / elapsed
+
+
+async def _tour(loop: str, only: list[str] | None) -> int:
+    loop_name = type(asyncio.get_running_loop()).__module__.split(".")[0]
+    print(f"aioipc tour on {loop_name}: {ROUND_TRIPS} round trips and a burst of {BURST} messages")
+    print(f"of {len(PAYLOAD) + 1} bytes per mechanism, parent <-> child process\n")
+    print(f"{'mechanism':<16}{'messages':>10}{'latency p50':>14}{'throughput':>16}")
+    failures = 0
+    for name, opener in MECHANISMS.items():
+        if only and name not in only:
+            continue
+        try:
+            total, p50, rate = await _measure(opener, loop)
+        except Exception as exc:  # report and go on with the next mechanism
+            failures += 1
+            print(f"{name:<16}failed: {type(exc).__name__}: {exc}")
+            continue
+        print(f"{name:<16}{total:>10}{p50:>11.1f} µs{rate / 1000:>11.0f} k/s", flush=True)
+    return 1 if failures else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the tour (or, with ``--child``, one mechanism's child side)."""
+    parser = argparse.ArgumentParser(prog="python -m aioipc.demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto")
+    parser.add_argument("--only", nargs="*", help="run only these mechanisms", choices=sorted(MECHANISMS))
+    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        run(_child(args.child[0], args.child[1:]), loop=args.loop)
+        return 0
+    return run(_tour(args.loop, args.only), loop=args.loop)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
