@@ -72,3 +72,22 @@ async def test_missing_fifo_reader_times_out_cleanly(tmp_ipc_dir: Path) -> None:
         code, _, err = await run_cli("send", f"fifo:{path}", "hi", "--timeout", "0.1")
     assert code == 1
     assert b"aioipc: error: TimeoutError" in err
+
+
+async def test_relay_copies_messages_from_one_fifo_to_another(tmp_ipc_dir: Path) -> None:
+    source, target = f"fifo:{tmp_ipc_dir / 'in.fifo'}", f"fifo:{tmp_ipc_dir / 'out.fifo'}"
+    with anyio.fail_after(30):
+        receiver = await start_receiver(target, "--count", "2")
+        relay = await asyncio.create_subprocess_exec(
+            *AIOIPC, "relay", source, target, stderr=asyncio.subprocess.PIPE
+        )
+        try:
+            assert relay.stderr is not None
+            assert (await relay.stderr.readline()).startswith(b"relaying")
+            code, _, err = await run_cli("send", source, "-", stdin=b"first\nsecond\n")
+            assert code == 0, err
+            out, _ = await receiver.communicate()
+        finally:
+            relay.terminate()
+            await relay.wait()
+    assert out == b"first\nsecond\n"
