@@ -1,0 +1,250 @@
+"""D-Bus signals as an async stream: the match rule, local filtering, bounded buffering.
+
+Rule 1: a :class:`SignalStream` subscribes on ``__aenter__`` (its match rule
+is active on the bus when the block starts) and unsubscribes on exit.
+Rule 2: the connection receives every signal any of its rules (or a unicast
+to it) selects, so each stream filters again locally; a well-known sender
+name is followed to its current unique owner through ``NameOwnerChanged``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.abc
+from dbus_fast import Message, MessageFlag, MessageType
+from dbus_fast.validators import (
+    assert_bus_name_valid,
+    assert_interface_name_valid,
+    assert_member_name_valid,
+    assert_object_path_valid,
+)
+
+from ._streams import ResourceGuard
+
+if TYPE_CHECKING:
+    from .dbus import Bus
+
+__all__ = ["DEFAULT_MAX_BUFFER", "Signal", "SignalStream", "match_rule"]
+
+DEFAULT_MAX_BUFFER = 1024
+
+_DAEMON = "org.freedesktop.DBus"
+
+
+@dataclass(frozen=True, slots=True)
+class Signal:
+    """One received D-Bus signal."""
+
+    sender: str
+    """The unique name (``:1.42``) of the connection that emitted it, or ``org.freedesktop.DBus``."""
+    path: str
+    interface: str
+    member: str
+    signature: str
+    body: list[Any]
+    """The arguments, unpacked as dbus-fast does (``Variant`` kept for ``v``)."""
+
+
+def match_rule(
+    *,
+    sender: str | None = None,
+    path: str | None = None,
+    interface: str | None = None,
+    member: str | None = None,
+    arg0: str | None = None,
+) -> str:
+    """Build the ``AddMatch`` rule for signals with these fields (None: any).
+
+    Raises:
+        TypeError: a field is not a valid bus name, object path, interface or member name
+            (dbus-fast's ``InvalidBusNameError`` and friends).
+    """
+    if sender is not None:
+        assert_bus_name_valid(sender)
+    if path is not None:
+        assert_object_path_valid(path)
+    if interface is not None:
+        assert_interface_name_valid(interface)
+    if member is not None:
+        assert_member_name_valid(member)
+    if arg0 is not None and ("'" in arg0 or "\\" in arg0):
+        raise ValueError(f"arg0 must not contain quotes or backslashes: {arg0!r}")
+    # Validated names cannot contain quotes, so no escaping is needed.
+    fields = {"sender": sender, "path": path, "interface": interface, "member": member, "arg0": arg0}
+    return ",".join(["type='signal'", *(f"{key}='{value}'" for key, value in fields.items() if value)])
+
+
+class SignalStream(anyio.abc.ObjectReceiveStream[Signal]):
+    """Signals that match a rule, as an anyio ``ObjectReceiveStream[Signal]``.
+
+    Get one from :meth:`aioipc.dbus.Bus.signals`; use it as
+    ``async with bus.signals(...) as sigs: async for sig in sigs``.
+
+    Buffering policy: at most ``max_buffer`` signals wait for the consumer;
+    when the buffer is full the **oldest** waiting signal is dropped and
+    :attr:`dropped` counts it. The bus connection itself never stalls for a
+    slow consumer.
+
+    End of life: leaving the block (or :meth:`aclose`) removes the match
+    rule; ``receive()`` after that is ``ClosedResourceError``. Once the bus
+    is closed with ``aclose()``, the stream hands out what it buffered and
+    then ends (``EndOfStream``; ``async for`` stops); if the bus connection
+    was lost, it ends with ``BrokenResourceError`` instead.
+    """
+
+    def __init__(
+        self,
+        bus: Bus,
+        *,
+        sender: str | None = None,
+        path: str | None = None,
+        interface: str | None = None,
+        member: str | None = None,
+        max_buffer: int = DEFAULT_MAX_BUFFER,
+    ) -> None:
+        if max_buffer < 1:
+            raise ValueError(f"max_buffer must be at least 1, not {max_buffer}")
+        self._rule = match_rule(sender=sender, path=path, interface=interface, member=member)
+        self._bus = bus
+        self.sender = sender
+        self.path = path
+        self.interface = interface
+        self.member = member
+        self.max_buffer = max_buffer
+        self.dropped = 0
+        """How many signals were dropped because the buffer was full."""
+        self._buffer: deque[Signal] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._guard = ResourceGuard("receiving")
+        self._rules: list[str] = []
+        self._state = "new"  # new -> open -> closed
+        self._bus_gone = False
+        self._lost: BaseException | None = None
+        # Following a well-known sender name to its unique owner.
+        self._follows = sender is not None and not sender.startswith(":") and sender != _DAEMON
+        self._owner: str | None = sender if not self._follows else None
+        self._owner_serial = 0
+
+    def __repr__(self) -> str:
+        return f"<SignalStream {self._rule!r} {self._state} buffered={len(self._buffer)}>"
+
+    async def __aenter__(self) -> SignalStream:
+        if self._state != "new":
+            raise RuntimeError("a SignalStream can be entered only once")
+        self._bus._check_usable()
+        self._state = "open"
+        self._bus._attach(self)
+        try:
+            if self._follows:
+                assert self.sender is not None
+                await self._add_rule(match_rule(sender=_DAEMON, member="NameOwnerChanged", arg0=self.sender))
+                query = self._bus._daemon_message("GetNameOwner", "s", [self.sender])
+                self._owner_serial = query.serial
+                # The owner is recorded by _on_message, in bus order with NameOwnerChanged;
+                # an error reply (NameHasNoOwner) leaves it unknown.
+                await self._bus._send_call(query, None, raise_errors=False)
+            await self._add_rule(self._rule)
+        except BaseException:
+            self._unsubscribe()
+            raise
+        return self
+
+    async def _add_rule(self, rule: str) -> None:
+        await self._bus._send_call(self._bus._daemon_message("AddMatch", "s", [rule]), None)
+        self._rules.append(rule)
+
+    def _unsubscribe(self) -> None:
+        self._state = "closed"
+        self._bus._detach(self)
+        if self._bus._usable():
+            for rule in self._rules:
+                # Fire and forget, so leaving the block never waits and is safe under cancellation;
+                # the bus handles messages from one connection in order.
+                self._bus._send_no_reply(
+                    self._bus._daemon_message("RemoveMatch", "s", [rule], MessageFlag.NO_REPLY_EXPECTED)
+                )
+        self._rules.clear()
+        self._wake()
+
+    async def aclose(self) -> None:
+        """Remove the match rule and stop receiving; idempotent."""
+        if self._state == "open":
+            self._unsubscribe()
+        self._state = "closed"
+        self._buffer.clear()
+
+    async def receive(self) -> Signal:
+        """Wait for the next matching signal.
+
+        Raises:
+            anyio.EndOfStream: the bus was closed with ``aclose()`` and the buffer is empty.
+            anyio.BrokenResourceError: the bus connection was lost.
+            anyio.ClosedResourceError: this stream was closed (or never entered).
+            anyio.BusyResourceError: another task is receiving on this stream.
+        """
+        with self._guard:
+            while not self._buffer:
+                if self._state != "open":
+                    raise anyio.ClosedResourceError
+                if self._bus_gone and self._lost is None:
+                    raise anyio.EndOfStream
+                if self._bus_gone:
+                    raise anyio.BrokenResourceError("the D-Bus connection was lost") from self._lost
+                self._waiter = asyncio.get_running_loop().create_future()
+                try:
+                    await self._waiter
+                finally:
+                    self._waiter = None
+            return self._buffer.popleft()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def _bus_ended(self, lost: BaseException | None) -> None:
+        """Called by the bus once its connection is gone: closed by us (None), or lost with ``lost``."""
+        self._bus_gone = True
+        self._lost = lost
+        self._wake()
+
+    def _on_message(self, msg: Message) -> None:
+        """Called by the bus, synchronously and in bus order, for every message it receives."""
+        if msg.message_type is not MessageType.SIGNAL:
+            if msg.reply_serial == self._owner_serial and msg.message_type is MessageType.METHOD_RETURN:
+                self._owner = msg.body[0]
+            return
+        if (
+            self._follows
+            and msg.sender == _DAEMON
+            and msg.member == "NameOwnerChanged"
+            and msg.body
+            and msg.body[0] == self.sender
+        ):
+            self._owner = msg.body[2] or None
+            return
+        if (
+            (self.sender is not None and msg.sender != self._owner)
+            or (self.path is not None and msg.path != self.path)
+            or (self.interface is not None and msg.interface != self.interface)
+            or (self.member is not None and msg.member != self.member)
+        ):
+            return
+        if len(self._buffer) >= self.max_buffer:
+            self._buffer.popleft()
+            self.dropped += 1
+        self._buffer.append(
+            Signal(
+                sender=msg.sender or "",
+                path=msg.path or "",
+                interface=msg.interface or "",
+                member=msg.member or "",
+                signature=msg.signature,
+                body=list(msg.body),
+            )
+        )
+        self._wake()
