@@ -77,13 +77,25 @@ async def _drain_messages(receiver: Any) -> list[bytes]:
 
 class _Checks:
     def __init__(
-        self, maker: PairMaker, *, messages: bool, two_way: bool, clog_bytes: int, timeout: float
+        self,
+        maker: PairMaker,
+        *,
+        messages: bool,
+        two_way: bool,
+        clog_bytes: int,
+        timeout: float,
+        large_size: int = 1024 * 1024,
+        eof: bool = True,
+        reliable: bool = True,
     ) -> None:
         self.maker = maker
         self.messages = messages
         self.two_way = two_way
         self.clog_bytes = clog_bytes
         self.timeout = timeout
+        self.large_size = large_size
+        self.has_eof = eof
+        self.is_reliable = reliable
 
     async def run(self) -> None:
         checks: list[Callable[[Any, Any], Awaitable[None]]] = [
@@ -101,6 +113,14 @@ class _Checks:
         ]
         if self.two_way:
             checks.append(self.half_close)
+        if not self.has_eof:
+            checks = [c for c in checks if c not in (self.eof, self.half_close, self.cancelled_send_is_whole)]
+        if not self.is_reliable:
+            checks = [
+                c
+                for c in checks
+                if c not in (self.many_small, self.backpressure, self.cancelled_send_is_whole)
+            ]
         for check in checks:
             directions = [False, True] if self.two_way and check != self.half_close else [False]
             for reverse in directions:
@@ -148,7 +168,7 @@ class _Checks:
                 assert await _collect_bytes(receiver, 5 * len(items)) == b"".join(items)
 
     async def large(self, sender: Any, receiver: Any) -> None:
-        payload = os.urandom(1024 * 1024)
+        payload = os.urandom(self.large_size)
         async with anyio.create_task_group() as tg:
             tg.start_soon(sender.send, payload)
             assert await self.receive_payload(receiver, len(payload)) == payload
@@ -289,11 +309,37 @@ async def check_byte_stream(
 
 
 async def check_message_stream(
-    maker: PairMaker, *, two_way: bool = False, clog_bytes: int = 8 * 2**20, timeout: float = 20
+    maker: PairMaker,
+    *,
+    two_way: bool = False,
+    clog_bytes: int = 8 * 2**20,
+    timeout: float = 20,
+    large_size: int = 1024 * 1024,
+    eof: bool = True,
+    reliable: bool = True,
 ) -> None:
     """Check a message transport: the byte checks, plus empty messages and boundaries.
+
+    Args:
+        large_size: the payload of the large-message check: the largest
+            message the transport carries if that is under 1 MiB (a datagram
+            socket's limit is its ``SO_SNDBUF``).
+        eof: ``False`` for a transport whose receiver never learns that the
+            sender closed (datagram sockets): skips the checks that need
+            ``EndOfStream`` (eof, half-close, cancelled send).
+        reliable: ``False`` for a transport that may drop messages and has no
+            backpressure (UDP): skips many-small, backpressure, cancelled send.
 
     Raises:
         AssertionError: with a note naming the failed check.
     """
-    await _Checks(maker, messages=True, two_way=two_way, clog_bytes=clog_bytes, timeout=timeout).run()
+    await _Checks(
+        maker,
+        messages=True,
+        two_way=two_way,
+        clog_bytes=clog_bytes,
+        timeout=timeout,
+        large_size=large_size,
+        eof=eof,
+        reliable=reliable,
+    ).run()

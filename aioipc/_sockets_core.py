@@ -1,0 +1,237 @@
+"""Socket plumbing shared by the socket streams and servers: the fd owner,
+addresses, credentials, non-blocking connect, and safe binding of Unix socket files.
+
+Rule 1: a socket file is never reachable with looser permissions than asked:
+the mode is set on the socket inode (``fchmod``) before ``bind`` creates the file.
+Rule 2: an address in use is probed, never blindly unlinked: a refused
+connect means a stale file (replaced), anything else a live server (``AddressInUse``).
+"""
+
+from __future__ import annotations
+
+import array
+import errno
+import os
+import socket
+import stat
+import struct
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+
+from ._attributes import IPCAttribute, PeerCredentials
+from ._exceptions import AddressInUse
+from ._fdstream import FdHandle
+
+__all__ = [
+    "KINDS",
+    "SocketHandle",
+    "UnixPath",
+    "bind_unix",
+    "close_fds",
+    "connect_socket",
+    "fds_from_ancillary",
+    "format_unix",
+    "peer_credentials",
+    "socket_extra",
+    "unix_sockaddr",
+]
+
+_UCRED = struct.Struct("3i")
+_MAX_BACKOFF = 0.05
+
+#: the socket type of each Unix socket kind
+KINDS = {"stream": socket.SOCK_STREAM, "dgram": socket.SOCK_DGRAM, "seqpacket": socket.SOCK_SEQPACKET}
+
+
+class SocketHandle(FdHandle):
+    """An :class:`FdHandle` that also keeps the ``socket.socket`` for ``sendmsg``/``recvmsg``."""
+
+    __slots__ = ("sock",)
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        super().__init__(sock.fileno())
+        self.sock = sock
+
+    def detach(self) -> int:
+        fd = super().detach()
+        self.sock.detach()
+        return fd
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            self.sock.detach()  # the handle closes the fd, once
+        super().close()
+
+    def __del__(self) -> None:
+        if self.fd >= 0:
+            self.sock.detach()
+        super().__del__()
+
+
+def unix_sockaddr(path: str) -> str:
+    """The ``socket`` module's address for ``path``; ``@name`` is an abstract name."""
+    return "\0" + path[1:] if path.startswith("@") else path
+
+
+def format_unix(sockaddr: str | bytes) -> str:
+    """The address syntax path (``@name`` for abstract) of a Unix socket address."""
+    if isinstance(sockaddr, bytes):
+        sockaddr = os.fsdecode(sockaddr)
+    return "@" + sockaddr[1:] if sockaddr.startswith("\0") else sockaddr
+
+
+def peer_credentials(sock: socket.socket) -> PeerCredentials:
+    """The peer's ``(pid, uid, gid)`` from ``SO_PEERCRED``.
+
+    Raises:
+        anyio.TypedAttributeLookupError: the kernel does not know the peer
+            (a datagram socket that was only ``connect()``-ed).
+    """
+    pid, uid, gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+    if pid <= 0:
+        raise anyio.TypedAttributeLookupError("the kernel has no credentials for this peer")
+    return PeerCredentials(pid, uid, gid)
+
+
+def socket_extra(sock: socket.socket, path: str | None = None) -> dict[Any, Callable[[], Any]]:
+    """Extra attribute getters of a socket stream: path and peer credentials (Unix)."""
+    attrs: dict[Any, Callable[[], Any]] = {}
+    if path is not None:
+        attrs[IPCAttribute.path] = lambda: path
+    if sock.family == socket.AF_UNIX:
+        cache: list[PeerCredentials] = []
+
+        def creds() -> PeerCredentials:
+            if not cache:
+                cache.append(peer_credentials(sock))
+            return cache[0]
+
+        attrs[IPCAttribute.peer_credentials] = creds
+        attrs[PeerCredentials] = creds
+    return attrs
+
+
+def fds_from_ancillary(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
+    """The file descriptors in ``SCM_RIGHTS`` messages (never raises: they must not leak)."""
+    fds = array.array("i")
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+    return list(fds)
+
+
+def close_fds(fds: list[int]) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+async def connect_socket(sock: socket.socket, sockaddr: Any, timeout: float | None) -> SocketHandle:
+    """Connect a non-blocking socket without blocking the loop; the handle owns it.
+
+    A Unix listener with a full backlog answers ``EAGAIN``: retried with a
+    short backoff until ``timeout``.
+
+    Raises:
+        TimeoutError: not connected within ``timeout`` (the socket is closed).
+        OSError: as ``connect`` fails (``FileNotFoundError``, ``ConnectionRefusedError`` ...).
+    """
+    handle = SocketHandle(sock)
+    delay = 0.001
+    try:
+        with anyio.fail_after(timeout):
+            while True:
+                code = sock.connect_ex(sockaddr)
+                if code in (0, errno.EISCONN):
+                    return handle
+                if code == errno.EINPROGRESS:
+                    await handle.wait_writable()
+                    code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                    if code == 0:
+                        return handle
+                if code != errno.EAGAIN:
+                    raise OSError(code, f"{os.strerror(code)}: {sockaddr!r}")
+                await anyio.sleep(delay)
+                delay = min(delay * 2, _MAX_BACKOFF)
+    except BaseException:
+        handle.close()
+        raise
+
+
+def _live(path: str, kind: int) -> bool:
+    """Probe-connect ``path``: ``False`` only when the kernel refuses (a stale socket file)."""
+    with socket.socket(socket.AF_UNIX, kind) as probe:
+        probe.setblocking(False)
+        code = probe.connect_ex(path)
+    return code != errno.ECONNREFUSED
+
+
+class UnixPath:
+    """A Unix socket file this process bound; :meth:`remove` unlinks it only if it is still ours."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        st = os.stat(path)
+        self._identity = (st.st_dev, st.st_ino)
+
+    def remove(self) -> None:
+        try:
+            st = os.stat(self.path)
+            if (st.st_dev, st.st_ino) == self._identity:
+                os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+
+def bind_unix(sock: socket.socket, path: str, mode: int = 0o600) -> UnixPath | None:
+    """Bind a Unix socket to ``path`` (or an abstract ``@name``), replacing only a stale file.
+
+    The file gets exactly ``mode`` and is never looser, not even briefly:
+    the mode is set on the socket before ``bind`` creates the file (the
+    umask may make it stricter for an instant, never looser).
+
+    Returns:
+        the bound file (to remove on close), or ``None`` for an abstract name.
+
+    Raises:
+        AddressInUse: a live server listens there (probe connect accepted).
+        FileExistsError: ``path`` exists and is not a socket.
+    """
+    if path.startswith("@"):
+        try:
+            sock.bind(unix_sockaddr(path))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise AddressInUse(f"unix:{path}") from None
+            raise
+        return None
+    os.fchmod(sock.fileno(), mode)
+    for attempt in range(2):
+        try:
+            sock.bind(path)
+            break
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                continue  # it went away meanwhile: bind again
+            if not stat.S_ISSOCK(st.st_mode):
+                raise FileExistsError(errno.EEXIST, "exists and is not a socket", path) from None
+            if attempt or _live(path, sock.type):
+                raise AddressInUse(f"unix:{path}") from None
+            try:
+                os.unlink(path)  # stale: nobody accepts there
+            except FileNotFoundError:
+                pass
+    else:
+        raise AddressInUse(f"unix:{path}")
+    if stat.S_IMODE(os.stat(path).st_mode) != mode:
+        os.chmod(path, mode)  # the umask made it stricter than asked
+    return UnixPath(path)

@@ -1,0 +1,184 @@
+"""Stream sockets (Unix ``SOCK_STREAM``, TCP) as byte streams, with fd passing.
+
+The byte path is the shared fd stream (``read``/``writev`` on the fd, small
+sends coalesced); this module adds what only sockets have: ``SCM_RIGHTS``
+file descriptors, half-close with ``shutdown``, peer credentials.
+"""
+
+from __future__ import annotations
+
+import array
+import socket
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import anyio
+
+from ._exceptions import ProtocolError, map_os_errors
+from ._fdstream import FdByteStream, FdReceiveStream, FdSendStream
+from ._sockets_core import SocketHandle, close_fds, fds_from_ancillary, socket_extra
+from ._streams import Buffer
+
+__all__ = ["FdsTruncated", "SocketReceiveStream", "SocketSendStream", "SocketStream"]
+
+DEFAULT_MAX_FDS = 16
+
+
+class FdsTruncated(ProtocolError):
+    """The peer sent more file descriptors than ``max_fds``.
+
+    The ones that arrived were closed and the kernel dropped the rest, so
+    none leaked; the bytes that came with them are in :attr:`data`.
+    """
+
+    def __init__(self, max_fds: int, data: bytes) -> None:
+        super().__init__(f"the peer sent more than max_fds={max_fds} file descriptors; all were closed")
+        self.data = data
+
+
+def check_fds(fds: Sequence[int]) -> array.array[int]:
+    """The ``SCM_RIGHTS`` payload for ``fds``.
+
+    Raises:
+        ValueError: no fds, or one that is not an int.
+    """
+    if not fds:
+        raise ValueError("send_fds needs at least one file descriptor")
+    if not all(isinstance(fd, int) and fd >= 0 for fd in fds):
+        raise ValueError(f"file descriptors must be non-negative ints, not {list(fds)!r}")
+    return array.array("i", fds)
+
+
+def rights_message(data: bytes, ancdata: list[tuple[int, int, bytes]], flags: int, max_fds: int) -> list[int]:
+    """The fds of a received message; closes them and raises if the kernel truncated them."""
+    fds = fds_from_ancillary(ancdata)
+    if flags & socket.MSG_CTRUNC:
+        close_fds(fds)
+        raise FdsTruncated(max_fds, data)
+    return fds
+
+
+class SocketReceiveStream(FdReceiveStream):
+    """The receiving half of a stream socket; adds :meth:`receive_fds`."""
+
+    def __init__(self, handle: SocketHandle, *, extra: dict[Any, Callable[[], Any]] | None = None) -> None:
+        super().__init__(handle)
+        self._extra.update(extra or {})
+        self._sock = handle.sock
+
+    async def receive_fds(
+        self, max_bytes: int = 65536, max_fds: int = DEFAULT_MAX_FDS
+    ) -> tuple[bytes, list[int]]:
+        """Receive bytes and the file descriptors sent with them (``SCM_RIGHTS``).
+
+        The caller owns the returned fds (they are close-on-exec). Fds ride
+        on the first byte of a :meth:`SocketSendStream.send_fds`; a plain
+        ``receive()`` reading that byte makes the kernel close them.
+
+        Raises:
+            FdsTruncated: more than ``max_fds`` came; all were closed.
+            anyio.EndOfStream: the peer closed its end.
+
+        Example::
+
+            data, fds = await stream.receive_fds(max_fds=1)
+            with open(fds[0], "rb") as f: ...
+        """
+        if max_fds < 1:
+            raise ValueError("max_fds must be at least 1")
+        with self._guard:
+            handle = self._handle
+            while True:
+                if handle.fd < 0:
+                    raise anyio.ClosedResourceError
+                try:
+                    with map_os_errors():
+                        data, ancdata, flags, _ = self._sock.recvmsg(
+                            max_bytes, socket.CMSG_SPACE(max_fds * 4), socket.MSG_CMSG_CLOEXEC
+                        )
+                except BlockingIOError:
+                    await handle.wait_readable()
+                    continue
+                fds = rights_message(data, ancdata, flags, max_fds)
+                if not data and not fds:
+                    raise anyio.EndOfStream
+                return data, fds
+
+
+class SocketSendStream(FdSendStream):
+    """The sending half of a stream socket; adds :meth:`send_fds`."""
+
+    def __init__(self, handle: SocketHandle, *, extra: dict[Any, Callable[[], Any]] | None = None) -> None:
+        super().__init__(handle)
+        self._extra.update(extra or {})
+        self._sock = handle.sock
+
+    async def send_fds(self, data: Buffer, fds: Sequence[int]) -> None:
+        """Send ``data`` with duplicates of ``fds`` attached (``SCM_RIGHTS``), after what is pending.
+
+        The fds stay open here (the peer gets its own copies); close yours
+        when you no longer need them.
+
+        Raises:
+            ValueError: empty ``data`` (a stream socket needs a byte to carry
+                the fds), or no fds.
+            anyio.BrokenResourceError: the peer is gone.
+        """
+        if not len(data):
+            raise ValueError("send_fds needs at least one byte of data to carry the fds")
+        rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, check_fds(fds))]
+        with self._guard:
+            self._check()
+            await self._drain(0)
+            self._check()
+            view = memoryview(data).cast("B")
+            handle = self._handle
+            while True:
+                try:
+                    with map_os_errors():
+                        sent = self._sock.sendmsg([view], rights)
+                    break
+                except BlockingIOError:
+                    await handle.wait_writable()
+                    self._check()
+            if sent < len(view):
+                # The fds went with the first part; the rest is written even if we are cancelled.
+                self._pending += view[sent:]
+                self._flush()
+                await self._drain(0)
+                self._check()
+
+
+class SocketStream(FdByteStream):
+    """A connected stream socket (Unix or TCP) as a two-way byte stream.
+
+    ``send_eof()`` shuts the socket down for writing; the peer sees
+    ``EndOfStream`` and can still answer. Unix sockets also carry file
+    descriptors (:meth:`send_fds` / :meth:`receive_fds`) and know their
+    peer: ``stream.extra(aioipc.PeerCredentials)``.
+    """
+
+    receiver: SocketReceiveStream
+    sender: SocketSendStream
+
+    def __init__(self, handle: SocketHandle, *, path: str | None = None) -> None:
+        extra = socket_extra(handle.sock, path)
+        sock = handle.sock
+        super().__init__(
+            SocketReceiveStream(handle, extra=extra),
+            SocketSendStream(handle, extra=extra),
+            shutdown=lambda _fd: sock.shutdown(socket.SHUT_WR),
+        )
+
+    def fileno(self) -> int:
+        return self.receiver.fileno()
+
+    async def send_fds(self, data: Buffer, fds: Sequence[int]) -> None:
+        """See :meth:`SocketSendStream.send_fds`."""
+        await self.sender.send_fds(data, fds)
+
+    async def receive_fds(
+        self, max_bytes: int = 65536, max_fds: int = DEFAULT_MAX_FDS
+    ) -> tuple[bytes, list[int]]:
+        """See :meth:`SocketReceiveStream.receive_fds`."""
+        return await self.receiver.receive_fds(max_bytes, max_fds)

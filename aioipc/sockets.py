@@ -1,0 +1,264 @@
+"""Unix and network sockets as async streams: stream, seqpacket and datagram
+Unix sockets (paths and abstract ``@names``), TCP (optionally TLS) and UDP.
+
+Through the front door::
+
+    msgs = await aioipc.connect("unix:/run/app.sock")          # framed messages
+    raw = await aioipc.connect("tcp:127.0.0.1:8080", framing=None)
+    server = await aioipc.serve("unix+seqpacket:@app", handler, max_connections=100)
+
+Or directly, with typed results::
+
+    stream = await aioipc.sockets.connect_unix("/run/app.sock")      # SocketStream
+    await stream.send_fds(b"x", [fd])                                # SCM_RIGHTS
+    creds = stream.extra(aioipc.PeerCredentials)                     # (pid, uid, gid)
+
+``aioipc.serve()`` options for sockets:
+
+- ``mode=0o600``: the socket file's permissions, set before it is reachable.
+- ``max_connections``: live handlers at most; more clients wait in the backlog.
+- ``allowed_uids``: Unix only; other users' connections are closed at once.
+- ``ssl``: an ``ssl.SSLContext`` (tcp only): each connection is TLS
+  (``handshake_timeout`` seconds to complete the handshake).
+- ``nodelay=True``: ``TCP_NODELAY`` on TCP connections.
+- ``persist=False``: keep the socket file after close when ``True``.
+- ``backlog``: the listen backlog.
+
+Caveats:
+    A socket file already present is probed: if nobody accepts there it is
+    stale and replaced, if a server answers, ``AddressInUse`` (it is never
+    stolen). The server removes its socket file on close only while it is
+    still the file it bound. Abstract names need no cleanup and have no
+    permissions: any local process may connect (check credentials with
+    ``allowed_uids``). Linux only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import socket
+import ssl as _ssl
+from typing import Any, Literal
+
+from anyio.streams.tls import TLSStream
+
+from ._address import Address, register_scheme
+from ._framing import DEFAULT_MAX_SIZE
+from ._server import Server
+from ._sockets_core import KINDS, SocketHandle, connect_socket, format_unix, unix_sockaddr
+from ._sockets_message import DatagramStream, SeqpacketStream
+from ._sockets_server import Handler, serve_connections, serve_datagram
+from ._sockets_stream import FdsTruncated, SocketReceiveStream, SocketSendStream, SocketStream
+from ._streams import framed
+
+__all__ = [
+    "DatagramStream",
+    "FdsTruncated",
+    "SeqpacketStream",
+    "SocketReceiveStream",
+    "SocketSendStream",
+    "SocketStream",
+    "connect_tcp",
+    "connect_udp",
+    "connect_unix",
+    "connect_unix_datagram",
+    "connect_unix_seqpacket",
+    "from_socket",
+    "socketpair",
+]
+
+Kind = Literal["stream", "dgram", "seqpacket"]
+
+
+def _unix_socket(kind: Kind) -> socket.socket:
+    return socket.socket(socket.AF_UNIX, KINDS[kind] | socket.SOCK_CLOEXEC)
+
+
+async def connect_unix(path: str, *, timeout: float | None = None) -> SocketStream:
+    """Connect to a Unix stream socket at ``path`` (``@name``: abstract namespace).
+
+    Raises:
+        FileNotFoundError: no socket file at ``path``.
+        ConnectionRefusedError: a stale socket file, or nobody bound the abstract name.
+        PermissionError: the socket file is not writable for this user.
+        TimeoutError: the server's backlog stayed full for ``timeout`` seconds.
+    """
+    handle = await connect_socket(_unix_socket("stream"), unix_sockaddr(path), timeout)
+    return SocketStream(handle, path=path)
+
+
+async def connect_unix_seqpacket(
+    path: str, *, max_size: int = DEFAULT_MAX_SIZE, timeout: float | None = None
+) -> SeqpacketStream:
+    """Connect to a Unix ``SOCK_SEQPACKET`` socket: a message stream with native boundaries.
+
+    Raises:
+        As :func:`connect_unix`.
+    """
+    handle = await connect_socket(_unix_socket("seqpacket"), unix_sockaddr(path), timeout)
+    return SeqpacketStream(handle, max_size=max_size, path=path)
+
+
+async def connect_unix_datagram(path: str, *, max_size: int = DEFAULT_MAX_SIZE) -> DatagramStream:
+    """A Unix datagram socket connected to ``path``, with an automatic abstract address for replies.
+
+    Raises:
+        FileNotFoundError, ConnectionRefusedError, PermissionError: as for :func:`connect_unix`.
+    """
+    sock = _unix_socket("dgram")
+    try:
+        sock.bind("")  # autobind: an abstract address the server can answer to
+    except BaseException:
+        sock.close()
+        raise
+    handle = await connect_socket(sock, unix_sockaddr(path), None)
+    return DatagramStream(handle, max_size=max_size, path=path)
+
+
+async def _resolve(host: str, port: int, kind: int) -> list[tuple[Any, ...]]:
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=kind)
+    if not infos:
+        raise OSError(errno.EADDRNOTAVAIL, f"cannot resolve {host!r}")
+    return [(family, proto, sockaddr) for family, _, proto, _, sockaddr in infos]
+
+
+async def connect_tcp(
+    host: str,
+    port: int,
+    *,
+    nodelay: bool = True,
+    ssl: _ssl.SSLContext | bool | None = None,
+    server_hostname: str | None = None,
+    timeout: float | None = None,
+) -> SocketStream | TLSStream:
+    """Connect to a TCP server, trying each address ``host`` resolves to.
+
+    Args:
+        nodelay: set ``TCP_NODELAY`` (small messages go out at once; sends
+            are coalesced per loop iteration anyway).
+        ssl: an ``ssl.SSLContext`` (or ``True`` for the default context) to
+            speak TLS: the result is then an anyio ``TLSStream``.
+        server_hostname: the name to check the certificate against (default ``host``).
+
+    Raises:
+        ConnectionRefusedError: nobody listens there.
+        TimeoutError: no connection within ``timeout`` seconds (TLS handshake included).
+        ssl.SSLError: the TLS handshake failed.
+    """
+    error: OSError | None = None
+    deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
+    for family, proto, sockaddr in await _resolve(host, port, socket.SOCK_STREAM):
+        sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC, proto)
+        left = None if deadline is None else max(0.0, deadline - asyncio.get_running_loop().time())
+        try:
+            handle = await connect_socket(sock, sockaddr, left)
+        except TimeoutError:
+            raise
+        except OSError as exc:
+            error = exc
+            continue
+        if nodelay:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        stream = SocketStream(handle)
+        if not ssl:
+            return stream
+        context = _ssl.create_default_context() if ssl is True else ssl
+        try:
+            left = None if deadline is None else max(0.0, deadline - asyncio.get_running_loop().time())
+            async with asyncio.timeout(left):
+                return await TLSStream.wrap(
+                    stream, hostname=server_hostname or host, ssl_context=context, standard_compatible=False
+                )
+        except BaseException:
+            await stream.aclose()
+            raise
+    assert error is not None
+    raise error
+
+
+async def connect_udp(host: str, port: int, *, max_size: int = 65507) -> DatagramStream:
+    """A UDP socket connected to ``host:port`` (see :class:`DatagramStream` for the caveats).
+
+    Raises:
+        OSError: the name does not resolve.
+    """
+    family, proto, sockaddr = (await _resolve(host, port, socket.SOCK_DGRAM))[0]
+    sock = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, proto)
+    handle = await connect_socket(sock, sockaddr, None)
+    return DatagramStream(handle, max_size=max_size)
+
+
+def socketpair(kind: Kind = "stream", *, max_size: int = DEFAULT_MAX_SIZE) -> tuple[Any, Any]:
+    """Two connected Unix sockets: ``SocketStream``s, ``SeqpacketStream``s or ``DatagramStream``s.
+
+    Hand one end to a child with ``pass_fds`` and open it there with
+    :func:`from_socket` (``socket.socket(fileno=fd)``).
+
+    Raises:
+        ValueError: an unknown ``kind``.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be 'stream', 'dgram' or 'seqpacket', not {kind!r}")
+    a, b = socket.socketpair(socket.AF_UNIX, KINDS[kind] | socket.SOCK_CLOEXEC)
+    return from_socket(a, max_size=max_size), from_socket(b, max_size=max_size)
+
+
+def from_socket(sock: socket.socket, *, max_size: int = DEFAULT_MAX_SIZE) -> Any:
+    """Wrap a connected socket (e.g. inherited, or from systemd) as the stream of its kind.
+
+    The stream owns the socket from then on. Stream sockets give a
+    :class:`SocketStream`, seqpacket a :class:`SeqpacketStream`, datagram a
+    :class:`DatagramStream`.
+
+    Raises:
+        ValueError: a socket type aioipc does not handle (raw sockets ...).
+    """
+    kind = sock.type & ~(socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
+    path = None
+    if sock.family == socket.AF_UNIX:
+        try:
+            path = format_unix(sock.getpeername()) or None
+        except OSError:
+            path = None
+    if kind == socket.SOCK_STREAM:
+        return SocketStream(SocketHandle(sock), path=path)
+    if kind == socket.SOCK_SEQPACKET and sock.family == socket.AF_UNIX:
+        return SeqpacketStream(SocketHandle(sock), max_size=max_size, path=path)
+    if kind == socket.SOCK_DGRAM:
+        return DatagramStream(SocketHandle(sock), max_size=max_size, path=path)
+    raise ValueError(f"cannot make a stream of a socket of type {sock.type!r}")
+
+
+async def _connect(
+    address: Address, *, framing: str | None, max_size: int = DEFAULT_MAX_SIZE, **options: Any
+) -> Any:
+    scheme = address.scheme
+    if scheme == "unix":
+        stream: Any = await connect_unix(address.path, **options)
+    elif scheme == "tcp":
+        stream = await connect_tcp(address.host, address.port, **options)
+    elif scheme == "unix+seqpacket":
+        return await connect_unix_seqpacket(address.path, max_size=max_size, **options)
+    elif scheme == "unix+dgram":
+        return await connect_unix_datagram(address.path, max_size=max_size, **options)
+    else:
+        return await connect_udp(address.host, address.port, max_size=min(max_size, 65507), **options)
+    return stream if framing is None else framed(stream, max_size)
+
+
+async def _serve(
+    address: Address,
+    handler: Handler,
+    *,
+    framing: str | None,
+    max_size: int = DEFAULT_MAX_SIZE,
+    **options: Any,
+) -> Server:
+    if address.scheme in ("unix+dgram", "udp"):
+        return await serve_datagram(address, handler, framing=framing, max_size=max_size, **options)
+    return await serve_connections(address, handler, framing=framing, max_size=max_size, **options)
+
+
+for _scheme in ("unix", "unix+dgram", "unix+seqpacket", "tcp", "udp"):
+    register_scheme(_scheme, _connect, _serve)
