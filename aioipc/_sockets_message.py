@@ -126,8 +126,9 @@ class MessageSocket(MessageStream):
                 data = buffer[:size]
                 if size > _RELEASE_ABOVE:
                     buffer.madvise(mmap.MADV_DONTNEED)
-                fds = rights_message(data, ancdata, flags, max_fds)
-                return data, fds, address
+                if not max_fds:  # a plain receive: fds sent along were dropped by the kernel
+                    return data, [], address
+                return data, rights_message(data, ancdata, flags, max_fds), address
 
     async def receive(self) -> bytes:
         """The next whole message.
