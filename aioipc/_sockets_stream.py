@@ -173,6 +173,29 @@ class SocketStream(FdByteStream):
     def fileno(self) -> int:
         return self.receiver.fileno()
 
+    async def aclose(self) -> None:
+        """Close the socket, first discarding what arrived unread.
+
+        Closing a socket with unread data makes the kernel reset the
+        connection, and a reset makes the peer drop what it had not read
+        yet: discarding it first (a TLS 1.3 session ticket nobody read, say)
+        lets the peer see our last bytes and a clean ``EndOfStream``.
+        """
+        self._discard_unread()
+        await super().aclose()
+
+    def _discard_unread(self, limit: int = 16) -> None:
+        sock = self.receiver._sock
+        if self.receiver.fileno() < 0:
+            return
+        scratch = bytearray(65536)
+        for _ in range(limit):
+            try:
+                if not sock.recv_into(scratch):
+                    return
+            except OSError:  # BlockingIOError: nothing more; anything else: closing anyway
+                return
+
     async def send_fds(self, data: Buffer, fds: Sequence[int]) -> None:
         """See :meth:`SocketSendStream.send_fds`."""
         await self.sender.send_fds(data, fds)

@@ -75,15 +75,19 @@ def loop_name() -> str:
     return "uvloop" if "uvloop" in type(asyncio.get_running_loop()).__module__ else "asyncio"
 
 
-async def spawn(tmp_path: Path, *args: str, pass_fds: tuple[int, ...] = ()) -> asyncio.subprocess.Process:
+async def spawn(
+    tmp_path: Path, *args: str, pass_fds: tuple[int, ...] = (), stderr: int | None = None
+) -> asyncio.subprocess.Process:
     script = tmp_path / "child.py"
-    script.write_text(CHILD)
+    if not script.exists():  # never rewrite it under a child that is starting
+        script.write_text(CHILD)
     return await asyncio.create_subprocess_exec(
         sys.executable,
         str(script),
         *args,
         pass_fds=pass_fds,
         stdout=asyncio.subprocess.PIPE,
+        stderr=stderr,
         env={**os.environ, "LOOP": loop_name()},
     )
 
@@ -262,13 +266,11 @@ async def test_500_concurrent_clients_in_4_processes(tmp_ipc_dir: Path, tmp_path
 
     per_process, messages = 125, 10
     async with await aioipc.serve(f"unix:{tmp_ipc_dir}/many.sock", handler) as server:
-        procs = [
-            await spawn(tmp_path, "clients", server.address, str(per_process), str(messages))
-            for _ in range(4)
-        ]
+        args = ("clients", server.address, str(per_process), str(messages))
+        procs = [await spawn(tmp_path, *args, stderr=asyncio.subprocess.PIPE) for _ in range(4)]
         with anyio.fail_after(60):
             outputs = await asyncio.gather(*(proc.communicate() for proc in procs))
-        assert [proc.returncode for proc in procs] == [0] * 4
+        assert [proc.returncode for proc in procs] == [0] * 4, [err for _, err in outputs]
         assert [out for out, _ in outputs] == [b"done %d\n" % (per_process * messages)] * 4
         assert received == 4 * per_process * messages
         with anyio.fail_after(10):
