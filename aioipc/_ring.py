@@ -1,0 +1,706 @@
+"""The shared-memory ring: a duplex message channel between two processes.
+
+Layout of the segment (``/dev/shm/NAME``)::
+
+    page 0     header: magic, version, lane capacity, pids, and per lane the
+               producer's line (head, eof, waiting) and the consumer's line
+               (tail, gone, sleeping), each on its own cache line
+    lane 0     capacity bytes: creator -> attacher
+    lane 1     capacity bytes: attacher -> creator
+
+A lane holds records ``[u32 length][u32 0][payload, padded to 8]``; a length
+of 0xFFFFFFFF tells the reader to continue at offset 0. ``head`` and ``tail``
+are 64-bit byte counters that never wrap, written by one side each.
+
+Rule 1 (crash safety): the producer writes whole records, then stores
+``head`` once; the consumer never reads past ``head``. A producer killed
+mid-write leaves its half-written record invisible. There is no lock in the
+segment that a dead process could hold.
+Rule 2 (wake-ups only for sleepers): each side sleeps on its own doorbell, a
+FIFO next to the segment (``NAME.bell-c``, ``NAME.bell-a``) registered with
+the loop. A reader with data waiting makes no system call; a side about to
+sleep sets its flag, runs ``membarrier()`` (a full barrier on every CPU
+running a process of the pair, so the peer's next flag check sees it) and
+checks again; the peer rings the doorbell (writes a byte) only if the flag
+is set.
+Rule 3 (end of life): each side holds an fcntl lock on one byte of the
+segment, and the write end of its peer's doorbell. When a process dies the
+kernel drops both: the peer's doorbell hangs up, which wakes it at once,
+and ``PeerDied`` is raised once the committed messages are read. A clean
+close sets the lane's ``eof`` flag first, so the hang-up reads as
+``EndOfStream`` instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import errno
+import mmap
+import os
+import platform
+import struct
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+
+from ._attributes import IPCAttribute
+from ._exceptions import FrameTooLarge, IPCError, PeerDied
+from ._streams import Buffer, MessageStream, ResourceGuard
+from .sync import ofd_lock, ofd_locked
+
+__all__ = [
+    "DEFAULT_CAPACITY",
+    "Ring",
+    "RingInUse",
+    "is_ring",
+    "ring_files",
+    "ring_is_stale",
+    "segment_path",
+]
+
+DEFAULT_CAPACITY = 4 * 2**20
+_SHM_DIR = "/dev/shm"
+_MAGIC = int.from_bytes(b"aioipcR1", "little")
+_VERSION = 1
+_HEADER = 4096
+_RECORD = struct.Struct("<II")
+_WRAP = 0xFFFFFFFF
+_BELL_BYTES = b"\x00"
+
+# header words (uint64)
+_W_MAGIC, _W_VERSION, _W_CAPACITY, _W_CREATOR, _W_ATTACHER, _W_ATTACHED = range(6)
+# per lane, from the lane's base word: producer line, consumer line, then the two flags
+_HEAD, _EOF, _TAIL, _GONE, _SLEEPING, _WAITING = 0, 1, 8, 9, 16, 24
+_LOCK_CREATOR, _LOCK_ATTACHER = 0, 1
+
+
+def _lane_base(lane: int) -> int:
+    return 8 + 32 * lane
+
+
+class RingInUse(IPCError):
+    """The ring already has (or had) its one attached peer; a ring links exactly two processes."""
+
+
+# -- membarrier -------------------------------------------------------------------------------
+
+_MEMBARRIER_SYSCALL = 324  # x86-64
+_CMD_GLOBAL, _CMD_GLOBAL_EXPEDITED, _CMD_REGISTER_GLOBAL_EXPEDITED = 1, 2, 4
+_barrier: Callable[[], None] | None = None
+
+
+def _setup_barrier() -> Callable[[], None]:
+    """Register this process for expedited barriers; return the barrier to run before sleeping.
+
+    Raises:
+        NotImplementedError: not x86-64 (the ring relies on its ordering of
+            plain loads and stores) or no ``membarrier()`` system call.
+    """
+    global _barrier
+    if _barrier is not None:
+        return _barrier
+    if platform.machine() not in ("x86_64", "AMD64"):
+        raise NotImplementedError("shared-memory rings need an x86-64 machine")
+    libc = ctypes.CDLL(None, use_errno=True)
+    syscall = libc.syscall
+    supported = syscall(_MEMBARRIER_SYSCALL, 0, 0, 0)
+    if supported < 0:
+        raise NotImplementedError("shared-memory rings need the membarrier() system call (Linux 4.16+)")
+    if (
+        supported & _CMD_REGISTER_GLOBAL_EXPEDITED
+        and syscall(_MEMBARRIER_SYSCALL, _CMD_REGISTER_GLOBAL_EXPEDITED, 0, 0) == 0
+    ):
+        command = _CMD_GLOBAL_EXPEDITED
+    elif supported & _CMD_GLOBAL:
+        command = _CMD_GLOBAL
+    else:
+        raise NotImplementedError("membarrier() offers no global barrier here")
+
+    def barrier() -> None:
+        if syscall(_MEMBARRIER_SYSCALL, command, 0, 0) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, os.strerror(code))
+
+    _barrier = barrier
+    return barrier
+
+
+# -- files --------------------------------------------------------------------------------------
+
+
+def segment_path(name: str) -> str:
+    """``/name`` -> the file backing the POSIX shared-memory object.
+
+    Raises:
+        ValueError: not one '/' followed by other characters.
+    """
+    if not name.startswith("/") or "/" in name[1:] or len(name) < 2 or len(name) > 240 or "\0" in name:
+        raise ValueError(f"bad shared-memory name {name!r}: one '/' followed by up to 239 other characters")
+    return _SHM_DIR + name
+
+
+def ring_files(name: str) -> tuple[str, str, str]:
+    """The segment and the two doorbell FIFOs of ring ``name``: (segment, creator's bell, attacher's bell)."""
+    path = segment_path(name)
+    return path, path + ".bell-c", path + ".bell-a"
+
+
+def is_ring(fd: int) -> bool:
+    """Whether the open segment ``fd`` holds an aioipc ring."""
+    head = os.pread(fd, 16, 0)
+    return len(head) == 16 and struct.unpack("<QQ", head) == (_MAGIC, _VERSION)
+
+
+def ring_is_stale(fd: int) -> bool:
+    """Whether no live process holds either side of the open ring segment ``fd``."""
+    return not ofd_locked(fd, _LOCK_CREATOR, 2)
+
+
+# -- the doorbell ---------------------------------------------------------------------------
+
+
+def _wake_all(waiters: list[asyncio.Future[None]], error: BaseException | None = None) -> None:
+    for waiter in waiters:
+        if not waiter.done():
+            if error is None:
+                waiter.set_result(None)
+            else:
+                waiter.set_exception(error)
+
+
+class _Doorbell:
+    """The read end of this side's doorbell FIFO; any number of tasks may wait on it."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.hung_up = False
+        self._waiters: list[asyncio.Future[None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _on_readable(self) -> None:
+        while True:
+            try:
+                data = os.read(self.fd, 4096)
+            except BlockingIOError:
+                break
+            if not data:
+                self.hung_up = True
+                if self._loop is not None:
+                    self._loop.remove_reader(self.fd)
+                break
+        waiters, self._waiters = self._waiters, []
+        _wake_all(waiters)
+
+    async def wait(self) -> None:
+        """Park until the bell rings or hangs up (returns at once if it hung up)."""
+        if self.fd < 0:
+            raise anyio.ClosedResourceError
+        if self.hung_up:
+            await anyio.lowlevel.checkpoint()
+            return
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        if not self._waiters:
+            loop.add_reader(self.fd, self._on_readable)
+            self._loop = loop
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+            if not self._waiters and self.fd >= 0 and not self.hung_up:
+                loop.remove_reader(self.fd)
+
+    def close(self) -> None:
+        fd = self.fd
+        if fd < 0:
+            return
+        self.fd = -1
+        if self._loop is not None and not self._loop.is_closed() and not self.hung_up:
+            self._loop.remove_reader(fd)
+        waiters, self._waiters = self._waiters, []
+        _wake_all(waiters, anyio.ClosedResourceError())
+        os.close(fd)
+
+
+# -- the ring -------------------------------------------------------------------------------
+
+
+class Ring(MessageStream):
+    """A duplex message channel in shared memory between its creator and one attached process.
+
+    Get one with :meth:`create` (the creator; removes the ring on close
+    unless ``persist=True``) or :meth:`attach` (the one peer). Each side
+    sends on its own single-producer single-consumer lane and receives on
+    the other's, so request/response works both ways.
+
+    It is a :class:`aioipc.MessageStream`: ``send()``, ``receive()``,
+    ``async for``, ``send_eof()``, ``aclose()``, plus :meth:`send_many`,
+    :meth:`receive_many` and the zero-copy :meth:`receive_view`.
+
+    Ends of life: after the peer's ``send_eof()`` or ``aclose()``,
+    ``receive()`` returns what it committed, then raises ``EndOfStream``;
+    ``send()`` to a peer that closed raises ``BrokenResourceError``. A peer
+    that died (even by SIGKILL) is ``PeerDied`` once its committed messages
+    are read: a message it was writing when it died is never seen.
+
+    Caveats:
+        A message must fit in half a lane: at most ``capacity // 2 - 8``
+        bytes (``max_size``). Linux on x86-64 only (the ring relies on its
+        memory ordering and on ``membarrier()``). One peer per ring: once it
+        attached, another ``attach()`` raises :class:`RingInUse`, also after
+        the peer left.
+
+    Example::
+
+        # process A
+        async with await Ring.create("/jobs", capacity=2**20) as ring:
+            await ring.send(b"work")
+            print(await ring.receive())
+
+        # process B
+        async with await Ring.attach("/jobs") as ring:
+            async for job in ring:
+                await ring.send(b"done: " + job)
+    """
+
+    def __init__(
+        self,
+        name: str,
+        fd: int,
+        memory: mmap.mmap,
+        *,
+        side: int,
+        bell: int,
+        peer_bell: int,
+        owned_files: Sequence[str],
+        max_size: int | None,
+    ) -> None:
+        self.name = name
+        self.side = side
+        self._fd = fd
+        self._mmap = memory
+        self._barrier = _setup_barrier()
+        base = memoryview(memory)
+        header = base[:_HEADER]
+        self._h = header.cast("Q")
+        self.capacity = capacity = self._h[_W_CAPACITY]
+        tx_lane, rx_lane = side, 1 - side
+        self._tx = base[_HEADER + tx_lane * capacity : _HEADER + (tx_lane + 1) * capacity]
+        self._rx = base[_HEADER + rx_lane * capacity : _HEADER + (rx_lane + 1) * capacity]
+        self._views = [self._tx, self._rx, self._h, header, base]
+        tx, rx = _lane_base(tx_lane), _lane_base(rx_lane)
+        self._tx_head, self._tx_eof, self._tx_tail = tx + _HEAD, tx + _EOF, tx + _TAIL
+        self._tx_gone, self._tx_sleeping, self._tx_waiting = tx + _GONE, tx + _SLEEPING, tx + _WAITING
+        self._rx_head, self._rx_eof, self._rx_tail = rx + _HEAD, rx + _EOF, rx + _TAIL
+        self._rx_gone, self._rx_sleeping, self._rx_waiting = rx + _GONE, rx + _SLEEPING, rx + _WAITING
+        self._head = self._h[self._tx_head]  # our own counters, cached: only we write them
+        self._tail = self._h[self._rx_tail]
+        self._tail_seen = 0  # the peer's tail when our last write found the lane full
+        limit = capacity // 2 - _RECORD.size
+        self.max_size = limit if max_size is None else min(max_size, limit)
+        self._bell = _Doorbell(bell)
+        self._peer_bell = peer_bell
+        self._owned_files = owned_files
+        self._receive_guard = ResourceGuard("receiving")
+        self._send_guard = ResourceGuard("sending")
+        self._closed = False
+        self._eof_sent = False
+        self._extra: dict[Any, Callable[[], Any]] = {IPCAttribute.path: lambda: self.name}
+
+    def __repr__(self) -> str:
+        role = "creator" if self.side == 0 else "attached"
+        return f"<Ring {self.name!r} {role} capacity={self.capacity}{' closed' if self._closed else ''}>"
+
+    @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        return self._extra
+
+    # -- creating and attaching ------------------------------------------------------------
+
+    @classmethod
+    async def create(
+        cls,
+        name: str,
+        capacity: int = DEFAULT_CAPACITY,
+        *,
+        mode: int = 0o600,
+        persist: bool = False,
+        max_size: int | None = None,
+    ) -> Ring:
+        """Create ring ``name`` ("/name") with ``capacity`` bytes per direction.
+
+        Args:
+            capacity: bytes per lane, rounded up to whole pages; messages up
+                to half of it fit.
+            mode: permission bits of the segment and doorbells, exactly.
+            persist: keep the files after ``aclose()`` (``remove_stale_rings()``
+                finds them once both processes are gone).
+            max_size: refuse larger messages (``FrameTooLarge``), below the lane's own limit.
+
+        Raises:
+            FileExistsError: a ring or segment of that name exists.
+            ValueError: bad name, or ``capacity`` under one page.
+        """
+        _setup_barrier()
+        if capacity < mmap.PAGESIZE:
+            raise ValueError(f"capacity must be at least {mmap.PAGESIZE} bytes")
+        capacity = -(-capacity // mmap.PAGESIZE) * mmap.PAGESIZE
+        path, bell_c, bell_a = ring_files(name)
+        made: list[str] = []
+        fds: list[int] = []
+        try:
+            for bell in (bell_c, bell_a):
+                os.mkfifo(bell, 0o600)
+                made.append(bell)
+                os.chmod(bell, mode)
+            temporary = f"{_SHM_DIR}/.{name[1:]}.{uuid.uuid4().hex}.tmp"
+            fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            fds.append(fd)
+            made.append(temporary)
+            os.fchmod(fd, mode)
+            os.ftruncate(fd, _HEADER + 2 * capacity)
+            os.pwrite(fd, struct.pack("<6Q", _MAGIC, _VERSION, capacity, os.getpid(), 0, 0), 0)
+            ofd_lock(fd, _LOCK_CREATOR, 1, exclusive=True, wait=False)
+            bell_fd = os.open(bell_c, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            fds.append(bell_fd)
+            # Read-write: we hold a writer of the peer's bell from the start, so
+            # the peer's read end hangs up exactly when we are gone.
+            peer_fd = os.open(bell_a, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+            fds.append(peer_fd)
+            memory = mmap.mmap(fd, _HEADER + 2 * capacity)
+            try:
+                os.link(temporary, path)  # publish, exclusively
+            except BaseException:
+                memory.close()
+                raise
+            os.unlink(temporary)
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            for file in made:
+                try:
+                    os.unlink(file)
+                except FileNotFoundError:
+                    pass
+            raise
+        owned = () if persist else (path, bell_c, bell_a)
+        ring = cls(
+            name, fd, memory, side=0, bell=bell_fd, peer_bell=peer_fd, owned_files=owned, max_size=max_size
+        )
+        await anyio.lowlevel.checkpoint()
+        return ring
+
+    @classmethod
+    async def attach(cls, name: str, *, max_size: int | None = None) -> Ring:
+        """Attach to ring ``name`` as its one peer.
+
+        Raises:
+            FileNotFoundError: no such ring.
+            ValueError: ``name`` is a shared-memory segment but not a ring.
+            RingInUse: another process attached already (now or before).
+            PeerDied: the creator is gone.
+        """
+        _setup_barrier()
+        path, bell_c, bell_a = ring_files(name)
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        fds = [fd]
+        try:
+            if not is_ring(fd):
+                raise ValueError(f"{name!r} is not an aioipc ring")
+            capacity = struct.unpack("<Q", os.pread(fd, 8, 8 * _W_CAPACITY))[0]
+            size = _HEADER + 2 * capacity
+            if os.fstat(fd).st_size != size:
+                raise ValueError(f"{name!r} is a damaged ring (size does not match its header)")
+            if not ofd_lock(fd, _LOCK_ATTACHER, 1, exclusive=True, wait=False):
+                raise RingInUse(f"ring {name!r} already has its peer attached")
+            memory = mmap.mmap(fd, size)
+            words = memoryview(memory)[:_HEADER].cast("Q")
+            try:
+                if words[_W_ATTACHED]:
+                    raise RingInUse(f"ring {name!r} was attached before; a ring links one pair only")
+                if not ofd_locked(fd, _LOCK_CREATOR, 1):
+                    raise PeerDied(f"the creator of ring {name!r} is gone")
+                bell_fd = os.open(bell_a, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+                fds.append(bell_fd)
+                try:
+                    peer_fd = os.open(bell_c, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+                except OSError as exc:
+                    if exc.errno != errno.ENXIO:
+                        raise
+                    raise PeerDied(f"the creator of ring {name!r} is gone") from None
+                fds.append(peer_fd)
+                words[_W_ATTACHER] = os.getpid()
+                words[_W_ATTACHED] = 1
+            except BaseException:
+                words.release()
+                memory.close()
+                raise
+            words.release()
+        except BaseException:
+            for each in fds:
+                os.close(each)
+            raise
+        ring = cls(
+            name, fd, memory, side=1, bell=bell_fd, peer_bell=peer_fd, owned_files=(), max_size=max_size
+        )
+        await anyio.lowlevel.checkpoint()
+        return ring
+
+    # -- sending ---------------------------------------------------------------------------
+
+    def _ring_peer(self) -> None:
+        try:
+            os.write(self._peer_bell, _BELL_BYTES)
+        except (BlockingIOError, BrokenPipeError):
+            pass  # already ringing / the peer is gone, which its hang-up reports
+
+    def _check_send(self) -> None:
+        if self._closed or self._eof_sent:
+            raise anyio.ClosedResourceError
+        if self._h[self._tx_gone]:
+            raise anyio.BrokenResourceError(f"the peer of ring {self.name!r} closed its receiving side")
+
+    def _write(self, messages: Sequence[Buffer], first: int) -> int:
+        """Write as many whole records as fit, commit them with one store; return the next index."""
+        h, tx, capacity = self._h, self._tx, self.capacity
+        head = self._head
+        free_until = h[self._tx_tail] + capacity
+        index = first
+        count = len(messages)
+        while index < count:
+            message = messages[index]
+            size = len(message) if not isinstance(message, memoryview) else message.nbytes
+            record = 8 + ((size + 7) & ~7)
+            position = head % capacity
+            skip = capacity - position if capacity - position < record else 0
+            if head + skip + record > free_until:
+                self._tail_seen = free_until - capacity
+                break
+            if skip:
+                _RECORD.pack_into(tx, position, _WRAP, 0)
+                head += skip
+                position = 0
+            _RECORD.pack_into(tx, position, size, 0)
+            if size:
+                tx[position + 8 : position + 8 + size] = (
+                    message.cast("B") if isinstance(message, memoryview) else message
+                )
+            head += record
+            index += 1
+        if index != first:
+            h[self._tx_head] = self._head = head  # the commit
+            if h[self._tx_sleeping]:
+                self._ring_peer()
+        return index
+
+    async def _wait_for_space(self) -> None:
+        h = self._h
+        h[self._tx_waiting] = 1
+        try:
+            self._barrier()
+            if h[self._tx_tail] != self._tail_seen or h[self._tx_gone]:
+                return
+            if self._bell.hung_up:
+                raise PeerDied(f"the peer of ring {self.name!r} died")
+            await self._bell.wait()
+        finally:
+            if not self._closed:
+                h[self._tx_waiting] = 0
+
+    def _check_sizes(self, messages: Iterable[Buffer]) -> None:
+        for message in messages:
+            size = len(message) if not isinstance(message, memoryview) else message.nbytes
+            if size > self.max_size:
+                raise FrameTooLarge(size, self.max_size)
+
+    async def send(self, item: Buffer) -> None:
+        """Send one message; wait while the lane is full.
+
+        Raises:
+            FrameTooLarge: over ``max_size``; nothing was sent.
+            anyio.BrokenResourceError: the peer closed its receiving side.
+            PeerDied: the peer died while this waited for room.
+            anyio.ClosedResourceError: this side closed (or sent EOF).
+        """
+        await self.send_many((item,))
+
+    async def send_many(self, messages: Sequence[Buffer]) -> None:
+        """Send several messages with one commit and at most one wake-up per lane-full.
+
+        A cancelled ``send_many`` has sent a prefix of ``messages``, each whole.
+
+        Raises:
+            As :meth:`send`; ``FrameTooLarge`` before anything is sent.
+        """
+        with self._send_guard:
+            self._check_send()
+            self._check_sizes(messages)
+            index = self._write(messages, 0)
+            while index < len(messages):
+                await self._wait_for_space()
+                self._check_send()
+                index = self._write(messages, index)
+
+    async def send_eof(self) -> None:
+        """Tell the peer nothing more will come: it gets ``EndOfStream`` after the rest.
+
+        This side can still receive.
+        """
+        if self._closed or self._eof_sent:
+            return
+        self._eof_sent = True
+        self._h[self._tx_eof] = 1
+        if self._h[self._tx_sleeping]:
+            self._ring_peer()
+        await anyio.lowlevel.checkpoint()
+
+    # -- receiving -------------------------------------------------------------------------
+
+    def _peek(self) -> tuple[int, int, int] | None:
+        """(payload offset, length, tail after it) of the next committed record, or None."""
+        tail = self._tail
+        if self._h[self._rx_head] == tail:
+            return None
+        capacity = self.capacity
+        position = tail % capacity
+        size = _RECORD.unpack_from(self._rx, position)[0]
+        if size == _WRAP:
+            tail += capacity - position
+            position = 0
+            size = _RECORD.unpack_from(self._rx, 0)[0]
+        return position + 8, size, tail + 8 + ((size + 7) & ~7)
+
+    def _advance(self, tail: int) -> None:
+        h = self._h
+        h[self._rx_tail] = self._tail = tail
+        if h[self._rx_waiting]:
+            self._ring_peer()
+
+    async def _next(self) -> tuple[int, int, int]:
+        h = self._h
+        while True:
+            if self._closed:
+                raise anyio.ClosedResourceError
+            record = self._peek()
+            if record is not None:
+                return record
+            if h[self._rx_eof]:
+                raise anyio.EndOfStream
+            if self._bell.hung_up:
+                raise PeerDied(f"the peer of ring {self.name!r} died")
+            h[self._rx_sleeping] = 1
+            try:
+                self._barrier()
+                if h[self._rx_head] == self._tail and not h[self._rx_eof]:
+                    await self._bell.wait()
+            finally:
+                if not self._closed:
+                    h[self._rx_sleeping] = 0
+
+    async def receive(self) -> bytes:
+        """Receive the next message (a copy); wait while the lane is empty.
+
+        Raises:
+            anyio.EndOfStream: the peer sent EOF or closed, and everything was read.
+            PeerDied: the peer died, and everything it committed was read.
+            anyio.ClosedResourceError: this side closed (also wakes a waiting ``receive``).
+            anyio.BusyResourceError: another task is receiving.
+        """
+        with self._receive_guard:
+            record = self._peek() if not self._closed else None
+            if record is None:
+                record = await self._next()
+            start, size, tail = record
+            data = bytes(self._rx[start : start + size])
+            self._advance(tail)
+            return data
+
+    async def receive_many(self, max_messages: int = 1024) -> list[bytes]:
+        """Wait for at least one message, then return every waiting one (up to ``max_messages``).
+
+        Raises:
+            As :meth:`receive` (only when no message at all could be returned).
+        """
+        if max_messages < 1:
+            raise ValueError("max_messages must be at least 1")
+        with self._receive_guard:
+            start, size, tail = await self._next()
+            rx = self._rx
+            messages = [bytes(rx[start : start + size])]
+            self._tail = tail
+            while len(messages) < max_messages:
+                record = self._peek()
+                if record is None:
+                    break
+                start, size, tail = record
+                messages.append(bytes(rx[start : start + size]))
+                self._tail = tail
+            self._advance(tail)
+            return messages
+
+    @asynccontextmanager
+    async def receive_view(self) -> AsyncIterator[memoryview]:
+        """Receive the next message without copying it: a read-only view into shared memory.
+
+        The message stays in the ring, its space reserved, until the block
+        ends; then the view is released and the space given back. If the
+        block raises, the message is still consumed.
+
+        Raises:
+            As :meth:`receive`; ``BufferError`` at the end of the block if a
+            buffer made from the view (``memoryview(view)``, numpy) is still
+            alive: copy what you keep.
+
+        Example::
+
+            async with ring.receive_view() as view:
+                total += sum(view)
+        """
+        with self._receive_guard:
+            start, size, tail = await self._next()
+            view = self._rx[start : start + size].toreadonly()
+            try:
+                yield view
+            finally:
+                try:
+                    view.release()
+                finally:
+                    if not self._closed:
+                        self._advance(tail)
+
+    # -- closing ---------------------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        """Close this side (idempotent): the peer reads what was sent, then ``EndOfStream``.
+
+        The creator also removes the ring's files (unless it was created with
+        ``persist=True``); an attached peer keeps working on its mapping.
+        """
+        if self._closed:
+            return
+        h = self._h
+        h[self._tx_eof] = 1
+        h[self._rx_gone] = 1
+        self._closed = True
+        self._bell.close()
+        os.close(self._peer_bell)
+        for view in self._views:
+            view.release()
+        try:
+            self._mmap.close()
+        except BufferError:
+            pass  # a view the user kept: the mapping goes when it does
+        os.close(self._fd)  # drops our liveness lock
+        for file in self._owned_files:
+            try:
+                os.unlink(file)
+            except FileNotFoundError:
+                pass
+        await anyio.lowlevel.checkpoint()

@@ -1,0 +1,330 @@
+"""System V shared memory and semaphores by key, shared with C programs
+(``shmget``/``shmat``, ``semget``/``semop``) that use the same key.
+
+Re-exported by :mod:`aioipc.sysv`. A System V semaphore has no file
+descriptor, so a contended ``acquire()`` blocks in ``semtimedop`` in a
+bridge thread (no polling); cancelling it never leaks a unit.
+
+Example::
+
+    key = aioipc.sysv.ftok("/srv/app", 1)
+    async with await aioipc.sysv.SharedMemory.create(key, 4096) as shm:
+        sem = await aioipc.sysv.Semaphore.open(key, create=True, initial=0)
+        shm.buf[:5] = b"hello"
+        sem.release()                       # a C program waiting in semop() wakes up
+        await sem.aclose()
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import sys
+from types import TracebackType
+
+import anyio
+import anyio.lowlevel
+import sysv_ipc
+
+from .sync import _Bridge
+
+__all__ = ["SharedMemory", "Semaphore"]
+
+
+class _SemBuf(ctypes.Structure):
+    _fields_ = (("sem_num", ctypes.c_ushort), ("sem_op", ctypes.c_short), ("sem_flg", ctypes.c_short))
+
+
+class _TimeSpec(ctypes.Structure):
+    _fields_ = (("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long))
+
+
+_IPC_NOWAIT, _SEM_UNDO = 0o4000, 0x1000
+_libc = ctypes.CDLL(None, use_errno=True)
+_semtimedop = _libc.semtimedop
+_semtimedop.argtypes = (ctypes.c_int, ctypes.POINTER(_SemBuf), ctypes.c_size_t, ctypes.POINTER(_TimeSpec))
+_semtimedop.restype = ctypes.c_int
+
+
+def _semop(semid: int, delta: int, *, undo: bool, wait: bool, timeout: float | None = None) -> bool:
+    """One ``semtimedop`` on semaphore 0 of the set (the GIL is released while it blocks).
+
+    Returns ``False`` when it would block (``wait=False``) or ``timeout`` ran out.
+    """
+    flags = (_SEM_UNDO if undo else 0) | (0 if wait else _IPC_NOWAIT)
+    operation = _SemBuf(0, delta, flags)
+    limit = None
+    if timeout is not None:
+        seconds = max(timeout, 0.0)
+        limit = _TimeSpec(int(seconds), int(seconds % 1 * 1e9))
+    while True:
+        if _semtimedop(semid, ctypes.byref(operation), 1, ctypes.byref(limit) if limit else None) == 0:
+            return True
+        code = ctypes.get_errno()
+        if code == errno.EINTR:
+            continue
+        if code == errno.EAGAIN:
+            return False
+        if code in (errno.EIDRM, errno.EINVAL):
+            raise FileNotFoundError(code, "the System V semaphore was removed")
+        raise OSError(code, os.strerror(code))
+
+
+def _check_key(key: int) -> int:
+    if not isinstance(key, int) or not -(2**31) <= key < 2**32 or key == 0:
+        raise ValueError(f"bad System V key {key!r}: a non-zero 32-bit number (use ftok() to make one)")
+    return key - 2**32 if key >= 2**31 else key
+
+
+def _not_found(kind: str, key: int) -> FileNotFoundError:
+    return FileNotFoundError(errno.ENOENT, f"no System V {kind} with key {key & 0xFFFFFFFF:#010x}")
+
+
+def _exists(kind: str, key: int) -> FileExistsError:
+    return FileExistsError(errno.EEXIST, f"a System V {kind} with key {key & 0xFFFFFFFF:#010x} exists")
+
+
+class SharedMemory:
+    """A System V shared-memory segment, attached; ``.buf`` is a ``memoryview`` of it.
+
+    Get one with :meth:`create` or :meth:`attach`; ``aclose()`` detaches,
+    and removes the segment if this handle created it (unless ``persist=True``).
+
+    Caveats:
+        Release every ``memoryview`` made from ``.buf`` before ``aclose()``:
+        it raises ``BufferError`` otherwise (detaching under a live view
+        would crash the process). A removed segment lives on until the last
+        process detaches.
+    """
+
+    def __init__(self, segment: sysv_ipc.SharedMemory, *, owned: bool) -> None:
+        self._segment = segment
+        self.key: int = segment.key
+        self.id: int = segment.id
+        self.size: int = segment.size
+        self.owned = owned
+        self.buf = memoryview(segment)
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<sysv.SharedMemory key={self.key & 0xFFFFFFFF:#010x} size={self.size} owned={self.owned}>"
+
+    @classmethod
+    async def create(
+        cls, key: int, size: int, mode: int = 0o600, *, exist_ok: bool = False, persist: bool = False
+    ) -> SharedMemory:
+        """Create the segment ``key`` of ``size`` bytes (zeroed) with permission bits ``mode``.
+
+        Raises:
+            FileExistsError: a segment with that key exists (and not ``exist_ok``).
+            ValueError: bad key or size (``size`` over the system's ``shmmax``).
+        """
+        key = _check_key(key)
+        if size <= 0:
+            raise ValueError("size must be > 0")
+        try:
+            segment = sysv_ipc.SharedMemory(key, sysv_ipc.IPC_CREX, mode, size, init_character=b"\0")
+        except sysv_ipc.ExistentialError:
+            if not exist_ok:
+                raise _exists("segment", key) from None
+            return await cls.attach(key)
+        shm = cls(segment, owned=not persist)
+        await anyio.lowlevel.checkpoint()
+        return shm
+
+    @classmethod
+    async def attach(cls, key: int) -> SharedMemory:
+        """Attach the existing segment ``key``; closing only detaches.
+
+        Raises:
+            FileNotFoundError: no segment with that key.
+            PermissionError: its mode forbids it.
+        """
+        key = _check_key(key)
+        try:
+            segment = sysv_ipc.SharedMemory(key)
+        except sysv_ipc.ExistentialError:
+            raise _not_found("segment", key) from None
+        except sysv_ipc.PermissionsError:
+            raise PermissionError(errno.EACCES, "permission denied") from None
+        shm = cls(segment, owned=False)
+        await anyio.lowlevel.checkpoint()
+        return shm
+
+    @property
+    def attached(self) -> int:
+        """How many attachments the segment has now (all processes)."""
+        return int(self._segment.number_attached) if not self._closed else 0
+
+    async def aclose(self) -> None:
+        """Detach (idempotent); remove the segment if this handle created it.
+
+        Raises:
+            BufferError: a memoryview made from ``.buf`` is still alive.
+        """
+        if self._closed:
+            return
+        self.buf.release()
+        # Views made from .buf keep the segment object referenced; detaching
+        # under them would leave them pointing at unmapped memory.
+        if sys.getrefcount(self._segment) > 2:
+            self.buf = memoryview(self._segment)
+            raise BufferError("release the memoryviews made from .buf before aclose()")
+        self._closed = True
+        self._segment.detach()
+        if self.owned:
+            try:
+                self._segment.remove()
+            except sysv_ipc.ExistentialError:
+                pass
+        await anyio.lowlevel.checkpoint()
+
+    async def __aenter__(self) -> SharedMemory:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+
+class Semaphore:
+    """A System V semaphore (a set of one) by key. Get one with :meth:`open`.
+
+    ``async with sem:`` acquires and releases; ``await sem.aclose()`` closes
+    the handle and removes the set if this handle created it.
+
+    With ``undo=True`` (the default) every operation is ``SEM_UNDO``: when a
+    process dies, the kernel reverts what it did, so a holder killed by
+    SIGKILL gives its units back. Use ``undo=False`` for a semaphore that
+    signals between processes (one releases, another acquires).
+    """
+
+    def __init__(self, semaphore: sysv_ipc.Semaphore, *, owned: bool, undo: bool) -> None:
+        self._sem = semaphore
+        self.undo = undo
+        self.key: int = semaphore.key
+        self.id: int = semaphore.id
+        self.owned = owned
+        self._closed = False
+        self._bridge = _Bridge(lambda: None)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"value={self._sem.value}"
+        return f"<sysv.Semaphore key={self.key & 0xFFFFFFFF:#010x} {state} owned={self.owned}>"
+
+    @classmethod
+    async def open(
+        cls,
+        key: int,
+        create: bool = False,
+        initial: int = 1,
+        *,
+        mode: int = 0o600,
+        exist_ok: bool = False,
+        persist: bool = False,
+        undo: bool = True,
+    ) -> Semaphore:
+        """Open the semaphore set ``key``, or create it holding ``initial`` units.
+
+        Raises:
+            FileNotFoundError: no set with that key (``create=False``).
+            FileExistsError: it exists (``create=True`` and not ``exist_ok``).
+            PermissionError: its mode forbids it.
+            ValueError: bad key or negative ``initial``.
+        """
+        key = _check_key(key)
+        if initial < 0:
+            raise ValueError("initial must be >= 0")
+        owned = False
+        try:
+            if create:
+                try:
+                    semaphore = sysv_ipc.Semaphore(key, sysv_ipc.IPC_CREX, mode, initial)
+                    owned = not persist
+                except sysv_ipc.ExistentialError:
+                    if not exist_ok:
+                        raise _exists("semaphore", key) from None
+                    semaphore = sysv_ipc.Semaphore(key)
+            else:
+                semaphore = sysv_ipc.Semaphore(key)
+        except sysv_ipc.ExistentialError:
+            raise _not_found("semaphore", key) from None
+        except sysv_ipc.PermissionsError:
+            raise PermissionError(errno.EACCES, "permission denied") from None
+        await anyio.lowlevel.checkpoint()
+        return cls(semaphore, owned=owned, undo=undo)
+
+    @property
+    def value(self) -> int:
+        """The current count (a snapshot)."""
+        self._check()
+        return int(self._sem.value)
+
+    def _check(self) -> None:
+        if self._closed:
+            raise anyio.ClosedResourceError
+
+    def _give_back(self, got: bool) -> None:
+        if got:
+            _semop(self.id, 1, undo=self.undo, wait=True)
+
+    async def acquire(self, timeout: float | None = None) -> None:
+        """Take one unit, waiting up to ``timeout`` seconds (``None``: for ever).
+
+        Raises:
+            TimeoutError: no unit came in time.
+            anyio.ClosedResourceError: this handle is closed.
+            FileNotFoundError: the set was removed meanwhile.
+        """
+        self._check()
+        semid, undo = self.id, self.undo
+        if _semop(semid, -1, undo=undo, wait=False):
+            try:
+                await anyio.lowlevel.checkpoint()
+            except BaseException:
+                self._give_back(True)
+                raise
+            return
+        if timeout is not None and timeout <= 0:
+            raise TimeoutError("semaphore not acquired")
+        got = await self._bridge.run(
+            lambda: _semop(semid, -1, undo=undo, wait=True, timeout=timeout), self._give_back
+        )
+        if not got:
+            raise TimeoutError(f"semaphore not acquired within {timeout} s")
+
+    def release(self) -> None:
+        """Give one unit back.
+
+        Raises:
+            anyio.ClosedResourceError: this handle is closed.
+        """
+        self._check()
+        _semop(self.id, 1, undo=self.undo, wait=True)
+
+    async def aclose(self) -> None:
+        """Close the handle (idempotent); remove the set if this handle created it.
+
+        Removing the set wakes every process waiting on it with an error.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self._bridge.close()
+        if self.owned:
+            try:
+                self._sem.remove()
+            except sysv_ipc.ExistentialError:
+                pass
+        await anyio.lowlevel.checkpoint()
+
+    async def __aenter__(self) -> Semaphore:
+        await self.acquire()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.release()

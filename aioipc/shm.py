@@ -1,0 +1,386 @@
+"""Shared memory: POSIX segments, memory-mapped files, and the shared-memory :class:`Ring`.
+
+- :class:`SharedMemory`: a POSIX shared-memory object (``/dev/shm/NAME``,
+  what ``shm_open`` opens, so C programs share it) with ``.buf``, a
+  ``memoryview`` of the memory.
+- :func:`map_file`: a file mapped into memory, for state shared through a file.
+- :class:`Ring`: a duplex message channel in shared memory between two
+  processes, the fastest path between them; also ``aioipc.connect("shm:/name")``
+  (attach) and ``aioipc.serve("shm:/name", handler)`` (create, then call
+  ``handler(ring)``).
+- :func:`list_segments` and :func:`remove_stale_rings` for ``aioipc ls`` / ``aioipc rm --stale``.
+
+Ownership is explicit: what a handle created is removed when it closes
+(unless ``persist=True``), what it attached is never removed by it; there is
+no resource tracker that removes a segment under a live peer.
+
+Example::
+
+    async with await aioipc.shm.SharedMemory.create("/state", 4096) as shm:
+        shm.buf[:5] = b"hello"           # another process: SharedMemory.attach("/state")
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import stat
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Literal
+
+import anyio.lowlevel
+
+from ._address import Address, register_scheme
+from ._framing import DEFAULT_MAX_SIZE
+from ._ring import DEFAULT_CAPACITY, Ring, RingInUse, is_ring, ring_files, ring_is_stale, segment_path
+from ._server import Server
+from .sync import ofd_locked
+
+__all__ = [
+    "MappedMemory",
+    "Ring",
+    "RingInUse",
+    "SegmentInfo",
+    "SharedMemory",
+    "list_segments",
+    "map_file",
+    "remove_stale_rings",
+    "unlink",
+]
+
+
+class MappedMemory:
+    """Memory mapped from a file; ``.buf`` is a writable ``memoryview`` of it.
+
+    ``aclose()`` unmaps it (and removes the file if this handle created it
+    and ``persist`` was not asked). Release every ``memoryview`` you made
+    from ``.buf`` first, or ``aclose()`` raises ``BufferError``.
+    """
+
+    def __init__(self, path: str, fd: int, size: int, *, owned: bool) -> None:
+        self.path = path
+        self.size = size
+        self.owned = owned
+        self._mmap = mmap.mmap(fd, size) if size else None
+        os.close(fd)
+        self.buf = memoryview(self._mmap) if self._mmap is not None else memoryview(b"").toreadonly()
+        self._closed = False
+
+    def __repr__(self) -> str:
+        state = " closed" if self._closed else ""
+        return f"<{type(self).__name__} {self.path!r} size={self.size} owned={self.owned}{state}>"
+
+    def flush(self) -> None:
+        """Write dirty pages to the file now (``msync``); the kernel does it eventually anyway."""
+        if self._mmap is not None and not self._closed:
+            self._mmap.flush()
+
+    async def aclose(self) -> None:
+        """Unmap (idempotent); remove the file if this handle created it.
+
+        Raises:
+            BufferError: a memoryview made from ``.buf`` is still alive.
+        """
+        if self._closed:
+            return
+        self.buf.release()
+        if self._mmap is not None:
+            try:
+                self._mmap.close()
+            except BufferError:
+                self.buf = memoryview(self._mmap)
+                raise BufferError("release the memoryviews made from .buf before aclose()") from None
+        self._closed = True
+        if self.owned:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+        await anyio.lowlevel.checkpoint()
+
+    async def __aenter__(self) -> MappedMemory:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+
+class SharedMemory(MappedMemory):
+    """A POSIX shared-memory segment; get one with :meth:`create` or :meth:`attach`.
+
+    ``.buf`` is a ``memoryview`` of the memory; ``.name`` is "/name".
+
+    Caveats:
+        A segment holds no lock and no notification: pair it with a
+        :class:`aioipc.sync.Semaphore` or a :class:`aioipc.sync.FileLock`, or
+        use a :class:`Ring` for messages.
+    """
+
+    def __init__(self, name: str, fd: int, size: int, *, owned: bool) -> None:
+        super().__init__(segment_path(name), fd, size, owned=owned)
+        self.name = name
+
+    @classmethod
+    async def create(
+        cls, name: str, size: int, mode: int = 0o600, *, exist_ok: bool = False, persist: bool = False
+    ) -> SharedMemory:
+        """Create segment ``name`` of ``size`` bytes (zeroed), with exactly ``mode``.
+
+        Args:
+            exist_ok: attach to an existing segment instead of failing (it is
+                then not removed on close, and must be at least ``size`` bytes).
+            persist: leave the segment after ``aclose()``.
+
+        Raises:
+            FileExistsError: it exists (and not ``exist_ok``).
+            ValueError: bad name, negative size, or an existing segment that is too small.
+        """
+        path = segment_path(name)
+        if size < 0:
+            raise ValueError("size must be >= 0")
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        except FileExistsError:
+            if not exist_ok:
+                raise
+            shm = await cls.attach(name)
+            if shm.size < size:
+                await shm.aclose()
+                raise ValueError(f"segment {name!r} exists with {shm.size} bytes, under {size}") from None
+            return shm
+        try:
+            os.fchmod(fd, mode)
+            os.ftruncate(fd, size)
+            shm = cls(name, fd, size, owned=not persist)
+        except BaseException:
+            os.close(fd)
+            os.unlink(path)
+            raise
+        await anyio.lowlevel.checkpoint()
+        return shm
+
+    @classmethod
+    async def attach(cls, name: str) -> SharedMemory:
+        """Attach to the existing segment ``name``, all of it; closing never removes it.
+
+        Raises:
+            FileNotFoundError: no such segment.
+            PermissionError: its mode forbids it.
+        """
+        fd = os.open(segment_path(name), os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise ValueError(f"{name!r} is not a shared-memory segment")
+            shm = cls(name, fd, st.st_size, owned=False)
+        except BaseException:
+            os.close(fd)
+            raise
+        await anyio.lowlevel.checkpoint()
+        return shm
+
+    def __repr__(self) -> str:
+        return f"<SharedMemory {self.name!r} size={self.size} owned={self.owned}>"
+
+
+async def map_file(
+    path: str | os.PathLike[str], size: int | None = None, *, mode: int = 0o600
+) -> MappedMemory:
+    """Map ``path`` into memory (shared with every process mapping it); create it if missing.
+
+    Args:
+        size: bytes to map; a shorter file is extended with zeros (never
+            shrunk). ``None`` maps the file as it is.
+        mode: permission bits when the file is created.
+
+    Raises:
+        ValueError: ``path`` is not a regular file, or ``size`` is negative.
+        OSError: as ``open()`` raises it.
+
+    Caveats:
+        The handle never removes the file. Another process that truncates
+        the file makes access beyond the new end crash with SIGBUS.
+
+    Example::
+
+        async with await aioipc.shm.map_file("/var/lib/app/counters", 4096) as m:
+            m.buf[0] += 1
+    """
+    path = os.fspath(path)
+    if size is not None and size < 0:
+        raise ValueError("size must be >= 0")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, mode)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError(f"{path!r} is not a regular file")
+        if size is None:
+            size = st.st_size
+        elif st.st_size < size:
+            os.ftruncate(fd, size)
+        memory = MappedMemory(path, fd, size, owned=False)
+    except BaseException:
+        os.close(fd)
+        raise
+    await anyio.lowlevel.checkpoint()
+    return memory
+
+
+def unlink(name: str) -> None:
+    """Remove segment (or ring) ``name``; processes that attached it keep their memory.
+
+    Raises:
+        FileNotFoundError: no such segment.
+    """
+    path, bell_c, bell_a = ring_files(name)
+    os.unlink(path)
+    for bell in (bell_c, bell_a):
+        try:
+            os.unlink(bell)
+        except FileNotFoundError:
+            pass
+
+
+# -- listing ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SegmentInfo:
+    """One shared-memory segment on this machine, as :func:`list_segments` reports it.
+
+    ``name`` is "/name" for POSIX and the key in hex for System V;
+    ``attached`` is the kernel's attach count (System V), the number of live
+    sides (a ring), or ``None`` (a plain POSIX segment: the kernel does not count).
+    """
+
+    kind: Literal["posix", "sysv"]
+    name: str
+    key: int | None
+    id: int | None
+    uid: int
+    mode: int
+    size: int
+    attached: int | None
+    ring: bool
+
+
+def _posix_segment(entry: os.DirEntry[str]) -> SegmentInfo | None:
+    if entry.name.startswith(("sem.", ".")):
+        return None
+    try:
+        st = entry.stat(follow_symlinks=False)
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        ring, attached = False, None
+        try:
+            fd = os.open(entry.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except PermissionError:
+            fd = -1
+        if fd >= 0:
+            try:
+                ring = is_ring(fd)
+                if ring:
+                    attached = _live_sides(fd)
+            finally:
+                os.close(fd)
+    except FileNotFoundError:
+        return None
+    mode = stat.S_IMODE(st.st_mode)
+    return SegmentInfo("posix", "/" + entry.name, None, None, st.st_uid, mode, st.st_size, attached, ring)
+
+
+def _live_sides(fd: int) -> int:
+    return sum(ofd_locked(fd, byte, 1) for byte in (0, 1))
+
+
+def _sysv_segments() -> list[SegmentInfo]:
+    try:
+        with open("/proc/sysvipc/shm") as table:
+            lines = table.read().splitlines()[1:]
+    except FileNotFoundError:
+        return []
+    found = []
+    for line in lines:
+        # key shmid perms size cpid lpid nattch uid gid ...
+        fields = line.split()
+        key, shmid, size, nattch, uid = (int(fields[i]) for i in (0, 1, 3, 6, 7))
+        perms = int(fields[2], 8)
+        name = f"{key & 0xFFFFFFFF:#010x}"
+        found.append(SegmentInfo("sysv", name, key, shmid, uid, perms & 0o777, size, nattch, False))
+    return found
+
+
+def list_segments() -> list[SegmentInfo]:
+    """Every POSIX segment in ``/dev/shm`` (rings marked) and System V segment
+    (``/proc/sysvipc/shm``) visible here, with owner, mode, size and attach count."""
+    found = []
+    try:
+        entries = list(os.scandir("/dev/shm"))
+    except FileNotFoundError:
+        entries = []
+    for entry in entries:
+        info = _posix_segment(entry)
+        if info is not None:
+            found.append(info)
+    return found + _sysv_segments()
+
+
+def remove_stale_rings() -> list[str]:
+    """Remove the rings whose processes are all dead; return their names.
+
+    A ring counts as stale when no process holds either side's lock (the
+    kernel drops them when a process dies). Rings of other users that this
+    user cannot open are left alone.
+    """
+    removed = []
+    for info in list_segments():
+        if not info.ring:
+            continue
+        try:
+            fd = os.open(segment_path(info.name), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except (FileNotFoundError, PermissionError):
+            continue
+        try:
+            stale = is_ring(fd) and ring_is_stale(fd)
+        finally:
+            os.close(fd)
+        if stale:
+            try:
+                unlink(info.name)
+            except (FileNotFoundError, PermissionError):
+                continue
+            removed.append(info.name)
+    return removed
+
+
+# -- addresses --------------------------------------------------------------------------------
+
+
+async def _connect(
+    address: Address, *, framing: str | None, max_size: int = DEFAULT_MAX_SIZE, **options: Any
+) -> Ring:
+    """``connect("shm:/name")``: attach to the ring (a message stream whatever ``framing`` says)."""
+    return await Ring.attach(address.path, max_size=max_size, **options)
+
+
+async def _serve(
+    address: Address,
+    handler: Callable[[Ring], Awaitable[object]],
+    *,
+    framing: str | None,
+    max_size: int = DEFAULT_MAX_SIZE,
+    capacity: int = DEFAULT_CAPACITY,
+    mode: int = 0o600,
+) -> Server:
+    """``serve("shm:/name", handler)``: create the ring and call ``handler(ring)`` at once."""
+    ring = await Ring.create(address.path, capacity, mode=mode, max_size=max_size)
+    server = Server(str(address), on_close=ring.aclose)
+    server.start_handler(handler, ring)
+    return server
+
+
+register_scheme("shm", _connect, _serve)

@@ -1,0 +1,261 @@
+"""The shared-memory ring: conformance, two processes, crashes, one peer per ring."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import textwrap
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+import pytest
+
+import aioipc
+import aioipc.shm
+from aioipc.shm import Ring, RingInUse
+from aioipc.testing import check_message_stream
+
+
+def _loop_name() -> str:
+    return "uvloop" if "uvloop" in type(asyncio.get_running_loop()).__module__ else "asyncio"
+
+
+def _ring_files(name: str) -> list[str]:
+    base = name[1:]
+    return [f for f in os.listdir("/dev/shm") if f == base or f.startswith(base + ".")]
+
+
+@pytest.fixture
+def ring_name(unique_name: str) -> str:
+    return "/" + unique_name
+
+
+async def test_ring_message_conformance(unique_name: str) -> None:
+    counter = [0]
+
+    @asynccontextmanager
+    async def pair() -> AsyncIterator[tuple[Ring, Ring]]:
+        counter[0] += 1
+        name = f"/{unique_name}-{counter[0]}"
+        async with await Ring.create(name, 4 * 2**20) as a, await Ring.attach(name) as b:
+            yield a, b
+        assert _ring_files(name) == []
+
+    await check_message_stream(pair, two_way=True)
+
+
+async def test_batches_views_and_limits(ring_name: str) -> None:
+    async with await Ring.create(ring_name, 8192) as a, await Ring.attach(ring_name) as b:
+        assert a.max_size == 8192 // 2 - 8
+        with pytest.raises(aioipc.FrameTooLarge):
+            await a.send_many([b"ok", b"x" * (a.max_size + 1)])
+        with anyio.fail_after(5):
+            # more than a lane holds: the sender waits for the receiver, nothing is torn
+            messages = [bytes([i % 256]) * (i * 37 % 3000) for i in range(300)]
+
+            async def consume() -> list[bytes]:
+                got: list[bytes] = []
+                while len(got) < len(messages):
+                    got.extend(await b.receive_many(max_messages=7))
+                return got
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(a.send_many, messages)
+                assert await consume() == messages
+            await a.send(memoryview(b"zero-copy"))
+            async with b.receive_view() as view:
+                assert view.readonly
+                assert bytes(view) == b"zero-copy"
+            # a view kept past the block cannot be used
+            with pytest.raises(ValueError, match="released"):
+                view[0]
+            # a failing block consumes the message all the same
+            await a.send(b"first")
+            await a.send(b"second")
+            with pytest.raises(RuntimeError):
+                async with b.receive_view():
+                    raise RuntimeError
+            assert await b.receive() == b"second"
+
+
+async def test_second_attacher_is_refused(ring_name: str) -> None:
+    async with await Ring.create(ring_name, 8192) as a:
+        async with await Ring.attach(ring_name):
+            with pytest.raises(RingInUse, match="already has its peer"):
+                await Ring.attach(ring_name)
+        with pytest.raises(RingInUse, match="attached before"):
+            await Ring.attach(ring_name)
+        assert "creator" in repr(a)
+        with pytest.raises(FileExistsError):
+            await Ring.create(ring_name, 8192)
+    assert _ring_files(ring_name) == []
+    with pytest.raises(FileNotFoundError):
+        await Ring.attach(ring_name)
+
+
+async def test_attach_refuses_a_plain_segment(ring_name: str) -> None:
+    async with await aioipc.shm.SharedMemory.create(ring_name, 8192):
+        with pytest.raises(ValueError, match="not an aioipc ring"):
+            await Ring.attach(ring_name)
+
+
+ECHO = textwrap.dedent(
+    """
+    import sys, aioipc
+
+    async def main():
+        async with await aioipc.connect(sys.argv[1]) as ring:
+            async for message in ring:
+                await ring.send(message.upper())
+
+    aioipc.run(main(), loop=sys.argv[2])
+    """
+)
+
+
+async def test_request_response_with_a_child_process(ring_name: str, tmp_path: Path) -> None:
+    script = tmp_path / "echo.py"
+    script.write_text(ECHO)
+    replies: list[bytes] = []
+    done = asyncio.Event()
+
+    async def handler(ring: Ring) -> None:
+        for word in (b"alpha", b"", b"x" * 100_000):
+            await ring.send(word)
+            replies.append(await ring.receive())
+        await ring.send_eof()
+        done.set()
+
+    address = f"shm:{ring_name}"
+    async with await aioipc.serve(address, handler) as server:
+        assert server.address == address
+        proc = await asyncio.create_subprocess_exec(sys.executable, str(script), address, _loop_name())
+        with anyio.fail_after(20):
+            await done.wait()
+            assert await proc.wait() == 0
+    assert replies == [b"ALPHA", b"", b"X" * 100_000]
+    assert _ring_files(ring_name) == []
+
+
+WRITER = textwrap.dedent(
+    """
+    import os, sys, aioipc
+    from aioipc.shm import Ring
+
+    async def main():
+        ring = await Ring.attach(sys.argv[1])
+        big = bytes([0xAB]) * int(sys.argv[2])
+        await ring.send(b"whole")
+        await ring.receive()              # the parent is ready to kill us
+        os.write(1, b"!")
+        await ring.send(big)              # killed in the middle of this copy
+        os.write(1, b"sent")
+        await ring.receive()
+
+    aioipc.run(main(), loop=sys.argv[3])
+    """
+)
+
+
+async def test_producer_killed_mid_write_exposes_no_torn_message(ring_name: str, tmp_path: Path) -> None:
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER)
+    size = 24 * 2**20
+    async with (
+        await Ring.create(ring_name, 2 * size + 4096) as ring,
+        await aioipc.shm.SharedMemory.attach(ring_name) as raw,
+    ):
+        lane = raw.buf[4096 + ring.capacity : 4096 + 2 * ring.capacity]
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, str(script), ring_name, str(size), _loop_name(), stdout=asyncio.subprocess.PIPE
+        )
+        assert proc.stdout is not None
+        try:
+            with anyio.fail_after(20):
+                assert await ring.receive() == b"whole"
+                await ring.send(b"go")
+                assert await proc.stdout.readexactly(1) == b"!"
+                while lane[4096] != 0xAB:  # the copy has begun (it takes milliseconds)
+                    await asyncio.sleep(0)
+                proc.kill()
+                assert await proc.wait() == -signal.SIGKILL
+                assert await proc.stdout.read() == b"", "the send finished before the kill"
+                assert 0 < bytes(lane).count(0xAB) < size, "not killed mid-write"
+                with pytest.raises(aioipc.PeerDied):
+                    await ring.receive()  # the half-written record was never committed
+        finally:
+            lane.release()
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+
+
+SLEEPER = textwrap.dedent(
+    """
+    import os, sys, aioipc
+    from aioipc.shm import Ring
+
+    async def main():
+        ring = await Ring.{how}(sys.argv[1])
+        os.write(1, b"ready")
+        await ring.receive()
+
+    aioipc.run(main(), loop=sys.argv[2])
+    """
+)
+
+
+async def test_peer_death_wakes_a_sleeping_receiver(ring_name: str, tmp_path: Path) -> None:
+    script = tmp_path / "sleeper.py"
+    script.write_text(SLEEPER.format(how="attach"))
+    async with await Ring.create(ring_name, 8192) as ring:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, str(script), ring_name, _loop_name(), stdout=asyncio.subprocess.PIPE
+        )
+        assert proc.stdout is not None
+        with anyio.fail_after(20):
+            assert await proc.stdout.readexactly(5) == b"ready"
+            receiving = asyncio.ensure_future(ring.receive())
+            await asyncio.sleep(0)
+            proc.kill()
+            with pytest.raises(aioipc.PeerDied):
+                await receiving
+            await proc.wait()
+            with pytest.raises(aioipc.PeerDied):
+                await ring.send_many([b"x" * 3000] * 3)
+
+
+async def test_stale_rings_are_removed(ring_name: str, tmp_path: Path) -> None:
+    script = tmp_path / "creator.py"
+    script.write_text(SLEEPER.format(how="create"))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(script), ring_name, _loop_name(), stdout=asyncio.subprocess.PIPE
+    )
+    assert proc.stdout is not None
+    async with await Ring.create(ring_name + "-live", 8192):
+        with anyio.fail_after(20):
+            assert await proc.stdout.readexactly(5) == b"ready"
+            infos = {info.name: info for info in aioipc.shm.list_segments()}
+            assert infos[ring_name].ring
+            assert infos[ring_name].attached == 1
+            assert infos[ring_name].mode == 0o600
+            assert ring_name not in aioipc.shm.remove_stale_rings()  # its creator is alive
+            proc.kill()
+            await proc.wait()
+        assert len(_ring_files(ring_name)) == 3  # the killed creator left its files
+        removed = aioipc.shm.remove_stale_rings()
+        assert ring_name in removed
+        assert ring_name + "-live" not in removed
+        assert _ring_files(ring_name) == []
+
+
+async def test_bad_names() -> None:
+    for name in ("nameless", "/a/b", "/"):
+        with pytest.raises(ValueError, match="bad shared-memory name"):
+            await Ring.create(name, 8192)
+    with pytest.raises(ValueError, match="bad address"):
+        await aioipc.connect("shm:relative")
