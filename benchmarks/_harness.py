@@ -1,0 +1,445 @@
+"""Shared harness for the side-by-side benchmarks in this directory.
+
+Every measurement runs between two real processes, both started with
+``subprocess`` by the harness: a *measuring* side (it keeps the clock and
+prints one JSON line) and its *peer*. The kernel objects they talk over
+(pipes, sockets, ...) are made by the harness process and handed to both
+sides by fd number (``pass_fds``); each side pins itself to its own CPU
+when the machine has two. A measurement is repeated ``--runs`` times, the
+runs of all contenders interleaved so that drift hits them alike, and the
+table shows each median with the best run in parentheses, then the ratios
+between contenders measured in this same run.
+
+Flag vocabulary (every ``bench_*.py`` accepts it)::
+
+    --transport T[,T...]  contenders to run (default: every one available)
+    --loop L[,L...]       event loops for the async contenders: asyncio, uvloop
+    --size N[,N...]       message sizes in bytes (suffixes k, Ki, M, Mi)
+    --count N             messages per measurement (default per workload)
+    --runs N              repetitions; the median is reported
+    --quick               fewer messages and runs (a smoke test of the numbers)
+
+Adding a mechanism (``benchmarks/bench_<mechanism>.py``):
+
+1. Write the roles, one function per role and transport, taking a
+   :class:`RoleArgs` and returning a dict: the ``recv`` side of a
+   throughput workload returns :func:`throughput_result`, the ``ping`` side
+   of a latency workload returns :func:`latency_result`; ``send`` and
+   ``echo`` return ``{}``. Async roles run with :func:`run_async`. A
+   throughput receiver writes the go byte (:func:`signal_go`) right after
+   starting its clock; the sender waits for it (:func:`wait_go`) before its
+   first message.
+2. Write ``measure(contender, workload, cpus) -> dict``: create the kernel
+   objects, call :func:`run_pair` with the two commands (for Python roles
+   :func:`role_command`, for a C peer a binary from :func:`build_c`) and
+   the fds each side gets, close what it created, return the measuring
+   side's dict.
+3. ``main(argv)``: parse with :func:`make_parser`, pick contenders and
+   workloads, call :func:`collect`, then :func:`print_table` and
+   :func:`print_targets` for the ratios your issue names. Start the module
+   with ``if ROLE_FLAG in sys.argv: role_main(ROLES)`` dispatch (see
+   ``bench_pipes.py``).
+
+``run.py`` imports every ``bench_*.py`` and calls its ``main(argv)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Coroutine, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+HERE = Path(__file__).resolve().parent
+BUILD_DIR = HERE / ".build"
+ROLE_FLAG = "--role"
+LOOPS = ("asyncio", "uvloop")
+PAIR_TIMEOUT = 300.0
+
+Kind = Literal["throughput", "latency"]
+
+
+# ---------------------------------------------------------------- flags
+
+
+def parse_size(text: str) -> int:
+    """``"64"``, ``"64k"``, ``"1Mi"``, ``"1MiB"`` → bytes."""
+    match = re.fullmatch(r"\s*(\d+)\s*([kKmM]?)(i?)B?\s*", text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r}")
+    number, unit, binary = match.groups()
+    scale = {"": 1, "k": 1000, "m": 1000**2}[unit.lower()]
+    if binary:
+        scale = {"": 1, "k": 1024, "m": 1024**2}[unit.lower()]
+    return int(number) * scale
+
+
+def format_size(size: int) -> str:
+    for unit, scale in (("MiB", 1024**2), ("KiB", 1024)):
+        if size >= scale and size % scale == 0:
+            return f"{size // scale} {unit}"
+    return f"{size} B"
+
+
+def _csv(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def make_parser(description: str) -> argparse.ArgumentParser:
+    """The shared flag vocabulary (see the module docstring)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--transport", type=_csv, default=None, help="contenders, comma-separated")
+    parser.add_argument("--loop", type=_csv, default=list(LOOPS), help="asyncio, uvloop (comma-separated)")
+    parser.add_argument(
+        "--size", type=lambda s: [parse_size(x) for x in _csv(s)], default=None, help="message sizes"
+    )
+    parser.add_argument("--count", type=int, default=None, help="messages per measurement")
+    parser.add_argument("--runs", type=int, default=None, help="repetitions (median reported)")
+    parser.add_argument("--quick", action="store_true", help="fewer messages and runs")
+    return parser
+
+
+# ---------------------------------------------------------------- model
+
+
+@dataclass(frozen=True)
+class Contender:
+    """One side-by-side contender: a transport, on an event loop when it is async."""
+
+    transport: str
+    label: str
+    loop: str | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.transport}@{self.loop}" if self.loop else self.transport
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What one measurement does: ``count`` messages of ``size`` bytes, one way or round trips."""
+
+    kind: Kind
+    size: int
+    count: int = field(default=0, compare=False)  # workloads match on (kind, size)
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        if self.kind == "latency":
+            return ("p50_us", "p99_us")
+        return ("gb_per_s",) if self.size >= 64 * 1024 else ("msgs_per_s",)
+
+    def heading(self, metric: str) -> str:
+        name = {"p50_us": "RTT p50 µs", "p99_us": "RTT p99 µs", "gb_per_s": "GB/s", "msgs_per_s": "msgs/s"}
+        return f"{format_size(self.size)} {name[metric]}"
+
+
+LOWER_IS_BETTER = {"p50_us", "p99_us"}
+
+
+@dataclass
+class Results:
+    """Samples per (contender, workload, metric), over runs."""
+
+    samples: dict[tuple[str, Workload, str], list[float]] = field(default_factory=dict)
+
+    def add(self, contender: Contender, workload: Workload, result: dict[str, float]) -> None:
+        values = derive_metrics(workload, result)
+        for metric in workload.metrics:
+            self.samples.setdefault((contender.key, workload, metric), []).append(values[metric])
+
+    def median(self, contender: Contender, workload: Workload, metric: str) -> float | None:
+        values = self.samples.get((contender.key, workload, metric))
+        return statistics.median(values) if values else None
+
+    def best(self, contender: Contender, workload: Workload, metric: str) -> float | None:
+        values = self.samples.get((contender.key, workload, metric))
+        if not values:
+            return None
+        return min(values) if metric in LOWER_IS_BETTER else max(values)
+
+
+def derive_metrics(workload: Workload, result: dict[str, float]) -> dict[str, float]:
+    if workload.kind == "latency":
+        return {"p50_us": result["latencies_p50"] * 1e6, "p99_us": result["latencies_p99"] * 1e6}
+    elapsed = result["elapsed"]
+    return {
+        "msgs_per_s": result["count"] / elapsed,
+        "gb_per_s": result["count"] * result["size"] / elapsed / 1e9,
+    }
+
+
+# ---------------------------------------------------------------- processes
+
+
+def pick_cpus() -> tuple[int, int]:
+    """Two CPUs for the two sides, or ``(-1, -1)`` (unpinned) on a one-CPU machine."""
+    cpus = sorted(os.sched_getaffinity(0))
+    return (cpus[0], cpus[1]) if len(cpus) >= 2 else (-1, -1)
+
+
+def run_pair(
+    measure_argv: Sequence[str],
+    peer_argv: Sequence[str],
+    *,
+    measure_fds: Sequence[int],
+    peer_fds: Sequence[int],
+    timeout: float = PAIR_TIMEOUT,
+) -> dict[str, float]:
+    """Start the peer and the measuring side, wait for both, return the measuring side's JSON line.
+
+    The caller still owns (and closes) the fds; each side gets only its own.
+
+    Raises:
+        RuntimeError: a side failed or timed out (both are killed), with its stderr.
+    """
+    peer = subprocess.Popen(peer_argv, pass_fds=peer_fds, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        measure = subprocess.Popen(
+            measure_argv, pass_fds=measure_fds, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+    except BaseException:
+        peer.kill()
+        peer.communicate()
+        raise
+    # The sides must see EOF when the other exits: drop our copies at once.
+    for fd in {*measure_fds, *peer_fds}:
+        os.close(fd)
+    deadline = time.monotonic() + timeout
+    try:
+        out, measure_err = measure.communicate(timeout=timeout)
+        _, peer_err = peer.communicate(timeout=max(1.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        measure.kill()
+        peer.kill()
+        measure.communicate()
+        peer.communicate()
+        raise RuntimeError(f"timed out after {timeout:.0f} s: {' '.join(measure_argv)}") from None
+    for proc, err in ((measure, measure_err), (peer, peer_err)):
+        if proc.returncode != 0:
+            command = " ".join(map(str, proc.args))
+            raise RuntimeError(f"{command} exited with {proc.returncode}:\n{err.decode(errors='replace')}")
+    result: dict[str, float] = json.loads(out.decode().strip().splitlines()[-1])
+    return result
+
+
+def build_c(name: str) -> Path | None:
+    """Compile ``c/<name>.c`` with ``gcc -O2`` into ``.build/`` (once); ``None`` when gcc is missing.
+
+    Raises:
+        subprocess.CalledProcessError: the source did not compile.
+    """
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        return None
+    source = HERE / "c" / f"{name}.c"
+    binary = BUILD_DIR / name
+    if not binary.exists() or binary.stat().st_mtime < source.stat().st_mtime:
+        BUILD_DIR.mkdir(exist_ok=True)
+        subprocess.run([gcc, "-O2", "-Wall", "-o", str(binary), str(source)], check=True)
+    return binary
+
+
+def role_command(
+    script: str, role: str, contender: Contender, workload: Workload, fds: Sequence[int], cpu: int
+) -> list[str]:
+    """The command that runs one side of a measurement from a Python bench script."""
+    return [
+        sys.executable,
+        script,
+        ROLE_FLAG,
+        role,
+        "--transport",
+        contender.transport,
+        "--loop",
+        contender.loop or "asyncio",
+        "--size",
+        str(workload.size),
+        "--count",
+        str(workload.count),
+        "--fds",
+        ",".join(map(str, fds)),
+        "--cpu",
+        str(cpu),
+    ]
+
+
+# ---------------------------------------------------------------- role side
+
+
+@dataclass(frozen=True)
+class RoleArgs:
+    """What a role function gets: its fds (in the order the measure function gave them) and the workload."""
+
+    fds: tuple[int, ...]
+    size: int
+    count: int
+    loop: str
+
+
+Role = Callable[[RoleArgs], dict[str, float]]
+
+
+def role_main(roles: dict[tuple[str, str], Role]) -> None:
+    """Run one side of a measurement (``ROLES[(role, transport)]``), print its result, exit."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument(ROLE_FLAG, required=True)
+    parser.add_argument("--transport", required=True)
+    parser.add_argument("--loop", default="asyncio")
+    parser.add_argument("--size", type=int, required=True)
+    parser.add_argument("--count", type=int, required=True)
+    parser.add_argument("--fds", type=lambda s: tuple(int(x) for x in s.split(",")), required=True)
+    parser.add_argument("--cpu", type=int, default=-1)
+    args = parser.parse_args()
+    if args.cpu >= 0:
+        os.sched_setaffinity(0, {args.cpu})
+    function = roles[(args.role, args.transport)]
+    result = function(RoleArgs(fds=args.fds, size=args.size, count=args.count, loop=args.loop))
+    print(json.dumps(result), flush=True)
+    sys.exit(0)
+
+
+def run_async(main: Coroutine[Any, Any, dict[str, float]], loop: str) -> dict[str, float]:
+    """Run a role coroutine on the named event loop."""
+    import aioipc
+
+    return aioipc.run(main, loop="uvloop" if loop == "uvloop" else "asyncio")
+
+
+def wait_go(fd: int) -> None:
+    """Block until the measuring side says go (one byte on ``fd``)."""
+    if os.read(fd, 1) != b"g":
+        raise RuntimeError("the measuring side went away before saying go")
+
+
+def signal_go(fd: int) -> None:
+    """Tell the peer to start (call right after starting the clock)."""
+    os.write(fd, b"g")
+
+
+def throughput_result(elapsed: float, count: int, size: int) -> dict[str, float]:
+    return {"elapsed": elapsed, "count": count, "size": size}
+
+
+def latency_result(latencies: list[float]) -> dict[str, float]:
+    """p50 and p99 of round-trip times in seconds (nearest rank below, as the C floor does)."""
+    ordered = sorted(latencies)
+    last = len(ordered) - 1
+    return {"latencies_p50": ordered[last // 2], "latencies_p99": ordered[int(last * 0.99)]}
+
+
+def warmup_rounds(count: int) -> int:
+    """Round trips done before measuring (the same rule in the C floor)."""
+    return count // 10 + 10
+
+
+# ---------------------------------------------------------------- driving and printing
+
+
+def collect(
+    measure: Callable[[Contender, Workload, tuple[int, int]], dict[str, float]],
+    contenders: Sequence[Contender],
+    workloads: Sequence[Workload],
+    runs: int,
+    *,
+    progress: bool = True,
+) -> Results:
+    """Run every (contender, workload) ``runs`` times, interleaved, and gather the samples."""
+    results = Results()
+    cpus = pick_cpus()
+    total = runs * len(contenders) * len(workloads)
+    done = 0
+    for _ in range(runs):
+        for workload in workloads:
+            for contender in contenders:
+                results.add(contender, workload, measure(contender, workload, cpus))
+                done += 1
+                if progress:
+                    print(f"\r  {done}/{total} measurements", end="", file=sys.stderr, flush=True)
+    if progress:
+        print("\r" + " " * 40 + "\r", end="", file=sys.stderr, flush=True)
+    return results
+
+
+def format_value(metric: str, value: float | None) -> str:
+    if value is None:
+        return "-"
+    if metric == "msgs_per_s":
+        return f"{value / 1e6:.2f} M" if value >= 1e6 else f"{value / 1e3:.0f} k"
+    if metric == "gb_per_s":
+        return f"{value:.2f}"
+    return f"{value:.1f}" if value < 100 else f"{value:.0f}"
+
+
+def print_table(
+    title: str, results: Results, contenders: Sequence[Contender], workloads: Sequence[Workload], runs: int
+) -> None:
+    """Medians (best run in parentheses) for every contender and workload."""
+    cpus = pick_cpus()
+    where = f"pinned to CPUs {cpus[0]} and {cpus[1]}" if cpus[0] >= 0 else "unpinned (one CPU)"
+    print(f"\n{title}: two processes {where}; median of {runs} runs (best)\n")
+    columns = [(w, m) for w in workloads for m in w.metrics]
+    header = ["transport", "loop", *(w.heading(m) for w, m in columns)]
+    rows = [header]
+    for contender in contenders:
+        row = [contender.label, contender.loop or "-"]
+        for workload, metric in columns:
+            median = results.median(contender, workload, metric)
+            best = results.best(contender, workload, metric)
+            row.append(
+                "-" if median is None else f"{format_value(metric, median)} ({format_value(metric, best)})"
+            )
+        rows.append(row)
+    _print_rows(rows, left={0, 1})
+
+
+def _print_rows(rows: Iterable[Sequence[str]], left: set[int]) -> None:
+    rows = [list(row) for row in rows]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for n, row in enumerate(rows):
+        cells = [cell.ljust(widths[i]) if i in left else cell.rjust(widths[i]) for i, cell in enumerate(row)]
+        print("  ".join(cells).rstrip())
+        if n == 0:
+            print("  ".join("-" * width for width in widths))
+
+
+@dataclass(frozen=True)
+class Target:
+    """A ratio ``numerator / denominator`` of one metric, and the bound it must meet."""
+
+    name: str
+    numerator: Contender
+    denominator: Contender
+    workload: Workload
+    metric: str
+    op: Literal[">=", "<="]
+    bound: float
+
+
+def print_targets(results: Results, targets: Sequence[Target]) -> bool:
+    """Print each ratio with met / not met; True when every measured target is met."""
+    rows = [["ratio (medians, this run)", "value", "target", ""]]
+    all_met = True
+    for target in targets:
+        top = results.median(target.numerator, target.workload, target.metric)
+        bottom = results.median(target.denominator, target.workload, target.metric)
+        if top is None or bottom is None or bottom == 0:
+            continue
+        ratio = top / bottom
+        met = ratio >= target.bound if target.op == ">=" else ratio <= target.bound
+        all_met &= met
+        sign = "≥" if target.op == ">=" else "≤"
+        rows.append([target.name, f"{ratio:.2f}x", f"{sign} {target.bound}x", "met" if met else "NOT MET"])
+    if len(rows) > 1:
+        print()
+        _print_rows(rows, left={0, 3})
+    return all_met
