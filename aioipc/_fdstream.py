@@ -20,7 +20,7 @@ import stat
 import warnings
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import anyio.lowlevel
@@ -34,6 +34,8 @@ __all__ = ["FdByteStream", "FdHandle", "FdReceiveStream", "FdSendStream", "check
 HIGH_WATER = 64 * 1024  # pending bytes above which send() waits for the peer
 DIRECT_WRITE = 16 * 1024  # sends this large skip the pending buffer
 PIPE_BUF = select.PIPE_BUF
+
+T = TypeVar("T")
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:
@@ -58,13 +60,15 @@ def check_fd_kind(fd: int) -> None:
 class FdHandle:
     """Owns one non-blocking file descriptor; ``fd`` is -1 once closed."""
 
-    __slots__ = ("__weakref__", "_loop", "_read_waiter", "_write_waiter", "fd")
+    __slots__ = ("__weakref__", "_loop", "_read_op", "_read_waiter", "_reader_armed", "_write_waiter", "fd")
 
     def __init__(self, fd: int) -> None:
         os.set_blocking(fd, False)
         self.fd = fd
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._read_waiter: asyncio.Future[None] | None = None
+        self._read_waiter: asyncio.Future[Any] | None = None
+        self._read_op: Callable[[int], Any] | None = None
+        self._reader_armed = False  # registered with the loop for read_when_readable()
         self._write_waiter: asyncio.Future[None] | None = None
 
     def __repr__(self) -> str:
@@ -89,6 +93,7 @@ class FdHandle:
         if fd < 0:
             raise anyio.ClosedResourceError
         loop = self.loop()
+        self._disarm_reader()
         waiter = self._read_waiter = loop.create_future()
         loop.add_reader(fd, _wake, waiter)
         try:
@@ -97,6 +102,63 @@ class FdHandle:
             self._read_waiter = None
             if self.fd >= 0:
                 loop.remove_reader(fd)
+
+    async def read_when_readable(self, op: Callable[[int], T], keep: Callable[[T], None]) -> T:
+        """Return ``op(fd)``, run by the loop once the fd is readable (retried on ``BlockingIOError``).
+
+        Call it after a read raised ``BlockingIOError``. The registration
+        with the loop outlives the wait, so a task that keeps receiving
+        pays no ``epoll_ctl`` per wait and finds the data already read when
+        it wakes; it is dropped the first time the fd turns readable while
+        nobody waits, so an fd nobody reads costs no CPU.
+
+        Args:
+            op: the read, e.g. ``lambda fd: os.readv(fd, [buffer])``; it
+                runs in a loop callback, only while a task waits here.
+            keep: called with ``op``'s result when the task was cancelled
+                after ``op`` had already consumed data, so that the caller
+                can hand it to its next read: nothing is lost.
+
+        Raises:
+            anyio.ClosedResourceError: the handle was closed meanwhile.
+            OSError: what ``op`` raised.
+        """
+        if self.fd < 0:
+            raise anyio.ClosedResourceError
+        loop = self.loop()
+        waiter = self._read_waiter = loop.create_future()
+        self._read_op = op
+        if not self._reader_armed:
+            loop.add_reader(self.fd, self._on_readable)
+            self._reader_armed = True
+        try:
+            return await waiter  # type: ignore[no-any-return]
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                keep(waiter.result())
+            raise
+        finally:
+            self._read_waiter = self._read_op = None
+
+    def _on_readable(self) -> None:
+        waiter, op = self._read_waiter, self._read_op
+        if waiter is None or op is None or waiter.done():
+            self._disarm_reader()
+            return
+        try:
+            result = op(self.fd)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            waiter.set_exception(exc)
+            return
+        waiter.set_result(result)
+
+    def _disarm_reader(self) -> None:
+        if self._reader_armed:
+            self._reader_armed = False
+            if self.fd >= 0 and self._loop is not None and not self._loop.is_closed():
+                self._loop.remove_reader(self.fd)
 
     async def wait_writable(self) -> None:
         """Park until the fd is writable; ``ClosedResourceError`` if it is closed meanwhile."""
@@ -124,6 +186,7 @@ class FdHandle:
             raise anyio.ClosedResourceError
         if self._read_waiter is not None or self._write_waiter is not None:
             raise anyio.BusyResourceError("detaching an fd a task is waiting on")
+        self._disarm_reader()
         self.fd = -1
         return fd
 
@@ -133,6 +196,7 @@ class FdHandle:
         if fd < 0:
             return
         self.fd = -1
+        self._reader_armed = False
         loop = self._loop
         if loop is not None and not loop.is_closed():
             loop.remove_reader(fd)
@@ -177,6 +241,7 @@ class FdReceiveStream(ByteReceiveStream):
         # A FIFO reader opened before any writer reads EOF at once; waiting for
         # readiness first makes it wait for the first writer instead.
         self._wait_first = wait_first
+        self._unclaimed = b""
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} fd={self._handle.fd}>"
@@ -197,43 +262,68 @@ class FdReceiveStream(ByteReceiveStream):
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
         with self._guard:
+            if self._unclaimed:
+                data, self._unclaimed = self._unclaimed[:max_bytes], self._unclaimed[max_bytes:]
+                return data
             handle = self._handle
             if self._wait_first:
                 await handle.wait_readable()
                 self._wait_first = False
-            while True:
-                fd = handle.fd
-                if fd < 0:
-                    raise anyio.ClosedResourceError
+            fd = handle.fd
+            if fd < 0:
+                raise anyio.ClosedResourceError
+            try:
+                data = os.read(fd, max_bytes)
+            except BlockingIOError:
                 try:
+                    data = await handle.read_when_readable(
+                        lambda fd: os.read(fd, max_bytes), self._keep_unclaimed
+                    )
+                except OSError:
                     with map_os_errors():
-                        data = os.read(fd, max_bytes)
-                except BlockingIOError:
-                    await handle.wait_readable()
-                    continue
-                if data:
-                    return data
-                raise anyio.EndOfStream
+                        raise
+            except OSError:
+                with map_os_errors():
+                    raise
+            if data:
+                return data
+            raise anyio.EndOfStream
 
     async def receive_into(self, buffer: memoryview) -> int:
         with self._guard:
+            if self._unclaimed:
+                n = min(len(buffer), len(self._unclaimed))
+                buffer[:n] = self._unclaimed[:n]
+                self._unclaimed = self._unclaimed[n:]
+                return n
             handle = self._handle
             if self._wait_first:
                 await handle.wait_readable()
                 self._wait_first = False
-            while True:
-                fd = handle.fd
-                if fd < 0:
-                    raise anyio.ClosedResourceError
+            fd = handle.fd
+            if fd < 0:
+                raise anyio.ClosedResourceError
+            buffers = (buffer,)
+            try:
+                n = os.readv(fd, buffers)
+            except BlockingIOError:
                 try:
+                    n = await handle.read_when_readable(
+                        lambda fd: os.readv(fd, buffers), lambda n: self._keep_unclaimed(bytes(buffer[:n]))
+                    )
+                except OSError:
                     with map_os_errors():
-                        n = os.readv(fd, (buffer,))
-                except BlockingIOError:
-                    await handle.wait_readable()
-                    continue
-                if n:
-                    return n
-                raise anyio.EndOfStream
+                        raise
+            except OSError:
+                with map_os_errors():
+                    raise
+            if n:
+                return n
+            raise anyio.EndOfStream
+
+    def _keep_unclaimed(self, data: bytes) -> None:
+        # A receive cancelled after its data was read: the next receive returns it first.
+        self._unclaimed += data
 
     async def aclose(self) -> None:
         self._handle.close()
