@@ -20,7 +20,7 @@ import stat
 import warnings
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import anyio
 import anyio.lowlevel
@@ -41,6 +41,19 @@ T = TypeVar("T")
 def _wake(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
+
+
+def _skip(parts: Sequence[Buffer], offset: int) -> list[memoryview]:
+    """Byte views of ``parts`` without their first ``offset`` bytes."""
+    views = []
+    for part in parts:
+        view = memoryview(part).cast("B")
+        if offset >= len(view):
+            offset -= len(view)
+            continue
+        views.append(view[offset:])
+        offset = 0
+    return views
 
 
 def check_fd_kind(fd: int) -> None:
@@ -396,9 +409,11 @@ class FdSendStream(ByteSendStream):
         if self._closed or self._handle.closed:
             raise anyio.ClosedResourceError
         if self._error is not None:
-            raise anyio.BrokenResourceError(
-                f"{self._error.strerror} (errno {self._error.errno})"
-            ) from self._error
+            self._raise_broken(self._error)
+
+    @staticmethod
+    def _raise_broken(error: OSError) -> NoReturn:
+        raise anyio.BrokenResourceError(f"{error.strerror} (errno {error.errno})") from error
 
     async def send(self, item: Buffer) -> None:
         await self.send_parts((item,))
@@ -414,12 +429,30 @@ class FdSendStream(ByteSendStream):
             if size >= DIRECT_WRITE:
                 await self._write_direct(parts, size)
                 return
-            for part in parts:
-                pending += part
-            if self._units is not None:
-                self._units.append(size)
-            if self._flush_handle is None and not self._writer_registered:
-                self._flush_handle = self._handle.loop().call_soon(self._flush)
+            if pending or self._flush_handle is not None or self._writer_registered:
+                for part in parts:
+                    pending += part
+                if self._units is not None:
+                    self._units.append(size)
+                if self._flush_handle is None and not self._writer_registered:
+                    self._flush_handle = self._handle.loop().call_soon(self._flush)
+                return
+            # Idle: write at once, so that a lone message waits for no loop
+            # iteration; the sends that follow in this iteration queue behind
+            # the flush scheduled here and go out together.
+            try:
+                written = os.writev(self._handle.fd, parts)
+            except BlockingIOError:
+                written = 0
+            except OSError as exc:
+                self._error = exc
+                self._raise_broken(exc)
+            if written < size:
+                for view in _skip(parts, written):
+                    pending += view
+                if self._units is not None:
+                    self._units.append(size - written)
+            self._flush_handle = self._handle.loop().call_soon(self._flush)
 
     async def flush(self) -> None:
         """Wait until everything sent so far has been written to the fd."""
