@@ -419,10 +419,26 @@ class FdSendStream(ByteSendStream):
         await self.send_parts((item,))
 
     async def send_parts(self, parts: Sequence[Buffer]) -> None:
+        size = sum(map(len, parts))
+        pending = self._pending
+        if (
+            # The common case of a burst, with no await: a flush is already
+            # due, so queue behind it.
+            (self._flush_handle is not None or self._writer_registered)
+            and size < DIRECT_WRITE
+            and len(pending) < HIGH_WATER
+            and self._error is None
+            and not self._closed
+            and not self._guard.busy
+            and self._handle.fd >= 0
+        ):
+            for part in parts:
+                pending += part
+            if self._units is not None:
+                self._units.append(size)
+            return
         with self._guard:
             self._check()
-            size = sum(len(part) for part in parts)
-            pending = self._pending
             if pending and (size >= DIRECT_WRITE or len(pending) >= HIGH_WATER):
                 await self._drain(0 if size >= DIRECT_WRITE else HIGH_WATER - 1)
                 self._check()

@@ -59,7 +59,7 @@ class Framer:
         ProtocolError: input ends in the middle of a frame.
     """
 
-    __slots__ = ("_buf", "_end", "_eof", "_messages", "_need", "_start", "max_size")
+    __slots__ = ("_buf", "_end", "_eof", "_need", "_start", "max_size", "parsed")
 
     def __init__(self, max_size: int = DEFAULT_MAX_SIZE) -> None:
         if not 0 <= max_size <= _MAX_WIRE_SIZE:
@@ -69,7 +69,7 @@ class Framer:
         self._start = 0  # first unparsed byte
         self._end = 0  # end of valid data
         self._need = HEADER.size  # bytes the next frame needs in the buffer
-        self._messages: deque[bytes] = deque()
+        self.parsed: deque[bytes] = deque()  # messages not yet taken; next_message() pops them
         self._eof = False
 
     @staticmethod
@@ -116,8 +116,8 @@ class Framer:
         Raises:
             ProtocolError: the input ended inside a frame.
         """
-        if self._messages:
-            return self._messages.popleft()
+        if self.parsed:
+            return self.parsed.popleft()
         if self._eof:
             if self._end != self._start:
                 raise ProtocolError(
@@ -142,7 +142,7 @@ class Framer:
         start, end = self._start, self._end
         unpack = HEADER.unpack_from
         max_size = self.max_size
-        append = self._messages.append
+        append = self.parsed.append
         view = memoryview(buf)
         while end - start >= 4:
             (size,) = unpack(buf, start)

@@ -38,24 +38,29 @@ __all__ = [
 ]
 
 Buffer = bytes | bytearray | memoryview
+_pack_header = HEADER.pack
 
 
 class ResourceGuard:
-    """Raise ``BusyResourceError`` when two tasks use one direction at once."""
+    """Raise ``BusyResourceError`` when two tasks use one direction at once.
 
-    __slots__ = ("_action", "_busy")
+    ``busy`` is true while a task is inside the guard; a fast path that
+    never awaits may check it instead of entering.
+    """
+
+    __slots__ = ("_action", "busy")
 
     def __init__(self, action: str) -> None:
         self._action = action
-        self._busy = False
+        self.busy = False
 
     def __enter__(self) -> None:
-        if self._busy:
+        if self.busy:
             raise anyio.BusyResourceError(self._action)
-        self._busy = True
+        self.busy = True
 
     def __exit__(self, *exc_info: object) -> None:
-        self._busy = False
+        self.busy = False
 
 
 class ByteReceiveStream(anyio.abc.ByteReceiveStream):
@@ -122,11 +127,15 @@ class FramedReceiveStream(MessageReceiveStream):
         self.transport_stream = stream
         self.max_size = _check_max_size(max_size)
         self._framer = Framer(max_size)
+        self._parsed = self._framer.parsed
         self._guard = ResourceGuard("receiving")
         self._broken: IPCError | None = None
         self._receive_into = stream.receive_into if isinstance(stream, ByteReceiveStream) else None
 
     async def receive(self) -> bytes:
+        # The common case, with no await: a message parsed from an earlier chunk.
+        if self._parsed and self._broken is None and not self._guard.busy:
+            return self._parsed.popleft()
         with self._guard:
             framer = self._framer
             while True:
@@ -176,7 +185,7 @@ class FramedSendStream(MessageSendStream):
         if size > self.max_size:
             raise FrameTooLarge(size, self.max_size)
         if self._send_parts is not None:
-            await self._send_parts((HEADER.pack(size), item))
+            await self._send_parts((_pack_header(size), item))
         else:
             await self.transport_stream.send(HEADER.pack(size) + item)
 
