@@ -1,0 +1,475 @@
+"""System V message queues as message streams, through a bridge thread.
+
+Rule 1: try the call with ``IPC_NOWAIT`` on the loop thread first; only a
+queue that is empty (receive) or full (send) goes to a bridge thread that
+blocks in ``msgrcv`` / ``msgsnd``. Receiving and sending have one bridge
+each, so a blocked receive never holds up a send.
+Rule 2: the receive bridge drains everything available per wake-up (up to
+:data:`BATCH`); messages the thread took that no ``receive()`` returned yet
+wait in ``_taken``, and every ``receive()`` looks there first. A receive
+cancelled while the thread waits loses nothing: the thread is interrupted
+(nothing taken), or what it took is kept for the next ``receive()``.
+Rule 3: while a bridge call is unfinished, the loop-thread shortcut is not
+used, so messages come out in the kernel's order.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from types import TracebackType
+from typing import Any, NamedTuple
+
+import anyio
+import anyio.lowlevel
+import sysv_ipc
+from anyio import TypedAttributeSet, typed_attribute
+
+from ._address import Address, register_scheme
+from ._bridge import Bridge
+from ._exceptions import FrameTooLarge
+from ._framing import DEFAULT_MAX_SIZE
+from ._server import Server
+from ._streams import Buffer, MessageStream, ResourceGuard
+
+__all__ = [
+    "MessageQueue",
+    "MessageQueueInfo",
+    "SysVQueueAttribute",
+    "ftok",
+    "list_message_queues",
+    "remove_message_queue",
+]
+
+#: most messages the receiving thread takes per wake-up
+BATCH = 256
+TYPE_MAX = 2**31 - 1  # sysv_ipc passes the type as a C int
+_PROC_MSG = "/proc/sysvipc/msg"
+
+
+def _read_limit(name: str, default: int) -> int:
+    try:
+        with open(f"/proc/sys/kernel/{name}") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return default
+
+
+def _key_t(key: int) -> int:
+    """``key`` as the kernel's signed 32-bit ``key_t`` (0xFFFFFFFF and -1 are the same key)."""
+    if not -(2**31) <= key < 2**32:
+        raise ValueError(f"key {key} does not fit a 32-bit key_t")
+    key &= 0xFFFFFFFF
+    return key - 2**32 if key >= 2**31 else key
+
+
+def ftok(path: str | os.PathLike[str], proj: int) -> int:
+    """The System V key C's ``ftok(path, proj)`` gives, as a signed 32-bit ``key_t``.
+
+    Raises:
+        ValueError: ``proj`` is not between 1 and 255.
+        FileNotFoundError: ``path`` does not exist.
+
+    Caveats:
+        The key comes from the file's inode and device numbers: replacing the
+        file (rather than keeping it) changes the key.
+    """
+    if not 1 <= proj <= 255:
+        raise ValueError(f"proj must be from 1 to 255, not {proj}")
+    path = os.fspath(path)
+    os.stat(path)
+    return _key_t(sysv_ipc.ftok(path, proj, silence_warning=True))
+
+
+def _interrupted(exc: BaseException) -> bool:
+    # sysv_ipc raises its base Error class for EINTR and for nothing else in send/receive.
+    return type(exc) is sysv_ipc.Error
+
+
+@contextmanager
+def _map_errors(key: int) -> Iterator[None]:
+    try:
+        yield
+    except sysv_ipc.ExistentialError as exc:
+        raise anyio.BrokenResourceError(f"the System V queue {key:#x} was removed") from exc
+    except sysv_ipc.PermissionsError as exc:
+        raise PermissionError(f"no permission for the System V queue {key:#x}") from exc
+    except OSError as exc:
+        # Sizes and types are checked before each call, so EINVAL means a stale queue id.
+        if exc.errno == errno.EINVAL:
+            raise anyio.BrokenResourceError(f"the System V queue {key:#x} was removed") from exc
+        raise
+
+
+class SysVQueueAttribute(TypedAttributeSet):
+    """``queue.extra(...)`` attributes of a System V queue."""
+
+    #: the key the queue was opened with (signed 32-bit ``key_t``)
+    key: int = typed_attribute()
+    #: the kernel's queue id (``msqid``)
+    queue_id: int = typed_attribute()
+    #: messages in the queue now
+    current_messages: int = typed_attribute()
+    #: bytes the queue holds at most (``msg_qbytes``)
+    max_bytes: int = typed_attribute()
+    #: the largest message this queue accepts (``msgmax`` and ``msg_qbytes``)
+    max_message_size: int = typed_attribute()
+
+
+class MessageQueue(MessageStream):
+    """A System V message queue: ``send(data, type=1)``, ``receive(type=0)``, ``async for``.
+
+    Type selection (``msgrcv``): ``type=0`` the oldest message, ``type>0``
+    the oldest of exactly that type, ``type<0`` the oldest of the lowest
+    type at most ``-type``. Iterating (``async for``) receives with
+    ``type=0`` until the queue is closed.
+
+    Use :meth:`open`. Interoperates with C programs using ``msgget`` /
+    ``msgsnd`` / ``msgrcv`` (``mtype`` is a ``long``; here from 1 to 2**31 - 1).
+
+    Raises:
+        FrameTooLarge: a message over ``max_message_size``; nothing was sent.
+        anyio.BrokenResourceError: the queue was removed (``IPC_RMID``),
+            including while a ``receive()`` or ``send()`` waited.
+        anyio.ClosedResourceError: this handle was closed.
+        anyio.BusyResourceError: two tasks received (or sent) at once.
+
+    Caveats:
+        A queue has no end of stream: closing one handle tells other
+        processes nothing. A cancelled ``send()`` either sent the whole
+        message or nothing. Messages the bridge thread took but nobody
+        received yet are put back at the end of the queue when the handle
+        closes (unless it removes the queue). Uses a no-op ``SIGURG`` handler
+        (see ``aioipc._bridge``) to interrupt the bridge threads.
+
+    Example::
+
+        key = aioipc.sysv.ftok("/etc/hostname", 7)
+        async with await aioipc.sysv.MessageQueue.open(key, create=True) as q:
+            await q.send(b"job", type=2)
+            data, mtype = await q.receive_with_type(-5)
+    """
+
+    def __init__(self, queue: sysv_ipc.MessageQueue, *, owned: bool) -> None:
+        self._queue = queue
+        self.key: int = queue.key
+        self.owned = owned
+        self.max_message_size = min(_read_limit("msgmax", 8192), queue.max_size)
+        self._taken: deque[tuple[bytes, int]] = deque()
+        self._receiver = Bridge(f"msgrcv-{self.key:#x}", is_interrupted=_interrupted)
+        self._sender = Bridge(f"msgsnd-{self.key:#x}", is_interrupted=_interrupted)
+        self._receive_guard = ResourceGuard("receiving")
+        self._send_guard = ResourceGuard("sending")
+        self._closed = False
+        self._send_closed = False
+
+    def __repr__(self) -> str:
+        state = " closed" if self._closed else ""
+        return f"<{type(self).__name__} key={self.key:#x} id={self._queue.id}{state}>"
+
+    @classmethod
+    async def open(
+        cls,
+        key: int,
+        *,
+        create: bool = False,
+        exist_ok: bool = False,
+        mode: int = 0o600,
+        persist: bool = False,
+    ) -> MessageQueue:
+        """Open the queue with ``key``, or create it (exclusively) with ``create=True``.
+
+        A handle that created the queue removes it on ``aclose()`` unless
+        ``persist=True``; a handle that only opened it never does.
+
+        Args:
+            key: a number (e.g. from :func:`ftok`); unsigned 32-bit keys are accepted.
+            exist_ok: with ``create``, open an existing queue instead of failing
+                (the handle then does not own it).
+            mode: permission bits of a created queue; 0600 (only this user) by default.
+
+        Raises:
+            FileExistsError: ``create`` and the queue exists (without ``exist_ok``).
+            FileNotFoundError: no queue has this key (without ``create``).
+            PermissionError: the queue's mode does not let this user in.
+            OSError: ``ENOSPC``: the system's queue limit (``kernel.msgmni``) is reached.
+        """
+        key = _key_t(key)
+        size = _read_limit("msgmax", 8192)
+        owned = False
+        try:
+            if create:
+                try:
+                    queue = sysv_ipc.MessageQueue(key, sysv_ipc.IPC_CREX, mode, size)
+                    owned = True
+                except sysv_ipc.ExistentialError:
+                    if not exist_ok:
+                        raise FileExistsError(f"a System V queue with key {key:#x} exists") from None
+                    queue = sysv_ipc.MessageQueue(key, 0, mode, size)
+            else:
+                try:
+                    queue = sysv_ipc.MessageQueue(key, 0, mode, size)
+                except sysv_ipc.ExistentialError:
+                    raise FileNotFoundError(f"no System V queue has key {key:#x}") from None
+        except sysv_ipc.PermissionsError as exc:
+            raise PermissionError(f"no permission for the System V queue {key:#x}") from exc
+        await anyio.lowlevel.checkpoint()
+        return cls(queue, owned=owned and not persist)
+
+    # -- receiving -----------------------------------------------------------------------
+
+    def _take(self, type: int) -> tuple[bytes, int] | None:
+        """The message ``msgrcv(type)`` would return among those already taken, if any."""
+        taken = self._taken
+        if not taken:
+            return None
+        if type == 0:
+            return taken.popleft()
+        if type > 0:
+            found = next((m for m in taken if m[1] == type), None)
+        else:
+            found = min((m for m in taken if m[1] <= -type), key=lambda m: m[1], default=None)
+            if found is not None and found[1] > 1 and not self._receiver.busy:
+                # The kernel may still hold a lower type than anything taken.
+                lower = self._try_receive(1 - found[1])
+                if lower is not None:
+                    return lower
+        if found is not None:
+            taken.remove(found)
+        return found
+
+    def _try_receive(self, type: int) -> tuple[bytes, int] | None:
+        try:
+            with _map_errors(self.key):
+                data, mtype = self._queue.receive(False, type)
+        except sysv_ipc.BusyError:
+            return None
+        return data, mtype
+
+    def _receive_batch(self, type: int) -> list[tuple[bytes, int]]:
+        """Runs in the bridge thread: block for one message, then take what else is there."""
+        queue = self._queue
+        batch = [queue.receive(True, type)]
+        try:
+            while len(batch) < BATCH:
+                batch.append(queue.receive(False, type))
+        except sysv_ipc.Error:  # BusyError: drained; a removal shows at the next receive
+            pass
+        return batch
+
+    async def receive_with_type(self, type: int = 0) -> tuple[bytes, int]:
+        """Receive the next message matching ``type``; return ``(data, mtype)``.
+
+        Raises:
+            ValueError: ``type`` out of range.
+            anyio.BrokenResourceError: the queue was removed.
+        """
+        if not -TYPE_MAX <= type <= TYPE_MAX:
+            raise ValueError(f"type must be from {-TYPE_MAX} to {TYPE_MAX}")
+        with self._receive_guard:
+            while True:
+                if self._closed:
+                    raise anyio.ClosedResourceError
+                found = self._take(type)
+                if found is None and self._receiver.busy:
+                    # A cancelled receive's call is finishing; what it took lands in _taken.
+                    await self._receiver.wait_idle()
+                    continue
+                if found is None:
+                    found = self._try_receive(type)
+                if found is not None:
+                    # No checkpoint after a message was taken: a cancellation there would lose it.
+                    return found
+                with _map_errors(self.key):
+                    batch = await self._receiver.run(
+                        lambda: self._receive_batch(type), orphan=self._taken.extend
+                    )
+                self._taken.extend(batch)
+
+    async def receive(self, type: int = 0) -> bytes:
+        """Receive the data of the next message matching ``type`` (see :meth:`receive_with_type`)."""
+        data, _ = await self.receive_with_type(type)
+        return data
+
+    # -- sending -------------------------------------------------------------------------
+
+    async def send(self, item: Buffer, type: int = 1) -> None:
+        """Send one message of ``type`` (1 to 2**31 - 1); wait while the queue is full.
+
+        Raises:
+            FrameTooLarge: the message is larger than :attr:`max_message_size`.
+            ValueError: ``type`` out of range.
+            TypeError: ``item`` is not bytes-like.
+        """
+        size = memoryview(item).nbytes
+        if size > self.max_message_size:
+            raise FrameTooLarge(size, self.max_message_size)
+        if not 1 <= type <= TYPE_MAX:
+            raise ValueError(f"type must be from 1 to {TYPE_MAX}")
+        with self._send_guard:
+            if self._closed or self._send_closed:
+                raise anyio.ClosedResourceError
+            # A cancelled send may still be finishing: let it go first, to keep the order.
+            await self._sender.wait_idle()
+            if self._closed or self._send_closed:
+                raise anyio.ClosedResourceError
+            with _map_errors(self.key):
+                try:
+                    self._queue.send(item, False, type)
+                except sysv_ipc.BusyError:
+                    await self._sender.run(lambda: self._queue.send(item, True, type))
+
+    async def send_eof(self) -> None:
+        """Stop sending through this handle (a queue has no end of stream: peers are not told)."""
+        self._send_closed = True
+        await anyio.lowlevel.checkpoint()
+
+    # -- closing -------------------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        """Close the handle (idempotent); remove the queue if this handle created it.
+
+        Waiting tasks get ``ClosedResourceError``; the bridge threads stop.
+        """
+        if self._closed:
+            await anyio.lowlevel.checkpoint()
+            return
+        self._closed = True
+        with anyio.CancelScope(shield=True):  # the queue must be removed even by a forceful close
+            await self._receiver.aclose()
+            await self._sender.aclose()
+        if self.owned:
+            try:
+                self._queue.remove()
+            except sysv_ipc.ExistentialError:
+                pass
+        else:
+            self._put_back()
+
+    def _put_back(self) -> None:
+        """Return messages taken but never received to the queue (best effort, at its end)."""
+        while self._taken:
+            data, mtype = self._taken[0]
+            try:
+                self._queue.send(data, False, mtype)
+            except sysv_ipc.Error:
+                break
+            self._taken.popleft()
+        self._taken.clear()
+
+    def remove(self) -> None:
+        """Remove the queue from the system now (``IPC_RMID``); waiting receivers get an error.
+
+        Raises:
+            anyio.BrokenResourceError: it was removed already.
+        """
+        with _map_errors(self.key):
+            self._queue.remove()
+
+    async def __aenter__(self) -> MessageQueue:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        queue = self._queue
+        return {
+            SysVQueueAttribute.key: lambda: self.key,
+            SysVQueueAttribute.queue_id: lambda: queue.id,
+            SysVQueueAttribute.current_messages: lambda: queue.current_messages,
+            SysVQueueAttribute.max_bytes: lambda: queue.max_size,
+            SysVQueueAttribute.max_message_size: lambda: self.max_message_size,
+        }
+
+
+class MessageQueueInfo(NamedTuple):
+    """One System V queue as ``/proc/sysvipc/msg`` shows it."""
+
+    key: int
+    queue_id: int
+    uid: int
+    mode: int
+    current_messages: int
+    current_bytes: int
+    #: ``msg_qbytes``; ``None`` when this user may not look (or the key is ``IPC_PRIVATE``)
+    max_bytes: int | None
+
+
+def list_message_queues() -> list[MessageQueueInfo]:
+    """Every System V message queue in this IPC namespace (from ``/proc/sysvipc/msg``)."""
+    with open(_PROC_MSG) as f:
+        lines = f.read().splitlines()[1:]
+    queues = []
+    for line in lines:
+        fields = line.split()
+        key, qid, cbytes, qnum, uid = (int(fields[i]) for i in (0, 1, 3, 4, 7))
+        perms = int(fields[2], 8)  # printed in octal
+        max_bytes = None
+        if key != sysv_ipc.IPC_PRIVATE:
+            try:
+                max_bytes = sysv_ipc.MessageQueue(key).max_size
+            except sysv_ipc.Error:
+                pass
+        queues.append(MessageQueueInfo(key, qid, uid, perms & 0o777, qnum, cbytes, max_bytes))
+    return queues
+
+
+def remove_message_queue(key: int | None = None, *, queue_id: int | None = None) -> None:
+    """Remove a System V queue by key or by id (``IPC_RMID``).
+
+    Raises:
+        FileNotFoundError: no such queue.
+        PermissionError: it belongs to another user.
+        ValueError: neither or both of ``key`` and ``queue_id`` given.
+    """
+    if (key is None) == (queue_id is None):
+        raise ValueError("give exactly one of key and queue_id")
+    try:
+        if key is not None:
+            queue_id = sysv_ipc.MessageQueue(_key_t(key)).id
+        assert queue_id is not None
+        sysv_ipc.remove_message_queue(queue_id)
+    except sysv_ipc.ExistentialError:
+        raise FileNotFoundError(
+            f"no System V queue with {'key' if key is not None else 'id'} "
+            f"{key if key is not None else queue_id}"
+        ) from None
+    except sysv_ipc.PermissionsError as exc:
+        raise PermissionError(str(exc)) from exc
+
+
+def _address_key(address: Address) -> int:
+    if address.key is not None:
+        return address.key
+    assert address.proj is not None
+    return ftok(address.path, address.proj)
+
+
+async def _connect(
+    address: Address, *, framing: str | None, max_size: int = DEFAULT_MAX_SIZE, **options: Any
+) -> MessageQueue:
+    return await MessageQueue.open(_address_key(address), **options)
+
+
+async def _serve(
+    address: Address,
+    handler: Callable[[MessageQueue], Any],
+    *,
+    framing: str | None,
+    max_size: int = DEFAULT_MAX_SIZE,
+    **options: Any,
+) -> Server:
+    queue = await MessageQueue.open(_address_key(address), create=True, **options)
+    server = Server(str(address), on_close=queue.aclose)
+    server.start_handler(handler, queue)
+    return server
+
+
+register_scheme("sysvmq", _connect, _serve)

@@ -1,0 +1,437 @@
+"""POSIX message queues as message streams, on the event loop (no thread).
+
+A queue descriptor is a file descriptor on Linux that ``poll`` understands
+(readable: a message is waiting; writable: there is room), so it is
+registered with the running loop directly: try ``mq_send`` /
+``mq_receive`` on the non-blocking descriptor, park on ``add_reader`` /
+``add_writer`` only when the queue is empty or full.
+
+Example::
+
+    async with await aioipc.mq.open("/jobs", create=True) as q:
+        await q.send(b"urgent", priority=5)
+        data, priority = await q.receive_with_priority()
+
+Addresses: ``mq:/name``; ``aioipc.serve()`` creates the queue and
+``aioipc.connect()`` opens it.
+
+Caveats:
+    Linux only. The kernel caps each queue (``/proc/sys/fs/mqueue/msg_max``
+    messages of ``msgsize_max`` bytes, for processes without
+    ``CAP_SYS_RESOURCE``), the number of queues (``queues_max``) and the
+    bytes each user's queues may reserve (``RLIMIT_MSGQUEUE``, ``ulimit -q``);
+    a request over one of them is an error that names it.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import resource
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any, NamedTuple
+
+import anyio
+import anyio.lowlevel
+import posix_ipc
+from anyio import TypedAttributeSet, typed_attribute
+
+from ._address import Address, register_scheme
+from ._attributes import IPCAttribute
+from ._exceptions import FrameTooLarge
+from ._fdstream import FdHandle
+from ._framing import DEFAULT_MAX_SIZE
+from ._server import Server
+from ._streams import Buffer, MessageStream, ResourceGuard
+
+__all__ = [
+    "MOUNT_POINT",
+    "MessageQueue",
+    "QueueAttribute",
+    "QueueInfo",
+    "list_queues",
+    "open",
+    "unlink",
+]
+
+MOUNT_POINT = "/dev/mqueue"
+PRIORITY_MAX = posix_ipc.QUEUE_PRIORITY_MAX
+_NAME_MAX = 255
+_LIMITS = "/proc/sys/fs/mqueue"
+
+
+def _check_name(name: str) -> str:
+    if not isinstance(name, str):
+        raise TypeError(f"a queue name is a str, not {type(name).__name__}")
+    if not name.startswith("/") or "/" in name[1:] or len(name) < 2:
+        raise ValueError(f"bad queue name {name!r}: it must be one '/' followed by other characters")
+    if len(os.fsencode(name)) - 1 > _NAME_MAX:
+        raise ValueError(f"bad queue name {name!r}: at most {_NAME_MAX} bytes after the '/'")
+    if "\0" in name:
+        raise ValueError(f"bad queue name {name!r}: NUL character")
+    return name
+
+
+def _limit(name: str) -> int | None:
+    try:
+        return int(Path(_LIMITS, name).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _is_mounted(mount_point: str) -> bool:
+    try:
+        mounts = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return os.path.isdir(mount_point)
+    target = os.path.realpath(mount_point)
+    return any(len(f := line.split()) > 2 and f[2] == "mqueue" and f[1] == target for line in mounts)
+
+
+def _explain_create_error(exc: BaseException, name: str, max_messages: int, max_message_size: int) -> OSError:
+    """Turn posix_ipc's errno-less error into one that names the limit and how to raise it."""
+    text = str(exc)
+    if isinstance(exc, ValueError) and "Invalid" in text:
+        msg_max, msgsize_max = _limit("msg_max"), _limit("msgsize_max")
+        if max_messages < 1 or max_message_size < 1:
+            why = "max_messages and max_message_size must be at least 1"
+        elif msg_max is not None and max_messages > msg_max:
+            why = (
+                f"max_messages={max_messages} is over the kernel limit fs.mqueue.msg_max={msg_max} "
+                f"(raise it as root: sysctl fs.mqueue.msg_max={max_messages})"
+            )
+        elif msgsize_max is not None and max_message_size > msgsize_max:
+            why = (
+                f"max_message_size={max_message_size} is over the kernel limit "
+                f"fs.mqueue.msgsize_max={msgsize_max} "
+                f"(raise it as root: sysctl fs.mqueue.msgsize_max={max_message_size})"
+            )
+        else:
+            why = "the kernel refused the queue's size (hard caps: 65536 messages, 16 MiB per message)"
+        return OSError(errno.EINVAL, f"cannot create the queue {name}: {why}")
+    if "Insufficient space" in text:
+        return OSError(
+            errno.ENOSPC,
+            f"cannot create the queue {name}: the kernel limit fs.mqueue.queues_max={_limit('queues_max')} "
+            "queues is reached (remove unused queues, or raise it as root: sysctl fs.mqueue.queues_max=N)",
+        )
+    if "maximum number of files" in text:
+        soft, _ = resource.getrlimit(resource.RLIMIT_MSGQUEUE)
+        return OSError(
+            errno.EMFILE,
+            f"cannot create the queue {name}: this user's queues would reserve more than "
+            f"RLIMIT_MSGQUEUE={soft} bytes (about max_messages x (max_message_size + 48) bytes each; "
+            "raise it with `ulimit -q` or LimitMSGQUEUE= in a systemd unit), "
+            "or the process has too many files open",
+        )
+    return OSError(errno.EIO, f"cannot open the queue {name}: {text}")
+
+
+class QueueAttribute(TypedAttributeSet):
+    """``queue.extra(...)`` attributes of a POSIX queue (read from the kernel each time)."""
+
+    #: messages waiting in the queue now
+    current_messages: int = typed_attribute()
+    #: how many messages the queue holds at most
+    max_messages: int = typed_attribute()
+    #: the largest message the queue accepts, in bytes
+    max_message_size: int = typed_attribute()
+
+
+class MessageQueue(MessageStream):
+    """A POSIX message queue: ``send(data, priority=0)``, ``receive()``, ``async for``.
+
+    Higher priorities are received first; equal priorities in order.
+    Iterating (``async for``) receives until the handle is closed. Use :func:`open`.
+
+    Raises:
+        FrameTooLarge: a message over ``max_message_size``; nothing was sent.
+        anyio.ClosedResourceError: this handle was closed (also wakes a waiting task).
+        anyio.BusyResourceError: two tasks received (or sent) at once.
+
+    Caveats:
+        A queue has no end of stream: closing one handle tells other
+        processes nothing. A full queue makes ``send()`` wait (backpressure).
+    """
+
+    def __init__(
+        self, queue: posix_ipc.MessageQueue, *, name: str, owned: bool, read: bool, write: bool
+    ) -> None:
+        self.name = name
+        self.owned = owned
+        self.max_message_size: int = queue.max_message_size
+        self.max_messages: int = queue.max_messages
+        self._queue = queue
+        self._handle = FdHandle(queue.mqd)
+        self._can_read = read
+        self._can_write = write
+        self._receive_guard = ResourceGuard("receiving")
+        self._send_guard = ResourceGuard("sending")
+        self._send_closed = False
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name} fd={self._handle.fd}>"
+
+    def fileno(self) -> int:
+        """The queue descriptor (an fd the loop polls)."""
+        return self._handle.fd
+
+    async def receive_with_priority(self) -> tuple[bytes, int]:
+        """Receive the oldest message of the highest priority; return ``(data, priority)``.
+
+        Raises:
+            PermissionError: the queue was opened with ``read=False``.
+        """
+        if not self._can_read:
+            raise PermissionError("this queue handle was opened with read=False")
+        with self._receive_guard:
+            handle = self._handle
+            while True:
+                if handle.closed:
+                    raise anyio.ClosedResourceError
+                try:
+                    data, priority = self._queue.receive()
+                except posix_ipc.BusyError:
+                    await handle.wait_readable()
+                    continue
+                # No checkpoint after a message was taken: a cancellation there would lose it.
+                return data, priority
+
+    async def receive(self) -> bytes:
+        """Receive the next message's data (see :meth:`receive_with_priority`)."""
+        data, _ = await self.receive_with_priority()
+        return data
+
+    async def send(self, item: Buffer, priority: int = 0) -> None:
+        """Send one message; wait while the queue is full.
+
+        Raises:
+            FrameTooLarge: the message is larger than :attr:`max_message_size`.
+            ValueError: ``priority`` is not from 0 to ``PRIORITY_MAX`` (32767).
+            TypeError: ``item`` is not bytes-like.
+            PermissionError: the queue was opened with ``write=False``.
+        """
+        size = memoryview(item).nbytes
+        if size > self.max_message_size:
+            raise FrameTooLarge(size, self.max_message_size)
+        if not 0 <= priority <= PRIORITY_MAX:
+            raise ValueError(f"priority must be from 0 to {PRIORITY_MAX}")
+        if not self._can_write:
+            raise PermissionError("this queue handle was opened with write=False")
+        with self._send_guard:
+            handle = self._handle
+            while True:
+                if handle.closed or self._send_closed:
+                    raise anyio.ClosedResourceError
+                try:
+                    self._queue.send(item, priority=priority)
+                except posix_ipc.BusyError:
+                    await handle.wait_writable()
+                    continue
+                return
+
+    async def send_eof(self) -> None:
+        """Stop sending through this handle (a queue has no end of stream: peers are not told)."""
+        self._send_closed = True
+        await anyio.lowlevel.checkpoint()
+
+    async def aclose(self) -> None:
+        """Close the descriptor (idempotent); unlink the queue if this handle created it.
+
+        A task waiting in ``receive()`` or ``send()`` gets ``ClosedResourceError``.
+        """
+        if not self._handle.closed:
+            self._handle.close()
+            if self.owned:
+                try:
+                    posix_ipc.unlink_message_queue(self.name)
+                except posix_ipc.ExistentialError:
+                    pass
+        await anyio.lowlevel.checkpoint()
+
+    async def __aenter__(self) -> MessageQueue:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        queue = self._queue
+        return {
+            IPCAttribute.fd: self.fileno,
+            IPCAttribute.path: lambda: self.name,
+            QueueAttribute.current_messages: lambda: queue.current_messages,
+            QueueAttribute.max_messages: lambda: self.max_messages,
+            QueueAttribute.max_message_size: lambda: self.max_message_size,
+        }
+
+
+async def open(
+    name: str,
+    *,
+    create: bool = False,
+    exist_ok: bool = False,
+    max_messages: int = 10,
+    max_message_size: int = 8192,
+    mode: int = 0o600,
+    persist: bool = False,
+    read: bool = True,
+    write: bool = True,
+) -> MessageQueue:
+    """Open the POSIX queue ``name``, or create it (exclusively) with ``create=True``.
+
+    A handle that created the queue unlinks it on ``aclose()`` unless
+    ``persist=True``; a handle that only opened it never does.
+
+    Args:
+        name: ``/`` followed by up to 255 characters, no other ``/``.
+        exist_ok: with ``create``, open an existing queue instead of failing
+            (the handle then does not own it, and keeps that queue's sizes).
+        max_messages, max_message_size: the size of a created queue.
+        mode: the created queue's permission bits, set exactly (0600: only this user).
+        read, write: open only one direction (both by default).
+
+    Raises:
+        ValueError: a bad name, or neither ``read`` nor ``write``.
+        FileExistsError: ``create`` and the queue exists (without ``exist_ok``).
+        FileNotFoundError: no such queue (without ``create``).
+        PermissionError: the queue's mode does not let this user in.
+        OSError: a kernel limit refused the queue (``EINVAL``: ``fs.mqueue.msg_max``
+            or ``msgsize_max``; ``ENOSPC``: ``queues_max``; ``EMFILE``:
+            ``RLIMIT_MSGQUEUE``); the message names the limit and how to raise it.
+
+    Example::
+
+        async with await aioipc.mq.open("/jobs", create=True, max_messages=10) as q:
+            async for message in q:
+                print(message)
+    """
+    _check_name(name)
+    if not (read or write):
+        raise ValueError("a queue must be opened for reading, writing, or both")
+    flags_rw = {"read": read, "write": write}
+    owned = False
+    try:
+        if create:
+            try:
+                queue = posix_ipc.MessageQueue(
+                    name, posix_ipc.O_CREX, mode & 0o777, max_messages, max_message_size, **flags_rw
+                )
+                owned = True
+            except posix_ipc.ExistentialError:
+                if not exist_ok:
+                    raise FileExistsError(errno.EEXIST, "the queue exists", name) from None
+                queue = posix_ipc.MessageQueue(name, **flags_rw)
+            if owned:
+                # Created with mode minus the umask (never looser); now exactly as asked.
+                os.fchmod(queue.mqd, mode & 0o777)
+        else:
+            try:
+                queue = posix_ipc.MessageQueue(name, **flags_rw)
+            except posix_ipc.ExistentialError:
+                raise FileNotFoundError(errno.ENOENT, "no such queue", name) from None
+    except posix_ipc.PermissionsError:
+        raise PermissionError(errno.EACCES, "permission denied", name) from None
+    except (ValueError, OSError) as exc:
+        if isinstance(exc, FileExistsError | FileNotFoundError | PermissionError):
+            raise
+        raise _explain_create_error(exc, name, max_messages, max_message_size) from None
+    await anyio.lowlevel.checkpoint()
+    return MessageQueue(queue, name=name, owned=owned and not persist, read=read, write=write)
+
+
+def unlink(name: str) -> None:
+    """Remove the queue ``name``; handles still open keep working until they close.
+
+    Raises:
+        ValueError: a bad name.
+        FileNotFoundError: no such queue.
+        PermissionError: it belongs to another user.
+    """
+    _check_name(name)
+    try:
+        posix_ipc.unlink_message_queue(name)
+    except posix_ipc.ExistentialError:
+        raise FileNotFoundError(errno.ENOENT, "no such queue", name) from None
+    except posix_ipc.PermissionsError:
+        raise PermissionError(errno.EACCES, "permission denied", name) from None
+
+
+class QueueInfo(NamedTuple):
+    """One POSIX queue as ``/dev/mqueue`` shows it."""
+
+    name: str
+    uid: int
+    mode: int
+    current_bytes: int
+    #: these three are ``None`` when this user may not open the queue
+    current_messages: int | None
+    max_messages: int | None
+    max_message_size: int | None
+
+
+def list_queues(mount_point: str = MOUNT_POINT) -> list[QueueInfo]:
+    """Every POSIX queue in this IPC namespace, from the mqueue filesystem.
+
+    Raises:
+        FileNotFoundError: the mqueue filesystem is not mounted at
+            ``mount_point``; the message says how to mount it (queues work
+            without it, only listing needs it).
+    """
+    if not _is_mounted(mount_point):
+        raise FileNotFoundError(
+            errno.ENOENT,
+            f"the mqueue filesystem is not mounted, so queues cannot be listed; mount it as root with "
+            f"`mkdir -p {mount_point} && mount -t mqueue none {mount_point}`",
+            mount_point,
+        )
+    queues = []
+    for entry in sorted(os.listdir(mount_point)):
+        path = os.path.join(mount_point, entry)
+        try:
+            st = os.stat(path)
+            fields = dict(part.split(":", 1) for part in Path(path).read_text().split())
+        except OSError:
+            continue
+        counts: tuple[int | None, int | None, int | None] = (None, None, None)
+        try:
+            queue = posix_ipc.MessageQueue("/" + entry, read=True, write=False)
+        except (posix_ipc.Error, OSError, ValueError):
+            pass
+        else:
+            try:
+                counts = (queue.current_messages, queue.max_messages, queue.max_message_size)
+            finally:
+                queue.close()
+        queues.append(
+            QueueInfo("/" + entry, st.st_uid, st.st_mode & 0o777, int(fields.get("QSIZE", 0)), *counts)
+        )
+    return queues
+
+
+async def _connect(
+    address: Address, *, framing: str | None, max_size: int = DEFAULT_MAX_SIZE, **options: Any
+) -> MessageQueue:
+    return await open(address.path, **options)
+
+
+async def _serve(
+    address: Address,
+    handler: Callable[[MessageQueue], Any],
+    *,
+    framing: str | None,
+    max_size: int = DEFAULT_MAX_SIZE,
+    **options: Any,
+) -> Server:
+    queue = await open(address.path, create=True, **options)
+    server = Server(str(address), on_close=queue.aclose)
+    server.start_handler(handler, queue)
+    return server
+
+
+register_scheme("mq", _connect, _serve)

@@ -1,0 +1,43 @@
+"""System V IPC, compatible with C programs that use ``msgget`` / ``msgsnd`` / ``msgrcv``.
+
+System V objects have no file descriptor, so each queue runs its blocking
+calls in bridge threads that sleep in the kernel (no polling) and wake the
+loop when something happens.
+
+Example::
+
+    key = aioipc.sysv.ftok("/srv/app", 1)
+    async with await aioipc.sysv.MessageQueue.open(key, create=True) as q:
+        async for message in q:
+            ...
+
+Addresses: ``sysvmq:KEY`` (decimal or 0x-hex) and ``sysvmq:/path#proj``;
+``aioipc.serve()`` creates the queue and ``aioipc.connect()`` opens it.
+
+Requires the ``sysv`` extra (``pip install aioipc[sysv]``).
+"""
+
+from __future__ import annotations
+
+try:
+    import sysv_ipc  # noqa: F401
+except ImportError as exc:  # pragma: no cover - depends on the installation
+    raise ImportError("aioipc.sysv needs sysv_ipc: pip install 'aioipc[sysv]'") from exc
+
+from ._sysv_mq import (
+    MessageQueue,
+    MessageQueueInfo,
+    SysVQueueAttribute,
+    ftok,
+    list_message_queues,
+    remove_message_queue,
+)
+
+__all__ = [
+    "MessageQueue",
+    "MessageQueueInfo",
+    "SysVQueueAttribute",
+    "ftok",
+    "list_message_queues",
+    "remove_message_queue",
+]

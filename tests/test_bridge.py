@@ -1,0 +1,115 @@
+"""The thread bridge: results, errors, order, interruption on cancel, orphans, closing."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import threading
+from collections.abc import Iterator
+
+import anyio
+import posix_ipc
+import pytest
+
+from aioipc._bridge import Bridge
+
+
+def never_interrupted(exc: BaseException) -> bool:
+    return False
+
+
+@pytest.fixture
+def semaphore(unique_name: str) -> Iterator[posix_ipc.Semaphore]:
+    sem = posix_ipc.Semaphore("/" + unique_name, posix_ipc.O_CREX, 0o600, 0)
+    yield sem
+    sem.unlink()
+    sem.close()
+
+
+async def asleep_in_kernel(bridge: Bridge) -> None:
+    """Wait until the bridge's thread runs a call and sleeps (state S in /proc): inside the call."""
+    while True:
+        threads = [t for t in threading.enumerate() if t.name == f"aioipc-{bridge.name}"]
+        if threads and bridge._current is not None:
+            with open(f"/proc/self/task/{threads[0].native_id}/stat") as f:
+                if f.read().rpartition(")")[2].split()[0] == "S":
+                    return
+        await asyncio.sleep(0)
+
+
+def test_wake_signal_handler_is_installed() -> None:
+    assert signal.getsignal(signal.SIGURG) not in (signal.SIG_DFL, signal.SIG_IGN, None)
+
+
+async def test_results_errors_and_order() -> None:
+    bridge = Bridge("test", is_interrupted=never_interrupted)
+    seen: list[int] = []
+    try:
+        with anyio.fail_after(10):
+            results = await asyncio.gather(*(bridge.run(lambda i=i: seen.append(i) or i) for i in range(20)))
+            assert results == list(range(20))
+            assert seen == list(range(20))
+            with pytest.raises(ZeroDivisionError):
+                await bridge.run(lambda: 1 // 0)
+            assert await bridge.run(threading.current_thread) is not threading.current_thread()
+    finally:
+        await bridge.aclose()
+    with pytest.raises(anyio.ClosedResourceError):
+        await bridge.run(lambda: 1)
+
+
+async def test_cancel_interrupts_a_blocking_call(semaphore: posix_ipc.Semaphore) -> None:
+    """A cancelled acquire is interrupted (EINTR) and never takes the semaphore later."""
+    bridge = Bridge("sem", is_interrupted=lambda exc: isinstance(exc, posix_ipc.SignalError))
+    taken: list[None] = []
+    try:
+        with anyio.fail_after(10):
+            task = asyncio.ensure_future(bridge.run(semaphore.acquire, orphan=taken.append))
+            await asleep_in_kernel(bridge)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await bridge.wait_idle()
+            semaphore.release()
+            assert semaphore.value == 1, "the cancelled acquire took the semaphore"
+            assert taken == []
+    finally:
+        await bridge.aclose()
+
+
+async def test_a_result_that_came_too_late_goes_to_orphan() -> None:
+    """A call that cannot be interrupted completes after its caller left: orphan gets the result."""
+    bridge = Bridge("late", is_interrupted=never_interrupted)
+    gate = threading.Event()
+    orphans: list[str] = []
+    try:
+        with anyio.fail_after(10):
+            task = asyncio.ensure_future(bridge.run(lambda: gate.wait() and "done", orphan=orphans.append))
+            await asleep_in_kernel(bridge)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert bridge.busy
+            gate.set()
+            await bridge.wait_idle()
+            assert orphans == ["done"]
+            assert await bridge.run(lambda: "next") == "next"
+    finally:
+        await bridge.aclose()
+
+
+async def test_close_wakes_the_caller_and_stops_the_thread(semaphore: posix_ipc.Semaphore) -> None:
+    bridge = Bridge("closing", is_interrupted=lambda exc: isinstance(exc, posix_ipc.SignalError))
+    before = {t for t in threading.enumerate() if t.name == "aioipc-closing"}
+    task = asyncio.ensure_future(bridge.run(semaphore.acquire))
+    while not bridge.busy:
+        await asyncio.sleep(0)
+    (thread,) = {t for t in threading.enumerate() if t.name == "aioipc-closing"} - before
+    with anyio.fail_after(10):
+        await bridge.aclose()
+        with pytest.raises(anyio.ClosedResourceError):
+            await task
+    thread.join(5)
+    assert not thread.is_alive()
+    assert semaphore.value == 0
+    await bridge.aclose()

@@ -1,0 +1,337 @@
+"""System V message queues: conformance, type selection, cancellation, removal, C interop."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+import pytest
+import sysv_ipc
+
+import aioipc
+import aioipc.sysv
+from aioipc.sysv import MessageQueue, SysVQueueAttribute
+from aioipc.testing import check_message_stream
+
+C_PROGRAM = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ipc.h>
+#include <sys/msg.h>
+#include <unistd.h>
+
+struct msg { long mtype; char mtext[8192]; };
+
+/* sysvc key PATH PROJ | send PATH PROJ TYPE TEXT... | seq PATH PROJ N PAUSE_US | recv PATH PROJ TYPE COUNT */
+int main(int argc, char **argv) {
+    if (argc < 4) return 2;
+    key_t key = ftok(argv[2], atoi(argv[3]));
+    if (key == -1) { perror("ftok"); return 1; }
+    if (strcmp(argv[1], "key") == 0) { printf("%d\n", (int)key); return 0; }
+    int id = msgget(key, 0);
+    if (id == -1) { perror("msgget"); return 1; }
+    struct msg m;
+    if (strcmp(argv[1], "send") == 0) {
+        m.mtype = atol(argv[4]);
+        for (int i = 5; i < argc; i++) {
+            size_t n = strlen(argv[i]);
+            memcpy(m.mtext, argv[i], n);
+            if (msgsnd(id, &m, n, 0) != 0) { perror("msgsnd"); return 1; }
+        }
+        return 0;
+    }
+    if (strcmp(argv[1], "seq") == 0) {
+        m.mtype = 1;
+        for (int i = 0; i < atoi(argv[4]); i++) {
+            int n = sprintf(m.mtext, "%d", i);
+            if (msgsnd(id, &m, n, 0) != 0) { perror("msgsnd"); return 1; }
+            usleep(atoi(argv[5]));
+        }
+        return 0;
+    }
+    if (strcmp(argv[1], "recv") == 0) {
+        for (int i = 0; i < atoi(argv[5]); i++) {
+            ssize_t n = msgrcv(id, &m, sizeof m.mtext, atol(argv[4]), 0);
+            if (n < 0) { perror("msgrcv"); return 1; }
+            printf("%ld:%.*s\n", m.mtype, (int)n, m.mtext);
+        }
+        return 0;
+    }
+    return 2;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def sysvc(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is not installed")
+    src = tmp_path_factory.mktemp("sysvc") / "sysvc.c"
+    src.write_text(C_PROGRAM)
+    exe = src.with_suffix("")
+    subprocess.run(["gcc", "-O1", "-o", str(exe), str(src)], check=True)
+    return exe
+
+
+@pytest.fixture
+def ftok_path(tmp_path: Path) -> Path:
+    """A file whose ftok key no other test uses (a fresh inode)."""
+    path = tmp_path / "ftok-anchor"
+    path.write_bytes(b"")
+    return path
+
+
+@pytest.fixture
+def key(ftok_path: Path) -> Iterator[int]:
+    key = aioipc.sysv.ftok(ftok_path, 42)
+    yield key
+    try:
+        sysv_ipc.MessageQueue(key).remove()
+    except sysv_ipc.ExistentialError:
+        pass
+    else:
+        pytest.fail(f"the test left the queue {key:#x} behind")
+
+
+async def run(*argv: str | Path) -> str:
+    proc = await asyncio.create_subprocess_exec(
+        *map(str, argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    return out.decode()
+
+
+def bridge_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("aioipc-msg")]
+
+
+async def test_conformance(key: int) -> None:
+    @asynccontextmanager
+    async def pair() -> AsyncIterator[tuple[MessageQueue, MessageQueue]]:
+        async with (
+            await MessageQueue.open(key, create=True) as receiver,
+            await MessageQueue.open(key) as sender,
+        ):
+            yield sender, receiver
+
+    await check_message_stream(pair, eof=False, peer_close=False, large_size=8192, clog_bytes=100_000)
+
+
+async def test_ftok_matches_c(ftok_path: Path, sysvc: Path) -> None:
+    for proj in (1, 42, 255):
+        assert int(await run(sysvc, "key", ftok_path, str(proj))) == aioipc.sysv.ftok(ftok_path, proj)
+    with pytest.raises(ValueError, match="proj"):
+        aioipc.sysv.ftok(ftok_path, 0)
+    with pytest.raises(FileNotFoundError):
+        aioipc.sysv.ftok(ftok_path.with_name("missing"), 1)
+
+
+async def test_type_selection(key: int) -> None:
+    async with await MessageQueue.open(key, create=True) as q:
+        for data, mtype in [(b"c", 3), (b"a1", 1), (b"b", 2), (b"e", 5), (b"a2", 1)]:
+            await q.send(data, type=mtype)
+        assert await q.receive_with_type(2) == (b"b", 2)
+        assert await q.receive_with_type(-4) == (b"a1", 1)
+        assert await q.receive_with_type(0) == (b"c", 3)
+        assert await q.receive_with_type(-4) == (b"a2", 1)
+        assert await q.receive(5) == b"e"
+        assert q.extra(SysVQueueAttribute.current_messages) == 0
+
+
+async def test_type_selection_on_messages_the_thread_took(key: int) -> None:
+    """A receive that waited in the bridge thread may take several messages; selection still holds."""
+    async with await MessageQueue.open(key, create=True) as q:
+        raw = sysv_ipc.MessageQueue(key)
+        first = asyncio.ensure_future(q.receive_with_type(0))
+        while not q._receiver.busy:
+            await asyncio.sleep(0)
+        for data, mtype in [(b"x", 4), (b"y", 3), (b"z", 2), (b"w", 3)]:
+            raw.send(data, True, mtype)
+        with anyio.fail_after(5):
+            assert await first == (b"x", 4)
+            assert await q.receive_with_type(3) == (b"y", 3)
+            assert await q.receive_with_type(-3) == (b"z", 2)
+            assert await q.receive_with_type(0) == (b"w", 3)
+
+
+async def test_open_create_exclusive_and_mode(key: int) -> None:
+    with pytest.raises(FileNotFoundError):
+        await MessageQueue.open(key)
+    async with await MessageQueue.open(key, create=True) as owner:
+        assert owner.owned
+        info = [i for i in aioipc.sysv.list_message_queues() if i.key == key]
+        assert len(info) == 1
+        assert info[0].mode == 0o600
+        assert info[0].queue_id == owner.extra(SysVQueueAttribute.queue_id)
+        with pytest.raises(FileExistsError):
+            await MessageQueue.open(key, create=True)
+        async with await MessageQueue.open(key, create=True, exist_ok=True) as other:
+            assert not other.owned
+            await other.send(b"hi")
+        assert await owner.receive() == b"hi"
+
+
+async def test_persist_and_remove_by_key(key: int) -> None:
+    async with await MessageQueue.open(key, create=True, persist=True) as q:
+        await q.send(b"kept", type=9)
+    info = [i for i in aioipc.sysv.list_message_queues() if i.key == key]
+    assert info[0].current_messages == 1
+    assert info[0].current_bytes == 4
+    assert info[0].max_bytes is not None
+    aioipc.sysv.remove_message_queue(key)
+    with pytest.raises(FileNotFoundError):
+        aioipc.sysv.remove_message_queue(key)
+
+
+async def test_oversize_and_bad_type(key: int) -> None:
+    async with await MessageQueue.open(key, create=True) as q:
+        too_big = q.max_message_size + 1
+        with pytest.raises(aioipc.FrameTooLarge):
+            await q.send(b"x" * too_big)
+        with pytest.raises(ValueError, match="type"):
+            await q.send(b"x", type=0)
+        assert q.extra(SysVQueueAttribute.current_messages) == 0
+
+
+async def test_close_stops_the_threads_and_wakes_waiters(key: int) -> None:
+    before = len(bridge_threads())
+    q = await MessageQueue.open(key, create=True)
+    receiver = asyncio.ensure_future(q.receive())
+    while not q._receiver.busy:
+        await asyncio.sleep(0)
+    assert len(bridge_threads()) == before + 1
+    with anyio.fail_after(5):
+        await q.aclose()
+        with pytest.raises(anyio.ClosedResourceError):
+            await receiver
+    for thread in bridge_threads()[before:]:
+        thread.join(5)
+    assert len(bridge_threads()) == before
+
+
+async def test_removal_while_receiving_is_an_error(key: int) -> None:
+    async with await MessageQueue.open(key, create=True) as q:
+        receiver = asyncio.ensure_future(q.receive())
+        while not q._receiver.busy:
+            await asyncio.sleep(0)
+        queue_id = q.extra(SysVQueueAttribute.queue_id)
+        remover = f"import sysv_ipc; sysv_ipc.remove_message_queue({queue_id})"
+        with anyio.fail_after(10):
+            proc = await asyncio.create_subprocess_exec(sys.executable, "-c", remover)
+            assert await proc.wait() == 0
+            with pytest.raises(anyio.BrokenResourceError, match="removed"):
+                await receiver
+        with pytest.raises(anyio.BrokenResourceError):
+            await q.send(b"x")
+
+
+async def test_cancelled_receives_lose_nothing(key: int, ftok_path: Path, sysvc: Path) -> None:
+    """Cancel receives thousands of times while a C producer sends numbered messages."""
+    count = 3000
+    async with await MessageQueue.open(key, create=True) as q:
+        # The producer pauses between messages so that many receives wait in the bridge thread.
+        producer = await asyncio.create_subprocess_exec(sysvc, "seq", str(ftok_path), "42", str(count), "50")
+        got: list[int] = []
+        cancelled = in_thread = 0
+        with anyio.fail_after(60):
+            attempt = 0
+            while len(got) < count:
+                attempt += 1
+                task = asyncio.ensure_future(q.receive())
+                for _ in range(attempt % 4):
+                    await asyncio.sleep(0)
+                in_thread += q._receiver.busy
+                task.cancel()
+                try:
+                    got.append(int(await task))
+                except asyncio.CancelledError:
+                    cancelled += 1
+            assert await producer.wait() == 0
+        assert sorted(got) == list(range(count)), "a number was lost or repeated"
+        assert got == list(range(count)), "messages came out of order"
+        assert cancelled > 1000
+        assert in_thread > 1000, "too few receives were cancelled while the thread waited"
+        assert q.extra(SysVQueueAttribute.current_messages) == 0
+
+
+async def test_cancelled_send_is_whole_or_nothing(key: int) -> None:
+    async with await MessageQueue.open(key, create=True) as q:
+        chunk = b"\x01" * 1000
+        sent = 0
+
+        async def fill() -> None:
+            nonlocal sent
+            while True:
+                await q.send(chunk)
+                sent += 1
+
+        task = asyncio.ensure_future(fill())
+        while not q._sender.busy:
+            await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await q.send(b"\x02" * 10)  # waits behind a cancelled send still finishing, if any
+        got = []
+        with anyio.fail_after(10):
+            while not got or got[-1] != b"\x02" * 10:
+                got.append(await q.receive())
+        assert all(m == chunk for m in got[:-1])
+        assert len(got) - 1 in (sent, sent + 1)
+
+
+async def test_c_program_sends_typed_messages(key: int, ftok_path: Path, sysvc: Path) -> None:
+    async with await MessageQueue.open(key, create=True) as q:
+        with anyio.fail_after(20):
+            await run(sysvc, "send", ftok_path, "42", "7", "seven", "seven-b")
+            await run(sysvc, "send", ftok_path, "42", "2", "two")
+            assert await q.receive_with_type(-5) == (b"two", 2)
+            assert await q.receive_with_type(7) == (b"seven", 7)
+            assert await q.receive_with_type(0) == (b"seven-b", 7)
+
+
+async def test_c_program_receives_by_type(key: int, ftok_path: Path, sysvc: Path) -> None:
+    async with await MessageQueue.open(key, create=True) as q:
+        with anyio.fail_after(20):
+            await q.send(b"not for you", type=1)
+            await q.send(b"for you", type=8)
+            receiver = asyncio.ensure_future(run(sysvc, "recv", ftok_path, "42", "8", "2"))
+            await q.send(b"also for you", type=8)
+            assert (await receiver).splitlines() == ["8:for you", "8:also for you"]
+            assert await q.receive_with_type() == (b"not for you", 1)
+
+
+async def test_address_schemes(key: int, ftok_path: Path) -> None:
+    received: list[bytes] = []
+    done = asyncio.Event()
+
+    async def handler(queue: MessageQueue) -> None:
+        async for message in queue:
+            received.append(message)
+            if len(received) == 2:
+                done.set()
+
+    async with await aioipc.serve(f"sysvmq:{ftok_path}#42", handler):
+        async with await aioipc.connect(f"sysvmq:{key & 0xFFFFFFFF:#x}") as q:
+            await q.send(b"by key")
+        async with await aioipc.connect(f"sysvmq:{ftok_path}#42") as q:
+            await q.send(b"by path")
+        with anyio.fail_after(5):
+            await done.wait()
+    assert received == [b"by key", b"by path"]
+
+
+def test_list_and_remove_need_one_selector() -> None:
+    with pytest.raises(ValueError, match="exactly one"):
+        aioipc.sysv.remove_message_queue()
+    assert os.path.exists("/proc/sysvipc/msg")
