@@ -41,6 +41,7 @@ import os
 import platform
 import struct
 import uuid
+import warnings
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -676,6 +677,14 @@ class Ring(MessageStream):
                         self._advance(tail)
 
     # -- closing ---------------------------------------------------------------------------
+
+    def __del__(self) -> None:
+        if not getattr(self, "_closed", True):
+            warnings.warn(f"unclosed {self!r}", ResourceWarning, source=self, stacklevel=1)
+            self._closed = True
+            self._bell.close()
+            for fd in (self._peer_bell, self._fd):
+                os.close(fd)
 
     async def aclose(self) -> None:
         """Close this side (idempotent): the peer reads what was sent, then ``EndOfStream``.
