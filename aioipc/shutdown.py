@@ -142,12 +142,18 @@ class GracefulShutdown:
             return
         self.triggered = True
         self.reason = reason
-        if self._loop is not None:
-            self._deadline = self._loop.time() + self.timeout
         logger.info("shutting down on %s (timeout %s s)", _signal_name(reason), self.timeout)
-        if self._host is not None and not self._exiting:
+        if self._host is not None:
+            self._cancel_host()
+
+    def _cancel_host(self) -> None:
+        assert self._loop is not None
+        assert self._host is not None
+        if self._deadline is None:
+            self._deadline = self._loop.time() + self.timeout
+        if not self._exiting:
             self._cancel_requested = True
-            self._host.cancel(f"graceful shutdown on {_signal_name(reason)}")
+            self._host.cancel(f"graceful shutdown on {_signal_name(self.reason)}")
 
     def _force_exit(self, signum: int) -> NoReturn:
         logger.error("second %s during shutdown: exiting now", _signal_name(signum))
@@ -195,6 +201,8 @@ class GracefulShutdown:
             self._stack = stack.pop_all()
         self._loop, self._host = loop, host
         self._cancelling = host.cancelling()
+        if self.triggered:  # trigger() was called before the block started
+            self._cancel_host()
         return self
 
     async def __aexit__(

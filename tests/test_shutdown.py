@@ -183,6 +183,15 @@ async def test_trigger_from_code_cancels_the_block() -> None:
     assert sd.reason is None
 
 
+async def test_trigger_before_the_block_cancels_it_at_once() -> None:
+    sd = graceful_shutdown(signals=())
+    sd.trigger(signal.SIGTERM)
+    async with asyncio.timeout(10):
+        async with sd:
+            await asyncio.Event().wait()
+    assert sd.exit_status == 128 + signal.SIGTERM
+
+
 async def test_a_cancellation_from_outside_is_not_absorbed() -> None:
     ran: list[str] = []
     entered = asyncio.Event()
@@ -263,3 +272,34 @@ async def test_a_served_fifo_is_drained_and_removed_on_shutdown(tmp_ipc_dir: Pat
     assert not server.is_serving()
     assert server.connections == 0
     assert not path.exists()
+
+
+@pytest.mark.usefixtures("usr_handlers")
+async def test_a_unix_server_finishes_the_request_in_progress_before_closing(tmp_ipc_dir: Path) -> None:
+    path = tmp_ipc_dir / "service.sock"
+    working = asyncio.Event()
+
+    async def handler(messages: aioipc.MessageStream) -> None:
+        async for request in messages:
+            working.set()
+            await asyncio.sleep(0.2)  # the work that the shutdown lets finish
+            await messages.send(b"done " + request)
+
+    async def client() -> bytes:
+        async with await aioipc.connect(f"unix:{path}") as messages:
+            await messages.send(b"job")
+            return bytes(await messages.receive())
+
+    async with asyncio.timeout(10):
+        async with graceful_shutdown(timeout=5, signals=(signal.SIGUSR1,)) as sd:
+            server = await aioipc.serve(f"unix:{path}", handler)
+            sd.add_hook(server.close, grace=5)
+            reply = asyncio.ensure_future(client())  # its own task: the shutdown does not cancel it
+            await working.wait()
+            os.kill(os.getpid(), signal.SIGUSR1)
+            await server.serve_forever()
+        assert await reply == b"done job"
+    assert sd.reason == signal.SIGUSR1
+    assert not path.exists()
+    with pytest.raises(FileNotFoundError):
+        await aioipc.connect(f"unix:{path}")
