@@ -55,6 +55,7 @@ from ._streams import framed
 __all__ = [
     "DatagramStream",
     "FdsTruncated",
+    "Kind",
     "SeqpacketStream",
     "SocketReceiveStream",
     "SocketSendStream",
@@ -100,7 +101,9 @@ async def connect_unix_seqpacket(
     return SeqpacketStream(handle, max_size=max_size, path=path)
 
 
-async def connect_unix_datagram(path: str, *, max_size: int = DEFAULT_MAX_SIZE) -> DatagramStream:
+async def connect_unix_datagram(
+    path: str, *, max_size: int = DEFAULT_MAX_SIZE, timeout: float | None = None
+) -> DatagramStream:
     """A Unix datagram socket connected to ``path``, with an automatic abstract address for replies.
 
     Raises:
@@ -112,7 +115,7 @@ async def connect_unix_datagram(path: str, *, max_size: int = DEFAULT_MAX_SIZE) 
     except BaseException:
         sock.close()
         raise
-    handle = await connect_socket(sock, unix_sockaddr(path), None)
+    handle = await connect_socket(sock, unix_sockaddr(path), timeout)
     return DatagramStream(handle, max_size=max_size, path=path)
 
 
@@ -177,7 +180,9 @@ async def connect_tcp(
     raise error
 
 
-async def connect_udp(host: str, port: int, *, max_size: int = 65507) -> DatagramStream:
+async def connect_udp(
+    host: str, port: int, *, max_size: int = 65507, timeout: float | None = None
+) -> DatagramStream:
     """A UDP socket connected to ``host:port`` (see :class:`DatagramStream` for the caveats).
 
     Raises:
@@ -185,7 +190,7 @@ async def connect_udp(host: str, port: int, *, max_size: int = 65507) -> Datagra
     """
     family, proto, sockaddr = (await _resolve(host, port, socket.SOCK_DGRAM))[0]
     sock = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, proto)
-    handle = await connect_socket(sock, sockaddr, None)
+    handle = await connect_socket(sock, sockaddr, timeout)
     return DatagramStream(handle, max_size=max_size)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import types
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -195,3 +196,39 @@ async def test_connect_errors(tmp_ipc_dir: Path, unique_name: str) -> None:
         await aioipc.connect(f"unix:@{unique_name}")
     with pytest.raises(ConnectionRefusedError):
         await aioipc.connect(f"unix+seqpacket:@{unique_name}")
+
+
+def test_all_lists_the_public_names() -> None:
+    exported = set(aioipc.sockets.__all__)
+    assert all(hasattr(aioipc.sockets, name) for name in exported)
+    public = {
+        name
+        for name, value in vars(aioipc.sockets).items()
+        if not name.startswith("_")
+        and isinstance(value, type | types.FunctionType)
+        and value.__module__ == "aioipc.sockets"
+    }
+    assert public <= exported, public - exported
+
+
+def ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback here")
+async def test_tcp_over_ipv6() -> None:
+    async def echo(msgs: Any) -> None:
+        async for message in msgs:
+            await msgs.send(message)
+
+    async with await aioipc.serve("tcp:[::1]:0", echo) as server:
+        assert server.address.startswith("tcp:[::1]:")
+        async with await aioipc.connect(server.address) as msgs:
+            with anyio.fail_after(10):
+                await msgs.send(b"v6")
+                assert await msgs.receive() == b"v6"

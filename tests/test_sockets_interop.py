@@ -6,6 +6,7 @@ import asyncio
 import shutil
 import ssl
 import struct
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -141,3 +142,37 @@ async def test_tls_framed_echo(tls_contexts: tuple[ssl.SSLContext, ssl.SSLContex
         port = int(server.address.rsplit(":", 1)[1])
         with pytest.raises(ssl.SSLError, match="CERTIFICATE_VERIFY_FAILED"):
             await aioipc.connect(f"tcp:127.0.0.1:{port}", ssl=True)  # the system CAs do not know it
+
+
+@pytest.mark.parametrize("scheme", ["unix", "unix+seqpacket", "unix+dgram", "tcp"])
+async def test_cli_send_and_recv(scheme: str, tmp_ipc_dir: Path) -> None:
+    address = "tcp:127.0.0.1:0" if scheme == "tcp" else f"{scheme}:{tmp_ipc_dir}/cli.sock"
+    recv = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "aioipc",
+        "recv",
+        address,
+        "--count",
+        "2",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert recv.stderr is not None
+    try:
+        with anyio.fail_after(30):
+            line = (await recv.stderr.readline()).decode()
+            assert line.startswith("receiving at "), line
+            bound = line.split()[-1]
+            send = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "aioipc", "send", bound, "-", stdin=asyncio.subprocess.PIPE
+            )
+            await send.communicate(b"first\nsecond\n")
+            assert send.returncode == 0
+            out, _ = await recv.communicate()
+        assert out == b"first\nsecond\n"
+        assert recv.returncode == 0
+    finally:
+        if recv.returncode is None:
+            recv.kill()
+            await recv.wait()
