@@ -21,8 +21,9 @@ with the event loop: no SIGCHLD handler, no helper thread, no polling, and
 signals go through the pidfd, so they never reach a recycled pid.
 
 Caveats:
-    Linux 5.3 or newer (``pidfd_open``). The fork and exec happen on the
-    loop's thread (``subprocess.Popen``), which takes about a millisecond.
+    Linux 5.4 or newer (``pidfd_open``, ``waitid(P_PIDFD)``). The fork and
+    exec happen on the loop's thread (``subprocess.Popen``), which takes
+    about a millisecond.
 """
 
 from __future__ import annotations
@@ -225,7 +226,8 @@ async def spawn(
         max_size: the largest message on the channel, each way.
         stdin, stdout, stderr: as for ``subprocess.Popen``; ``PIPE`` gives an
             async pipe stream (``proc.stdout`` ...), blocking in the child.
-        env: the child's environment (default: ours); the channel variable is added.
+        env: the child's environment (default: ours); the channel variable
+            is set for the child's channel, or removed without one.
         start_new_session: the child leads a new session and process group
             (signal the group with ``aioipc.signals.send_group(proc.pid, sig)``).
 
@@ -262,6 +264,7 @@ def _start(
     cwd: str | os.PathLike[str] | None,
     start_new_session: bool,
 ) -> Process:
+    env.pop(CHANNEL_ENV, None)  # ours, if we have one, is not the child's
     child_fds: list[int] = []
     parent_fds: list[int | None] = [None, None, None, None]  # channel, stdin, stdout, stderr
     try:

@@ -42,7 +42,7 @@ import anyio
 
 __all__ = ["SignalReceiver", "receive", "send", "send_group"]
 
-SignalHandler = Callable[[int, FrameType | None], object] | int | signal.Handlers | None
+_Handler = Callable[[int, FrameType | None], object] | int | signal.Handlers | None
 
 _UNCATCHABLE = frozenset({signal.SIGKILL, signal.SIGSTOP})
 
@@ -134,7 +134,7 @@ class _Dispatcher:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.subscribers: dict[int, list[SignalReceiver]] = {}
-        self.previous: dict[int, SignalHandler] = {}
+        self.previous: dict[int, _Handler] = {}
 
     def _dispatch(self, signum: int) -> None:
         for receiver in list(self.subscribers.get(signum, ())):

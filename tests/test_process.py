@@ -122,6 +122,14 @@ async def test_parent_channel_on_a_pipe_is_refused(monkeypatch: pytest.MonkeyPat
             await aioipc.process.parent_channel()
 
 
+async def test_a_child_without_a_channel_does_not_inherit_ours(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(aioipc.process.CHANNEL_ENV, "5")
+    argv = ["sh", "-c", f"echo ${{{aioipc.process.CHANNEL_ENV}-unset}}"]
+    async with await aioipc.process.spawn(argv, channel=False, stdout=aioipc.process.PIPE) as proc:
+        with anyio.fail_after(10):
+            assert await Service(proc).rest() == ["unset"]
+
+
 async def test_spawning_a_missing_program_leaks_no_fd() -> None:
     before = set(os.listdir("/proc/self/fd"))
     with pytest.raises(FileNotFoundError):
