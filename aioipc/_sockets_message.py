@@ -26,7 +26,7 @@ import anyio.lowlevel
 from ._attributes import IPCAttribute, PeerCredentials
 from ._exceptions import FrameTooLarge, map_os_errors
 from ._framing import DEFAULT_MAX_SIZE
-from ._sockets_core import SocketHandle, close_fds, peer_credentials, socket_extra
+from ._sockets_core import SocketHandle, close_fds, fds_from_ancillary, peer_credentials, socket_extra
 from ._sockets_stream import DEFAULT_MAX_FDS, check_fds, rights_message
 from ._streams import Buffer, MessageStream, ResourceGuard
 
@@ -35,14 +35,14 @@ __all__ = ["DatagramStream", "MessageSocket", "SeqpacketStream"]
 _UCRED = struct.Struct("3i")
 _CREDS_SPACE = socket.CMSG_SPACE(_UCRED.size)
 _RELEASE_ABOVE = 1 << 20  # give back the pages of a buffer after a message this large
+_MSG_TRUNC = int(socket.MSG_TRUNC)
+_RECV_FLAGS = int(socket.MSG_TRUNC | socket.MSG_CMSG_CLOEXEC)
 
 
 def _credentials(ancdata: list[tuple[int, int, bytes]]) -> PeerCredentials | None:
     for level, kind, data in ancdata:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS and len(data) >= 12:
-            return PeerCredentials(
-                *(int.from_bytes(data[i : i + 4], "little", signed=True) for i in (0, 4, 8))
-            )
+        if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS and len(data) >= _UCRED.size:
+            return PeerCredentials(*_UCRED.unpack_from(data))
     return None
 
 
@@ -67,7 +67,8 @@ class MessageSocket(MessageStream):
         self._buffer_size = max_size + 1 if self._unix else min(max_size, 65535) + 1
         if self._unix:
             self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-        self._last_credentials: PeerCredentials | None = None
+        self._ancsize = _CREDS_SPACE if self._unix else 0
+        self._last_ancdata: list[tuple[int, int, bytes]] = []
         self._eof_sent = False
         self._extra: dict[Any, Callable[[], Any]] = {IPCAttribute.fd: handle.fileno}
         self._extra.update(socket_extra(self._sock, path))
@@ -84,9 +85,10 @@ class MessageSocket(MessageStream):
         try:
             return peer_credentials(self._sock)
         except anyio.TypedAttributeLookupError:
-            if self._last_credentials is None:
+            credentials = _credentials(self._last_ancdata)
+            if credentials is None:
                 raise
-            return self._last_credentials
+            return credentials
 
     @property
     def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
@@ -98,7 +100,7 @@ class MessageSocket(MessageStream):
         """One message, its fds and the sender's address."""
         with self._receive_guard:
             handle = self._handle
-            ancsize = (_CREDS_SPACE if self._unix else 0) + (socket.CMSG_SPACE(max_fds * 4) if max_fds else 0)
+            ancsize = self._ancsize + (socket.CMSG_SPACE(max_fds * 4) if max_fds else 0)
             while True:
                 if handle.fd < 0:
                     raise anyio.ClosedResourceError
@@ -108,20 +110,19 @@ class MessageSocket(MessageStream):
                         -1, self._buffer_size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
                     )
                 try:
-                    with map_os_errors():
-                        size, ancdata, flags, address = self._sock.recvmsg_into(
-                            [buffer], ancsize, socket.MSG_TRUNC | socket.MSG_CMSG_CLOEXEC
-                        )
+                    size, ancdata, flags, address = self._sock.recvmsg_into([buffer], ancsize, _RECV_FLAGS)
                 except BlockingIOError:
                     await handle.wait_readable()
                     continue
-                if self._eof_on_empty and size == 0 and not ancdata:
+                except OSError:
+                    with map_os_errors():
+                        raise
+                if ancdata:
+                    self._last_ancdata = ancdata  # the sender's credentials, parsed when asked for
+                elif size == 0 and self._eof_on_empty:
                     raise anyio.EndOfStream
-                credentials = _credentials(ancdata)
-                if credentials is not None:
-                    self._last_credentials = credentials
-                if size > self.max_size or flags & socket.MSG_TRUNC:
-                    close_fds(rights_message(b"", ancdata, 0, max_fds))
+                if size > self.max_size or flags & _MSG_TRUNC:
+                    close_fds(fds_from_ancillary(ancdata))
                     raise FrameTooLarge(size, self.max_size)
                 data = buffer[:size]
                 if size > _RELEASE_ABOVE:
@@ -152,16 +153,15 @@ class MessageSocket(MessageStream):
 
     async def _send(self, parts: Sequence[Buffer], ancdata: list[tuple[int, int, Any]], address: Any) -> None:
         with self._send_guard:
-            self._check_send(sum(len(part) for part in parts))
+            self._check_send(len(parts[0]) if len(parts) == 1 else sum(len(part) for part in parts))
             handle = self._handle
             while True:
                 try:
-                    with map_os_errors():
-                        if address is None:
-                            self._sock.sendmsg(parts, ancdata)
-                        else:
-                            self._sock.sendmsg(parts, ancdata, 0, address)
-                    break
+                    if address is None:
+                        self._sock.sendmsg(parts, ancdata)
+                    else:
+                        self._sock.sendmsg(parts, ancdata, 0, address)
+                    return
                 except BlockingIOError:
                     await handle.wait_writable()
                     self._check_send(0)
@@ -169,6 +169,9 @@ class MessageSocket(MessageStream):
                     if address is not None:
                         raise
                     raise anyio.BrokenResourceError("the peer socket is gone (ECONNREFUSED)") from exc
+                except OSError:
+                    with map_os_errors():
+                        raise
 
     async def send(self, item: Buffer) -> None:
         """Send one message (one syscall; waits while the peer's queue is full).

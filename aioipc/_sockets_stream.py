@@ -87,6 +87,9 @@ class SocketReceiveStream(FdReceiveStream):
         if max_fds < 1:
             raise ValueError("max_fds must be at least 1")
         with self._guard:
+            if self._unclaimed:  # bytes a cancelled receive() had read: they come first
+                data, self._unclaimed = self._unclaimed[:max_bytes], self._unclaimed[max_bytes:]
+                return data, []
             handle = self._handle
             while True:
                 if handle.fd < 0:
