@@ -31,8 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable, Coroutine, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Coroutine, Iterable
 from types import TracebackType
 from typing import Any
 
@@ -177,8 +176,8 @@ class Bus:
     ) -> list[Any]:
         """Call a method and return the reply's body (its out arguments) as a list.
 
-        ``timeout`` is in seconds; None waits for the reply, an error, or
-        the bus's own ``NoReply`` error for a callee that never answers.
+        ``timeout`` is in seconds; None waits until the reply or an error
+        comes (the bus answers ``NoReply`` if the callee leaves without replying).
 
         Raises:
             DBusError: the callee (or the bus) answered with an error; ``.name`` is the D-Bus error name.
@@ -311,8 +310,10 @@ class Bus:
             signature=signature,
             body=_checked_body(signature, body),
         )
-        with self._mapped_errors():
+        try:
             await self.message_bus.send(msg)
+        except (EOFError, OSError) as exc:
+            raise self._connection_error(exc) from (None if self._closing else exc)
 
     # -- signals --------------------------------------------------------------------------------
 
@@ -366,17 +367,13 @@ class Bus:
             serial=self.message_bus.next_serial(),
         )
 
-    @contextmanager
-    def _mapped_errors(self) -> Iterator[None]:
-        """Turn the errors dbus-fast hands to pending calls when the connection ends into anyio's."""
-        try:
-            yield
-        except TimeoutError:
-            raise
-        except (EOFError, OSError) as exc:
-            if self._closing:
-                raise anyio.ClosedResourceError from None
-            raise anyio.BrokenResourceError(f"the D-Bus connection was lost ({exc!r})") from exc
+    def _connection_error(
+        self, exc: EOFError | OSError
+    ) -> anyio.ClosedResourceError | anyio.BrokenResourceError:
+        """What the error dbus-fast hands to pending calls when the connection ends means to a caller."""
+        if self._closing:
+            return anyio.ClosedResourceError()
+        return anyio.BrokenResourceError(f"the D-Bus connection was lost ({exc!r})")
 
     def _send_no_reply(self, msg: Message) -> None:
         """Queue ``msg`` without waiting for it to be written (nor for a reply)."""
@@ -389,13 +386,17 @@ class Bus:
     ) -> list[Any]:
         self._check_usable()
         try:
-            with self._mapped_errors():
+            if timeout is None:
+                reply = await self.message_bus.call(msg)
+            else:
                 async with asyncio.timeout(timeout):
                     reply = await self.message_bus.call(msg)
-        except BaseException:
+        except BaseException as exc:
             # Nobody waits for this reply any more: forget its handler now rather than when
             # (or if) the reply comes.
             self.message_bus._method_return_handlers.pop(msg.serial, None)
+            if isinstance(exc, EOFError | OSError) and not isinstance(exc, TimeoutError):
+                raise self._connection_error(exc) from (None if self._closing else exc)
             raise
         if reply.message_type is MessageType.ERROR and raise_errors:
             raise DBusError.from_reply(reply)
