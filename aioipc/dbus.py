@@ -74,6 +74,7 @@ __all__ = [
 
 _DAEMON = "org.freedesktop.DBus"
 _DAEMON_PATH = "/org/freedesktop/DBus"
+_PROPERTIES = "org.freedesktop.DBus.Properties"
 
 # RequestName flags and replies (D-Bus specification, "org.freedesktop.DBus.RequestName").
 _ALLOW_REPLACEMENT = 0x1
@@ -432,11 +433,12 @@ class Proxy:
     """One interface of a remote object; its methods are attributes.
 
     ``await proxy.Member(*args)`` returns None for a method with no out
-    arguments, the value for one, and a list for several. Get one with
-    :meth:`Bus.proxy`.
+    arguments, the value for one, and a list for several. Properties are
+    read with :meth:`get_property` and written with :meth:`set_property`.
+    Get one with :meth:`Bus.proxy`.
 
     Raises:
-        AttributeError: the interface has no such method.
+        AttributeError: the interface has no such method (or property).
         DBusError, TimeoutError, anyio.BrokenResourceError: as :meth:`Bus.call`.
     """
 
@@ -449,6 +451,7 @@ class Proxy:
         self.interface = interface.name
         self.timeout = timeout
         self._methods = {m.name: m for m in interface.methods}
+        self._properties = {p.name: p for p in interface.properties}
 
     def __repr__(self) -> str:
         return f"<aioipc.dbus.Proxy {self.destination} {self.path} {self.interface}>"
@@ -466,6 +469,33 @@ class Proxy:
         if not body:
             return None
         return body[0] if len(body) == 1 else body
+
+    async def get_property(self, name: str) -> Any:
+        """The value of property ``name`` (``Properties.Get``), unwrapped from its variant."""
+        self._property(name)
+        [value] = await self.bus.call(
+            self.destination, self.path, _PROPERTIES, "Get", "ss", [self.interface, name], self.timeout
+        )
+        return value.value
+
+    async def set_property(self, name: str, value: Any) -> None:
+        """Set property ``name``, wrapped in a variant of its introspected signature."""
+        variant = Variant(self._property(name).signature, value)
+        await self.bus.call(
+            self.destination,
+            self.path,
+            _PROPERTIES,
+            "Set",
+            "ssv",
+            [self.interface, name, variant],
+            self.timeout,
+        )
+
+    def _property(self, name: str) -> intr.Property:
+        try:
+            return self._properties[name]
+        except KeyError:
+            raise AttributeError(f"{self.interface} has no property {name!r}") from None
 
     def signals(self, member: str | None = None, *, max_buffer: int = DEFAULT_MAX_BUFFER) -> SignalStream:
         """Signals of this interface from this object (``member``: one signal only)."""

@@ -19,7 +19,7 @@ from dbus_fast.annotations import DBusStr, DBusUInt32
 
 import aioipc
 import aioipc.dbus
-from aioipc.dbus import DBusError, RequestNameReply, ServiceInterface, dbus_method, dbus_signal
+from aioipc.dbus import DBusError, RequestNameReply, ServiceInterface, dbus_method, dbus_property, dbus_signal
 
 pytestmark = pytest.mark.skipif(
     not all(shutil.which(tool) for tool in ("dbus-daemon", "dbus-send", "gdbus")),
@@ -74,6 +74,7 @@ class Echo(ServiceInterface):
         super().__init__(IFACE)
         self.release = asyncio.Event()
         self.hanging = asyncio.Event()
+        self.greeting = "hello"
 
     @dbus_method()
     def Echo(self, text: DBusStr) -> DBusStr:
@@ -92,6 +93,14 @@ class Echo(ServiceInterface):
     @dbus_signal()
     def Ticked(self, count: int) -> DBusUInt32:
         return count
+
+    @dbus_property()
+    def Greeting(self) -> DBusStr:
+        return self.greeting
+
+    @Greeting.setter
+    def Greeting(self, value: DBusStr) -> None:
+        self.greeting = value
 
 
 async def run_tool(daemon: Daemon, *argv: str) -> str:
@@ -186,6 +195,11 @@ async def test_proxy_and_error_from_an_exported_method(daemon: Daemon) -> None:
             assert caught.value.text == "nope, on purpose"
             with pytest.raises(AttributeError):
                 echo.Missing  # noqa: B018
+            assert await echo.get_property("Greeting") == "hello"
+            await echo.set_property("Greeting", "hi")
+            assert await echo.get_property("Greeting") == "hi"
+            with pytest.raises(AttributeError):
+                await echo.get_property("Missing")
             with pytest.raises(ValueError, match=IFACE):
                 await client.proxy(service.unique_name, "/echo", "org.example.Other", timeout=TIMEOUT)
 
@@ -390,6 +404,11 @@ async def test_daemon_killed_mid_call_is_a_clear_error(daemon: Daemon) -> None:
             await asyncio.sleep(0)
     await client.aclose()
     await service.aclose()
+
+
+def test_public_names_exist() -> None:
+    assert all(hasattr(aioipc.dbus, name) for name in aioipc.dbus.__all__)
+    assert issubclass(DBusError, aioipc.IPCError)
 
 
 def test_without_dbus_fast_import_aioipc_works_and_dbus_names_the_extra() -> None:
