@@ -84,6 +84,12 @@ async def connect_unix(path: str, *, timeout: float | None = None) -> SocketStre
         ConnectionRefusedError: a stale socket file, or nobody bound the abstract name.
         PermissionError: the socket file is not writable for this user.
         TimeoutError: the server's backlog stayed full for ``timeout`` seconds.
+
+    Example::
+
+        async with await aioipc.sockets.connect_unix("/run/app.sock") as stream:
+            await stream.send(b"GET\n")
+            reply = await stream.receive()
     """
     handle = await connect_socket(_unix_socket("stream"), unix_sockaddr(path), timeout)
     return SocketStream(handle, path=path)
@@ -202,6 +208,13 @@ def socketpair(kind: Kind = "stream", *, max_size: int = DEFAULT_MAX_SIZE) -> tu
 
     Raises:
         ValueError: an unknown ``kind``.
+
+    Example::
+
+        parent, child = aioipc.sockets.socketpair("seqpacket")
+        proc = subprocess.Popen([sys.executable, "child.py", str(child.fileno())], pass_fds=[child.fileno()])
+        await child.aclose()
+        await parent.send_fds(b"log file", [log_fd])
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be 'stream', 'dgram' or 'seqpacket', not {kind!r}")
@@ -217,8 +230,10 @@ def from_socket(sock: socket.socket, *, max_size: int = DEFAULT_MAX_SIZE) -> Any
     :class:`DatagramStream`.
 
     Raises:
-        ValueError: a socket type aioipc does not handle (raw sockets ...).
+        ValueError: a listening socket, or a type aioipc does not handle (raw sockets ...).
     """
+    if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+        raise ValueError("a listening socket has no peer to stream with; serve it instead")
     kind = sock.type & ~(socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
     path = None
     if sock.family == socket.AF_UNIX:

@@ -232,3 +232,52 @@ async def test_tcp_over_ipv6() -> None:
             with anyio.fail_after(10):
                 await msgs.send(b"v6")
                 assert await msgs.receive() == b"v6"
+
+
+def test_from_socket_refuses_a_listening_socket() -> None:
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind("")
+        listener.listen()
+        with pytest.raises(ValueError, match="listening"):
+            aioipc.sockets.from_socket(listener)
+
+
+async def test_tcp_nodelay_on_both_ends() -> None:
+    seen: list[int] = []
+
+    async def handler(raw: aioipc.sockets.SocketStream) -> None:
+        sock = socket.socket(fileno=raw.fileno())
+        try:
+            seen.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        finally:
+            sock.detach()
+        await raw.send(b"x")
+
+    async with (
+        await aioipc.serve("tcp:127.0.0.1:0", handler, framing=None) as server,
+        await aioipc.connect(server.address, framing=None) as raw,
+    ):
+        with anyio.fail_after(10):
+            assert await raw.receive() == b"x"
+        sock = socket.socket(fileno=raw.extra(aioipc.IPCAttribute.fd))
+        try:
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        finally:
+            sock.detach()
+    assert seen == [1]
+
+
+async def test_unix_datagram_server_stale_and_live(tmp_ipc_dir: Path) -> None:
+    path = tmp_ipc_dir / "d.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as dead:
+        dead.bind(str(path))
+    # dead is closed: its file is stale and gets replaced
+
+    async def sink(msgs: Any) -> None:
+        async for _ in msgs:
+            pass
+
+    async with await aioipc.serve(f"unix+dgram:{path}", sink):
+        with pytest.raises(aioipc.AddressInUse):
+            await aioipc.serve(f"unix+dgram:{path}", sink)
+    assert not path.exists()

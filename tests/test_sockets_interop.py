@@ -142,6 +142,10 @@ async def test_tls_framed_echo(tls_contexts: tuple[ssl.SSLContext, ssl.SSLContex
         port = int(server.address.rsplit(":", 1)[1])
         with pytest.raises(ssl.SSLError, match="CERTIFICATE_VERIFY_FAILED"):
             await aioipc.connect(f"tcp:127.0.0.1:{port}", ssl=True)  # the system CAs do not know it
+        async with await aioipc.connect(server.address, ssl=client_ctx, timeout=20) as msgs:
+            with anyio.fail_after(20):  # the failed handshake cost only its own connection
+                await msgs.send(b"again")
+                assert await msgs.receive() == b"again"
 
 
 @pytest.mark.parametrize("scheme", ["unix", "unix+seqpacket", "unix+dgram", "tcp"])
