@@ -58,11 +58,19 @@ def _signal_name(signum: int | None) -> str:
 
 async def _call(
     fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None
-) -> None:
+) -> bool:
+    """Call ``fn``, awaiting what it returns within ``timeout``; True if it overran (and was cancelled)."""
     result = fn(*args, **kwargs)
     if inspect.isawaitable(result):
-        async with asyncio.timeout(timeout):
-            await result
+        deadline = asyncio.timeout(timeout)
+        try:
+            async with deadline:
+                await result
+        except TimeoutError:
+            if deadline.expired():
+                return True
+            raise
+    return False
 
 
 class GracefulShutdown:
@@ -229,13 +237,15 @@ class GracefulShutdown:
             fn, args, kwargs = self._hooks.pop()
             remaining = max(self._deadline - self._loop.time(), 0)
             try:
-                await _call(fn, args, kwargs, remaining)
-            except TimeoutError as exc:
-                self.failures.append((fn, exc))
-                logger.error("shutdown hook %s overran the shutdown timeout and was cancelled", _describe(fn))
+                overran = await _call(fn, args, kwargs, remaining)
             except Exception as exc:
                 self.failures.append((fn, exc))
                 logger.exception("shutdown hook %s failed", _describe(fn))
+                continue
+            if overran:
+                message = f"overran the shutdown timeout ({self.timeout} s) and was cancelled"
+                self.failures.append((fn, TimeoutError(message)))
+                logger.error("shutdown hook %s %s", _describe(fn), message)
 
     async def _stop_tasks(self) -> None:
         for task in self._tasks:
@@ -283,7 +293,9 @@ def graceful_shutdown(
         The block's task is cancelled once, as ``asyncio.timeout`` does:
         code that catches ``CancelledError`` and carries on keeps running.
         While the block runs, this process's handlers for these signals are
-        replaced (asyncio's Ctrl-C handler too) and restored afterwards.
+        replaced (asyncio's Ctrl-C handler too) and restored afterwards; a
+        shutdown signal that arrives just as a block that was not shutting
+        down is left goes to the restored handler.
 
     Example::
 

@@ -135,6 +135,10 @@ async def test_hooks_run_lifo_and_a_failing_or_overrunning_hook_does_not_stop_th
         ran.append("failing")
         raise OSError("disk gone")
 
+    async def own_timeout() -> None:
+        ran.append("own timeout")
+        raise TimeoutError("the database did not answer")
+
     async def overrunning() -> None:
         ran.append("overrunning")
         await asyncio.Event().wait()
@@ -150,9 +154,11 @@ async def test_hooks_run_lifo_and_a_failing_or_overrunning_hook_does_not_stop_th
             sd.add_hook(late_async)
             sd.add_hook(overrunning)
             sd.add_hook(failing)
+            sd.add_hook(own_timeout)
             sd.add_hook(ran.append, "last")
-    assert ran == ["last", "failing", "overrunning", "late async started", "first"]
+    assert ran == ["last", "own timeout", "failing", "overrunning", "late async started", "first"]
     assert [(hook, type(exc)) for hook, exc in sd.failures] == [
+        (own_timeout, TimeoutError),
         (failing, OSError),
         (overrunning, TimeoutError),
         (late_async, TimeoutError),
@@ -161,6 +167,7 @@ async def test_hooks_run_lifo_and_a_failing_or_overrunning_hook_does_not_stop_th
     assert not sd.triggered
     assert sd.exit_status == 0
     messages = [record.getMessage() for record in caplog.records]
+    assert any("own_timeout failed" in m for m in messages)
     assert any("failing failed" in m for m in messages)
     assert any("overrunning overran" in m for m in messages)
 
