@@ -175,8 +175,8 @@ class UnixPath:
     """A Unix socket file this process bound; :meth:`remove` unlinks it only if it is still ours."""
 
     def __init__(self, path: str) -> None:
-        self.path = path
-        st = os.stat(path)
+        self.path = os.path.abspath(path)  # still right if the process changes directory
+        st = os.stat(self.path)
         self._identity = (st.st_dev, st.st_ino)
 
     def remove(self) -> None:
