@@ -40,7 +40,10 @@ async def worker() -> None:
 
 
 async def master() -> None:
-    workers = [await aioipc.process.spawn([sys.executable, __file__, "worker"]) for _ in range(4)]
+    # Each worker in its own session: Ctrl-C in the terminal reaches only the
+    # master, which then stops the workers itself (rather than all at once).
+    argv = [sys.executable, __file__, "worker"]
+    workers = [await aioipc.process.spawn(argv, start_new_session=True) for _ in range(4)]
 
     async def stop_workers() -> None:
         async def farewell(proc: aioipc.process.Process) -> None:
