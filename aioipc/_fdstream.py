@@ -81,7 +81,7 @@ class FdHandle:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._read_waiter: asyncio.Future[Any] | None = None
         self._read_op: Callable[[int], Any] | None = None
-        self._reader_armed = False  # registered with the loop for read_when_readable()
+        self._reader_armed = False  # registered with the loop for read()
         self._write_waiter: asyncio.Future[None] | None = None
 
     def __repr__(self) -> str:
@@ -116,14 +116,16 @@ class FdHandle:
             if self.fd >= 0:
                 loop.remove_reader(fd)
 
-    async def read_when_readable(self, op: Callable[[int], T], keep: Callable[[T], None]) -> T:
-        """Return ``op(fd)``, run by the loop once the fd is readable (retried on ``BlockingIOError``).
+    async def read(self, op: Callable[[int], T], keep: Callable[[T], None]) -> T:
+        """Return ``op(fd)``, a read that raises ``BlockingIOError`` until the fd has data.
 
-        Call it after a read raised ``BlockingIOError``. The registration
-        with the loop outlives the wait, so a task that keeps receiving
-        pays no ``epoll_ctl`` per wait and finds the data already read when
-        it wakes; it is dropped the first time the fd turns readable while
-        nobody waits, so an fd nobody reads costs no CPU.
+        Tries ``op`` at once unless the loop already polls the fd for this
+        handle, else waits for the loop to report the fd readable and runs
+        ``op`` in that callback (again on ``BlockingIOError``). The
+        registration with the loop outlives the wait, so a task that keeps
+        receiving pays no ``epoll_ctl`` per wait and finds its data already
+        read when it wakes; it is dropped the first time the fd turns
+        readable while nobody waits, so an fd nobody reads costs no CPU.
 
         Args:
             op: the read, e.g. ``lambda fd: os.readv(fd, [buffer])``; it
@@ -136,13 +138,21 @@ class FdHandle:
             anyio.ClosedResourceError: the handle was closed meanwhile.
             OSError: what ``op`` raised.
         """
-        if self.fd < 0:
+        fd = self.fd
+        if fd < 0:
             raise anyio.ClosedResourceError
+        if not self._reader_armed:
+            try:
+                return op(fd)
+            except BlockingIOError:
+                pass
+        # Armed: the fd was empty when last read and the loop will say when
+        # it is not, so a read now would most likely be wasted.
         loop = self.loop()
         waiter = self._read_waiter = loop.create_future()
         self._read_op = op
         if not self._reader_armed:
-            loop.add_reader(self.fd, self._on_readable)
+            loop.add_reader(fd, self._on_readable)
             self._reader_armed = True
         try:
             return await waiter  # type: ignore[no-any-return]
@@ -282,19 +292,8 @@ class FdReceiveStream(ByteReceiveStream):
             if self._wait_first:
                 await handle.wait_readable()
                 self._wait_first = False
-            fd = handle.fd
-            if fd < 0:
-                raise anyio.ClosedResourceError
             try:
-                data = os.read(fd, max_bytes)
-            except BlockingIOError:
-                try:
-                    data = await handle.read_when_readable(
-                        lambda fd: os.read(fd, max_bytes), self._keep_unclaimed
-                    )
-                except OSError:
-                    with map_os_errors():
-                        raise
+                data = await handle.read(lambda fd: os.read(fd, max_bytes), self._keep_unclaimed)
             except OSError:
                 with map_os_errors():
                     raise
@@ -303,6 +302,22 @@ class FdReceiveStream(ByteReceiveStream):
             raise anyio.EndOfStream
 
     async def receive_into(self, buffer: memoryview) -> int:
+        handle = self._handle
+        if not (
+            handle._reader_armed or self._unclaimed or self._wait_first or self._guard.busy or handle.fd < 0
+        ):
+            # The common case of a reader that keeps up with no wait: read now.
+            try:
+                n = os.readv(handle.fd, (buffer,))
+            except BlockingIOError:
+                pass
+            except OSError:
+                with map_os_errors():
+                    raise
+            else:
+                if n:
+                    return n
+                raise anyio.EndOfStream
         with self._guard:
             if self._unclaimed:
                 n = min(len(buffer), len(self._unclaimed))
@@ -313,20 +328,11 @@ class FdReceiveStream(ByteReceiveStream):
             if self._wait_first:
                 await handle.wait_readable()
                 self._wait_first = False
-            fd = handle.fd
-            if fd < 0:
-                raise anyio.ClosedResourceError
             buffers = (buffer,)
             try:
-                n = os.readv(fd, buffers)
-            except BlockingIOError:
-                try:
-                    n = await handle.read_when_readable(
-                        lambda fd: os.readv(fd, buffers), lambda n: self._keep_unclaimed(bytes(buffer[:n]))
-                    )
-                except OSError:
-                    with map_os_errors():
-                        raise
+                n = await handle.read(
+                    lambda fd: os.readv(fd, buffers), lambda n: self._keep_unclaimed(bytes(buffer[:n]))
+                )
             except OSError:
                 with map_os_errors():
                     raise

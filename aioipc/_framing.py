@@ -33,6 +33,7 @@ HEADER: Final = Struct(">I")
 DEFAULT_MAX_SIZE: Final = 16 * 2**20
 _MAX_WIRE_SIZE: Final = 2**32 - 1
 _MIN_READ: Final = 64 * 1024
+_unpack_header = HEADER.unpack_from
 
 
 class _Sentinel(enum.Enum):
@@ -59,13 +60,14 @@ class Framer:
         ProtocolError: input ends in the middle of a frame.
     """
 
-    __slots__ = ("_buf", "_end", "_eof", "_need", "_start", "max_size", "parsed")
+    __slots__ = ("_buf", "_end", "_eof", "_need", "_start", "_view", "max_size", "parsed")
 
     def __init__(self, max_size: int = DEFAULT_MAX_SIZE) -> None:
         if not 0 <= max_size <= _MAX_WIRE_SIZE:
             raise ValueError(f"max_size must be between 0 and {_MAX_WIRE_SIZE}")
         self.max_size = max_size
         self._buf = bytearray(_MIN_READ)
+        self._view = memoryview(self._buf)  # the buffer is replaced, never resized in place
         self._start = 0  # first unparsed byte
         self._end = 0  # end of valid data
         self._need = HEADER.size  # bytes the next frame needs in the buffer
@@ -102,7 +104,7 @@ class Framer:
         want = max(size_hint, self._need - (self._end - self._start), 1)
         if len(self._buf) - self._end < want:
             self._compact(want)
-        return memoryview(self._buf)[self._end :]
+        return self._view[self._end :]
 
     def buffer_updated(self, nbytes: int) -> None:
         """Report that ``nbytes`` were written at the start of the last :meth:`get_buffer` view."""
@@ -130,8 +132,9 @@ class Framer:
         pending = self._end - self._start
         if pending + want > len(self._buf):
             new = bytearray(pending + want)
-            new[:pending] = memoryview(self._buf)[self._start : self._end]
+            new[:pending] = self._view[self._start : self._end]
             self._buf = new
+            self._view = memoryview(new)
         else:
             self._buf[:pending] = self._buf[self._start : self._end]
         self._start = 0
@@ -139,11 +142,11 @@ class Framer:
 
     def _parse(self) -> None:
         buf = self._buf
+        view = self._view
         start, end = self._start, self._end
-        unpack = HEADER.unpack_from
+        unpack = _unpack_header
         max_size = self.max_size
         append = self.parsed.append
-        view = memoryview(buf)
         while end - start >= 4:
             (size,) = unpack(buf, start)
             if size > max_size:
@@ -152,11 +155,10 @@ class Framer:
             if stop > end:
                 self._need = 4 + size
                 break
-            append(bytes(view[start + 4 : stop]))
+            append(view[start + 4 : stop].tobytes())
             start = stop
         else:
-            self._need = HEADER.size
-        view.release()
+            self._need = 4
         if start == end:
             self._start = self._end = 0
         else:

@@ -21,7 +21,7 @@ import anyio
 import anyio.abc
 
 from ._exceptions import FrameTooLarge, IPCError
-from ._framing import DEFAULT_MAX_SIZE, EOF, HEADER, NEED_DATA, Framer
+from ._framing import DEFAULT_MAX_SIZE, EOF, HEADER, Framer
 
 __all__ = [
     "ByteReceiveStream",
@@ -138,20 +138,21 @@ class FramedReceiveStream(MessageReceiveStream):
             return self._parsed.popleft()
         with self._guard:
             framer = self._framer
+            parsed = self._parsed
+            receive_into = self._receive_into
             while True:
                 if self._broken is not None:
                     raise anyio.BrokenResourceError(
                         "the stream received a bad frame earlier"
                     ) from self._broken
+                if parsed:
+                    return parsed.popleft()
                 try:
-                    message = framer.next_message()
-                    if message is not NEED_DATA:
-                        if message is EOF:
-                            raise anyio.EndOfStream
-                        return message
+                    if framer.next_message() is EOF:
+                        raise anyio.EndOfStream
                     try:
-                        if self._receive_into is not None:
-                            framer.buffer_updated(await self._receive_into(framer.get_buffer()))
+                        if receive_into is not None:
+                            framer.buffer_updated(await receive_into(framer.get_buffer()))
                         else:
                             framer.feed(await self.transport_stream.receive())
                     except anyio.EndOfStream:
