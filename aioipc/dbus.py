@@ -24,7 +24,8 @@ Caveats:
     dbus-fast runs on asyncio: a :class:`Bus` belongs to the loop that
     connected it (the stock loop or uvloop). Methods of an exported object
     that raise anything but a :class:`DBusError` answer the caller with
-    ``org.freedesktop.DBus.Error.Failed`` and log the traceback locally.
+    dbus-fast's ``com.dubstepdish.dbus.next.ServiceError`` (the exception's
+    type name only) and log the traceback locally.
 """
 
 from __future__ import annotations

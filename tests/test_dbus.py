@@ -90,6 +90,10 @@ class Echo(ServiceInterface):
     def Fail(self):  # type: ignore[no-untyped-def]  # no out arguments: no return annotation
         raise DBusError("org.example.Test.Error.Nope", "nope, on purpose")
 
+    @dbus_method()
+    def Crash(self):  # type: ignore[no-untyped-def]
+        raise RuntimeError("a bug in the service")
+
     @dbus_signal()
     def Ticked(self, count: int) -> DBusUInt32:
         return count
@@ -193,6 +197,10 @@ async def test_proxy_and_error_from_an_exported_method(daemon: Daemon) -> None:
                 await echo.Fail()
             assert caught.value.name == "org.example.Test.Error.Nope"
             assert caught.value.text == "nope, on purpose"
+            with pytest.raises(DBusError) as caught:
+                await echo.Crash()
+            assert caught.value.name == "com.dubstepdish.dbus.next.ServiceError"
+            assert "a bug" not in str(caught.value)  # the caller learns the type, not the details
             with pytest.raises(AttributeError):
                 echo.Missing  # noqa: B018
             assert await echo.get_property("Greeting") == "hello"
