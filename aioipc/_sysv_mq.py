@@ -33,7 +33,7 @@ from ._bridge import Bridge
 from ._exceptions import FrameTooLarge
 from ._framing import DEFAULT_MAX_SIZE
 from ._server import Server
-from ._streams import Buffer, MessageStream, ResourceGuard
+from ._streams import Buffer, MessageStream
 
 __all__ = [
     "MessageQueue",
@@ -161,8 +161,8 @@ class MessageQueue(MessageStream):
         self._taken: deque[tuple[bytes, int]] = deque()
         self._receiver = Bridge(f"msgrcv-{self.key:#x}", is_interrupted=_interrupted)
         self._sender = Bridge(f"msgsnd-{self.key:#x}", is_interrupted=_interrupted)
-        self._receive_guard = ResourceGuard("receiving")
-        self._send_guard = ResourceGuard("sending")
+        self._receiving = False  # a task is in receive() (BusyResourceError for a second one)
+        self._sending = False
         self._closed = False
         self._send_closed = False
 
@@ -260,6 +260,16 @@ class MessageQueue(MessageStream):
             pass
         return batch
 
+    def _quick_receive(self, type: int) -> tuple[bytes, int] | None:
+        """The common case in as few steps as possible: nobody else receiving, nothing
+        taken earlier, no bridge call in flight, and a message waiting."""
+        if self._receiving or self._taken or self._closed or self._receiver.busy:
+            return None
+        try:
+            return self._queue.receive(False, type)  # type: ignore[no-any-return]
+        except (sysv_ipc.Error, OSError, OverflowError):  # empty, or an error the slow path reports
+            return None
+
     async def receive_with_type(self, type: int = 0) -> tuple[bytes, int]:
         """Receive the next message matching ``type``; return ``(data, mtype)``.
 
@@ -267,9 +277,20 @@ class MessageQueue(MessageStream):
             ValueError: ``type`` out of range.
             anyio.BrokenResourceError: the queue was removed.
         """
+        return self._quick_receive(type) or await self._receive(type)
+
+    async def receive(self, type: int = 0) -> bytes:
+        """Receive the data of the next message matching ``type`` (see :meth:`receive_with_type`)."""
+        found = self._quick_receive(type) or await self._receive(type)
+        return found[0]
+
+    async def _receive(self, type: int) -> tuple[bytes, int]:
         if not -TYPE_MAX <= type <= TYPE_MAX:
             raise ValueError(f"type must be from {-TYPE_MAX} to {TYPE_MAX}")
-        with self._receive_guard:
+        if self._receiving:
+            raise anyio.BusyResourceError("receiving")
+        self._receiving = True
+        try:
             while True:
                 if self._closed:
                     raise anyio.ClosedResourceError
@@ -288,11 +309,8 @@ class MessageQueue(MessageStream):
                         lambda: self._receive_batch(type), orphan=self._taken.extend
                     )
                 self._taken.extend(batch)
-
-    async def receive(self, type: int = 0) -> bytes:
-        """Receive the data of the next message matching ``type`` (see :meth:`receive_with_type`)."""
-        data, _ = await self.receive_with_type(type)
-        return data
+        finally:
+            self._receiving = False
 
     # -- sending -------------------------------------------------------------------------
 
@@ -304,12 +322,24 @@ class MessageQueue(MessageStream):
             ValueError: ``type`` out of range.
             TypeError: ``item`` is not bytes-like.
         """
-        size = memoryview(item).nbytes
+        size = len(item) if item.__class__ is bytes else memoryview(item).nbytes
         if size > self.max_message_size:
             raise FrameTooLarge(size, self.max_message_size)
         if not 1 <= type <= TYPE_MAX:
             raise ValueError(f"type must be from 1 to {TYPE_MAX}")
-        with self._send_guard:
+        if not (self._sending or self._closed or self._send_closed or self._sender.busy):
+            try:
+                self._queue.send(item, False, type)
+                return
+            except (sysv_ipc.Error, OSError):  # full, or an error the slow path reports
+                pass
+        await self._send(item, type)
+
+    async def _send(self, item: Buffer, type: int) -> None:
+        if self._sending:
+            raise anyio.BusyResourceError("sending")
+        self._sending = True
+        try:
             if self._closed or self._send_closed:
                 raise anyio.ClosedResourceError
             # A cancelled send may still be finishing: let it go first, to keep the order.
@@ -321,6 +351,8 @@ class MessageQueue(MessageStream):
                     self._queue.send(item, False, type)
                 except sysv_ipc.BusyError:
                     await self._sender.run(lambda: self._queue.send(item, True, type))
+        finally:
+            self._sending = False
 
     async def send_eof(self) -> None:
         """Stop sending through this handle (a queue has no end of stream: peers are not told)."""

@@ -25,9 +25,11 @@ Caveats:
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import resource
+from collections import deque
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
@@ -44,7 +46,7 @@ from ._exceptions import FrameTooLarge
 from ._fdstream import FdHandle
 from ._framing import DEFAULT_MAX_SIZE
 from ._server import Server
-from ._streams import Buffer, MessageStream, ResourceGuard
+from ._streams import Buffer, MessageStream
 
 __all__ = [
     "MOUNT_POINT",
@@ -167,9 +169,12 @@ class MessageQueue(MessageStream):
         self._handle = FdHandle(queue.mqd)
         self._can_read = read
         self._can_write = write
-        self._receive_guard = ResourceGuard("receiving")
-        self._send_guard = ResourceGuard("sending")
+        self._receiving = False  # a task is in receive() (BusyResourceError for a second one)
+        self._sending = False
         self._send_closed = False
+        self._write_waiter: asyncio.Future[None] | None = None
+        self._writer_armed = False  # registered with the loop for writability
+        self._kept: deque[tuple[bytes, int]] = deque()  # taken for a receive that was then cancelled
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} fd={self._handle.fd}>"
@@ -178,31 +183,61 @@ class MessageQueue(MessageStream):
         """The queue descriptor (an fd the loop polls)."""
         return self._handle.fd
 
+    def _receive_now(self, fd: int) -> tuple[bytes, int]:
+        """One ``mq_receive`` on the non-blocking descriptor (run by ``FdHandle.read``)."""
+        try:
+            return self._queue.receive()  # type: ignore[no-any-return]
+        except posix_ipc.BusyError:
+            raise BlockingIOError from None
+
+    async def _receive(self) -> tuple[bytes, int]:
+        if not self._can_read:
+            raise PermissionError("this queue handle was opened with read=False")
+        if self._receiving:
+            raise anyio.BusyResourceError("receiving")
+        handle = self._handle
+        if handle.closed:
+            raise anyio.ClosedResourceError
+        if self._kept:
+            return self._kept.popleft()
+        self._receiving = True
+        try:
+            try:
+                return self._queue.receive()  # type: ignore[no-any-return]
+            except posix_ipc.BusyError:
+                pass
+            # Taken in a loop callback; a receive cancelled after that leaves it in _kept.
+            return await handle.read(self._receive_now, self._kept.append)
+        finally:
+            self._receiving = False
+
     async def receive_with_priority(self) -> tuple[bytes, int]:
         """Receive the oldest message of the highest priority; return ``(data, priority)``.
 
         Raises:
             PermissionError: the queue was opened with ``read=False``.
         """
-        if not self._can_read:
-            raise PermissionError("this queue handle was opened with read=False")
-        with self._receive_guard:
-            handle = self._handle
-            while True:
-                if handle.closed:
-                    raise anyio.ClosedResourceError
-                try:
-                    data, priority = self._queue.receive()
-                except posix_ipc.BusyError:
-                    await handle.wait_readable()
-                    continue
-                # No checkpoint after a message was taken: a cancellation there would lose it.
-                return data, priority
+        if self._fast_receive:
+            try:
+                return self._queue.receive()  # type: ignore[no-any-return]
+            except posix_ipc.BusyError:
+                pass
+        return await self._receive()
 
     async def receive(self) -> bytes:
         """Receive the next message's data (see :meth:`receive_with_priority`)."""
-        data, _ = await self.receive_with_priority()
-        return data
+        # The common case first, in as few steps as possible: nobody else is
+        # receiving, nothing kept, and a message is waiting.
+        if self._fast_receive:
+            try:
+                return self._queue.receive()[0]  # type: ignore[no-any-return]
+            except posix_ipc.BusyError:
+                pass
+        return (await self._receive())[0]
+
+    @property
+    def _fast_receive(self) -> bool:
+        return not (self._receiving or self._kept) and self._can_read and self._handle.fd >= 0
 
     async def send(self, item: Buffer, priority: int = 0) -> None:
         """Send one message; wait while the queue is full.
@@ -213,24 +248,63 @@ class MessageQueue(MessageStream):
             TypeError: ``item`` is not bytes-like.
             PermissionError: the queue was opened with ``write=False``.
         """
-        size = memoryview(item).nbytes
+        size = len(item) if type(item) is bytes else memoryview(item).nbytes
         if size > self.max_message_size:
             raise FrameTooLarge(size, self.max_message_size)
-        if not 0 <= priority <= PRIORITY_MAX:
+        if priority and not 0 <= priority <= PRIORITY_MAX:
             raise ValueError(f"priority must be from 0 to {PRIORITY_MAX}")
+        if not self._sending and self._can_write and not self._send_closed and self._handle.fd >= 0:
+            try:
+                self._queue.send(item, None, priority)
+                return
+            except posix_ipc.BusyError:
+                pass
+        await self._send(item, priority)
+
+    async def _send(self, item: Buffer, priority: int) -> None:
         if not self._can_write:
             raise PermissionError("this queue handle was opened with write=False")
-        with self._send_guard:
-            handle = self._handle
+        if self._sending:
+            raise anyio.BusyResourceError("sending")
+        handle = self._handle
+        self._sending = True
+        try:
             while True:
                 if handle.closed or self._send_closed:
                     raise anyio.ClosedResourceError
                 try:
-                    self._queue.send(item, priority=priority)
+                    self._queue.send(item, None, priority)
                 except posix_ipc.BusyError:
-                    await handle.wait_writable()
+                    await self._wait_writable()
                     continue
                 return
+        finally:
+            self._sending = False
+
+    async def _wait_writable(self) -> None:
+        """Park until the queue has room.
+
+        The registration with the loop outlives the wait (a sender that keeps
+        filling the queue pays no ``epoll_ctl`` per wait); it is dropped the
+        first time the queue has room while nobody waits.
+        """
+        loop = self._handle.loop()
+        waiter = self._write_waiter = loop.create_future()
+        if not self._writer_armed:
+            loop.add_writer(self._handle.fd, self._on_writable)
+            self._writer_armed = True
+        try:
+            await waiter
+        finally:
+            self._write_waiter = None
+
+    def _on_writable(self) -> None:
+        waiter = self._write_waiter
+        if waiter is None or waiter.done():
+            self._writer_armed = False
+            self._handle.loop().remove_writer(self._handle.fd)
+        else:
+            waiter.set_result(None)
 
     async def send_eof(self) -> None:
         """Stop sending through this handle (a queue has no end of stream: peers are not told)."""
@@ -243,7 +317,10 @@ class MessageQueue(MessageStream):
         A task waiting in ``receive()`` or ``send()`` gets ``ClosedResourceError``.
         """
         if not self._handle.closed:
-            self._handle.close()
+            waiter = self._write_waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(anyio.ClosedResourceError())
+            self._handle.close()  # also drops our registrations with the loop
             if self.owned:
                 try:
                     posix_ipc.unlink_message_queue(self.name)
