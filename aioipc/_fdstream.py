@@ -424,57 +424,61 @@ class FdSendStream(ByteSendStream):
     async def send(self, item: Buffer) -> None:
         await self.send_parts((item,))
 
-    async def send_parts(self, parts: Sequence[Buffer]) -> None:
+    def try_send_parts(self, parts: Sequence[Buffer]) -> bool:
         size = sum(map(len, parts))
         pending = self._pending
         if (
-            # The common case of a burst, with no await: a flush is already
-            # due, so queue behind it.
-            (self._flush_handle is not None or self._writer_registered)
-            and size < DIRECT_WRITE
-            and len(pending) < HIGH_WATER
-            and self._error is None
-            and not self._closed
-            and not self._guard.busy
-            and self._handle.fd >= 0
+            size >= DIRECT_WRITE
+            or len(pending) >= HIGH_WATER
+            or self._error is not None
+            or self._closed
+            or self._guard.busy
+            or self._handle.fd < 0
         ):
+            return False
+        if self._flush_handle is not None or self._writer_registered:
+            # A burst: a flush is already due, queue behind it.
             for part in parts:
                 pending += part
             if self._units is not None:
                 self._units.append(size)
+            return True
+        # Idle: write at once, so that a lone message waits for no loop
+        # iteration; the sends that follow in this iteration queue behind
+        # the flush scheduled here and go out together.
+        try:
+            written = os.writev(self._handle.fd, parts)
+        except BlockingIOError:
+            written = 0
+        except OSError as exc:
+            self._error = exc
+            self._raise_broken(exc)
+        if written < size:
+            for view in _skip(parts, written):
+                pending += view
+            if self._units is not None:
+                self._units.append(size - written)
+        self._flush_handle = self._handle.loop().call_soon(self._flush)
+        return True
+
+    async def send_parts(self, parts: Sequence[Buffer]) -> None:
+        if self.try_send_parts(parts):
             return
         with self._guard:
             self._check()
-            if pending and (size >= DIRECT_WRITE or len(pending) >= HIGH_WATER):
+            size = sum(map(len, parts))
+            if self._pending:
                 await self._drain(0 if size >= DIRECT_WRITE else HIGH_WATER - 1)
                 self._check()
             if size >= DIRECT_WRITE:
                 await self._write_direct(parts, size)
                 return
-            if pending or self._flush_handle is not None or self._writer_registered:
-                for part in parts:
-                    pending += part
-                if self._units is not None:
-                    self._units.append(size)
-                if self._flush_handle is None and not self._writer_registered:
-                    self._flush_handle = self._handle.loop().call_soon(self._flush)
-                return
-            # Idle: write at once, so that a lone message waits for no loop
-            # iteration; the sends that follow in this iteration queue behind
-            # the flush scheduled here and go out together.
-            try:
-                written = os.writev(self._handle.fd, parts)
-            except BlockingIOError:
-                written = 0
-            except OSError as exc:
-                self._error = exc
-                self._raise_broken(exc)
-            if written < size:
-                for view in _skip(parts, written):
-                    pending += view
-                if self._units is not None:
-                    self._units.append(size - written)
-            self._flush_handle = self._handle.loop().call_soon(self._flush)
+            for part in parts:
+                self._pending += part
+            if self._units is not None:
+                self._units.append(size)
+            if self._flush_handle is None and not self._writer_registered:
+                self._flush_handle = self._handle.loop().call_soon(self._flush)
 
     async def flush(self) -> None:
         """Wait until everything sent so far has been written to the fd."""
@@ -644,6 +648,9 @@ class FdByteStream(ByteStream):
 
     async def send_parts(self, parts: Sequence[Buffer]) -> None:
         await self.sender.send_parts(parts)
+
+    def try_send_parts(self, parts: Sequence[Buffer]) -> bool:
+        return self.sender.try_send_parts(parts)
 
     async def send_eof(self) -> None:
         await self.sender.close_sending(self._shutdown)

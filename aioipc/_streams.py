@@ -14,7 +14,7 @@ anyio's stream exceptions.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, overload
 
 import anyio
@@ -87,6 +87,18 @@ class ByteSendStream(anyio.abc.ByteSendStream):
         """Send the concatenation of ``parts`` as one unit (one ``writev`` where possible)."""
         await self.send(b"".join(parts))
 
+    def try_send_parts(self, parts: Sequence[Buffer]) -> bool:
+        """Take ``parts`` as one unit now if that needs no wait; ``False`` means ``await send_parts(parts)``.
+
+        A cheap fast path for layers above (framing): the default never
+        takes them; a stream that coalesces small sends takes them when a
+        write is due anyway or the stream is idle.
+
+        Raises:
+            anyio.BrokenResourceError: the peer is gone.
+        """
+        return False
+
 
 class ByteStream(ByteReceiveStream, ByteSendStream, anyio.abc.ByteStream):
     """A two-way byte stream; ``send_eof()`` closes the sending direction only."""
@@ -102,6 +114,10 @@ class MessageSendStream(anyio.abc.ObjectSendStream[bytes]):
 
 class MessageStream(MessageReceiveStream, MessageSendStream, anyio.abc.ObjectStream[bytes]):
     """A two-way message stream."""
+
+
+def _never(parts: Sequence[Buffer]) -> bool:
+    return False
 
 
 def _check_max_size(max_size: int) -> int:
@@ -179,14 +195,20 @@ class FramedSendStream(MessageSendStream):
     def __init__(self, stream: anyio.abc.ByteSendStream, max_size: int = DEFAULT_MAX_SIZE) -> None:
         self.transport_stream = stream
         self.max_size = _check_max_size(max_size)
-        self._send_parts = stream.send_parts if isinstance(stream, ByteSendStream) else None
+        self._send_parts: Callable[[Sequence[Buffer]], Awaitable[None]] | None = None
+        self._try_send_parts: Callable[[Sequence[Buffer]], bool] = _never
+        if isinstance(stream, ByteSendStream):
+            self._send_parts = stream.send_parts
+            self._try_send_parts = stream.try_send_parts
 
     async def send(self, item: bytes) -> None:
         size = len(item)
         if size > self.max_size:
             raise FrameTooLarge(size, self.max_size)
         if self._send_parts is not None:
-            await self._send_parts((_pack_header(size), item))
+            parts = (_pack_header(size), item)
+            if not self._try_send_parts(parts):
+                await self._send_parts(parts)
         else:
             await self.transport_stream.send(HEADER.pack(size) + item)
 
