@@ -190,7 +190,7 @@ class MessageQueue(MessageStream):
         except posix_ipc.BusyError:
             raise BlockingIOError from None
 
-    async def _receive(self) -> tuple[bytes, int]:
+    async def _receive(self, tried: bool = False) -> tuple[bytes, int]:
         if not self._can_read:
             raise PermissionError("this queue handle was opened with read=False")
         if self._receiving:
@@ -202,10 +202,11 @@ class MessageQueue(MessageStream):
             return self._kept.popleft()
         self._receiving = True
         try:
-            try:
-                return self._queue.receive()  # type: ignore[no-any-return]
-            except posix_ipc.BusyError:
-                pass
+            if not tried:
+                try:
+                    return self._queue.receive()  # type: ignore[no-any-return]
+                except posix_ipc.BusyError:
+                    pass
             # Taken in a loop callback; a receive cancelled after that leaves it in _kept.
             return await handle.read(self._receive_now, self._kept.append)
         finally:
@@ -221,7 +222,7 @@ class MessageQueue(MessageStream):
             try:
                 return self._queue.receive()  # type: ignore[no-any-return]
             except posix_ipc.BusyError:
-                pass
+                return await self._receive(tried=True)
         return await self._receive()
 
     async def receive(self) -> bytes:
@@ -232,7 +233,7 @@ class MessageQueue(MessageStream):
             try:
                 return self._queue.receive()[0]  # type: ignore[no-any-return]
             except posix_ipc.BusyError:
-                pass
+                return (await self._receive(tried=True))[0]
         return (await self._receive())[0]
 
     @property
@@ -315,8 +316,19 @@ class MessageQueue(MessageStream):
         """Close the descriptor (idempotent); unlink the queue if this handle created it.
 
         A task waiting in ``receive()`` or ``send()`` gets ``ClosedResourceError``.
+        A message taken for a receive that was then cancelled, and never
+        received, goes back to the queue (with its priority) unless the queue
+        is being unlinked.
         """
         if not self._handle.closed:
+            while self._kept and not self.owned and self._can_write:
+                data, priority = self._kept[0]
+                try:
+                    self._queue.send(data, None, priority)
+                except (posix_ipc.Error, OSError):  # full: nothing more can be done without waiting
+                    break
+                self._kept.popleft()
+            self._kept.clear()
             waiter = self._write_waiter
             if waiter is not None and not waiter.done():
                 waiter.set_exception(anyio.ClosedResourceError())

@@ -62,34 +62,41 @@ async def _aioipc_endpoint(transport: str, name: str, stack: list[object]) -> tu
     return queue.send, queue.receive
 
 
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 def _bare_endpoint(name: str) -> tuple[Send, Receive]:
-    """The floor: posix_ipc on a non-blocking mqd, add_reader/add_writer when it would block."""
+    """The floor: posix_ipc on a non-blocking mqd, registered with the loop once for reading
+    (add_writer only while the queue is full)."""
     queue = posix_ipc.MessageQueue(name)
     mqd = queue.mqd
     os.set_blocking(mqd, False)
     loop = asyncio.get_running_loop()
+    readable: list[asyncio.Future[None]] = []
 
-    async def wait(add: Callable[..., object], remove: Callable[[int], object]) -> None:
-        future = loop.create_future()
-        add(mqd, lambda: future.done() or future.set_result(None))
-        try:
-            await future
-        finally:
-            remove(mqd)
+    loop.add_reader(mqd, lambda: readable and _wake(readable[0]))
 
     async def send(data: bytes) -> None:
         while True:
             try:
                 return queue.send(data)  # type: ignore[no-any-return]
             except posix_ipc.BusyError:
-                await wait(loop.add_writer, loop.remove_writer)
+                future: asyncio.Future[None] = loop.create_future()
+                loop.add_writer(mqd, _wake, future)
+                try:
+                    await future
+                finally:
+                    loop.remove_writer(mqd)
 
     async def receive() -> bytes:
         while True:
             try:
                 return queue.receive()[0]  # type: ignore[no-any-return]
             except posix_ipc.BusyError:
-                await wait(loop.add_reader, loop.remove_reader)
+                readable[:] = [loop.create_future()]
+                await readable[0]
 
     return send, receive
 

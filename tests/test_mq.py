@@ -334,3 +334,26 @@ async def test_list_queues_in_a_private_mount(qname: str, tmp_path: Path) -> Non
         assert proc.returncode == 0, err.decode()
         rows = [ast.literal_eval(line) for line in out.decode().splitlines()]
         assert (qname, os.getuid(), 0o600, 5, 1, 3, 100) in rows
+
+
+async def test_cancelled_receives_lose_nothing(qname: str, mqc: Path) -> None:
+    """Cancel receives thousands of times while a C producer sends numbered messages."""
+    count = 4000
+    async with await aioipc.mq.open(qname, create=True, max_messages=4, max_message_size=16) as q:
+        producer = await asyncio.create_subprocess_exec(mqc, "send", qname, "0", *map(str, range(count)))
+        got: list[int] = []
+        cancelled = attempt = 0
+        with anyio.fail_after(60):
+            while len(got) < count:
+                attempt += 1
+                task = asyncio.ensure_future(q.receive())
+                for _ in range(attempt % 4):
+                    await asyncio.sleep(0)
+                task.cancel()
+                try:
+                    got.append(int(await task))
+                except asyncio.CancelledError:
+                    cancelled += 1
+            assert await producer.wait() == 0
+    assert got == list(range(count)), "a number was lost, repeated or reordered"
+    assert cancelled > 1000
