@@ -337,10 +337,11 @@ def contenders_for(transports: list[str] | None, loops: list[str]) -> list[h.Con
 
 
 def workloads_for(sizes: list[int] | None, count: int | None, quick: bool) -> list[h.Workload]:
-    scale = 5 if quick else 1
+    scale = 4 if quick else 1
     workloads = []
     for size in sizes or [64, 2**20]:
-        default = max(50, 300_000 * 64 // max(size, 64)) if size < 64 * 1024 else 300
+        # Long enough that process start-up and the first chunks do not weigh.
+        default = max(50, 500_000 * 64 // max(size, 64)) if size < 64 * 1024 else 300
         workloads.append(h.Workload("throughput", size, count or default // scale))
         if size < LATENCY_MAX_SIZE:
             workloads.append(h.Workload("latency", size, count or 10_000 // scale))
