@@ -16,7 +16,7 @@ Every mechanism is an anyio-compatible stream that you ``await`` and
 
 from __future__ import annotations
 
-from . import fifo, pipes
+from . import fifo, mq, pipes, process, shm, shutdown, signals, sockets, sync
 from ._address import Address, available_schemes, connect, parse_address, serve
 from ._attributes import IPCAttribute, PeerCredentials
 from ._exceptions import AddressInUse, FrameTooLarge, IPCError, PeerDied, ProtocolError
@@ -33,6 +33,8 @@ from ._streams import (
     framed,
 )
 from .pipes import pipe
+from .process import parent_channel, spawn
+from .shutdown import graceful_shutdown
 
 __version__ = "0.1.0"
 
@@ -58,9 +60,28 @@ __all__ = [
     "connect",
     "fifo",
     "framed",
+    "graceful_shutdown",
+    "mq",
+    "parent_channel",
     "parse_address",
     "pipe",
     "pipes",
+    "process",
     "run",
     "serve",
+    "shm",
+    "shutdown",
+    "signals",
+    "sockets",
+    "spawn",
+    "sync",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # aioipc.sysv and aioipc.dbus need optional extras: import them on first use only.
+    if name in ("dbus", "sysv"):
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'aioipc' has no attribute {name!r}")

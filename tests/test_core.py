@@ -158,7 +158,21 @@ def test_error_tree() -> None:
     assert aioipc.AddressInUse("unix:/x").errno == 98
 
 
-PUBLIC_MODULES = ["aioipc", "aioipc.pipes", "aioipc.fifo", "aioipc.testing"]
+PUBLIC_MODULES = [
+    "aioipc",
+    "aioipc.pipes",
+    "aioipc.fifo",
+    "aioipc.testing",
+    "aioipc.signals",
+    "aioipc.shutdown",
+    "aioipc.process",
+    "aioipc.sockets",
+    "aioipc.mq",
+    "aioipc.sysv",
+    "aioipc.shm",
+    "aioipc.sync",
+    "aioipc.dbus",
+]
 
 
 @pytest.mark.parametrize("name", PUBLIC_MODULES)
