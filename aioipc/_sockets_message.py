@@ -36,6 +36,7 @@ _UCRED = struct.Struct("3i")
 _CREDS_SPACE = socket.CMSG_SPACE(_UCRED.size)
 _RELEASE_ABOVE = 1 << 20  # give back the pages of a buffer after a message this large
 _MSG_TRUNC = int(socket.MSG_TRUNC)
+_Received = tuple[int, list[tuple[int, int, bytes]], int, Any]  # what recvmsg_into returns
 _RECV_FLAGS = int(socket.MSG_TRUNC | socket.MSG_CMSG_CLOEXEC)
 
 
@@ -69,6 +70,7 @@ class MessageSocket(MessageStream):
             self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         self._ancsize = _CREDS_SPACE if self._unix else 0
         self._last_ancdata: list[tuple[int, int, bytes]] = []
+        self._kept: _Received | None = None
         self._eof_sent = False
         self._extra: dict[Any, Callable[[], Any]] = {IPCAttribute.fd: handle.fileno}
         self._extra.update(socket_extra(self._sock, path))
@@ -100,36 +102,47 @@ class MessageSocket(MessageStream):
         """One message, its fds and the sender's address."""
         with self._receive_guard:
             handle = self._handle
-            ancsize = self._ancsize + (socket.CMSG_SPACE(max_fds * 4) if max_fds else 0)
-            while True:
-                if handle.fd < 0:
-                    raise anyio.ClosedResourceError
-                buffer = self._buffer
-                if buffer is None:
-                    buffer = self._buffer = mmap.mmap(
-                        -1, self._buffer_size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
-                    )
+            if handle.fd < 0:
+                raise anyio.ClosedResourceError
+            buffer = self._buffer
+            if buffer is None:
+                buffer = self._buffer = mmap.mmap(
+                    -1, self._buffer_size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
+                )
+            if self._kept is not None:  # what a cancelled receive had already taken
+                result, self._kept = self._kept, None
+            else:
+                ancsize = self._ancsize + (socket.CMSG_SPACE(max_fds * 4) if max_fds else 0)
+                recvmsg_into = self._sock.recvmsg_into
                 try:
-                    size, ancdata, flags, address = self._sock.recvmsg_into([buffer], ancsize, _RECV_FLAGS)
-                except BlockingIOError:
-                    await handle.wait_readable()
-                    continue
+                    try:  # a queued message is one syscall away, even while the loop polls the fd
+                        result = recvmsg_into([buffer], ancsize, _RECV_FLAGS)
+                    except BlockingIOError:
+                        result = await handle.read(
+                            lambda _fd: recvmsg_into([buffer], ancsize, _RECV_FLAGS), self._keep
+                        )
                 except OSError:
                     with map_os_errors():
                         raise
-                if ancdata:
-                    self._last_ancdata = ancdata  # the sender's credentials, parsed when asked for
-                elif size == 0 and self._eof_on_empty:
-                    raise anyio.EndOfStream
-                if size > self.max_size or flags & _MSG_TRUNC:
+            size, ancdata, flags, address = result
+            if ancdata:
+                self._last_ancdata = ancdata  # the sender's credentials, parsed when asked for
+            elif size == 0 and self._eof_on_empty:
+                raise anyio.EndOfStream
+            if size > self.max_size or flags & _MSG_TRUNC:
+                close_fds(fds_from_ancillary(ancdata))
+                raise FrameTooLarge(size, self.max_size)
+            data = buffer[:size]
+            if size > _RELEASE_ABOVE:
+                buffer.madvise(mmap.MADV_DONTNEED)
+            if not max_fds:  # a plain receive: fds sent along are closed (the kernel drops most)
+                if len(ancdata) > 1 or (ancdata and ancdata[0][1] == socket.SCM_RIGHTS):
                     close_fds(fds_from_ancillary(ancdata))
-                    raise FrameTooLarge(size, self.max_size)
-                data = buffer[:size]
-                if size > _RELEASE_ABOVE:
-                    buffer.madvise(mmap.MADV_DONTNEED)
-                if not max_fds:  # a plain receive: fds sent along were dropped by the kernel
-                    return data, [], address
-                return data, rights_message(data, ancdata, flags, max_fds), address
+                return data, [], address
+            return data, rights_message(data, ancdata, flags, max_fds), address
+
+    def _keep(self, result: _Received) -> None:
+        self._kept = result
 
     async def receive(self) -> bytes:
         """The next whole message.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import types
@@ -15,6 +16,7 @@ import pytest
 
 import aioipc
 import aioipc.sockets
+import aioipc.testing
 from aioipc.testing import check_byte_stream, check_message_stream
 
 
@@ -281,3 +283,19 @@ async def test_unix_datagram_server_stale_and_live(tmp_ipc_dir: Path) -> None:
         with pytest.raises(aioipc.AddressInUse):
             await aioipc.serve(f"unix+dgram:{path}", sink)
     assert not path.exists()
+
+
+@pytest.mark.parametrize("kind", ["seqpacket", "dgram"])
+async def test_a_message_taken_by_a_cancelled_receive_is_kept(kind: aioipc.sockets.Kind) -> None:
+    """The loop may read a message for a task that is cancelled before it resumes: nothing is lost."""
+    a, b = aioipc.sockets.socketpair(kind)
+    async with a, b:
+        task = asyncio.ensure_future(b.receive())
+        await aioipc.testing.wait_until_idle()
+        await a.send(b"taken")
+        b._handle._on_readable()  # the loop's callback reads the message for the task ...
+        task.cancel()  # ... which is cancelled before it resumes
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        with anyio.fail_after(5):
+            assert await b.receive() == b"taken"
