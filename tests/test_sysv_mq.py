@@ -335,3 +335,33 @@ def test_list_and_remove_need_one_selector() -> None:
     with pytest.raises(ValueError, match="exactly one"):
         aioipc.sysv.remove_message_queue()
     assert os.path.exists("/proc/sysvipc/msg")
+
+
+def _wchan(thread: threading.Thread) -> str:
+    with open(f"/proc/self/task/{thread.native_id}/wchan") as f:
+        return f.read()
+
+
+def _context_switches(thread: threading.Thread) -> int:
+    with open(f"/proc/self/task/{thread.native_id}/status") as f:
+        fields = dict(line.split(":", 1) for line in f)
+    return int(fields["voluntary_ctxt_switches"]) + int(fields["nonvoluntary_ctxt_switches"])
+
+
+async def test_a_waiting_receive_costs_nothing(key: int) -> None:
+    """The bridge thread sleeps in msgrcv: it does not wake at all while nothing arrives."""
+    before = set(bridge_threads())
+    async with await MessageQueue.open(key, create=True) as q:
+        receiver = asyncio.ensure_future(q.receive())
+        while not (set(bridge_threads()) - before) or not q._receiver.busy:
+            await asyncio.sleep(0)
+        (thread,) = set(bridge_threads()) - before
+        with anyio.fail_after(10):
+            while _wchan(thread) != "do_msgrcv":  # asleep in the kernel's msgrcv
+                await asyncio.sleep(0)
+        switches = _context_switches(thread)
+        await asyncio.sleep(0.3)  # an idle period to observe, not a synchronisation
+        assert _context_switches(thread) == switches, "the bridge thread woke up while idle"
+        await q.send(b"wake")
+        with anyio.fail_after(5):
+            assert await receiver == b"wake"
