@@ -227,7 +227,8 @@ def from_socket(sock: socket.socket, *, max_size: int = DEFAULT_MAX_SIZE) -> Any
 
     The stream owns the socket from then on. Stream sockets give a
     :class:`SocketStream`, seqpacket a :class:`SeqpacketStream`, datagram a
-    :class:`DatagramStream`.
+    :class:`DatagramStream` (connected, or only bound: then it answers with
+    ``send_to()``, or ``send()`` to the last sender).
 
     Raises:
         ValueError: a listening socket, or a type aioipc does not handle (raw sockets ...).
@@ -235,18 +236,17 @@ def from_socket(sock: socket.socket, *, max_size: int = DEFAULT_MAX_SIZE) -> Any
     if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
         raise ValueError("a listening socket has no peer to stream with; serve it instead")
     kind = sock.type & ~(socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
-    path = None
-    if sock.family == socket.AF_UNIX:
-        try:
-            path = format_unix(sock.getpeername()) or None
-        except OSError:
-            path = None
+    try:
+        peer = sock.getpeername()
+    except OSError:  # not connected: a bound datagram socket
+        peer = None
+    path = format_unix(peer) or None if peer is not None and sock.family == socket.AF_UNIX else None
     if kind == socket.SOCK_STREAM:
         return SocketStream(SocketHandle(sock), path=path)
     if kind == socket.SOCK_SEQPACKET and sock.family == socket.AF_UNIX:
         return SeqpacketStream(SocketHandle(sock), max_size=max_size, path=path)
     if kind == socket.SOCK_DGRAM:
-        return DatagramStream(SocketHandle(sock), max_size=max_size, path=path)
+        return DatagramStream(SocketHandle(sock), max_size=max_size, path=path, connected=peer is not None)
     raise ValueError(f"cannot make a stream of a socket of type {sock.type!r}")
 
 

@@ -299,3 +299,20 @@ async def test_a_message_taken_by_a_cancelled_receive_is_kept(kind: aioipc.socke
             await task
         with anyio.fail_after(5):
             assert await b.receive() == b"taken"
+
+
+async def test_from_socket_with_a_bound_udp_socket() -> None:
+    bound = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    bound.bind(("127.0.0.1", 0))
+    port = bound.getsockname()[1]
+    async with (
+        aioipc.sockets.from_socket(bound) as server,
+        await aioipc.connect(f"udp:127.0.0.1:{port}") as client,
+    ):
+        with pytest.raises(OSError, match="no destination"):
+            await server.send(b"to whom?")
+        with anyio.fail_after(10):
+            await client.send(b"ping")
+            assert await server.receive() == b"ping"
+            await server.send(b"pong")  # to the last sender
+            assert await client.receive() == b"pong"
