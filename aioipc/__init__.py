@@ -19,7 +19,7 @@ from __future__ import annotations
 from . import fifo, mq, pipes, process, shm, shutdown, signals, sockets, sync
 from ._address import Address, available_schemes, connect, parse_address, serve
 from ._attributes import IPCAttribute, PeerCredentials
-from ._exceptions import AddressInUse, FrameTooLarge, IPCError, PeerDied, ProtocolError
+from ._exceptions import AddressInUse, FrameTooLarge, IPCError, PeerDied, ProtocolError, TruncatedMessage
 from ._objects import Codec, ObjectStream
 from ._runner import run
 from ._server import Server
@@ -56,6 +56,7 @@ __all__ = [
     "PeerDied",
     "ProtocolError",
     "Server",
+    "TruncatedMessage",
     "available_schemes",
     "connect",
     "fifo",

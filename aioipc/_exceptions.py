@@ -5,7 +5,9 @@ The tree::
     Exception
     ├── aioipc.IPCError                  root of aioipc's own errors
     │   ├── FrameTooLarge (ValueError)   a frame over ``max_size``, refused before allocation
-    │   ├── ProtocolError                malformed input from the peer (truncated frame, bad codec data)
+    │   ├── ProtocolError                malformed input from the peer (bad header, bad codec data)
+    │   │   └── TruncatedMessage (anyio.BrokenResourceError)
+    │   │                                the peer closed or died in the middle of a message
     │   ├── PeerDied (anyio.BrokenResourceError)
     │   │                                the peer process died; the channel is unusable
     │   └── AddressInUse (OSError)       a live server already owns the address
@@ -33,6 +35,7 @@ __all__ = [
     "IPCError",
     "PeerDied",
     "ProtocolError",
+    "TruncatedMessage",
     "map_os_errors",
 ]
 
@@ -58,6 +61,10 @@ class FrameTooLarge(IPCError, ValueError):
 
 class ProtocolError(IPCError):
     """The peer sent something that does not follow the protocol."""
+
+
+class TruncatedMessage(ProtocolError, anyio.BrokenResourceError):
+    """The peer closed, or died, in the middle of a message; the part received is dropped."""
 
 
 class PeerDied(IPCError, anyio.BrokenResourceError):

@@ -25,7 +25,7 @@ from collections import deque
 from struct import Struct
 from typing import Final
 
-from ._exceptions import FrameTooLarge, ProtocolError
+from ._exceptions import FrameTooLarge, TruncatedMessage
 
 __all__ = ["DEFAULT_MAX_SIZE", "HEADER", "NEED_DATA", "Framer"]
 
@@ -57,7 +57,7 @@ class Framer:
 
     Raises:
         FrameTooLarge: a header announces more than ``max_size`` bytes.
-        ProtocolError: input ends in the middle of a frame.
+        TruncatedMessage: input ends in the middle of a frame.
     """
 
     __slots__ = ("_buf", "_end", "_eof", "_need", "_start", "_view", "max_size", "parsed")
@@ -116,13 +116,13 @@ class Framer:
         """The next whole message, :data:`NEED_DATA`, or :data:`EOF` after a clean end.
 
         Raises:
-            ProtocolError: the input ended inside a frame.
+            TruncatedMessage: the input ended inside a frame.
         """
         if self.parsed:
             return self.parsed.popleft()
         if self._eof:
             if self._end != self._start:
-                raise ProtocolError(
+                raise TruncatedMessage(
                     f"input ended inside a frame ({self._end - self._start} bytes of it received)"
                 )
             return EOF

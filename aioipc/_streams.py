@@ -135,7 +135,8 @@ class FramedReceiveStream(MessageReceiveStream):
     Raises:
         FrameTooLarge: a header announced more than ``max_size`` bytes (then
             every later receive raises ``BrokenResourceError``).
-        ProtocolError: the peer closed inside a frame.
+        TruncatedMessage: the peer closed or died inside a frame (a ``ProtocolError``
+            and a ``BrokenResourceError``).
         anyio.EndOfStream: the peer closed between frames.
     """
 

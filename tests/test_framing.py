@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 
+import anyio
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -73,8 +74,11 @@ def test_eof_inside_a_frame_is_a_protocol_error() -> None:
     framer = Framer()
     framer.feed(Framer.encode(b"hello")[:-1])
     framer.feed(b"")
-    with pytest.raises(ProtocolError, match="inside a frame"):
+    with pytest.raises(ProtocolError, match="inside a frame") as info:
         framer.next_message()
+    assert isinstance(info.value, anyio.BrokenResourceError), (
+        "a peer that died mid-message is a broken stream"
+    )
 
 
 def test_empty_messages_and_clean_eof() -> None:

@@ -222,8 +222,9 @@ async def test_peer_killed_mid_message(tmp_ipc_dir: Path, tmp_path: Path) -> Non
                     await asyncio.sleep(0)
         if framing is None:
             assert isinstance(got[0], anyio.EndOfStream | anyio.BrokenResourceError)
-        else:  # the peer died inside a frame: the framer says so
-            assert isinstance(got[0], aioipc.ProtocolError)
+        else:  # the peer died inside a frame: a broken stream, and the framer says why
+            assert isinstance(got[0], aioipc.TruncatedMessage)
+            assert isinstance(got[0], anyio.BrokenResourceError)
 
 
 async def test_peer_killed_with_unread_data_gives_broken_resource(tmp_ipc_dir: Path, tmp_path: Path) -> None:
