@@ -503,7 +503,9 @@ class FdSendStream(ByteSendStream):
                 pending += view
             if self._units is not None:
                 self._units.append(size - written)
-        self._flush_handle = self._handle.loop().call_soon(self._flush)
+            self._flush_handle = self._handle.loop().call_soon(self._flush)
+        else:
+            self._flush_handle = self._handle.loop().call_soon(self._end_burst)
         return True
 
     async def send_parts(self, parts: Sequence[Buffer]) -> None:
@@ -576,6 +578,12 @@ class FdSendStream(ByteSendStream):
         if left:
             units[0] -= left
         return n
+
+    def _end_burst(self) -> None:
+        # The loop iteration of an idle write is over: write what queued behind it.
+        self._flush_handle = None
+        if self._pending:
+            self._flush()
 
     def _flush(self) -> None:
         self._flush_handle = None
