@@ -42,7 +42,7 @@ import platform
 import struct
 import uuid
 import warnings
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -51,8 +51,8 @@ import anyio.lowlevel
 
 from ._attributes import IPCAttribute
 from ._exceptions import FrameTooLarge, IPCError, PeerDied
-from ._streams import Buffer, MessageStream, ResourceGuard
-from .sync import ofd_lock, ofd_locked
+from ._streams import Buffer, MessageStream
+from .sync import _ofd_lock, _ofd_locked
 
 __all__ = [
     "DEFAULT_CAPACITY",
@@ -159,7 +159,7 @@ def is_ring(fd: int) -> bool:
 
 def ring_is_stale(fd: int) -> bool:
     """Whether no live process holds either side of the open ring segment ``fd``."""
-    return not ofd_locked(fd, _LOCK_CREATOR, 2)
+    return not _ofd_locked(fd, _LOCK_CREATOR, 2)
 
 
 # -- the doorbell ---------------------------------------------------------------------------
@@ -205,18 +205,19 @@ class _Doorbell:
             await anyio.lowlevel.checkpoint()
             return
         loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[None] = loop.create_future()
-        if not self._waiters:
+        if self._loop is not loop:
+            # Registered once, not per wait: the peer rings only while we sleep.
+            if self._loop is not None and not self._loop.is_closed():
+                self._loop.remove_reader(self.fd)
             loop.add_reader(self.fd, self._on_readable)
             self._loop = loop
+        waiter: asyncio.Future[None] = loop.create_future()
         self._waiters.append(waiter)
         try:
             await waiter
         finally:
             if waiter in self._waiters:
                 self._waiters.remove(waiter)
-            if not self._waiters and self.fd >= 0 and not self.hung_up:
-                loop.remove_reader(self.fd)
 
     def close(self) -> None:
         fd = self.fd
@@ -309,8 +310,8 @@ class Ring(MessageStream):
         self._bell = _Doorbell(bell)
         self._peer_bell = peer_bell
         self._owned_files = owned_files
-        self._receive_guard = ResourceGuard("receiving")
-        self._send_guard = ResourceGuard("sending")
+        self._receiving = False
+        self._sending = False
         self._closed = False
         self._eof_sent = False
         self._extra: dict[Any, Callable[[], Any]] = {IPCAttribute.path: lambda: self.name}
@@ -368,7 +369,7 @@ class Ring(MessageStream):
             os.fchmod(fd, mode)
             os.ftruncate(fd, _HEADER + 2 * capacity)
             os.pwrite(fd, struct.pack("<6Q", _MAGIC, _VERSION, capacity, os.getpid(), 0, 0), 0)
-            ofd_lock(fd, _LOCK_CREATOR, 1, exclusive=True, wait=False)
+            _ofd_lock(fd, _LOCK_CREATOR, 1, exclusive=True, wait=False)
             bell_fd = os.open(bell_c, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
             fds.append(bell_fd)
             # Read-write: we hold a writer of the peer's bell from the start, so
@@ -419,14 +420,14 @@ class Ring(MessageStream):
             size = _HEADER + 2 * capacity
             if os.fstat(fd).st_size != size:
                 raise ValueError(f"{name!r} is a damaged ring (size does not match its header)")
-            if not ofd_lock(fd, _LOCK_ATTACHER, 1, exclusive=True, wait=False):
+            if not _ofd_lock(fd, _LOCK_ATTACHER, 1, exclusive=True, wait=False):
                 raise RingInUse(f"ring {name!r} already has its peer attached")
             memory = mmap.mmap(fd, size)
             words = memoryview(memory)[:_HEADER].cast("Q")
             try:
                 if words[_W_ATTACHED]:
                     raise RingInUse(f"ring {name!r} was attached before; a ring links one pair only")
-                if not ofd_locked(fd, _LOCK_CREATOR, 1):
+                if not _ofd_locked(fd, _LOCK_CREATOR, 1):
                     raise PeerDied(f"the creator of ring {name!r} is gone")
                 bell_fd = os.open(bell_a, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
                 fds.append(bell_fd)
@@ -468,33 +469,30 @@ class Ring(MessageStream):
         if self._h[self._tx_gone]:
             raise anyio.BrokenResourceError(f"the peer of ring {self.name!r} closed its receiving side")
 
-    def _write(self, messages: Sequence[Buffer], first: int) -> int:
+    def _write(self, messages: Sequence[Buffer], sizes: Sequence[int], first: int) -> int:
         """Write as many whole records as fit, commit them with one store; return the next index."""
-        h, tx, capacity = self._h, self._tx, self.capacity
+        h, tx, capacity, pack = self._h, self._tx, self.capacity, _RECORD.pack_into
         head = self._head
         free_until = h[self._tx_tail] + capacity
-        index = first
-        count = len(messages)
+        index, count = first, len(messages)
         while index < count:
-            message = messages[index]
-            size = len(message) if not isinstance(message, memoryview) else message.nbytes
-            record = 8 + ((size + 7) & ~7)
+            size = sizes[index]
+            end = head + 8 + ((size + 7) & -8)
             position = head % capacity
-            skip = capacity - position if capacity - position < record else 0
-            if head + skip + record > free_until:
-                self._tail_seen = free_until - capacity
-                break
-            if skip:
-                _RECORD.pack_into(tx, position, _WRAP, 0)
-                head += skip
+            if position + end - head > capacity:  # continue at offset 0
+                end += capacity - position
+                if end > free_until:
+                    break
+                pack(tx, position, _WRAP, 0)
                 position = 0
-            _RECORD.pack_into(tx, position, size, 0)
-            if size:
-                tx[position + 8 : position + 8 + size] = (
-                    message.cast("B") if isinstance(message, memoryview) else message
-                )
-            head += record
+            elif end > free_until:
+                break
+            pack(tx, position, size, 0)
+            tx[position + 8 : position + 8 + size] = messages[index]
+            head = end
             index += 1
+        if index != count:
+            self._tail_seen = free_until - capacity
         if index != first:
             h[self._tx_head] = self._head = head  # the commit
             if h[self._tx_sleeping]:
@@ -515,11 +513,29 @@ class Ring(MessageStream):
             if not self._closed:
                 h[self._tx_waiting] = 0
 
-    def _check_sizes(self, messages: Iterable[Buffer]) -> None:
-        for message in messages:
-            size = len(message) if not isinstance(message, memoryview) else message.nbytes
-            if size > self.max_size:
-                raise FrameTooLarge(size, self.max_size)
+    def _measure(self, message: Buffer) -> tuple[Buffer, int]:
+        """The message as bytes-like of unsigned bytes, and its size; ``FrameTooLarge`` if too big."""
+        if type(message) is memoryview and (message.format != "B" or message.ndim != 1):
+            message = message.cast("B")
+        size = len(message)
+        if size > self.max_size:
+            raise FrameTooLarge(size, self.max_size)
+        return message, size
+
+    async def _send(self, messages: Sequence[Buffer], sizes: Sequence[int]) -> None:
+        # A flag rather than ResourceGuard: this is the hot path.
+        if self._sending:
+            raise anyio.BusyResourceError("sending")
+        self._sending = True
+        try:
+            self._check_send()
+            index = self._write(messages, sizes, 0)
+            while index < len(messages):
+                await self._wait_for_space()
+                self._check_send()
+                index = self._write(messages, sizes, index)
+        finally:
+            self._sending = False
 
     async def send(self, item: Buffer) -> None:
         """Send one message; wait while the lane is full.
@@ -529,8 +545,10 @@ class Ring(MessageStream):
             anyio.BrokenResourceError: the peer closed its receiving side.
             PeerDied: the peer died while this waited for room.
             anyio.ClosedResourceError: this side closed (or sent EOF).
+            anyio.BusyResourceError: another task is sending.
         """
-        await self.send_many((item,))
+        item, size = self._measure(item)
+        await self._send((item,), (size,))
 
     async def send_many(self, messages: Sequence[Buffer]) -> None:
         """Send several messages with one commit and at most one wake-up per lane-full.
@@ -540,14 +558,15 @@ class Ring(MessageStream):
         Raises:
             As :meth:`send`; ``FrameTooLarge`` before anything is sent.
         """
-        with self._send_guard:
-            self._check_send()
-            self._check_sizes(messages)
-            index = self._write(messages, 0)
-            while index < len(messages):
-                await self._wait_for_space()
-                self._check_send()
-                index = self._write(messages, index)
+        if memoryview in set(map(type, messages)):
+            measured = [self._measure(message) for message in messages]
+            messages, sizes = [message for message, _ in measured], [size for _, size in measured]
+        else:
+            sizes = list(map(len, messages))
+            largest = max(sizes, default=0)
+            if largest > self.max_size:
+                raise FrameTooLarge(largest, self.max_size)
+        await self._send(messages, sizes)
 
     async def send_eof(self) -> None:
         """Tell the peer nothing more will come: it gets ``EndOfStream`` after the rest.
@@ -614,14 +633,19 @@ class Ring(MessageStream):
             anyio.ClosedResourceError: this side closed (also wakes a waiting ``receive``).
             anyio.BusyResourceError: another task is receiving.
         """
-        with self._receive_guard:
-            record = self._peek() if not self._closed else None
+        if self._receiving:  # a flag rather than ResourceGuard: this is the hot path
+            raise anyio.BusyResourceError("receiving")
+        self._receiving = True
+        try:
+            record = None if self._closed else self._peek()
             if record is None:
                 record = await self._next()
             start, size, tail = record
-            data = bytes(self._rx[start : start + size])
+            data = self._rx[start : start + size].tobytes()
             self._advance(tail)
             return data
+        finally:
+            self._receiving = False
 
     async def receive_many(self, max_messages: int = 1024) -> list[bytes]:
         """Wait for at least one message, then return every waiting one (up to ``max_messages``).
@@ -631,20 +655,27 @@ class Ring(MessageStream):
         """
         if max_messages < 1:
             raise ValueError("max_messages must be at least 1")
-        with self._receive_guard:
+        if self._receiving:
+            raise anyio.BusyResourceError("receiving")
+        self._receiving = True
+        try:
             start, size, tail = await self._next()
-            rx = self._rx
-            messages = [bytes(rx[start : start + size])]
-            self._tail = tail
-            while len(messages) < max_messages:
-                record = self._peek()
-                if record is None:
-                    break
-                start, size, tail = record
-                messages.append(bytes(rx[start : start + size]))
-                self._tail = tail
+            rx, capacity, unpack = self._rx, self.capacity, _RECORD.unpack_from
+            messages = [rx[start : start + size].tobytes()]
+            head = self._h[self._rx_head]
+            while tail != head and len(messages) < max_messages:
+                position = tail % capacity
+                size = unpack(rx, position)[0]
+                if size == _WRAP:
+                    tail += capacity - position
+                    position = 0
+                    size = unpack(rx, 0)[0]
+                messages.append(rx[position + 8 : position + 8 + size].tobytes())
+                tail += 8 + ((size + 7) & -8)
             self._advance(tail)
             return messages
+        finally:
+            self._receiving = False
 
     @asynccontextmanager
     async def receive_view(self) -> AsyncIterator[memoryview]:
@@ -664,7 +695,10 @@ class Ring(MessageStream):
             async with ring.receive_view() as view:
                 total += sum(view)
         """
-        with self._receive_guard:
+        if self._receiving:
+            raise anyio.BusyResourceError("receiving")
+        self._receiving = True
+        try:
             start, size, tail = await self._next()
             view = self._rx[start : start + size].toreadonly()
             try:
@@ -675,6 +709,8 @@ class Ring(MessageStream):
                 finally:
                     if not self._closed:
                         self._advance(tail)
+        finally:
+            self._receiving = False
 
     # -- closing ---------------------------------------------------------------------------
 

@@ -36,7 +36,7 @@ from ._address import Address, register_scheme
 from ._framing import DEFAULT_MAX_SIZE
 from ._ring import DEFAULT_CAPACITY, Ring, RingInUse, is_ring, ring_files, ring_is_stale, segment_path
 from ._server import Server
-from .sync import ofd_locked
+from .sync import _ofd_locked
 
 __all__ = [
     "MappedMemory",
@@ -294,7 +294,7 @@ def _posix_segment(entry: os.DirEntry[str]) -> SegmentInfo | None:
 
 
 def _live_sides(fd: int) -> int:
-    return sum(ofd_locked(fd, byte, 1) for byte in (0, 1))
+    return sum(_ofd_locked(fd, byte, 1) for byte in (0, 1))
 
 
 def _sysv_segments() -> list[SegmentInfo]:

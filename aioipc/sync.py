@@ -355,7 +355,7 @@ def unlink(name: str) -> None:
 _FLOCK = struct.Struct("hhqqi4x")
 
 
-def ofd_lock(fd: int, start: int, length: int, *, exclusive: bool, wait: bool) -> bool:
+def _ofd_lock(fd: int, start: int, length: int, *, exclusive: bool, wait: bool) -> bool:
     """Place an open-file-description record lock; ``False`` if held elsewhere and not ``wait``.
 
     OFD locks belong to the open file, not the process: two handles in one
@@ -376,12 +376,12 @@ def ofd_lock(fd: int, start: int, length: int, *, exclusive: bool, wait: bool) -
             raise
 
 
-def ofd_unlock(fd: int, start: int, length: int) -> None:
+def _ofd_unlock(fd: int, start: int, length: int) -> None:
     """Remove this open file's record lock on the range."""
     fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _FLOCK.pack(fcntl.F_UNLCK, os.SEEK_SET, start, length, 0))
 
 
-def ofd_locked(fd: int, start: int, length: int) -> bool:
+def _ofd_locked(fd: int, start: int, length: int) -> bool:
     """Whether some other open file (any process) holds a lock on the range."""
     answer = fcntl.fcntl(fd, fcntl.F_OFD_GETLK, _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, start, length, 0))
     return bool(_FLOCK.unpack(answer)[0] != fcntl.F_UNLCK)
@@ -447,7 +447,7 @@ class FileLock:
         fd = self._open()
         exclusive = not self.shared
         try:
-            if not ofd_lock(fd, 0, 0, exclusive=exclusive, wait=False):
+            if not _ofd_lock(fd, 0, 0, exclusive=exclusive, wait=False):
                 if timeout is not None and timeout <= 0:
                     raise TimeoutError(f"lock on {self.path!r} not acquired")
                 # The fd goes to a bridge that closes it once no thread waits on it.
@@ -456,8 +456,8 @@ class FileLock:
                 try:
                     with anyio.fail_after(timeout):
                         await bridge.run(
-                            lambda: ofd_lock(fd_owner, 0, 0, exclusive=exclusive, wait=True),
-                            lambda _: ofd_unlock(fd_owner, 0, 0),
+                            lambda: _ofd_lock(fd_owner, 0, 0, exclusive=exclusive, wait=True),
+                            lambda _: _ofd_unlock(fd_owner, 0, 0),
                         )
                 except BaseException:
                     bridge.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import array
 import asyncio
 import os
 import signal
@@ -66,6 +67,8 @@ async def test_batches_views_and_limits(ring_name: str) -> None:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(a.send_many, messages)
                 assert await consume() == messages
+            await a.send_many([memoryview(array.array("i", [1, 2])), bytearray(b"ba")])
+            assert await b.receive_many() == [array.array("i", [1, 2]).tobytes(), b"ba"]
             await a.send(memoryview(b"zero-copy"))
             async with b.receive_view() as view:
                 assert view.readonly
