@@ -78,6 +78,7 @@ class FdHandle:
         "__weakref__",
         "_keep_writer",
         "_loop",
+        "_read_args",
         "_read_op",
         "_read_waiter",
         "_reader_armed",
@@ -91,7 +92,8 @@ class FdHandle:
         self.fd = fd
         self._loop: asyncio.AbstractEventLoop | None = None
         self._read_waiter: asyncio.Future[Any] | None = None
-        self._read_op: Callable[[int], Any] | None = None
+        self._read_op: Callable[..., Any] | None = None
+        self._read_args: tuple[Any, ...] = ()
         self._reader_armed = False  # registered with the loop for read()
         self._write_waiter: asyncio.Future[None] | None = None
         self._keep_writer = False  # inside keep_writer_registered()
@@ -129,8 +131,8 @@ class FdHandle:
             if self.fd >= 0:
                 loop.remove_reader(fd)
 
-    async def read(self, op: Callable[[int], T], keep: Callable[[T], None]) -> T:
-        """Return ``op(fd)``, a read that raises ``BlockingIOError`` until the fd has data.
+    async def read(self, op: Callable[..., T], keep: Callable[[T], None], *args: Any) -> T:
+        """Return ``op(fd, *args)``, a read that raises ``BlockingIOError`` until the fd has data.
 
         Tries ``op`` at once unless the loop already polls the fd for this
         handle, else waits for the loop to report the fd readable and runs
@@ -141,11 +143,13 @@ class FdHandle:
         readable while nobody waits, so an fd nobody reads costs no CPU.
 
         Args:
-            op: the read, e.g. ``lambda fd: os.readv(fd, [buffer])``; it
-                runs in a loop callback, only while a task waits here.
+            op: the read, e.g. ``os.readv`` with ``args=([buffer],)``, or
+                ``lambda fd: sock.recvmsg(...)``; it runs in a loop callback,
+                only while a task waits here.
             keep: called with ``op``'s result when the task was cancelled
                 after ``op`` had already consumed data, so that the caller
                 can hand it to its next read: nothing is lost.
+            args: more arguments for ``op``, after the fd.
 
         Raises:
             anyio.ClosedResourceError: the handle was closed meanwhile.
@@ -156,14 +160,15 @@ class FdHandle:
             raise anyio.ClosedResourceError
         if not self._reader_armed:
             try:
-                return op(fd)
+                return op(fd, *args)
             except BlockingIOError:
                 pass
         # Armed: the fd was empty when last read and the loop will say when
         # it is not, so a read now would most likely be wasted.
-        loop = self.loop()
+        loop = self._loop or self.loop()
         waiter = self._read_waiter = loop.create_future()
         self._read_op = op
+        self._read_args = args
         if not self._reader_armed:
             loop.add_reader(fd, self._on_readable)
             self._reader_armed = True
@@ -175,6 +180,7 @@ class FdHandle:
             raise
         finally:
             self._read_waiter = self._read_op = None
+            self._read_args = ()
 
     def _on_readable(self) -> None:
         waiter, op = self._read_waiter, self._read_op
@@ -182,7 +188,7 @@ class FdHandle:
             self._disarm_reader()
             return
         try:
-            result = op(self.fd)
+            result = op(self.fd, *self._read_args)
         except BlockingIOError:
             return
         except OSError as exc:
@@ -338,7 +344,7 @@ class FdReceiveStream(ByteReceiveStream):
                 await handle.wait_readable()
                 self._wait_first = False
             try:
-                data = await handle.read(lambda fd: os.read(fd, max_bytes), self._keep_unclaimed)
+                data = await handle.read(os.read, self._keep_unclaimed, max_bytes)
             except OSError:
                 with map_os_errors():
                     raise
@@ -363,7 +369,11 @@ class FdReceiveStream(ByteReceiveStream):
                 if n:
                     return n
                 raise anyio.EndOfStream
-        with self._guard:
+        guard = self._guard  # entered by hand: this is the hot path of every framed receive
+        if guard.busy:
+            raise anyio.BusyResourceError("receiving")
+        guard.busy = True
+        try:
             if self._unclaimed:
                 n = min(len(buffer), len(self._unclaimed))
                 buffer[:n] = self._unclaimed[:n]
@@ -373,17 +383,16 @@ class FdReceiveStream(ByteReceiveStream):
             if self._wait_first:
                 await handle.wait_readable()
                 self._wait_first = False
-            buffers = (buffer,)
             try:
-                n = await handle.read(
-                    lambda fd: os.readv(fd, buffers), lambda n: self._keep_unclaimed(bytes(buffer[:n]))
-                )
+                n = await handle.read(os.readv, lambda n: self._keep_unclaimed(bytes(buffer[:n])), (buffer,))
             except OSError:
                 with map_os_errors():
                     raise
             if n:
                 return n
             raise anyio.EndOfStream
+        finally:
+            guard.busy = False
 
     def _keep_unclaimed(self, data: bytes) -> None:
         # A receive cancelled after its data was read: the next receive returns it first.
@@ -491,8 +500,9 @@ class FdSendStream(ByteSendStream):
         # Idle: write at once, so that a lone message waits for no loop
         # iteration; the sends that follow in this iteration queue behind
         # the flush scheduled here and go out together.
+        handle = self._handle
         try:
-            written = os.writev(self._handle.fd, parts)
+            written = os.writev(handle.fd, parts)
         except BlockingIOError:
             written = 0
         except OSError as exc:
@@ -503,9 +513,9 @@ class FdSendStream(ByteSendStream):
                 pending += view
             if self._units is not None:
                 self._units.append(size - written)
-            self._flush_handle = self._handle.loop().call_soon(self._flush)
+            self._flush_handle = (handle._loop or handle.loop()).call_soon(self._flush)
         else:
-            self._flush_handle = self._handle.loop().call_soon(self._end_burst)
+            self._flush_handle = (handle._loop or handle.loop()).call_soon(self._end_burst)
         return True
 
     async def send_parts(self, parts: Sequence[Buffer]) -> None:

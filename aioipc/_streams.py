@@ -153,7 +153,11 @@ class FramedReceiveStream(MessageReceiveStream):
         # The common case, with no await: a message parsed from an earlier chunk.
         if self._parsed and self._broken is None and not self._guard.busy:
             return self._parsed.popleft()
-        with self._guard:
+        guard = self._guard  # entered by hand: this is the hot path of every framed receive
+        if guard.busy:
+            raise anyio.BusyResourceError("receiving")
+        guard.busy = True
+        try:
             framer = self._framer
             parsed = self._parsed
             receive_into = self._receive_into
@@ -177,6 +181,8 @@ class FramedReceiveStream(MessageReceiveStream):
                 except IPCError as exc:
                     self._broken = exc
                     raise
+        finally:
+            guard.busy = False
 
     async def aclose(self) -> None:
         await self.transport_stream.aclose()
