@@ -32,13 +32,14 @@ Adding a mechanism (``benchmarks/bench_<mechanism>.py``):
 2. Write ``measure(contender, workload, cpus) -> dict``: create the kernel
    objects, call :func:`run_pair` with the two commands (for Python roles
    :func:`role_command`, for a C peer a binary from :func:`build_c`) and
-   the fds each side gets, close what it created, return the measuring
+   the fds each side gets (``run_pair`` closes them once both sides have
+   started), remove any named object it created, return the measuring
    side's dict.
-3. ``main(argv)``: parse with :func:`make_parser`, pick contenders and
-   workloads, call :func:`collect`, then :func:`print_table` and
-   :func:`print_targets` for the ratios your issue names. Start the module
-   with ``if ROLE_FLAG in sys.argv: role_main(ROLES)`` dispatch (see
-   ``bench_pipes.py``).
+3. ``main(argv) -> bool``: parse with :func:`make_parser`, pick contenders
+   and workloads, call :func:`collect`, then :func:`print_table`, and
+   return :func:`print_targets` for the ratios your issue names (True when
+   all are met). Start the script with ``if ROLE_FLAG in sys.argv:
+   role_main(ROLES)`` (see ``bench_pipes.py``).
 
 ``run.py`` imports every ``bench_*.py`` and calls its ``main(argv)``.
 """
@@ -198,7 +199,8 @@ def run_pair(
 ) -> dict[str, float]:
     """Start the peer and the measuring side, wait for both, return the measuring side's JSON line.
 
-    The caller still owns (and closes) the fds; each side gets only its own.
+    Each side gets only its own fds; all of them are closed here once both
+    sides have started, so that a side sees EOF when the other exits.
 
     Raises:
         RuntimeError: a side failed or timed out (both are killed), with its stderr.
