@@ -134,3 +134,21 @@ async def test_unclosed_pipe_warns() -> None:
         import gc
 
         gc.collect()
+
+
+async def test_a_receive_cancelled_after_its_data_was_read_loses_nothing() -> None:
+    """The loop callback may read before the task resumes; a cancel then must hand the data on."""
+    r, w = aioipc.pipe()
+    async with w, r:
+        for _ in range(20):
+            task = asyncio.ensure_future(r.receive())
+            await aioipc.testing.wait_until_idle()
+            os.write(w.fileno(), b"hello")
+            await asyncio.sleep(0)  # let the loop run the reader callback, not the task
+            task.cancel()
+            try:
+                got = await task
+            except asyncio.CancelledError:
+                with anyio.fail_after(5):
+                    got = await r.receive()
+            assert got == b"hello"

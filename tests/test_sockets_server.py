@@ -286,4 +286,4 @@ async def test_frame_too_large_closes_only_that_connection(
                 with anyio.fail_after(10):
                     await good.send(b"served")
                     assert await good.receive() == b"served"
-    assert [type(e) for e in errors] == [aioipc.FrameTooLarge, aioipc.ProtocolError]
+    assert [type(e) for e in errors] == [aioipc.FrameTooLarge, aioipc.TruncatedMessage]
