@@ -259,8 +259,8 @@ async def test_cancelled_receives_lose_nothing(key: int, ftok_path: Path, sysvc:
             assert await producer.wait() == 0
         assert sorted(got) == list(range(count)), "a number was lost or repeated"
         assert got == list(range(count)), "messages came out of order"
-        assert cancelled > 1000
-        assert in_thread > 1000, "too few receives were cancelled while the thread waited"
+        assert cancelled > 300
+        assert in_thread > 100, "too few receives were cancelled while the thread waited"
         assert q.extra(SysVQueueAttribute.current_messages) == 0
 
 
