@@ -18,11 +18,11 @@ mid-write leaves its half-written record invisible. There is no lock in the
 segment that a dead process could hold.
 Rule 2 (wake-ups only for sleepers): each side sleeps on its own doorbell, a
 FIFO next to the segment (``NAME.bell-c``, ``NAME.bell-a``) registered with
-the loop. A reader with data waiting makes no system call; a side about to
-sleep sets its flag, runs ``membarrier()`` (a full barrier on every CPU
-running a process of the pair, so the peer's next flag check sees it) and
-checks again; the peer rings the doorbell (writes a byte) only if the flag
-is set.
+the loop. A reader with data waiting makes no system call. A side about to
+sleep sets its flag, runs a full memory barrier and checks again; the peer,
+after each commit (or each read that frees room), runs a full barrier and
+rings the doorbell (writes a byte) only if the flag is set. With a barrier
+on both sides, one of the two always sees the other: no lost wake-up.
 Rule 3 (end of life): each side holds an fcntl lock on one byte of the
 segment, and the write end of its peer's doorbell. When a process dies the
 kernel drops both: the peer's doorbell hangs up, which wakes it at once,
@@ -34,12 +34,12 @@ close sets the lane's ``eof`` flag first, so the hang-up reads as
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import errno
 import mmap
 import os
 import platform
 import struct
+import threading
 import uuid
 import warnings
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -88,47 +88,36 @@ class RingInUse(IPCError):
     """The ring already has (or had) its one attached peer; a ring links exactly two processes."""
 
 
-# -- membarrier -------------------------------------------------------------------------------
-
-_MEMBARRIER_SYSCALL = 324  # x86-64
-_CMD_GLOBAL, _CMD_GLOBAL_EXPEDITED, _CMD_REGISTER_GLOBAL_EXPEDITED = 1, 2, 4
-_barrier: Callable[[], None] | None = None
+# -- memory ordering --------------------------------------------------------------------------
 
 
-def _setup_barrier() -> Callable[[], None]:
-    """Register this process for expedited barriers; return the barrier to run before sleeping.
+def _check_machine() -> None:
+    """Refuse other machines: the ring relies on x86-64's ordering of plain loads and stores.
 
     Raises:
-        NotImplementedError: not x86-64 (the ring relies on its ordering of
-            plain loads and stores) or no ``membarrier()`` system call.
+        NotImplementedError: not x86-64.
     """
-    global _barrier
-    if _barrier is not None:
-        return _barrier
     if platform.machine() not in ("x86_64", "AMD64"):
         raise NotImplementedError("shared-memory rings need an x86-64 machine")
-    libc = ctypes.CDLL(None, use_errno=True)
-    syscall = libc.syscall
-    supported = syscall(_MEMBARRIER_SYSCALL, 0, 0, 0)
-    if supported < 0:
-        raise NotImplementedError("shared-memory rings need the membarrier() system call (Linux 4.16+)")
-    if (
-        supported & _CMD_REGISTER_GLOBAL_EXPEDITED
-        and syscall(_MEMBARRIER_SYSCALL, _CMD_REGISTER_GLOBAL_EXPEDITED, 0, 0) == 0
-    ):
-        command = _CMD_GLOBAL_EXPEDITED
-    elif supported & _CMD_GLOBAL:
-        command = _CMD_GLOBAL
-    else:
-        raise NotImplementedError("membarrier() offers no global barrier here")
 
-    def barrier() -> None:
-        if syscall(_MEMBARRIER_SYSCALL, command, 0, 0) != 0:
-            code = ctypes.get_errno()
-            raise OSError(code, os.strerror(code))
 
-    _barrier = barrier
-    return barrier
+def _make_fence() -> Callable[[], None]:
+    """A full memory barrier for one ring (one lock per ring, so it is never contended).
+
+    x86-64 keeps plain stores in order and plain loads in order, but may let
+    a load pass an earlier store; the wake-up handshake (store my flag, load
+    the peer's counter, and the mirror image on the other side) needs a full
+    barrier between the two. An uncontended lock's acquire and release are
+    locked instructions, which are full barriers, at a fraction of a syscall's cost.
+    """
+    lock = threading.Lock()
+    acquire, release = lock.acquire, lock.release
+
+    def fence() -> None:
+        acquire()
+        release()
+
+    return fence
 
 
 # -- files --------------------------------------------------------------------------------------
@@ -189,11 +178,13 @@ class _Doorbell:
                 data = os.read(self.fd, 4096)
             except BlockingIOError:
                 break
+            if len(data) == 4096:
+                continue  # maybe more
             if not data:
                 self.hung_up = True
                 if self._loop is not None:
                     self._loop.remove_reader(self.fd)
-                break
+            break
         waiters, self._waiters = self._waiters, []
         _wake_all(waiters)
 
@@ -255,7 +246,7 @@ class Ring(MessageStream):
     Caveats:
         A message must fit in half a lane: at most ``capacity // 2 - 8``
         bytes (``max_size``). Linux on x86-64 only (the ring relies on its
-        memory ordering and on ``membarrier()``). One peer per ring: once it
+        memory ordering). One peer per ring: once it
         attached, another ``attach()`` raises :class:`RingInUse`, also after
         the peer left.
 
@@ -288,7 +279,8 @@ class Ring(MessageStream):
         self.side = side
         self._fd = fd
         self._mmap = memory
-        self._barrier = _setup_barrier()
+        _check_machine()
+        self._fence = _make_fence()
         base = memoryview(memory)
         header = base[:_HEADER]
         self._h = header.cast("Q")
@@ -350,7 +342,7 @@ class Ring(MessageStream):
             FileExistsError: a ring or segment of that name exists.
             ValueError: bad name, or ``capacity`` under one page.
         """
-        _setup_barrier()
+        _check_machine()
         if capacity < mmap.PAGESIZE:
             raise ValueError(f"capacity must be at least {mmap.PAGESIZE} bytes")
         capacity = -(-capacity // mmap.PAGESIZE) * mmap.PAGESIZE
@@ -409,7 +401,7 @@ class Ring(MessageStream):
             RingInUse: another process attached already (now or before).
             PeerDied: the creator is gone.
         """
-        _setup_barrier()
+        _check_machine()
         path, bell_c, bell_a = ring_files(name)
         fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         fds = [fd]
@@ -495,6 +487,7 @@ class Ring(MessageStream):
             self._tail_seen = free_until - capacity
         if index != first:
             h[self._tx_head] = self._head = head  # the commit
+            self._fence()
             if h[self._tx_sleeping]:
                 self._ring_peer()
         return index
@@ -503,7 +496,7 @@ class Ring(MessageStream):
         h = self._h
         h[self._tx_waiting] = 1
         try:
-            self._barrier()
+            self._fence()
             if h[self._tx_tail] != self._tail_seen or h[self._tx_gone]:
                 return
             if self._bell.hung_up:
@@ -577,6 +570,7 @@ class Ring(MessageStream):
             return
         self._eof_sent = True
         self._h[self._tx_eof] = 1
+        self._fence()
         if self._h[self._tx_sleeping]:
             self._ring_peer()
         await anyio.lowlevel.checkpoint()
@@ -600,6 +594,7 @@ class Ring(MessageStream):
     def _advance(self, tail: int) -> None:
         h = self._h
         h[self._rx_tail] = self._tail = tail
+        self._fence()
         if h[self._rx_waiting]:
             self._ring_peer()
 
@@ -617,7 +612,7 @@ class Ring(MessageStream):
                 raise PeerDied(f"the peer of ring {self.name!r} died")
             h[self._rx_sleeping] = 1
             try:
-                self._barrier()
+                self._fence()
                 if h[self._rx_head] == self._tail and not h[self._rx_eof]:
                     await self._bell.wait()
             finally:
