@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pwd
 import sys
 from pathlib import Path
 
@@ -91,3 +92,30 @@ async def test_relay_copies_messages_from_one_fifo_to_another(tmp_ipc_dir: Path)
             relay.terminate()
             await relay.wait()
     assert out == b"first\nsecond\n"
+
+
+async def test_ls_shows_a_segment_and_rm_removes_it(unique_name: str) -> None:
+    import posix_ipc
+
+    name = f"/{unique_name}"
+    segment = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=0o600, size=4096)
+    os.close(segment.fd)
+    try:
+        with anyio.fail_after(30):
+            code, out, err = await run_cli("ls")
+            assert code == 0, err
+            [line] = [line for line in out.decode().splitlines() if f"shm:{name}" in line]
+            assert line.split()[:4] == ["posix", "shm", pwd.getpwuid(os.getuid()).pw_name, "0600"]
+            assert "4096 B" in line
+            code, out, err = await run_cli("rm", f"shm:{name}")
+            assert code == 0, err
+            code, out, err = await run_cli("ls")
+            assert f"shm:{name}" not in out.decode()
+            code, _, err = await run_cli("rm", f"shm:{name}")
+            assert code == 1
+            assert b"aioipc: error:" in err
+    finally:
+        try:
+            posix_ipc.unlink_shared_memory(name)
+        except posix_ipc.ExistentialError:
+            pass

@@ -6,6 +6,8 @@ Examples::
     aioipc send unix:/tmp/app.sock hello
     echo hi | aioipc send fifo:/tmp/app.fifo -      # one message per line
     aioipc relay tcp:127.0.0.1:9000 unix:/tmp/app.sock
+    aioipc ls                                       # queues, segments, rings, semaphores
+    aioipc rm mq:/jobs sysvmq:0x1234 --stale
 
 Exit status: 0 on success, 1 on an IPC error (the message says which), 2 on
 bad usage, 130 on Ctrl+C.
@@ -17,7 +19,7 @@ import argparse
 import asyncio
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import anyio
@@ -25,6 +27,9 @@ import anyio
 from .._address import available_schemes, connect, parse_address, serve
 from .._exceptions import IPCError
 from .._runner import run
+from ._inventory import add_commands
+
+_SYNC_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
 __all__ = ["main"]
 
@@ -84,6 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     relay.add_argument("--raw", action="store_true", help="copy raw bytes instead of messages")
 
     commands.add_parser("schemes", help="list the address schemes this installation handles")
+    _SYNC_COMMANDS.update(add_commands(commands))
     return parser
 
 
@@ -166,7 +172,20 @@ async def _relay(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _list_bus_names(bus_name: str) -> int:
+    try:
+        from .. import dbus
+    except ImportError as exc:
+        raise ValueError(str(exc)) from None
+    async with await dbus.connect(bus_name, timeout=10) as bus:
+        for name in await dbus.list_names(bus):
+            print(name)
+    return 0
+
+
 async def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "ls" and args.dbus:
+        return await _list_bus_names(args.dbus)
     if args.command == "send":
         return await _send(args)
     if args.command == "recv":
@@ -181,6 +200,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``aioipc`` command; returns the exit status."""
     args = _parser().parse_args(argv)
     try:
+        if args.command in _SYNC_COMMANDS and not getattr(args, "dbus", None):
+            return _SYNC_COMMANDS[args.command](args)
         return run(_dispatch(args), loop=args.loop)
     except KeyboardInterrupt:
         return 130

@@ -1,0 +1,220 @@
+"""``aioipc ls`` and ``aioipc rm``: find and remove the kernel objects IPC leaves behind."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import pwd
+import sys
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from .. import mq, shm, sync
+from .._address import parse_address
+
+__all__ = ["add_commands", "list_objects", "remove"]
+
+
+class Row(NamedTuple):
+    kind: str
+    name: str
+    uid: int
+    mode: int
+    size: str
+    detail: str
+
+
+def _user(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _sysv() -> Any:
+    """aioipc.sysv, or None without the ``sysv`` extra."""
+    try:
+        return importlib.import_module("aioipc.sysv")
+    except ImportError:
+        return None
+
+
+def _posix_queues(notes: list[str]) -> list[Row]:
+    try:
+        queues = mq.list_queues()
+    except FileNotFoundError as exc:
+        notes.append(str(exc))
+        return []
+    return [
+        Row(
+            "posix mq",
+            f"mq:{q.name}",
+            q.uid,
+            q.mode,
+            f"{q.current_bytes} B",
+            "" if q.current_messages is None else f"{q.current_messages}/{q.max_messages} messages",
+        )
+        for q in queues
+    ]
+
+
+def _sysv_queues(notes: list[str]) -> list[Row]:
+    sysv = _sysv()
+    if sysv is None:
+        notes.append("System V queues not listed: pip install 'aioipc[sysv]'")
+        return []
+    return [
+        Row(
+            "sysv mq",
+            f"sysvmq:{q.key & 0xFFFFFFFF:#x}",
+            q.uid,
+            q.mode,
+            f"{q.current_bytes} B",
+            f"{q.current_messages} messages, id {q.queue_id}",
+        )
+        for q in sysv.list_message_queues()
+    ]
+
+
+def _segments(notes: list[str]) -> list[Row]:
+    rows = []
+    for seg in shm.list_segments():
+        if seg.kind == "posix":
+            kind, name = ("ring" if seg.ring else "posix shm"), f"shm:{seg.name}"
+        else:
+            kind, name = "sysv shm", f"sysvshm:{seg.name}"
+        detail = "" if seg.attached is None else f"{seg.attached} attached"
+        rows.append(Row(kind, name, seg.uid, seg.mode, f"{seg.size} B", detail))
+    return rows
+
+
+def _semaphores(notes: list[str]) -> list[Row]:
+    return [
+        Row(
+            f"{sem.kind} sem",
+            f"sem:{sem.name}" if sem.kind == "posix" else f"sysvsem:{sem.name}",
+            sem.uid,
+            sem.mode,
+            "",
+            ""
+            if sem.count is None
+            else (f"value {sem.count}" if sem.kind == "posix" else f"{sem.count} in set"),
+        )
+        for sem in sync.list_semaphores()
+    ]
+
+
+def list_objects() -> tuple[list[Row], list[str]]:
+    """Every queue, segment, ring and semaphore visible here, and notes on what could not be listed."""
+    notes: list[str] = []
+    rows: list[Row] = []
+    for lister in (_posix_queues, _sysv_queues, _segments, _semaphores):
+        rows.extend(lister(notes))
+    return rows, notes
+
+
+def _sysv_id(kind: str, key_text: str) -> int:
+    key = int(key_text, 0)
+    for seg in shm.list_segments() if kind == "shm" else []:
+        if seg.kind == "sysv" and seg.key is not None and seg.key & 0xFFFFFFFF == key & 0xFFFFFFFF:
+            return seg.id or 0
+    for sem in sync.list_semaphores() if kind == "sem" else []:
+        if sem.kind == "sysv" and sem.key is not None and sem.key & 0xFFFFFFFF == key & 0xFFFFFFFF:
+            return sem.id or 0
+    raise FileNotFoundError(
+        f"no System V {'segment' if kind == 'shm' else 'semaphore set'} with key {key_text}"
+    )
+
+
+def remove(target: str) -> None:
+    """Remove one object named as ``aioipc ls`` shows it.
+
+    Raises:
+        FileNotFoundError: no such object.
+        ValueError: a name ``aioipc rm`` does not know how to remove.
+    """
+    kind, _, rest = target.partition(":")
+    if kind == "sem":
+        sync.unlink(rest)
+    elif kind in ("sysvshm", "sysvsem"):
+        sysv_ipc = importlib.import_module("sysv_ipc")
+        ident = _sysv_id(kind[4:], rest)
+        (sysv_ipc.remove_shared_memory if kind == "sysvshm" else sysv_ipc.remove_semaphore)(ident)
+    else:
+        address = parse_address(target)
+        if address.scheme == "mq":
+            mq.unlink(address.path)
+        elif address.scheme == "shm":
+            shm.unlink(address.path)
+        elif address.scheme == "sysvmq":
+            sysv = _sysv()
+            if sysv is None:
+                raise ValueError("removing System V queues needs: pip install 'aioipc[sysv]'")
+            key = address.key if address.key is not None else sysv.ftok(address.path, address.proj)
+            sysv.remove_message_queue(key)
+        elif address.scheme in ("fifo", "unix", "unix+dgram", "unix+seqpacket") and not address.abstract:
+            os.unlink(address.path)
+        else:
+            raise ValueError(f"aioipc rm cannot remove {target!r}")
+
+
+def _ls(args: argparse.Namespace) -> int:
+    rows, notes = list_objects()
+    if not args.all:
+        rows = [row for row in rows if row.uid == os.getuid()]
+    print(f"{'KIND':<10} {'OWNER':<10} {'MODE':<5} {'SIZE':>10}  {'NAME':<34} DETAIL")
+    for row in sorted(rows):
+        print(
+            f"{row.kind:<10} {_user(row.uid):<10} {row.mode:04o}  {row.size:>10}  {row.name:<34} {row.detail}"
+        )
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    return 0
+
+
+def _rm(args: argparse.Namespace) -> int:
+    status = 0
+    if args.stale:
+        for name in shm.remove_stale_rings():
+            print(f"removed stale ring shm:{name}")
+    for target in args.targets:
+        try:
+            remove(target)
+        except (OSError, ValueError) as exc:
+            print(f"aioipc: error: {target}: {exc}", file=sys.stderr)
+            status = 1
+        else:
+            print(f"removed {target}")
+    return status
+
+
+def add_commands(commands: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
+    """Add ``ls`` and ``rm`` to the CLI's sub-parsers; return their runners by name."""
+    ls = commands.add_parser(
+        "ls",
+        help="list queues, shared memory, rings and semaphores",
+        description=(
+            "List POSIX and System V message queues, shared-memory segments and rings, and semaphores, "
+            "with owner, mode and size. Only yours unless --all. "
+            "With --dbus, list the names on a bus instead."
+        ),
+    )
+    ls.add_argument("--all", action="store_true", help="include other users' objects")
+    ls.add_argument(
+        "--dbus",
+        nargs="?",
+        const="session",
+        metavar="BUS",
+        help="list the names on a D-Bus bus: session (default), system or an address",
+    )
+    rm = commands.add_parser(
+        "rm",
+        help="remove queues, segments, semaphores, FIFOs, socket files",
+        description="Remove objects named as `aioipc ls` shows them "
+        "(mq:/name, sysvmq:KEY, shm:/name, sysvshm:KEY, sem:/name, sysvsem:KEY, "
+        "fifo:/path, unix:/path).",
+    )
+    rm.add_argument("targets", nargs="*", metavar="NAME")
+    rm.add_argument("--stale", action="store_true", help="also remove rings whose processes are all dead")
+    return {"ls": _ls, "rm": _rm}
