@@ -435,3 +435,13 @@ def test_without_dbus_fast_import_aioipc_works_and_dbus_names_the_extra() -> Non
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=TIMEOUT, check=True
     )
     assert "pip install 'aioipc[dbus]'" in proc.stdout
+
+
+async def test_cli_lists_the_names_on_a_bus(daemon: Daemon) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "aioipc", "ls", "--dbus", daemon.address, stdout=asyncio.subprocess.PIPE
+    )
+    with anyio.fail_after(TIMEOUT):
+        out, _ = await proc.communicate()
+    assert proc.returncode == 0
+    assert "org.freedesktop.DBus" in out.decode().splitlines()
