@@ -143,24 +143,35 @@ async def test_cancelled_acquire_never_leaks_a_unit(key: int) -> None:
         assert sem.value == 1
 
 
+def _remove_segment(key: int) -> None:
+    import sysv_ipc
+
+    try:
+        sysv_ipc.remove_shared_memory(sysv_ipc.SharedMemory(key).id)
+    except sysv_ipc.ExistentialError:
+        pass
+
+
 async def test_segment_ownership_and_views(key: int) -> None:
-    memory = await SharedMemory.create(key, 100, persist=True)
-    async with await SharedMemory.attach(key) as other:
-        memory.buf[0] = 42
-        assert other.buf[0] == 42
-        assert other.attached == 2
-        with pytest.raises(FileExistsError):
-            await SharedMemory.create(key, 100)
-    view = memory.buf[:10]
-    with pytest.raises(BufferError, match="release the memoryviews"):
+    try:
+        memory = await SharedMemory.create(key, 100, persist=True)
+        async with await SharedMemory.attach(key) as other:
+            memory.buf[0] = 42
+            assert other.buf[0] == 42
+            assert other.attached == 2
+            with pytest.raises(FileExistsError):
+                await SharedMemory.create(key, 100)
+        view = memory.buf[:10]
+        with pytest.raises(BufferError, match="release the memoryviews"):
+            await memory.aclose()
+        view.release()
         await memory.aclose()
-    view.release()
-    await memory.aclose()
-    async with await SharedMemory.create(key, 100, exist_ok=True) as again:
-        assert not again.owned
-        assert again.buf[0] == 42
-    removable = await SharedMemory.attach(key)
-    removable.owned = True  # take ownership to clean up
-    await removable.aclose()
+        async with await SharedMemory.create(key, 100, exist_ok=True) as again:
+            assert not again.owned
+            assert again.buf[0] == 42
+    finally:
+        _remove_segment(key)
+    with pytest.raises(FileNotFoundError):
+        await SharedMemory.attach(key)
     with pytest.raises(ValueError, match="bad System V key"):
         await SharedMemory.create(0, 10)
