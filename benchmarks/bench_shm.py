@@ -9,6 +9,8 @@ Contenders (two processes each):
   ``multiprocessing.shared_memory`` (blocking Python, spins with ``sched_yield``).
 - ``mpqueue``: ``multiprocessing.Queue`` (``put`` / ``get`` per message;
   the measuring side spawns its own sender, as the queue must be inherited).
+- ``fasterfifo``: ``faster_fifo.Queue`` with its batch calls (``put_many`` /
+  ``get_many``), spawned the same way; skipped when not installed.
 - ``c``: the same ring as ``mpshm`` in C (``gcc -O2``, C11 atomics), the floor.
 
 Workloads: one way throughput (64 B: msgs/s, 1 MiB: GB/s) and 64 B round
@@ -244,37 +246,68 @@ def mpshm_send(a: h.RoleArgs) -> dict[str, float]:
     return {}
 
 
-# ---------------------------------------------------------------- multiprocessing.Queue
+# ---------------------------------------------------------------- multiprocessing.Queue and faster-fifo
 
 
-def _mpqueue_sender(queue: object, size: int, count: int, cpu: int) -> None:
+def _make_queue(kind: str, context: object) -> object:
+    if kind == "fasterfifo":
+        import faster_fifo
+
+        return faster_fifo.Queue(max_size_bytes=4 * 2**20)
+    return context.Queue(maxsize=10_000)  # type: ignore[attr-defined]
+
+
+def _queue_sender(kind: str, queue: object, size: int, count: int, cpu: int) -> None:
     if cpu >= 0:
         os.sched_setaffinity(0, {cpu})
     payload = b"x" * size
+    if kind == "fasterfifo":  # its batch API, as the ring's
+        queue.put(payload)  # type: ignore[attr-defined]
+        batch = [payload] * BATCH
+        for _ in range((count - 1) // BATCH):
+            queue.put_many(batch, timeout=60)  # type: ignore[attr-defined]
+        if (count - 1) % BATCH:
+            queue.put_many([payload] * ((count - 1) % BATCH), timeout=60)  # type: ignore[attr-defined]
+        return
     put = queue.put  # type: ignore[attr-defined]
     for _ in range(count):
         put(payload)
 
 
-def mpqueue_recv(a: h.RoleArgs) -> dict[str, float]:
+def _queue_recv(kind: str, a: h.RoleArgs) -> dict[str, float]:
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")
-    queue = context.Queue(maxsize=10_000)
+    queue = _make_queue(kind, context)
     other = sorted(os.sched_getaffinity(0))
     cpus = sorted(os.sched_getaffinity(os.getppid()))
     cpu = next((c for c in cpus if c not in other), -1)
-    sender = context.Process(target=_mpqueue_sender, args=(queue, a.size, a.count, cpu))
+    sender = context.Process(target=_queue_sender, args=(kind, queue, a.size, a.count, cpu))
     sender.start()
-    get = queue.get
-    message = get()  # the sender is up
+    message = queue.get(timeout=60)  # type: ignore[attr-defined]  # the sender is up
+    got = 1
     start = time.perf_counter()
-    for _ in range(a.count - 1):
-        message = get()
+    if kind == "fasterfifo":
+        while got < a.count:
+            messages = queue.get_many(timeout=60)  # type: ignore[attr-defined]
+            got += len(messages)
+        message = messages[-1]
+    else:
+        get = queue.get  # type: ignore[attr-defined]
+        for _ in range(a.count - 1):
+            message = get()
     elapsed = time.perf_counter() - start
     sender.join()
     assert len(message) == a.size
     return h.throughput_result(elapsed, a.count - 1, a.size)
+
+
+def mpqueue_recv(a: h.RoleArgs) -> dict[str, float]:
+    return _queue_recv("mpqueue", a)
+
+
+def fasterfifo_recv(a: h.RoleArgs) -> dict[str, float]:
+    return _queue_recv("fasterfifo", a)
 
 
 def idle_peer(a: h.RoleArgs) -> dict[str, float]:
@@ -391,6 +424,8 @@ ROLES: dict[tuple[str, str], h.Role] = {
     ("send", "mpshm"): mpshm_send,
     ("recv", "mpqueue"): mpqueue_recv,
     ("send", "mpqueue"): idle_peer,
+    ("recv", "fasterfifo"): fasterfifo_recv,
+    ("send", "fasterfifo"): idle_peer,
 }
 
 LABELS = {
@@ -398,10 +433,11 @@ LABELS = {
     "unix": "aioipc unix stream, framed",
     "mpshm": "hand-written shared_memory ring (sync)",
     "mpqueue": "multiprocessing.Queue (sync)",
+    "fasterfifo": "faster-fifo Queue, put_many/get_many (sync)",
     "c": "C shared-memory ring (gcc -O2)",
 }
 ASYNC = ("ring", "unix")
-ONE_WAY_ONLY = ("mpshm", "mpqueue", "c")
+QUEUES = ("mpqueue", "fasterfifo")
 
 
 def measure(contender: h.Contender, workload: h.Workload, cpus: tuple[int, int]) -> dict[str, float]:
@@ -447,8 +483,17 @@ def measure(contender: h.Contender, workload: h.Workload, cpus: tuple[int, int])
             memory.unlink()
 
 
+def _has_faster_fifo() -> bool:
+    try:
+        import faster_fifo  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def contenders_for(transports: list[str] | None, loops: list[str]) -> list[h.Contender]:
-    available = ["ring", "unix", "mpshm", "mpqueue"] + (["c"] if build_c_ring() else [])
+    available = ["ring", "unix", "mpshm", "mpqueue"] + (["fasterfifo"] if _has_faster_fifo() else [])
+    available += ["c"] if build_c_ring() else []
     chosen = transports or available
     unknown = set(chosen) - set(LABELS)
     if unknown:
@@ -456,7 +501,7 @@ def contenders_for(transports: list[str] | None, loops: list[str]) -> list[h.Con
     result = []
     for transport in chosen:
         if transport not in available:
-            print(f"skipping {transport}: not available (gcc missing?)", file=sys.stderr)
+            print(f"skipping {transport}: not available (gcc or faster-fifo missing?)", file=sys.stderr)
         elif transport in ASYNC:
             result += [h.Contender(transport, LABELS[transport], loop) for loop in loops]
         else:
@@ -478,7 +523,7 @@ def workloads_for(sizes: list[int] | None, count: int | None, quick: bool) -> li
 def applies(contender: h.Contender, workload: h.Workload) -> bool:
     if workload.kind == "latency":
         return contender.transport in ASYNC
-    return not (contender.transport == "mpqueue" and workload.size >= 64 * 1024)
+    return not (contender.transport in QUEUES and workload.size >= 64 * 1024)
 
 
 def targets_for(contenders: list[h.Contender]) -> list[h.Target]:
@@ -495,6 +540,7 @@ def targets_for(contenders: list[h.Contender]) -> list[h.Target]:
             (f"ring/shared_memory ring 1 MiB GB/s, {loop}", by_key.get("mpshm"), big, "gb_per_s", ">=", 1.0),
             (f"ring/unix 64 B msgs/s, {loop}", unix, small, "msgs_per_s", ">=", 1.5),
             (f"ring/mp.Queue 64 B msgs/s, {loop}", by_key.get("mpqueue"), small, "msgs_per_s", ">=", 5),
+            (f"ring/faster-fifo 64 B msgs/s, {loop}", by_key.get("fasterfifo"), small, "msgs_per_s", ">=", 3),
             (f"ring/unix 64 B RTT p50, {loop}", unix, rtt, "p50_us", "<=", 1.0),
         ]
         targets += [
