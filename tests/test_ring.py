@@ -262,3 +262,18 @@ async def test_bad_names() -> None:
             await Ring.create(name, 8192)
     with pytest.raises(ValueError, match="bad address"):
         await aioipc.connect("shm:relative")
+
+
+async def test_thousands_of_round_trips_lose_no_wake_up(ring_name: str, tmp_path: Path) -> None:
+    """Each side sleeps between messages: a lost wake-up would hang here (bounded by the timeout)."""
+    script = tmp_path / "echo.py"
+    script.write_text(ECHO)
+    async with await Ring.create(ring_name, 8192) as ring:
+        address = f"shm:{ring_name}"
+        proc = await asyncio.create_subprocess_exec(sys.executable, str(script), address, _loop_name())
+        with anyio.fail_after(30):
+            for i in range(3000):
+                await ring.send(b"r%d" % i)
+                assert await ring.receive() == b"R%d" % i
+            await ring.send_eof()
+            assert await proc.wait() == 0
