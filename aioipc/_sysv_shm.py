@@ -9,7 +9,8 @@ Example::
 
     key = aioipc.sysv.ftok("/srv/app", 1)
     async with await aioipc.sysv.SharedMemory.create(key, 4096) as shm:
-        sem = await aioipc.sysv.Semaphore.open(key, create=True, initial=0)
+        # a signal from one process to another: no undo, or our exit would take it back
+        sem = await aioipc.sysv.Semaphore.open(key, create=True, initial=0, undo=False)
         shm.buf[:5] = b"hello"
         sem.release()                       # a C program waiting in semop() wakes up
         await sem.aclose()
