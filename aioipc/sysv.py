@@ -1,8 +1,9 @@
-"""System V IPC, compatible with C programs that use ``msgget`` / ``msgsnd`` / ``msgrcv``.
+"""System V IPC, compatible with C programs that use ``msgget``/``msgsnd``/``msgrcv``,
+``shmget``/``shmat`` and ``semget``/``semop`` on the same keys.
 
-System V objects have no file descriptor, so each queue runs its blocking
-calls in bridge threads that sleep in the kernel (no polling) and wake the
-loop when something happens.
+System V objects have no file descriptor, so each queue or semaphore runs
+its blocking calls in bridge threads that sleep in the kernel (no polling)
+and wake the loop when something happens.
 
 Example::
 
@@ -32,10 +33,13 @@ from ._sysv_mq import (
     list_message_queues,
     remove_message_queue,
 )
+from ._sysv_shm import Semaphore, SharedMemory
 
 __all__ = [
     "MessageQueue",
     "MessageQueueInfo",
+    "Semaphore",
+    "SharedMemory",
     "SysVQueueAttribute",
     "ftok",
     "list_message_queues",
