@@ -90,8 +90,9 @@ async def test_relay_copies_messages_from_one_fifo_to_another(tmp_ipc_dir: Path)
             out, _ = await receiver.communicate()
         finally:
             relay.terminate()
-            await relay.wait()
+            assert await relay.wait() == 128 + 15
     assert out == b"first\nsecond\n"
+    assert not (tmp_ipc_dir / "in.fifo").exists(), "SIGTERM left the relay's FIFO behind"
 
 
 async def test_ls_shows_a_segment_and_rm_removes_it(unique_name: str) -> None:

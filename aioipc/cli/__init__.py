@@ -10,7 +10,8 @@ Examples::
     aioipc rm mq:/jobs sysvmq:0x1234 --stale
 
 Exit status: 0 on success, 1 on an IPC error (the message says which), 2 on
-bad usage, 130 on Ctrl+C.
+bad usage, 128+signum after SIGINT or SIGTERM (``recv`` and ``relay`` first
+close what they created: the FIFO, the socket file, the queue).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import anyio
 from .._address import available_schemes, connect, parse_address, serve
 from .._exceptions import IPCError
 from .._runner import run
+from ..shutdown import graceful_shutdown
 from ._inventory import add_commands
 
 _SYNC_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
@@ -136,10 +138,13 @@ async def _recv(args: argparse.Namespace) -> int:
         async with await connect(args.address, framing=_framing(args.raw)) as stream:
             await consume(stream)
         return 0
-    async with await serve(args.address, consume, framing=_framing(args.raw)) as server:
+    async with (
+        graceful_shutdown(timeout=5) as sd,
+        await serve(args.address, consume, framing=_framing(args.raw)) as server,
+    ):
         print(f"receiving at {server.address}", file=sys.stderr, flush=True)
         await done.wait()
-    return 0
+    return sd.exit_status
 
 
 async def _pump(source: Any, target: Any) -> None:
@@ -166,10 +171,13 @@ async def _relay(args: argparse.Namespace) -> int:
                 tg.start_soon(_pump, outgoing, incoming)
 
     parse_address(args.target)
-    async with await serve(args.source, bridge, framing=framing) as server:
+    async with (
+        graceful_shutdown(timeout=5) as sd,
+        await serve(args.source, bridge, framing=framing) as server,
+    ):
         print(f"relaying {server.address} -> {args.target}", file=sys.stderr, flush=True)
         await server.serve_forever()
-    return 0
+    return sd.exit_status
 
 
 async def _list_bus_names(bus_name: str) -> int:
