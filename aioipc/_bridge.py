@@ -1,8 +1,8 @@
 """A worker thread for blocking kernel calls that have no pollable fd.
 
-System V queues, semaphores and record locks cannot be registered with an
-event loop, so a :class:`Bridge` runs their blocking calls in one worker
-thread and hands each result back to the loop.
+System V queues cannot be registered with an event loop, so a
+:class:`Bridge` runs their blocking calls in one worker thread and hands
+each result back to the loop.
 
 Rule 1: the worker blocks in the kernel and never polls. It sleeps on its
 job queue when idle and inside the system call when busy; results reach
@@ -13,6 +13,10 @@ with ``EINTR`` having done nothing, and the call is dropped. If it had
 completed anyway, its result is handed to the ``orphan`` callback (keep it
 for the next caller, or undo it), never lost.
 Rule 3: one call runs at a time, in submission order.
+
+Semaphores and record locks (:mod:`aioipc.sync`, System V semaphores) use
+another bridge, one thread per contended wait that is never interrupted;
+``aioipc.sync._Bridge`` says why the two stay apart.
 
 Why ``SIGURG``: it is the one signal whose default action is to be ignored
 and that nothing sends unless a socket asked for out-of-band notification.

@@ -22,13 +22,14 @@ import ctypes
 import errno
 import os
 import sys
+from collections.abc import Callable
 from types import TracebackType
 
 import anyio
 import anyio.lowlevel
 import sysv_ipc
 
-from .sync import _Bridge
+from .sync import _Bridge, _BridgedSemaphore
 
 __all__ = ["SharedMemory", "Semaphore"]
 
@@ -190,16 +191,20 @@ class SharedMemory:
         await self.aclose()
 
 
-class Semaphore:
+class Semaphore(_BridgedSemaphore):
     """A System V semaphore (a set of one) by key. Get one with :meth:`open`.
 
     ``async with sem:`` acquires and releases; ``await sem.aclose()`` closes
-    the handle and removes the set if this handle created it.
+    the handle and removes the set if this handle created it (removing the
+    set wakes every process waiting on it with an error).
 
     With ``undo=True`` (the default) every operation is ``SEM_UNDO``: when a
     process dies, the kernel reverts what it did, so a holder killed by
     SIGKILL gives its units back. Use ``undo=False`` for a semaphore that
     signals between processes (one releases, another acquires).
+
+    Raises:
+        FileNotFoundError: (from ``acquire()``/``release()``) the set was removed.
     """
 
     def __init__(self, semaphore: sysv_ipc.Semaphore, *, owned: bool, undo: bool) -> None:
@@ -208,6 +213,7 @@ class Semaphore:
         self.key: int = semaphore.key
         self.id: int = semaphore.id
         self.owned = owned
+        self._label = f"semaphore {self.key & 0xFFFFFFFF:#010x}"
         self._closed = False
         self._bridge = _Bridge(lambda: None)
 
@@ -257,75 +263,18 @@ class Semaphore:
         await anyio.lowlevel.checkpoint()
         return cls(semaphore, owned=owned, undo=undo)
 
-    @property
-    def value(self) -> int:
-        """The current count (a snapshot)."""
-        self._check()
-        return int(self._sem.value)
+    def _try_acquire(self) -> bool:
+        return _semop(self.id, -1, undo=self.undo, wait=False)
 
-    def _check(self) -> None:
-        if self._closed:
-            raise anyio.ClosedResourceError
-
-    def _give_back(self, got: bool) -> None:
-        if got:
-            _semop(self.id, 1, undo=self.undo, wait=True)
-
-    async def acquire(self, timeout: float | None = None) -> None:
-        """Take one unit, waiting up to ``timeout`` seconds (``None``: for ever).
-
-        Raises:
-            TimeoutError: no unit came in time.
-            anyio.ClosedResourceError: this handle is closed.
-            FileNotFoundError: the set was removed meanwhile.
-        """
-        self._check()
+    def _blocking_acquire(self, timeout: float | None) -> Callable[[], bool]:
         semid, undo = self.id, self.undo
-        if _semop(semid, -1, undo=undo, wait=False):
-            try:
-                await anyio.lowlevel.checkpoint()
-            except BaseException:
-                self._give_back(True)
-                raise
-            return
-        if timeout is not None and timeout <= 0:
-            raise TimeoutError("semaphore not acquired")
-        got = await self._bridge.run(
-            lambda: _semop(semid, -1, undo=undo, wait=True, timeout=timeout), self._give_back
-        )
-        if not got:
-            raise TimeoutError(f"semaphore not acquired within {timeout} s")
+        return lambda: _semop(semid, -1, undo=undo, wait=True, timeout=timeout)
 
-    def release(self) -> None:
-        """Give one unit back.
-
-        Raises:
-            anyio.ClosedResourceError: this handle is closed.
-        """
-        self._check()
+    def _release(self) -> None:
         _semop(self.id, 1, undo=self.undo, wait=True)
 
-    async def aclose(self) -> None:
-        """Close the handle (idempotent); remove the set if this handle created it.
-
-        Removing the set wakes every process waiting on it with an error.
-        """
-        if self._closed:
-            return
-        self._closed = True
-        self._bridge.close()
-        if self.owned:
-            try:
-                self._sem.remove()
-            except sysv_ipc.ExistentialError:
-                pass
-        await anyio.lowlevel.checkpoint()
-
-    async def __aenter__(self) -> Semaphore:
-        await self.acquire()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.release()
+    def _remove(self) -> None:
+        try:
+            self._sem.remove()
+        except sysv_ipc.ExistentialError:
+            pass

@@ -41,7 +41,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Literal, TypeVar
+from typing import Any, Literal, Self, TypeVar
 
 import anyio
 import anyio.lowlevel
@@ -114,7 +114,24 @@ class _Waiter:
 
 
 class _Bridge:
-    """Runs blocking acquires in threads and defers the final close until none is blocked."""
+    """Runs blocking acquires in threads and defers the final close until none is blocked.
+
+    This is not :class:`aioipc._bridge.Bridge`, and the two cannot become one
+    class with an option without weakening one of them:
+
+    - That bridge runs one call at a time in one thread, in order; here
+      several tasks may wait on one semaphore at once, each with its own
+      timeout, so each contended wait has its own thread. A cancelled wait
+      that is not interrupted would hold up every call queued behind it.
+    - That bridge stops a cancelled call with ``SIGURG`` and ``EINTR``. The
+      waits here cannot be stopped so: Python retries ``fcntl`` after
+      ``EINTR`` (PEP 475), and ``sem_timedwait`` and ``semtimedop`` are
+      retried too, as the caller's timeout still runs. So an abandoned wait
+      runs to its end and a unit it gets then is given back (``undo``).
+    - Because an abandoned wait may still be blocked in the kernel, the
+      kernel object (the semaphore handle, the locked fd) is closed only when
+      the last thread has returned; that bridge's owner closes it at once.
+    """
 
     def __init__(self, close: Callable[[], None]) -> None:
         self._close = close
@@ -169,12 +186,108 @@ def _check_name(name: str) -> str:
     return name
 
 
-class Semaphore:
+class _BridgedSemaphore:
+    """What POSIX and System V semaphore handles share: acquire through a bridge, close once.
+
+    A subclass says how to try, wait for, give back and remove a unit, and
+    what its kernel object is called in errors; the waiting, the timeouts,
+    the cancellation rule (a unit got after nobody wants it is given back)
+    and the end of life are here.
+    """
+
+    owned: bool
+    _sem: Any  # a posix_ipc or sysv_ipc semaphore: both have ``.value``
+    _label: str  # what errors call it: "semaphore '/name'"
+    _closed: bool
+    _bridge: _Bridge
+
+    def _try_acquire(self) -> bool:
+        raise NotImplementedError
+
+    def _blocking_acquire(self, timeout: float | None) -> Callable[[], bool]:
+        """The call that waits (in a bridge thread) for a unit; ``False`` if ``timeout`` ran out."""
+        raise NotImplementedError
+
+    def _release(self) -> None:
+        raise NotImplementedError
+
+    def _remove(self) -> None:
+        """Remove the kernel object (this handle created it); one already gone is no error."""
+        raise NotImplementedError
+
+    @property
+    def value(self) -> int:
+        """The current count (a snapshot: other processes may change it at once)."""
+        self._check()
+        return int(self._sem.value)
+
+    def _check(self) -> None:
+        if self._closed:
+            raise anyio.ClosedResourceError
+
+    def _give_back(self, got: bool) -> None:
+        if got:
+            self._release()
+
+    async def acquire(self, timeout: float | None = None) -> None:
+        """Take one unit, waiting up to ``timeout`` seconds (``None``: for ever).
+
+        Raises:
+            TimeoutError: no unit came within ``timeout``.
+            anyio.ClosedResourceError: this handle is closed.
+
+        Cancelling it never leaks a unit: one that arrives afterwards is released.
+        """
+        self._check()
+        if self._try_acquire():
+            await _checkpoint_or_release(self._release)
+            return
+        if timeout is not None and timeout <= 0:
+            raise TimeoutError(f"{self._label} not acquired")
+        got = await self._bridge.run(self._blocking_acquire(timeout), self._give_back)
+        if not got:
+            raise TimeoutError(f"{self._label} not acquired within {timeout} s")
+
+    def release(self) -> None:
+        """Give one unit back (to whichever process waits first).
+
+        Raises:
+            anyio.ClosedResourceError: this handle is closed.
+        """
+        self._check()
+        self._release()
+
+    async def aclose(self) -> None:
+        """Close the handle (idempotent), and remove the semaphore if this handle created it.
+
+        A task of this process waiting in ``acquire()`` gets ``ClosedResourceError``.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        if self.owned:
+            self._remove()
+        self._bridge.close()
+        await anyio.lowlevel.checkpoint()
+
+    async def __aenter__(self) -> Self:
+        await self.acquire()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.release()
+
+
+class Semaphore(_BridgedSemaphore):
     """A POSIX named semaphore. Get one with :meth:`open`.
 
     ``async with sem:`` acquires a unit and releases it at the end of the
     block; ``await sem.aclose()`` closes the handle (and removes the
-    semaphore if this handle created it, unless ``persist=True``).
+    semaphore if this handle created it, unless ``persist=True``). Waiting
+    tasks in other processes keep their handles; a removed name can be
+    created anew while they still use the old semaphore.
 
     Caveats:
         POSIX semaphores have no undo: a process that dies holding a unit
@@ -186,6 +299,7 @@ class Semaphore:
         self.name: str = sem.name
         self.owned = owned
         self._sem = sem
+        self._label = f"semaphore {self.name!r}"
         self._closed = False
         self._bridge = _Bridge(sem.close)
 
@@ -242,16 +356,6 @@ class Semaphore:
         await anyio.lowlevel.checkpoint()
         return cls(sem, owned=owned)
 
-    @property
-    def value(self) -> int:
-        """The current count (a snapshot: other processes may change it at once)."""
-        self._check()
-        return int(self._sem.value)
-
-    def _check(self) -> None:
-        if self._closed:
-            raise anyio.ClosedResourceError
-
     def _try_acquire(self) -> bool:
         try:
             self._sem.acquire(0)
@@ -259,73 +363,29 @@ class Semaphore:
             return False
         return True
 
-    def _blocking_acquire(self, timeout: float | None) -> bool:
-        while True:
-            try:
-                self._sem.acquire(timeout)
-            except posix_ipc.BusyError:
-                return False
-            except posix_ipc.SignalError:
-                continue
-            return True
+    def _blocking_acquire(self, timeout: float | None) -> Callable[[], bool]:
+        sem = self._sem
 
-    def _give_back(self, got: bool) -> None:
-        if got:
-            self._sem.release()
+        def wait() -> bool:
+            while True:
+                try:
+                    sem.acquire(timeout)
+                except posix_ipc.BusyError:
+                    return False
+                except posix_ipc.SignalError:
+                    continue
+                return True
 
-    async def acquire(self, timeout: float | None = None) -> None:
-        """Take one unit, waiting up to ``timeout`` seconds (``None``: for ever).
+        return wait
 
-        Raises:
-            TimeoutError: no unit came within ``timeout``.
-            anyio.ClosedResourceError: this handle is closed.
-
-        Cancelling it never leaks a unit: one that arrives afterwards is released.
-        """
-        self._check()
-        if self._try_acquire():
-            await _checkpoint_or_release(self._sem.release)
-            return
-        if timeout is not None and timeout <= 0:
-            raise TimeoutError(f"semaphore {self.name!r} not acquired")
-        got = await self._bridge.run(lambda: self._blocking_acquire(timeout), self._give_back)
-        if not got:
-            raise TimeoutError(f"semaphore {self.name!r} not acquired within {timeout} s")
-
-    def release(self) -> None:
-        """Give one unit back (to whichever process waits first).
-
-        Raises:
-            anyio.ClosedResourceError: this handle is closed.
-        """
-        self._check()
+    def _release(self) -> None:
         self._sem.release()
 
-    async def aclose(self) -> None:
-        """Close the handle, and remove the semaphore if this handle created it (idempotent).
-
-        Waiting tasks in other processes keep their handles; a removed name
-        can be created anew while they still use the old semaphore.
-        """
-        if self._closed:
-            return
-        self._closed = True
-        if self.owned:
-            try:
-                self._sem.unlink()
-            except posix_ipc.ExistentialError:
-                pass
-        self._bridge.close()
-        await anyio.lowlevel.checkpoint()
-
-    async def __aenter__(self) -> Semaphore:
-        await self.acquire()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.release()
+    def _remove(self) -> None:
+        try:
+            self._sem.unlink()
+        except posix_ipc.ExistentialError:
+            pass
 
 
 async def _checkpoint_or_release(release: Callable[[], None]) -> None:
