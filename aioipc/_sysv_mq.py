@@ -34,6 +34,7 @@ from ._exceptions import FrameTooLarge
 from ._framing import DEFAULT_MAX_SIZE
 from ._server import Server
 from ._streams import Buffer, MessageStream
+from ._sysvipc import sysvipc_table
 
 __all__ = [
     "MessageQueue",
@@ -47,7 +48,6 @@ __all__ = [
 #: most messages the receiving thread takes per wake-up
 BATCH = 256
 TYPE_MAX = 2**31 - 1  # sysv_ipc passes the type as a C int
-_PROC_MSG = "/proc/sysvipc/msg"
 
 
 def _read_limit(name: str, default: int) -> int:
@@ -436,20 +436,20 @@ class MessageQueueInfo(NamedTuple):
 
 def list_message_queues() -> list[MessageQueueInfo]:
     """Every System V message queue in this IPC namespace (from ``/proc/sysvipc/msg``)."""
-    with open(_PROC_MSG) as f:
-        lines = f.read().splitlines()[1:]
     queues = []
-    for line in lines:
-        fields = line.split()
-        key, qid, cbytes, qnum, uid = (int(fields[i]) for i in (0, 1, 3, 4, 7))
-        perms = int(fields[2], 8)  # printed in octal
+    for row in sysvipc_table("msg"):
+        key = row["key"]
         max_bytes = None
         if key != sysv_ipc.IPC_PRIVATE:
             try:
                 max_bytes = sysv_ipc.MessageQueue(key).max_size
             except sysv_ipc.Error:
                 pass
-        queues.append(MessageQueueInfo(key, qid, uid, perms & 0o777, qnum, cbytes, max_bytes))
+        queues.append(
+            MessageQueueInfo(
+                key, row["msqid"], row["uid"], row["perms"] & 0o777, row["qnum"], row["cbytes"], max_bytes
+            )
+        )
     return queues
 
 

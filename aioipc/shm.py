@@ -36,6 +36,7 @@ from ._address import Address, register_scheme
 from ._framing import DEFAULT_MAX_SIZE
 from ._ring import DEFAULT_CAPACITY, Ring, RingInUse, is_ring, ring_files, ring_is_stale, segment_path
 from ._server import Server
+from ._sysvipc import sysvipc_table
 from .sync import _ofd_locked
 
 __all__ = [
@@ -299,19 +300,23 @@ def _live_sides(fd: int) -> int:
 
 def _sysv_segments() -> list[SegmentInfo]:
     try:
-        with open("/proc/sysvipc/shm") as table:
-            lines = table.read().splitlines()[1:]
+        rows = sysvipc_table("shm")
     except FileNotFoundError:
         return []
-    found = []
-    for line in lines:
-        # key shmid perms size cpid lpid nattch uid gid ...
-        fields = line.split()
-        key, shmid, size, nattch, uid = (int(fields[i]) for i in (0, 1, 3, 6, 7))
-        perms = int(fields[2], 8)
-        name = f"{key & 0xFFFFFFFF:#010x}"
-        found.append(SegmentInfo("sysv", name, key, shmid, uid, perms & 0o777, size, nattch, False))
-    return found
+    return [
+        SegmentInfo(
+            "sysv",
+            f"{row['key'] & 0xFFFFFFFF:#010x}",
+            row["key"],
+            row["shmid"],
+            row["uid"],
+            row["perms"] & 0o777,
+            row["size"],
+            row["nattch"],
+            False,
+        )
+        for row in rows
+    ]
 
 
 def list_segments() -> list[SegmentInfo]:

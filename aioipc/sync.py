@@ -47,6 +47,8 @@ import anyio
 import anyio.lowlevel
 import posix_ipc
 
+from ._sysvipc import sysvipc_table
+
 __all__ = ["FileLock", "Semaphore", "SemaphoreInfo", "list_semaphores", "unlink"]
 
 T = TypeVar("T")
@@ -612,20 +614,21 @@ def _posix_semaphores() -> list[SemaphoreInfo]:
 
 def _sysv_semaphores() -> list[SemaphoreInfo]:
     try:
-        with open("/proc/sysvipc/sem") as table:
-            lines = table.read().splitlines()[1:]
+        rows = sysvipc_table("sem")
     except FileNotFoundError:
         return []
-    found = []
-    for line in lines:
-        # key semid perms nsems uid gid cuid cgid otime ctime
-        fields = line.split()
-        key, semid, nsems, uid = (int(fields[i]) for i in (0, 1, 3, 4))
-        perms = int(fields[2], 8)
-        found.append(
-            SemaphoreInfo("sysv", f"{key & 0xFFFFFFFF:#010x}", key, semid, uid, perms & 0o777, nsems)
+    return [
+        SemaphoreInfo(
+            "sysv",
+            f"{row['key'] & 0xFFFFFFFF:#010x}",
+            row["key"],
+            row["semid"],
+            row["uid"],
+            row["perms"] & 0o777,
+            row["nsems"],
         )
-    return found
+        for row in rows
+    ]
 
 
 def list_semaphores() -> list[SemaphoreInfo]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import shutil
 import signal
@@ -141,6 +142,17 @@ async def test_cancelled_acquire_never_leaks_a_unit(key: int) -> None:
         async with sem:
             assert sem.value == 0
         assert sem.value == 1
+
+
+async def test_listed_with_owner_mode_and_count(key: int) -> None:
+    from aioipc import sync
+
+    async with aclosing(await Semaphore.open(key, create=True, initial=3, mode=0o640)) as sem:
+        [info] = [i for i in sync.list_semaphores() if i.kind == "sysv" and i.key == key]
+        assert (info.id, info.mode, info.count) == (sem.id, 0o640, 1)
+        assert info.name == f"{key:#010x}"
+        assert info.uid == os.getuid()
+    assert not [i for i in sync.list_semaphores() if i.kind == "sysv" and i.key == key]
 
 
 def _remove_segment(key: int) -> None:
