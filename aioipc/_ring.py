@@ -342,6 +342,8 @@ class Ring(MessageStream):
             FileExistsError: a ring or segment of that name exists.
             ValueError: bad name, or ``capacity`` under one page.
         """
+        # first: cancelled here, nothing exists yet to leak
+        await anyio.lowlevel.checkpoint()
         _check_machine()
         if capacity < mmap.PAGESIZE:
             raise ValueError(f"capacity must be at least {mmap.PAGESIZE} bytes")
@@ -388,7 +390,6 @@ class Ring(MessageStream):
         ring = cls(
             name, fd, memory, side=0, bell=bell_fd, peer_bell=peer_fd, owned_files=owned, max_size=max_size
         )
-        await anyio.lowlevel.checkpoint()
         return ring
 
     @classmethod
@@ -401,6 +402,8 @@ class Ring(MessageStream):
             RingInUse: another process attached already (now or before).
             PeerDied: the creator is gone.
         """
+        # first: cancelled here, nothing exists yet to leak
+        await anyio.lowlevel.checkpoint()
         _check_machine()
         path, bell_c, bell_a = ring_files(name)
         fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
@@ -444,7 +447,6 @@ class Ring(MessageStream):
         ring = cls(
             name, fd, memory, side=1, bell=bell_fd, peer_bell=peer_fd, owned_files=(), max_size=max_size
         )
-        await anyio.lowlevel.checkpoint()
         return ring
 
     # -- sending ---------------------------------------------------------------------------

@@ -197,6 +197,8 @@ class MessageQueue(MessageStream):
             PermissionError: the queue's mode does not let this user in.
             OSError: ``ENOSPC``: the system's queue limit (``kernel.msgmni``) is reached.
         """
+        # first: cancelled here, nothing exists yet to leak
+        await anyio.lowlevel.checkpoint()
         key = _key_t(key)
         size = _read_limit("msgmax", 8192)
         owned = False
@@ -216,7 +218,6 @@ class MessageQueue(MessageStream):
                     raise FileNotFoundError(f"no System V queue has key {key:#x}") from None
         except sysv_ipc.PermissionsError as exc:
             raise PermissionError(f"no permission for the System V queue {key:#x}") from exc
-        await anyio.lowlevel.checkpoint()
         return cls(queue, owned=owned and not persist)
 
     # -- receiving -----------------------------------------------------------------------

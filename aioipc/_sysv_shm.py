@@ -122,6 +122,8 @@ class SharedMemory:
             FileExistsError: a segment with that key exists (and not ``exist_ok``).
             ValueError: bad key or size (``size`` over the system's ``shmmax``).
         """
+        # first: cancelled here, nothing exists yet to leak
+        await anyio.lowlevel.checkpoint()
         key = _check_key(key)
         if size <= 0:
             raise ValueError("size must be > 0")
@@ -132,7 +134,6 @@ class SharedMemory:
                 raise _exists("segment", key) from None
             return await cls.attach(key)
         shm = cls(segment, owned=not persist)
-        await anyio.lowlevel.checkpoint()
         return shm
 
     @classmethod
@@ -143,6 +144,8 @@ class SharedMemory:
             FileNotFoundError: no segment with that key.
             PermissionError: its mode forbids it.
         """
+        # first: cancelled here, nothing exists yet to leak
+        await anyio.lowlevel.checkpoint()
         key = _check_key(key)
         try:
             segment = sysv_ipc.SharedMemory(key)
@@ -151,7 +154,6 @@ class SharedMemory:
         except sysv_ipc.PermissionsError:
             raise PermissionError(errno.EACCES, "permission denied") from None
         shm = cls(segment, owned=False)
-        await anyio.lowlevel.checkpoint()
         return shm
 
     @property
@@ -241,6 +243,8 @@ class Semaphore(_BridgedSemaphore):
             PermissionError: its mode forbids it.
             ValueError: bad key or negative ``initial``.
         """
+        # first: cancelled here, nothing exists yet to leak
+        await anyio.lowlevel.checkpoint()
         key = _check_key(key)
         if initial < 0:
             raise ValueError("initial must be >= 0")
@@ -260,7 +264,6 @@ class Semaphore(_BridgedSemaphore):
             raise _not_found("semaphore", key) from None
         except sysv_ipc.PermissionsError:
             raise PermissionError(errno.EACCES, "permission denied") from None
-        await anyio.lowlevel.checkpoint()
         return cls(semaphore, owned=owned, undo=undo)
 
     def _try_acquire(self) -> bool:

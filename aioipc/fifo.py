@@ -124,6 +124,8 @@ async def create(
         FileNotFoundError: the directory does not exist.
         PermissionError: the directory is not writable.
     """
+    # first: cancelled here, nothing exists yet to leak
+    await anyio.lowlevel.checkpoint()
     path = os.fspath(path)
     try:
         os.mkfifo(path, mode & 0o700)
@@ -136,7 +138,6 @@ async def create(
     # Created with at most the owner's bits (minus umask), so never briefly
     # looser than asked; now set exactly what was asked.
     os.chmod(path, mode)
-    await anyio.lowlevel.checkpoint()
     return Fifo(path, owned=True, persist=persist)
 
 
@@ -153,9 +154,10 @@ async def open_reader(path: str | os.PathLike[str], *, persistent: bool = False)
         ValueError: the path exists but is not a FIFO.
         PermissionError: no read permission.
     """
+    # first: cancelled here, nothing exists yet to leak
+    await anyio.lowlevel.checkpoint()
     path = os.fspath(path)
     fd = _open_checked(path, os.O_RDWR if persistent else os.O_RDONLY)
-    await anyio.lowlevel.checkpoint()
     return FifoReceiveStream(FdHandle(fd), extra={IPCAttribute.path: path}, wait_first=not persistent)
 
 

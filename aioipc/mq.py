@@ -400,6 +400,8 @@ async def open(
             async for message in q:
                 print(message)
     """
+    # first: cancelled here, nothing exists yet to leak
+    await anyio.lowlevel.checkpoint()
     _check_name(name)
     if not (read or write):
         raise ValueError("a queue must be opened for reading, writing, or both")
@@ -430,7 +432,6 @@ async def open(
         if isinstance(exc, FileExistsError | FileNotFoundError | PermissionError):
             raise
         raise _explain_create_error(exc, name, max_messages, max_message_size) from None
-    await anyio.lowlevel.checkpoint()
     return MessageQueue(queue, name=name, owned=owned and not persist, read=read, write=write)
 
 

@@ -140,6 +140,8 @@ class SharedMemory(MappedMemory):
             FileExistsError: it exists (and not ``exist_ok``).
             ValueError: bad name, negative size, or an existing segment that is too small.
         """
+        # first: cancelled here, nothing exists yet to leak
+        await anyio.lowlevel.checkpoint()
         path = segment_path(name)
         if size < 0:
             raise ValueError("size must be >= 0")
@@ -161,7 +163,6 @@ class SharedMemory(MappedMemory):
             os.close(fd)
             os.unlink(path)
             raise
-        await anyio.lowlevel.checkpoint()
         return shm
 
     @classmethod
@@ -172,6 +173,8 @@ class SharedMemory(MappedMemory):
             FileNotFoundError: no such segment.
             PermissionError: its mode forbids it.
         """
+        # first: cancelled here, nothing exists yet to leak
+        await anyio.lowlevel.checkpoint()
         fd = os.open(segment_path(name), os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
         try:
             st = os.fstat(fd)
@@ -181,7 +184,6 @@ class SharedMemory(MappedMemory):
         except BaseException:
             os.close(fd)
             raise
-        await anyio.lowlevel.checkpoint()
         return shm
 
     def __repr__(self) -> str:
@@ -211,6 +213,8 @@ async def map_file(
         async with await aioipc.shm.map_file("/var/lib/app/counters", 4096) as m:
             m.buf[0] += 1
     """
+    # first: cancelled here, nothing exists yet to leak
+    await anyio.lowlevel.checkpoint()
     path = os.fspath(path)
     if size is not None and size < 0:
         raise ValueError("size must be >= 0")
@@ -227,7 +231,6 @@ async def map_file(
     except BaseException:
         os.close(fd)
         raise
-    await anyio.lowlevel.checkpoint()
     return memory
 
 

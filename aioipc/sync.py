@@ -334,6 +334,8 @@ class Semaphore(_BridgedSemaphore):
             FileExistsError: it exists (``create=True``).
             PermissionError: its mode forbids it.
         """
+        # first: cancelled here, nothing exists yet to leak
+        await anyio.lowlevel.checkpoint()
         _check_name(name)
         if initial < 0:
             raise ValueError("initial must be >= 0")
@@ -355,7 +357,6 @@ class Semaphore(_BridgedSemaphore):
             raise FileNotFoundError(errno.ENOENT, "no such semaphore", name) from None
         except posix_ipc.PermissionsError:
             raise PermissionError(errno.EACCES, "permission denied", name) from None
-        await anyio.lowlevel.checkpoint()
         return cls(sem, owned=owned)
 
     def _try_acquire(self) -> bool:
