@@ -339,18 +339,7 @@ class FdReceiveStream(ByteReceiveStream):
             if self._unclaimed:
                 data, self._unclaimed = self._unclaimed[:max_bytes], self._unclaimed[max_bytes:]
                 return data
-            handle = self._handle
-            if self._wait_first:
-                await handle.wait_readable()
-                self._wait_first = False
-            try:
-                data = await handle.read(os.read, self._keep_unclaimed, max_bytes)
-            except OSError:
-                with map_os_errors():
-                    raise
-            if data:
-                return data
-            raise anyio.EndOfStream
+            return await self._read(os.read, self._keep_unclaimed, max_bytes)
 
     async def receive_into(self, buffer: memoryview) -> int:
         handle = self._handle
@@ -379,20 +368,25 @@ class FdReceiveStream(ByteReceiveStream):
                 buffer[:n] = self._unclaimed[:n]
                 self._unclaimed = self._unclaimed[n:]
                 return n
-            handle = self._handle
-            if self._wait_first:
-                await handle.wait_readable()
-                self._wait_first = False
-            try:
-                n = await handle.read(os.readv, lambda n: self._keep_unclaimed(bytes(buffer[:n])), (buffer,))
-            except OSError:
-                with map_os_errors():
-                    raise
-            if n:
-                return n
-            raise anyio.EndOfStream
+            return await self._read(os.readv, lambda n: self._keep_unclaimed(bytes(buffer[:n])), (buffer,))
         finally:
             guard.busy = False
+
+    async def _read(self, op: Callable[..., T], keep: Callable[[T], None], *args: Any) -> T:
+        """``handle.read(op, keep, *args)`` with a FIFO's first wait, errors mapped, and
+        ``EndOfStream`` for an empty result (0 bytes read)."""
+        handle = self._handle
+        if self._wait_first:
+            await handle.wait_readable()
+            self._wait_first = False
+        try:
+            result = await handle.read(op, keep, *args)
+        except OSError:
+            with map_os_errors():
+                raise
+        if result:
+            return result
+        raise anyio.EndOfStream
 
     def _keep_unclaimed(self, data: bytes) -> None:
         # A receive cancelled after its data was read: the next receive returns it first.
