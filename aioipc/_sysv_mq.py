@@ -34,7 +34,7 @@ from ._exceptions import FrameTooLarge
 from ._framing import DEFAULT_MAX_SIZE
 from ._server import Server
 from ._streams import Buffer, MessageStream
-from ._sysvipc import sysvipc_table
+from ._sysvipc import check_key, sysvipc_table
 
 __all__ = [
     "MessageQueue",
@@ -58,14 +58,6 @@ def _read_limit(name: str, default: int) -> int:
         return default
 
 
-def _key_t(key: int) -> int:
-    """``key`` as the kernel's signed 32-bit ``key_t`` (0xFFFFFFFF and -1 are the same key)."""
-    if not -(2**31) <= key < 2**32:
-        raise ValueError(f"key {key} does not fit a 32-bit key_t")
-    key &= 0xFFFFFFFF
-    return key - 2**32 if key >= 2**31 else key
-
-
 def ftok(path: str | os.PathLike[str], proj: int) -> int:
     """The System V key C's ``ftok(path, proj)`` gives, as a signed 32-bit ``key_t``.
 
@@ -81,7 +73,7 @@ def ftok(path: str | os.PathLike[str], proj: int) -> int:
         raise ValueError(f"proj must be from 1 to 255, not {proj}")
     path = os.fspath(path)
     os.stat(path)
-    return _key_t(sysv_ipc.ftok(path, proj, silence_warning=True))
+    return check_key(sysv_ipc.ftok(path, proj, silence_warning=True))
 
 
 def _interrupted(exc: BaseException) -> bool:
@@ -186,7 +178,7 @@ class MessageQueue(MessageStream):
         ``persist=True``; a handle that only opened it never does.
 
         Args:
-            key: a number (e.g. from :func:`ftok`); unsigned 32-bit keys are accepted.
+            key: a non-zero number (e.g. from :func:`ftok`); unsigned 32-bit keys are accepted.
             exist_ok: with ``create``, open an existing queue instead of failing
                 (the handle then does not own it).
             mode: permission bits of a created queue; 0600 (only this user) by default.
@@ -196,10 +188,11 @@ class MessageQueue(MessageStream):
             FileNotFoundError: no queue has this key (without ``create``).
             PermissionError: the queue's mode does not let this user in.
             OSError: ``ENOSPC``: the system's queue limit (``kernel.msgmni``) is reached.
+            ValueError: ``key`` is 0 (``IPC_PRIVATE``) or not a 32-bit number.
         """
         # first: cancelled here, nothing exists yet to leak
         await anyio.lowlevel.checkpoint()
-        key = _key_t(key)
+        key = check_key(key)
         size = _read_limit("msgmax", 8192)
         owned = False
         try:
@@ -460,13 +453,13 @@ def remove_message_queue(key: int | None = None, *, queue_id: int | None = None)
     Raises:
         FileNotFoundError: no such queue.
         PermissionError: it belongs to another user.
-        ValueError: neither or both of ``key`` and ``queue_id`` given.
+        ValueError: neither or both of ``key`` and ``queue_id`` given, or a bad key.
     """
     if (key is None) == (queue_id is None):
         raise ValueError("give exactly one of key and queue_id")
     try:
         if key is not None:
-            queue_id = sysv_ipc.MessageQueue(_key_t(key)).id
+            queue_id = sysv_ipc.MessageQueue(check_key(key)).id
         assert queue_id is not None
         sysv_ipc.remove_message_queue(queue_id)
     except sysv_ipc.ExistentialError:

@@ -29,6 +29,7 @@ import anyio
 import anyio.lowlevel
 import sysv_ipc
 
+from ._sysvipc import check_key
 from .sync import _Bridge, _BridgedSemaphore
 
 __all__ = ["SharedMemory", "Semaphore"]
@@ -71,12 +72,6 @@ def _semop(semid: int, delta: int, *, undo: bool, wait: bool, timeout: float | N
         if code in (errno.EIDRM, errno.EINVAL):
             raise FileNotFoundError(code, "the System V semaphore was removed")
         raise OSError(code, os.strerror(code))
-
-
-def _check_key(key: int) -> int:
-    if not isinstance(key, int) or not -(2**31) <= key < 2**32 or key == 0:
-        raise ValueError(f"bad System V key {key!r}: a non-zero 32-bit number (use ftok() to make one)")
-    return key - 2**32 if key >= 2**31 else key
 
 
 def _not_found(kind: str, key: int) -> FileNotFoundError:
@@ -124,7 +119,7 @@ class SharedMemory:
         """
         # first: cancelled here, nothing exists yet to leak
         await anyio.lowlevel.checkpoint()
-        key = _check_key(key)
+        key = check_key(key)
         if size <= 0:
             raise ValueError("size must be > 0")
         try:
@@ -146,7 +141,7 @@ class SharedMemory:
         """
         # first: cancelled here, nothing exists yet to leak
         await anyio.lowlevel.checkpoint()
-        key = _check_key(key)
+        key = check_key(key)
         try:
             segment = sysv_ipc.SharedMemory(key)
         except sysv_ipc.ExistentialError:
@@ -245,7 +240,7 @@ class Semaphore(_BridgedSemaphore):
         """
         # first: cancelled here, nothing exists yet to leak
         await anyio.lowlevel.checkpoint()
-        key = _check_key(key)
+        key = check_key(key)
         if initial < 0:
             raise ValueError("initial must be >= 0")
         owned = False

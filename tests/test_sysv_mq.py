@@ -337,6 +337,22 @@ def test_list_and_remove_need_one_selector() -> None:
     assert os.path.exists("/proc/sysvipc/msg")
 
 
+async def test_key_zero_is_refused_not_a_new_private_queue() -> None:
+    def private_queues() -> int:
+        with open("/proc/sysvipc/msg") as table:
+            return sum(line.split()[0] == "0" for line in table.read().splitlines()[1:])
+
+    before = private_queues()
+    for make in (lambda: MessageQueue.open(0), lambda: MessageQueue.open(0, create=True)):
+        with pytest.raises(ValueError, match="bad System V key"):
+            await make()
+    with pytest.raises(ValueError, match="bad System V key"):
+        aioipc.sysv.remove_message_queue(0)
+    with pytest.raises(ValueError, match="bad System V key"):
+        await MessageQueue.open(2**32)
+    assert private_queues() == before
+
+
 def _wchan(thread: threading.Thread) -> str:
     with open(f"/proc/self/task/{thread.native_id}/wchan") as f:
         return f.read()
