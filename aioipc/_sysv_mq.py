@@ -20,7 +20,6 @@ import os
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from types import TracebackType
 from typing import Any, NamedTuple
 
 import anyio
@@ -394,14 +393,6 @@ class MessageQueue(MessageStream):
         """
         with _map_errors(self.key):
             self._queue.remove()
-
-    async def __aenter__(self) -> MessageQueue:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
 
     @property
     def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:

@@ -23,9 +23,9 @@ import errno
 import os
 import sys
 from collections.abc import Callable
-from types import TracebackType
 
 import anyio
+import anyio.abc
 import anyio.lowlevel
 import sysv_ipc
 
@@ -82,7 +82,7 @@ def _exists(kind: str, key: int) -> FileExistsError:
     return FileExistsError(errno.EEXIST, f"a System V {kind} with key {key & 0xFFFFFFFF:#010x} exists")
 
 
-class SharedMemory:
+class SharedMemory(anyio.abc.AsyncResource):
     """A System V shared-memory segment, attached; ``.buf`` is a ``memoryview`` of it.
 
     Get one with :meth:`create` or :meth:`attach`; ``aclose()`` detaches,
@@ -178,14 +178,6 @@ class SharedMemory:
             except sysv_ipc.ExistentialError:
                 pass
         await anyio.lowlevel.checkpoint()
-
-    async def __aenter__(self) -> SharedMemory:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
 
 
 class Semaphore(_BridgedSemaphore):

@@ -33,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import Callable, Coroutine, Iterable
-from types import TracebackType
 from typing import Any
 
 try:
@@ -46,6 +45,7 @@ except ModuleNotFoundError as exc:  # pragma: no cover - exercised in a subproce
     ) from exc
 
 import anyio
+import anyio.abc
 from dbus_fast import BusType, Message, MessageFlag, MessageType, RequestNameReply, Variant
 from dbus_fast import introspection as intr
 from dbus_fast.aio import MessageBus
@@ -123,7 +123,7 @@ class _MessageBus(MessageBus):
         return super().send(msg)
 
 
-class Bus:
+class Bus(anyio.abc.AsyncResource):
     """A connection to a D-Bus message bus. Get one with :func:`connect`.
 
     An async context manager; leaving the block (or :meth:`aclose`)
@@ -148,14 +148,6 @@ class Bus:
     def __repr__(self) -> str:
         state = "closed" if self._closing else "lost" if self._lost else "open"
         return f"<aioipc.dbus.Bus {self.unique_name} {state}>"
-
-    async def __aenter__(self) -> Bus:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
 
     async def aclose(self) -> None:
         """Disconnect from the bus; idempotent. Exported objects and names go with the connection."""

@@ -19,9 +19,9 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from types import TracebackType
 
 import anyio
+import anyio.abc
 
 from ._address import Address, register_scheme
 from ._attributes import IPCAttribute
@@ -55,7 +55,7 @@ def _open_checked(path: str, flags: int) -> int:
     return fd
 
 
-class Fifo:
+class Fifo(anyio.abc.AsyncResource):
     """A FIFO this process created or found; removes it on ``aclose()`` if it created it.
 
     Use :func:`create` to get one.
@@ -97,14 +97,6 @@ class Fifo:
             finally:
                 os.close(self._anchor)
         await anyio.lowlevel.checkpoint()
-
-    async def __aenter__(self) -> Fifo:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
 
 
 async def create(

@@ -32,7 +32,6 @@ import resource
 from collections import deque
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from types import TracebackType
 from typing import Any, NamedTuple
 
 import anyio
@@ -339,14 +338,6 @@ class MessageQueue(MessageStream):
                 except posix_ipc.ExistentialError:
                     pass
         await anyio.lowlevel.checkpoint()
-
-    async def __aenter__(self) -> MessageQueue:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
 
     @property
     def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:

@@ -35,10 +35,10 @@ import socket
 import stat
 import subprocess
 from collections.abc import Iterable, Mapping, Sequence
-from types import TracebackType
 from typing import IO, Any, Protocol
 
 import anyio
+import anyio.abc
 import anyio.lowlevel
 
 from ._fdstream import FdByteStream, FdHandle, FdReceiveStream, FdSendStream
@@ -84,7 +84,7 @@ def _channel_stream(fd: int, max_size: int) -> FramedStream:
     return framed(stream, max_size)
 
 
-class Process:
+class Process(anyio.abc.AsyncResource):
     """A child started by :func:`spawn`.
 
     ``async with proc:`` closes its streams and terminates it at the end
@@ -189,14 +189,6 @@ class Process:
             if self._exit_task is not None and not self._exit_task.done():
                 self._exit_task.cancel()
             self._pidfd.close()
-
-    async def __aenter__(self) -> Process:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
 
 
 def _fileno(item: int | _HasFileno) -> int:

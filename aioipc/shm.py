@@ -27,9 +27,9 @@ import os
 import stat
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, Literal
 
+import anyio.abc
 import anyio.lowlevel
 
 from ._address import Address, register_scheme
@@ -52,7 +52,7 @@ __all__ = [
 ]
 
 
-class MappedMemory:
+class MappedMemory(anyio.abc.AsyncResource):
     """Memory mapped from a file; ``.buf`` is a writable ``memoryview`` of it.
 
     ``aclose()`` unmaps it (and removes the file if this handle created it
@@ -100,14 +100,6 @@ class MappedMemory:
             except FileNotFoundError:
                 pass
         await anyio.lowlevel.checkpoint()
-
-    async def __aenter__(self) -> MappedMemory:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
 
 
 class SharedMemory(MappedMemory):
