@@ -87,7 +87,7 @@ def _map_errors(key: int) -> Iterator[None]:
     except sysv_ipc.ExistentialError as exc:
         raise anyio.BrokenResourceError(f"the System V queue {key:#x} was removed") from exc
     except sysv_ipc.PermissionsError as exc:
-        raise PermissionError(f"no permission for the System V queue {key:#x}") from exc
+        raise PermissionError(errno.EACCES, f"no permission for the System V queue {key:#x}") from exc
     except OSError as exc:
         # Sizes and types are checked before each call, so EINVAL means a stale queue id.
         if exc.errno == errno.EINVAL:
@@ -201,15 +201,17 @@ class MessageQueue(MessageStream):
                     owned = True
                 except sysv_ipc.ExistentialError:
                     if not exist_ok:
-                        raise FileExistsError(f"a System V queue with key {key:#x} exists") from None
+                        raise FileExistsError(
+                            errno.EEXIST, f"a System V queue with key {key:#x} exists"
+                        ) from None
                     queue = sysv_ipc.MessageQueue(key, 0, mode, size)
             else:
                 try:
                     queue = sysv_ipc.MessageQueue(key, 0, mode, size)
                 except sysv_ipc.ExistentialError:
-                    raise FileNotFoundError(f"no System V queue has key {key:#x}") from None
+                    raise FileNotFoundError(errno.ENOENT, f"no System V queue has key {key:#x}") from None
         except sysv_ipc.PermissionsError as exc:
-            raise PermissionError(f"no permission for the System V queue {key:#x}") from exc
+            raise PermissionError(errno.EACCES, f"no permission for the System V queue {key:#x}") from exc
         return cls(queue, owned=owned and not persist)
 
     # -- receiving -----------------------------------------------------------------------
@@ -448,18 +450,21 @@ def remove_message_queue(key: int | None = None, *, queue_id: int | None = None)
     """
     if (key is None) == (queue_id is None):
         raise ValueError("give exactly one of key and queue_id")
+    code = errno.EACCES  # msgget refused: no permission to look at it
     try:
         if key is not None:
             queue_id = sysv_ipc.MessageQueue(check_key(key)).id
         assert queue_id is not None
+        code = errno.EPERM  # IPC_RMID refused: neither its owner nor its creator
         sysv_ipc.remove_message_queue(queue_id)
     except sysv_ipc.ExistentialError:
         raise FileNotFoundError(
+            errno.ENOENT,
             f"no System V queue with {'key' if key is not None else 'id'} "
-            f"{key if key is not None else queue_id}"
+            f"{key if key is not None else queue_id}",
         ) from None
     except sysv_ipc.PermissionsError as exc:
-        raise PermissionError(str(exc)) from exc
+        raise PermissionError(code, str(exc)) from exc
 
 
 def _address_key(address: Address) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import shutil
 import subprocess
@@ -165,16 +166,21 @@ async def test_type_selection_on_messages_the_thread_took(key: int) -> None:
 
 
 async def test_open_create_exclusive_and_mode(key: int) -> None:
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError) as missing:
         await MessageQueue.open(key)
+    assert missing.value.errno == errno.ENOENT
+    with pytest.raises(FileNotFoundError) as missing:
+        aioipc.sysv.remove_message_queue(key)
+    assert missing.value.errno == errno.ENOENT
     async with await MessageQueue.open(key, create=True) as owner:
         assert owner.owned
         info = [i for i in aioipc.sysv.list_message_queues() if i.key == key]
         assert len(info) == 1
         assert info[0].mode == 0o600
         assert info[0].queue_id == owner.extra(SysVQueueAttribute.queue_id)
-        with pytest.raises(FileExistsError):
+        with pytest.raises(FileExistsError) as exists:
             await MessageQueue.open(key, create=True)
+        assert exists.value.errno == errno.EEXIST
         async with await MessageQueue.open(key, create=True, exist_ok=True) as other:
             assert not other.owned
             await other.send(b"hi")
