@@ -209,15 +209,18 @@ class FramedSendStream(MessageSendStream):
             self._try_send_parts = stream.try_send_parts
 
     async def send(self, item: bytes) -> None:
-        size = len(item)
+        data: Buffer = item
+        if type(data) is memoryview:
+            data = data.cast("B")  # the frame length counts bytes, not items
+        size = len(data)
         if size > self.max_size:
             raise FrameTooLarge(size, self.max_size)
         if self._send_parts is not None:
-            parts = (_pack_header(size), item)
+            parts = (_pack_header(size), data)
             if not self._try_send_parts(parts):
                 await self._send_parts(parts)
         else:
-            await self.transport_stream.send(HEADER.pack(size) + item)
+            await self.transport_stream.send(HEADER.pack(size) + data)
 
     async def aclose(self) -> None:
         await self.transport_stream.aclose()

@@ -189,3 +189,13 @@ def test_all_matches_what_each_public_module_exports(name: str) -> None:
         and (callable(v) or isinstance(v, type))
     }
     assert defined_here <= exported, f"public but not in __all__: {defined_here - exported}"
+
+
+async def test_framed_send_of_a_multibyte_memoryview_counts_bytes() -> None:
+    import array
+
+    r, w = aioipc.pipe()
+    async with aioipc.framed(w) as tx, aioipc.framed(r) as rx:
+        numbers = array.array("i", [1, 2, 3])
+        await tx.send(memoryview(numbers))  # type: ignore[arg-type]
+        assert await rx.receive() == numbers.tobytes()
