@@ -23,23 +23,26 @@ Adding a mechanism (``benchmarks/bench_<mechanism>.py``):
 
 1. Write the roles, one function per role and transport, taking a
    :class:`RoleArgs` and returning a dict: the ``recv`` side of a
-   throughput workload returns :func:`throughput_result`, the ``ping`` side
-   of a latency workload returns :func:`latency_result`; ``send`` and
-   ``echo`` return ``{}``. Async roles run with :func:`run_async`. A
-   throughput receiver writes the go byte (:func:`signal_go`) right after
-   starting its clock; the sender waits for it (:func:`wait_go`) before its
-   first message.
+   throughput workload returns :func:`throughput_result` (time it with a
+   :class:`Stopwatch`, which also writes the go byte right after starting
+   the clock; the sender waits for it with :func:`wait_go`), the ``ping``
+   side of a latency workload returns :func:`latency_result` (time it with
+   :class:`RoundTrips`); ``send`` and ``echo`` return ``{}``. For message
+   objects with ``send`` / ``receive`` coroutines the whole loop is here:
+   :func:`send_messages`, :func:`receive_messages`, :func:`ping_messages`,
+   :func:`echo_messages`. List the roles in ``ROLES`` with :func:`roles`
+   (coroutine functions run on the loop ``--loop`` names).
 2. Write ``measure(contender, workload, cpus) -> dict``: create the kernel
-   objects, call :func:`run_pair` with the two commands (for Python roles
-   :func:`role_command`, for a C peer a binary from :func:`build_c`) and
-   the fds each side gets (``run_pair`` closes them once both sides have
-   started), remove any named object it created, return the measuring
-   side's dict.
-3. ``main(argv) -> bool``: parse with :func:`make_parser`, pick contenders
-   and workloads, call :func:`collect`, then :func:`print_table`, and
-   return :func:`print_targets` for the ratios your issue names (True when
-   all are met). Start the script with ``if ROLE_FLAG in sys.argv:
-   role_main(ROLES)`` (see ``bench_pipes.py``).
+   objects, call :func:`run_sides` with each side's role and fds (Python
+   roles of this script, or a C binary from :func:`build_c` taking the
+   same arguments), remove any named object it created, return the
+   measuring side's dict. ``run_sides`` closes the fds once both sides
+   have started.
+3. ``main(argv) -> bool``: parse with :func:`parse_args`, pick contenders
+   (:func:`pick_contenders`) and workloads (:func:`make_workloads`), then
+   :func:`report` measures, prints the table and the ratios your issue
+   names (:func:`targets`), and returns True when all are met. End the
+   script with ``if __name__ == "__main__": h.script_main(ROLES, main)``.
 
 ``run.py`` imports every ``bench_*.py`` and calls its ``main(argv)``.
 """
@@ -47,6 +50,7 @@ Adding a mechanism (``benchmarks/bench_<mechanism>.py``):
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import re
@@ -55,7 +59,16 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import (
+    AsyncIterable,
+    Awaitable,
+    Callable,
+    Container,
+    Coroutine,
+    Iterable,
+    Iterator,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -65,8 +78,10 @@ BUILD_DIR = HERE / ".build"
 ROLE_FLAG = "--role"
 LOOPS = ("asyncio", "uvloop")
 PAIR_TIMEOUT = 300.0
+BULK_SIZE = 64 * 1024  # from this size, throughput is reported in GB/s
 
 Kind = Literal["throughput", "latency"]
+Op = Literal[">=", "<="]
 
 
 # ---------------------------------------------------------------- flags
@@ -109,6 +124,23 @@ def make_parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
+QUICK_DIVISOR = 5  # --quick divides every default message count by this ...
+QUICK_MIN_COUNT = 30  # ... down to this many at the least
+
+
+def parse_args(description: str, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse the shared flags; ``runs`` gets its default (3 with ``--quick``, else 5)."""
+    args = make_parser(description).parse_args(argv)
+    if args.runs is None:
+        args.runs = 3 if args.quick else 5
+    return args
+
+
+def default_count(full: int, quick: bool) -> int:
+    """A workload's default message count, divided down for ``--quick``."""
+    return max(QUICK_MIN_COUNT, full // QUICK_DIVISOR) if quick else full
+
+
 # ---------------------------------------------------------------- model
 
 
@@ -137,7 +169,7 @@ class Workload:
     def metrics(self) -> tuple[str, ...]:
         if self.kind == "latency":
             return ("p50_us", "p99_us")
-        return ("gb_per_s",) if self.size >= 64 * 1024 else ("msgs_per_s",)
+        return ("gb_per_s",) if self.size >= BULK_SIZE else ("msgs_per_s",)
 
     def heading(self, metric: str) -> str:
         name = {"p50_us": "RTT p50 µs", "p99_us": "RTT p99 µs", "gb_per_s": "GB/s", "msgs_per_s": "msgs/s"}
@@ -145,6 +177,67 @@ class Workload:
 
 
 LOWER_IS_BETTER = {"p50_us", "p99_us"}
+
+
+def make_workloads(
+    args: argparse.Namespace,
+    default_sizes: Sequence[int],
+    throughput_count: Callable[[int], int],
+    *,
+    latency_count: int = 10_000,
+    latency_sizes: Container[int] | None = None,
+    ordered: bool = True,
+) -> list[Workload]:
+    """For each ``--size``: a throughput workload (``throughput_count(size)`` messages by default),
+    and a latency one (``latency_count`` round trips) for the ``latency_sizes`` (default: all);
+    ``--count`` overrides both. ``ordered``: by size, round trips first."""
+    workloads = []
+    for size in args.size or default_sizes:
+        count = default_count(throughput_count(size), args.quick)
+        workloads.append(Workload("throughput", size, args.count or count))
+        if latency_sizes is None or size in latency_sizes:
+            workloads.append(
+                Workload("latency", size, args.count or default_count(latency_count, args.quick))
+            )
+    return sorted(workloads, key=lambda w: (w.size, w.kind)) if ordered else workloads
+
+
+def stream_count(small_messages: int) -> Callable[[int], int]:
+    """Throughput counts for a byte stream: ``small_messages`` of 64 B, as many bytes of larger
+    messages (at least 50), 300 from :data:`BULK_SIZE` on; long enough that process start-up and the
+    first chunks do not weigh."""
+    return lambda size: max(50, small_messages * 64 // max(size, 64)) if size < BULK_SIZE else 300
+
+
+def pick_contenders(
+    args: argparse.Namespace,
+    labels: dict[str, str],
+    *,
+    available: Sequence[str] | None = None,
+    asynchronous: Container[str] | None = None,
+    missing: str = "gcc missing?",
+) -> list[Contender]:
+    """The contenders for ``--transport`` (default: every ``available`` one, all of ``labels``
+    when not given): one per ``--loop`` for the ``asynchronous`` transports (default: all), one for
+    each other.
+
+    Raises:
+        SystemExit: a transport that ``labels`` does not name.
+    """
+    available = list(labels) if available is None else available
+    chosen = args.transport or available
+    unknown = set(chosen) - set(labels)
+    if unknown:
+        raise SystemExit(f"unknown transport(s) {sorted(unknown)}; choose from {sorted(labels)}")
+    result = []
+    for transport in chosen:
+        if transport not in available:
+            print(f"skipping {transport}: not available ({missing})", file=sys.stderr)
+        elif asynchronous is None or transport in asynchronous:
+            result += [Contender(transport, labels[transport], loop) for loop in args.loop]
+        else:
+            result.append(Contender(transport, labels[transport]))
+    return result
 
 
 @dataclass
@@ -231,8 +324,49 @@ def run_pair(
         if proc.returncode != 0:
             command = " ".join(argv)
             raise RuntimeError(f"{command} exited with {proc.returncode}:\n{err.decode(errors='replace')}")
+    return _result(out)
+
+
+def _result(out: bytes) -> dict[str, float]:
     result: dict[str, float] = json.loads(out.decode().strip().splitlines()[-1])
     return result
+
+
+def run_sides(
+    script: str,
+    contender: Contender,
+    workload: Workload,
+    cpus: tuple[int, int],
+    measure: tuple[str, Sequence[int]],
+    peer: tuple[str, Sequence[int]],
+    *,
+    binary: str | Path | None = None,
+) -> dict[str, float]:
+    """:func:`run_pair` with the measuring side ``(role, fds)`` on ``cpus[0]`` and the peer on ``cpus[1]``.
+
+    Both sides are roles of ``script`` (:func:`role_command`), or with ``binary`` that program
+    with the arguments ``ROLE FD... SIZE COUNT CPU``.
+    """
+    argvs = []
+    for (role, fds), cpu in zip((measure, peer), cpus, strict=True):
+        if binary is None:
+            argvs.append(role_command(script, role, contender, workload, fds, cpu))
+        else:
+            numbers = (workload.size, workload.count, cpu)
+            argvs.append([str(binary), role, *map(str, fds), *map(str, numbers)])
+    return run_pair(argvs[0], argvs[1], measure_fds=measure[1], peer_fds=peer[1])
+
+
+def run_alone(argv: Sequence[str], env: dict[str, str]) -> dict[str, float]:
+    """Run a measuring side that starts its own peer; return its JSON line.
+
+    Raises:
+        RuntimeError: it failed, with its stderr.
+    """
+    proc = subprocess.run(argv, capture_output=True, env=env, timeout=PAIR_TIMEOUT, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} exited with {proc.returncode}:\n{proc.stderr.decode()}")
+    return _result(proc.stdout)
 
 
 def build_c(name: str) -> Path | None:
@@ -311,11 +445,37 @@ def role_main(roles: dict[tuple[str, str], Role]) -> None:
     sys.exit(0)
 
 
-def run_async(main: Coroutine[Any, Any, dict[str, float]], loop: str) -> dict[str, float]:
-    """Run a role coroutine on the named event loop."""
+def script_main(roles: dict[tuple[str, str], Role], main: Callable[[], object]) -> None:
+    """What a bench script does when run: one side of a measurement (``--role``), or ``main()``."""
+    if ROLE_FLAG in sys.argv:
+        role_main(roles)
+    main()
+
+
+def run_async(main: Coroutine[Any, Any, Any], loop: str) -> Any:
+    """Run a coroutine on the named event loop."""
     import aioipc
 
     return aioipc.run(main, loop="uvloop" if loop == "uvloop" else "asyncio")
+
+
+def async_role(function: Callable[[RoleArgs], Coroutine[Any, Any, dict[str, float]]]) -> Role:
+    """A role that runs ``function(args)`` on the event loop ``--loop`` names."""
+
+    def role(a: RoleArgs) -> dict[str, float]:
+        result: dict[str, float] = run_async(function(a), a.loop)
+        return result
+
+    return role
+
+
+def roles(transport: str, **functions: Callable[[RoleArgs], Any]) -> dict[tuple[str, str], Role]:
+    """Entries of a script's ``ROLES`` for one transport: ``roles("os", send=os_send, recv=os_recv)``.
+    Coroutine functions run on the loop (:func:`async_role`)."""
+    return {
+        (role, transport): async_role(function) if inspect.iscoroutinefunction(function) else function
+        for role, function in functions.items()
+    }
 
 
 def wait_go(fd: int) -> None:
@@ -345,6 +505,91 @@ def warmup_rounds(count: int) -> int:
     return count // 10 + 10
 
 
+class Stopwatch:
+    """Times a throughput receiver: ``with Stopwatch(go_fd) as watch:`` starts the clock, then writes
+    the go byte (no go byte when ``go_fd`` is None); ``watch.result(count, size)`` afterwards."""
+
+    def __init__(self, go_fd: int | None) -> None:
+        self._go_fd = go_fd
+        self._start = 0.0
+        self.elapsed = 0.0
+
+    def __enter__(self) -> Stopwatch:
+        self._start = time.perf_counter()
+        if self._go_fd is not None:
+            signal_go(self._go_fd)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.elapsed = time.perf_counter() - self._start
+
+    def result(self, count: int, size: int) -> dict[str, float]:
+        return throughput_result(self.elapsed, count, size)
+
+
+class RoundTrips:
+    """Times round trips: ``for _ in rounds:`` do one round trip per step; the first
+    :func:`warmup_rounds` steps are not kept. ``rounds.result()`` afterwards."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.latencies: list[float] = []
+
+    def __iter__(self) -> Iterator[None]:
+        clock = time.perf_counter
+        latencies = self.latencies
+        for _ in range(warmup_rounds(self.count)):
+            yield
+        for _ in range(self.count):
+            start = clock()
+            yield
+            latencies.append(clock() - start)
+
+    def result(self) -> dict[str, float]:
+        return latency_result(self.latencies)
+
+
+# Loops over objects with ``send(bytes)`` / ``receive() -> bytes`` coroutines.
+
+Send = Callable[[bytes], Awaitable[object]]
+Receive = Callable[[], Awaitable[bytes]]
+
+
+async def send_messages(send: Send, a: RoleArgs, go_fd: int) -> dict[str, float]:
+    """The ``send`` role: wait for go, then ``a.count`` messages of ``a.size`` bytes."""
+    payload = b"x" * a.size
+    wait_go(go_fd)
+    for _ in range(a.count):
+        await send(payload)
+    return {}
+
+
+async def receive_messages(receive: Receive, a: RoleArgs, go_fd: int) -> dict[str, float]:
+    """The ``recv`` role: start the clock, say go, receive ``a.count`` messages."""
+    with Stopwatch(go_fd) as watch:
+        for _ in range(a.count):
+            message = await receive()
+    assert len(message) == a.size
+    return watch.result(a.count, a.size)
+
+
+async def ping_messages(send: Send, receive: Receive, a: RoleArgs) -> dict[str, float]:
+    """The ``ping`` role: time round trips of ``a.size`` bytes."""
+    payload = b"x" * a.size
+    rounds = RoundTrips(a.count)
+    for _ in rounds:
+        await send(payload)
+        await receive()
+    return rounds.result()
+
+
+async def echo_messages(messages: AsyncIterable[bytes], send: Send) -> dict[str, float]:
+    """The ``echo`` role: send every message back."""
+    async for message in messages:
+        await send(message)
+    return {}
+
+
 # ---------------------------------------------------------------- driving and printing
 
 
@@ -354,21 +599,22 @@ def collect(
     workloads: Sequence[Workload],
     runs: int,
     *,
+    applies: Callable[[Contender, Workload], bool] = lambda contender, workload: True,
     progress: bool = True,
 ) -> Results:
-    """Run every (contender, workload) ``runs`` times, interleaved, and gather the samples."""
+    """Run every (contender, workload) that ``applies`` ``runs`` times, interleaved; gather the samples."""
     results = Results()
     cpus = pick_cpus()
-    total = runs * len(contenders) * len(workloads)
+    pairs = [(c, w) for w in workloads for c in contenders if applies(c, w)]
+    total = runs * len(pairs)
     done = 0
     for _ in range(runs):
         results.load.append(os.getloadavg()[0])
-        for workload in workloads:
-            for contender in contenders:
-                results.add(contender, workload, measure(contender, workload, cpus))
-                done += 1
-                if progress:
-                    print(f"\r  {done}/{total} measurements", end="", file=sys.stderr, flush=True)
+        for contender, workload in pairs:
+            results.add(contender, workload, measure(contender, workload, cpus))
+            done += 1
+            if progress:
+                print(f"\r  {done}/{total} measurements", end="", file=sys.stderr, flush=True)
     if progress:
         print("\r" + " " * 40 + "\r", end="", file=sys.stderr, flush=True)
     return results
@@ -425,6 +671,22 @@ def _print_rows(rows: Iterable[Sequence[str]], left: set[int]) -> None:
             print("  ".join("-" * width for width in widths))
 
 
+def report(
+    title: str,
+    measure: Callable[[Contender, Workload, tuple[int, int]], dict[str, float]],
+    contenders: Sequence[Contender],
+    workloads: Sequence[Workload],
+    runs: int,
+    wanted: Sequence[Target],
+    *,
+    applies: Callable[[Contender, Workload], bool] = lambda contender, workload: True,
+) -> bool:
+    """Measure (:func:`collect`), print the table and the ratios; True when every target is met."""
+    results = collect(measure, contenders, workloads, runs, applies=applies)
+    print_table(title, results, contenders, workloads, runs)
+    return print_targets(results, wanted)
+
+
 @dataclass(frozen=True)
 class Target:
     """A ratio ``numerator / denominator`` of one metric, and the bound it must meet."""
@@ -434,8 +696,21 @@ class Target:
     denominator: Contender
     workload: Workload
     metric: str
-    op: Literal[">=", "<="]
+    op: Op
     bound: float
+
+
+TargetSpec = tuple[str, str, str, Workload, str, Op, float]  # name, numerator key, denominator key, ...
+
+
+def targets(contenders: Sequence[Contender], wanted: Iterable[TargetSpec]) -> list[Target]:
+    """The wanted targets (contenders named by key) whose two contenders are both measured."""
+    by_key = {c.key: c for c in contenders}
+    return [
+        Target(name, by_key[top], by_key[bottom], workload, metric, op, bound)
+        for name, top, bottom, workload, metric, op, bound in wanted
+        if top in by_key and bottom in by_key
+    ]
 
 
 def print_targets(results: Results, targets: Sequence[Target]) -> bool:

@@ -22,7 +22,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -76,17 +75,13 @@ async def aioipc_ping(a: h.RoleArgs) -> dict[str, float]:
 
     ready_fd, _ = a.fds
     payload = "x" * a.size
-    latencies = []
-    clock = time.perf_counter
+    rounds = h.RoundTrips(a.count)
     async with await aioipc.dbus.connect(os.environ[ADDRESS_VARIABLE]) as bus:
         h.wait_go(ready_fd)
-        for i in range(h.warmup_rounds(a.count) + a.count):
-            start = clock()
+        for _ in rounds:
             [reply] = await bus.call(NAME, PATH, INTERFACE, "Echo", "s", [payload])
-            if i >= h.warmup_rounds(a.count):
-                latencies.append(clock() - start)
     assert reply == payload
-    return h.latency_result(latencies)
+    return rounds.result()
 
 
 async def dbus_fast_ping(a: h.RoleArgs) -> dict[str, float]:
@@ -95,13 +90,11 @@ async def dbus_fast_ping(a: h.RoleArgs) -> dict[str, float]:
 
     ready_fd, _ = a.fds
     payload = "x" * a.size
-    latencies = []
-    clock = time.perf_counter
+    rounds = h.RoundTrips(a.count)
     bus = await MessageBus(bus_address=os.environ[ADDRESS_VARIABLE]).connect()
     try:
         h.wait_go(ready_fd)
-        for i in range(h.warmup_rounds(a.count) + a.count):
-            start = clock()
+        for _ in rounds:
             reply = await bus.call(
                 Message(
                     destination=NAME,
@@ -112,20 +105,16 @@ async def dbus_fast_ping(a: h.RoleArgs) -> dict[str, float]:
                     body=[payload],
                 )
             )
-            if i >= h.warmup_rounds(a.count):
-                latencies.append(clock() - start)
     finally:
         bus.disconnect()
         await bus.wait_for_disconnect()
     assert reply.body == [payload]
-    return h.latency_result(latencies)
+    return rounds.result()
 
 
 ROLES: dict[tuple[str, str], h.Role] = {
-    ("echo", "aioipc"): lambda a: h.run_async(serve(a), a.loop),
-    ("echo", "dbus-fast"): lambda a: h.run_async(serve(a), a.loop),
-    ("ping", "aioipc"): lambda a: h.run_async(aioipc_ping(a), a.loop),
-    ("ping", "dbus-fast"): lambda a: h.run_async(dbus_fast_ping(a), a.loop),
+    **h.roles("aioipc", echo=serve, ping=aioipc_ping),
+    **h.roles("dbus-fast", echo=serve, ping=dbus_fast_ping),
 }
 
 
@@ -159,40 +148,30 @@ def measure(contender: h.Contender, workload: h.Workload, cpus: tuple[int, int])
     """One measurement: a fresh service process on ``cpus[1]``, the caller on ``cpus[0]``."""
     ready_r, ready_w = os.pipe()
     stop_r, stop_w = os.pipe()  # the service stops at EOF, when the measuring side exits
-    measure_fds, peer_fds = (ready_r, stop_w), (ready_w, stop_r)
-    measure_argv = h.role_command(SCRIPT, "ping", contender, workload, measure_fds, cpus[0])
-    peer_argv = h.role_command(SCRIPT, "echo", contender, workload, peer_fds, cpus[1])
-    return h.run_pair(measure_argv, peer_argv, measure_fds=measure_fds, peer_fds=peer_fds)
+    return h.run_sides(
+        SCRIPT, contender, workload, cpus, ("ping", (ready_r, stop_w)), ("echo", (ready_w, stop_r))
+    )
 
 
 def main(argv: list[str] | None = None) -> bool:
     """Run the D-Bus benchmark, print the table and the ratio; True when the target is met."""
-    args = h.make_parser(__doc__.splitlines()[0]).parse_args(argv)
+    args = h.parse_args(__doc__.splitlines()[0], argv)
     if shutil.which("dbus-daemon") is None:
         print("skipping D-Bus: dbus-daemon is not installed", file=sys.stderr)
         return True
-    chosen = args.transport or list(LABELS)
-    unknown = set(chosen) - set(LABELS)
-    if unknown:
-        raise SystemExit(f"unknown transport(s) {sorted(unknown)}; choose from {sorted(LABELS)}")
-    contenders = [h.Contender(t, LABELS[t], loop) for t in chosen for loop in args.loop]
-    count = args.count or (1_000 if args.quick else 5_000)
+    contenders = h.pick_contenders(args, LABELS)
+    count = args.count or h.default_count(5_000, args.quick)
     workloads = [h.Workload("latency", size, count) for size in args.size or [64]]
-    runs = args.runs or (3 if args.quick else 5)
+    wanted: list[h.TargetSpec] = []
+    for loop in args.loop:
+        for w in workloads:
+            name = f"aioipc/dbus-fast {w.size} B call RTT p50, {loop}"
+            wanted.append((name, f"aioipc@{loop}", f"dbus-fast@{loop}", w, "p50_us", "<=", 1.1))
     with private_bus():
-        results = h.collect(measure, contenders, workloads, runs)
-    h.print_table("D-Bus method call", results, contenders, workloads, runs)
-    by_key = {c.key: c for c in contenders}
-    targets = [
-        h.Target(f"aioipc/dbus-fast {w.size} B call RTT p50, {loop}", ours, theirs, w, "p50_us", "<=", 1.1)
-        for loop in args.loop
-        if (ours := by_key.get(f"aioipc@{loop}")) and (theirs := by_key.get(f"dbus-fast@{loop}"))
-        for w in workloads
-    ]
-    return h.print_targets(results, targets)
+        return h.report(
+            "D-Bus method call", measure, contenders, workloads, args.runs, h.targets(contenders, wanted)
+        )
 
 
 if __name__ == "__main__":
-    if h.ROLE_FLAG in sys.argv:
-        h.role_main(ROLES)
-    main()
+    h.script_main(ROLES, main)

@@ -22,9 +22,8 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import sys
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 
 import _harness as h
 import posix_ipc
@@ -45,11 +44,8 @@ def _queue_b() -> str:
 
 # ---------------------------------------------------------------- async endpoints
 
-Send = Callable[[bytes], Awaitable[None]]
-Receive = Callable[[], Awaitable[bytes]]
 
-
-async def _aioipc_endpoint(transport: str, name: str, stack: list[object]) -> tuple[Send, Receive]:
+async def _aioipc_endpoint(transport: str, name: str, stack: list[object]) -> tuple[h.Send, h.Receive]:
     if transport == "aioipc":
         import aioipc.mq
 
@@ -67,7 +63,7 @@ def _wake(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
-def _bare_endpoint(name: str) -> tuple[Send, Receive]:
+def _bare_endpoint(name: str) -> tuple[h.Send, h.Receive]:
     """The floor: posix_ipc on a non-blocking mqd, registered with the loop once for reading
     (add_writer only while the queue is full)."""
     queue = posix_ipc.MessageQueue(name)
@@ -101,73 +97,48 @@ def _bare_endpoint(name: str) -> tuple[Send, Receive]:
     return send, receive
 
 
-async def _endpoint(transport: str, name: str, stack: list[object]) -> tuple[Send, Receive]:
+async def _endpoint(transport: str, name: str, stack: list[object]) -> tuple[h.Send, h.Receive]:
     if transport == "add_reader":
         return _bare_endpoint(name)
     return await _aioipc_endpoint(transport, name, stack)
 
 
-async def _close(stack: list[object]) -> None:
+@asynccontextmanager
+async def _queues(transport: str, *names: str) -> AsyncIterator[list[tuple[h.Send, h.Receive]]]:
+    """``(send, receive)`` for each named queue, closed on the way out."""
+    stack: list[object] = []
+    yield [await _endpoint(transport, name, stack) for name in names]
     for queue in stack:
         await queue.aclose()  # type: ignore[attr-defined]
 
 
 async def async_send(a: h.RoleArgs, transport: str) -> dict[str, float]:
     (go_fd,) = a.fds
-    stack: list[object] = []
-    send, _ = await _endpoint(transport, _queue_a(), stack)
-    payload = b"x" * a.size
-    h.wait_go(go_fd)
-    for _ in range(a.count):
-        await send(payload)
-    await _close(stack)
-    return {}
+    async with _queues(transport, _queue_a()) as [(send, _)]:
+        return await h.send_messages(send, a, go_fd)
 
 
 async def async_recv(a: h.RoleArgs, transport: str) -> dict[str, float]:
     (go_fd,) = a.fds
-    stack: list[object] = []
-    _, receive = await _endpoint(transport, _queue_a(), stack)
-    start = time.perf_counter()
-    h.signal_go(go_fd)
-    for _ in range(a.count):
-        message = await receive()
-    elapsed = time.perf_counter() - start
-    await _close(stack)
-    assert len(message) == a.size
-    return h.throughput_result(elapsed, a.count, a.size)
+    async with _queues(transport, _queue_a()) as [(_, receive)]:
+        return await h.receive_messages(receive, a, go_fd)
 
 
 async def async_ping(a: h.RoleArgs, transport: str) -> dict[str, float]:
     (go_fd,) = a.fds
-    stack: list[object] = []
-    send, _ = await _endpoint(transport, _queue_a(), stack)
-    _, receive = await _endpoint(transport, _queue_b(), stack)
-    h.signal_go(go_fd)
-    payload = b"x" * a.size
-    latencies = []
-    clock = time.perf_counter
-    warmup = h.warmup_rounds(a.count)
-    for i in range(warmup + a.count):
-        start = clock()
-        await send(payload)
-        await receive()
-        if i >= warmup:
-            latencies.append(clock() - start)
-    await send(b"")  # tells the echo side to stop
-    await _close(stack)
-    return h.latency_result(latencies)
+    async with _queues(transport, _queue_a(), _queue_b()) as [(send, _), (_, receive)]:
+        h.signal_go(go_fd)
+        result = await h.ping_messages(send, receive, a)
+        await send(b"")  # tells the echo side to stop
+    return result
 
 
 async def async_echo(a: h.RoleArgs, transport: str) -> dict[str, float]:
     (go_fd,) = a.fds
-    stack: list[object] = []
-    _, receive = await _endpoint(transport, _queue_a(), stack)
-    send, _ = await _endpoint(transport, _queue_b(), stack)
-    h.wait_go(go_fd)
-    while message := await receive():
-        await send(message)
-    await _close(stack)
+    async with _queues(transport, _queue_a(), _queue_b()) as [(_, receive), (send, _)]:
+        h.wait_go(go_fd)
+        while message := await receive():
+            await send(message)
     return {}
 
 
@@ -195,13 +166,11 @@ def blocking_send(a: h.RoleArgs, transport: str) -> dict[str, float]:
 def blocking_recv(a: h.RoleArgs, transport: str) -> dict[str, float]:
     (go_fd,) = a.fds
     _, receive = _blocking(transport, _queue_a())
-    start = time.perf_counter()
-    h.signal_go(go_fd)
-    for _ in range(a.count):
-        message = receive()
-    elapsed = time.perf_counter() - start
+    with h.Stopwatch(go_fd) as watch:
+        for _ in range(a.count):
+            message = receive()
     assert len(message) == a.size
-    return h.throughput_result(elapsed, a.count, a.size)
+    return watch.result(a.count, a.size)
 
 
 def blocking_ping(a: h.RoleArgs, transport: str) -> dict[str, float]:
@@ -210,17 +179,12 @@ def blocking_ping(a: h.RoleArgs, transport: str) -> dict[str, float]:
     _, receive = _blocking(transport, _queue_b())
     h.signal_go(go_fd)
     payload = b"x" * a.size
-    latencies = []
-    clock = time.perf_counter
-    warmup = h.warmup_rounds(a.count)
-    for i in range(warmup + a.count):
-        start = clock()
+    rounds = h.RoundTrips(a.count)
+    for _ in rounds:
         send(payload)
         receive()
-        if i >= warmup:
-            latencies.append(clock() - start)
     send(b"")
-    return h.latency_result(latencies)
+    return rounds.result()
 
 
 def blocking_echo(a: h.RoleArgs, transport: str) -> dict[str, float]:
@@ -278,9 +242,7 @@ def measure(contender: h.Contender, workload: h.Workload, cpus: tuple[int, int])
                 created.append(queue)
                 os.environ[env] = str(queue.key)
         roles = ("recv", "send") if workload.kind == "throughput" else ("ping", "echo")
-        measure_argv = h.role_command(SCRIPT, roles[0], contender, workload, (go_w,), cpus[0])
-        peer_argv = h.role_command(SCRIPT, roles[1], contender, workload, (go_r,), cpus[1])
-        return h.run_pair(measure_argv, peer_argv, measure_fds=(go_w,), peer_fds=(go_r,))
+        return h.run_sides(SCRIPT, contender, workload, cpus, (roles[0], (go_w,)), (roles[1], (go_r,)))
     finally:
         for queue in created:
             if isinstance(queue, posix_ipc.MessageQueue):
@@ -290,61 +252,29 @@ def measure(contender: h.Contender, workload: h.Workload, cpus: tuple[int, int])
                 queue.remove()  # type: ignore[attr-defined]
 
 
-def contenders_for(transports: list[str] | None, loops: list[str]) -> list[h.Contender]:
-    chosen = transports or list(LABELS)
-    unknown = set(chosen) - set(LABELS)
-    if unknown:
-        raise SystemExit(f"unknown transport(s) {sorted(unknown)}; choose from {sorted(LABELS)}")
-    result = []
-    for transport in chosen:
-        if transport in ASYNC:
-            result += [h.Contender(transport, LABELS[transport], loop) for loop in loops]
-        else:
-            result.append(h.Contender(transport, LABELS[transport]))
-    return result
-
-
-def workloads_for(sizes: list[int] | None, count: int | None, quick: bool) -> list[h.Workload]:
-    scale = 5 if quick else 1
-    workloads = []
-    for size in sizes or [64]:
-        workloads.append(h.Workload("throughput", size, count or 200_000 // scale))
-        workloads.append(h.Workload("latency", size, count or 10_000 // scale))
-    return workloads
-
-
 def targets_for(contenders: list[h.Contender]) -> list[h.Target]:
     """The ratios issue 5 names."""
-    by_key = {c.key: c for c in contenders}
     tput, rtt = h.Workload("throughput", 64), h.Workload("latency", 64)
-    targets = []
-    posix, sysv = by_key.get("posix_ipc"), by_key.get("sysv_ipc")
+    wanted: list[h.TargetSpec] = []
     for loop in ("asyncio", "uvloop"):
-        ours, bare, ours_sysv = (by_key.get(f"{t}@{loop}") for t in ("aioipc", "add_reader", "aioipc-sysv"))
-        if ours and posix and loop == "uvloop":
+        ours = f"aioipc@{loop}"
+        if loop == "uvloop":
             name = f"aioipc/posix_ipc 64 B msgs/s, {loop}"
-            targets.append(h.Target(name, ours, posix, tput, "msgs_per_s", ">=", 0.9))
-        if ours and bare:
-            name = f"aioipc/add_reader 64 B RTT p50, {loop}"
-            targets.append(h.Target(name, ours, bare, rtt, "p50_us", "<=", 1.2))
-        if ours_sysv and sysv:
-            name = f"aioipc-sysv/sysv_ipc 64 B msgs/s, {loop}"
-            targets.append(h.Target(name, ours_sysv, sysv, tput, "msgs_per_s", ">=", 0.5))
-    return targets
+            wanted.append((name, ours, "posix_ipc", tput, "msgs_per_s", ">=", 0.9))
+        name = f"aioipc/add_reader 64 B RTT p50, {loop}"
+        wanted.append((name, ours, f"add_reader@{loop}", rtt, "p50_us", "<=", 1.2))
+        name = f"aioipc-sysv/sysv_ipc 64 B msgs/s, {loop}"
+        wanted.append((name, f"aioipc-sysv@{loop}", "sysv_ipc", tput, "msgs_per_s", ">=", 0.5))
+    return h.targets(contenders, wanted)
 
 
 def main(argv: list[str] | None = None) -> bool:
     """Run the queue benchmarks, print the table and the ratios; True when every target is met."""
-    args = h.make_parser(__doc__.splitlines()[0]).parse_args(argv)
-    contenders = contenders_for(args.transport, args.loop)
-    workloads = workloads_for(args.size, args.count, args.quick)
-    runs = args.runs or (3 if args.quick else 5)
-    results = h.collect(measure, contenders, workloads, runs)
-    h.print_table("message queues", results, contenders, workloads, runs)
-    return h.print_targets(results, targets_for(contenders))
+    args = h.parse_args(__doc__.splitlines()[0], argv)
+    contenders = h.pick_contenders(args, LABELS, asynchronous=ASYNC)
+    workloads = h.make_workloads(args, [64], lambda size: 200_000, ordered=False)
+    return h.report("message queues", measure, contenders, workloads, args.runs, targets_for(contenders))
 
 
 if __name__ == "__main__":
-    if h.ROLE_FLAG in sys.argv:
-        h.role_main(ROLES)
-    main()
+    h.script_main(ROLES, main)

@@ -24,10 +24,11 @@ from __future__ import annotations
 import os
 import socket
 import struct
-import subprocess
-import sys
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import _harness as h
 
@@ -88,31 +89,26 @@ async def ring_send(a: h.RoleArgs) -> dict[str, float]:
         else:
             for _ in range(a.count):
                 await ring.send(payload)
-        try:
-            await ring.receive()  # until the receiver closes
-        except Exception:
-            pass
+        await _until_closed(ring)
     return {}
+
+
+async def _until_closed(stream: Any) -> None:
+    """Wait until the receiver closes (what it receives is not counted)."""
+    try:
+        await stream.receive()
+    except Exception:
+        pass
 
 
 async def ring_ping(a: h.RoleArgs) -> dict[str, float]:
     from aioipc.shm import Ring
 
     (go_fd,) = a.fds
-    payload = b"x" * a.size
-    latencies = []
-    clock = time.perf_counter
-    warmup = h.warmup_rounds(a.count)
     async with await Ring.create(os.environ[NAME_VARIABLE], 2**20) as ring:
         h.signal_go(go_fd)
         await ring.receive()
-        for i in range(warmup + a.count):
-            start = clock()
-            await ring.send(payload)
-            await ring.receive()
-            if i >= warmup:
-                latencies.append(clock() - start)
-    return h.latency_result(latencies)
+        return await h.ping_messages(ring.send, ring.receive, a)
 
 
 async def ring_echo(a: h.RoleArgs) -> dict[str, float]:
@@ -122,15 +118,13 @@ async def ring_echo(a: h.RoleArgs) -> dict[str, float]:
     h.wait_go(go_fd)
     async with await Ring.attach(os.environ[NAME_VARIABLE]) as ring:
         await ring.send(b"")
-        async for message in ring:
-            await ring.send(message)
-    return {}
+        return await h.echo_messages(ring, ring.send)
 
 
 # ---------------------------------------------------------------- aioipc unix stream
 
 
-def _unix(fd: int) -> object:
+def _unix(fd: int) -> Any:
     import aioipc
     import aioipc.sockets
 
@@ -139,110 +133,82 @@ def _unix(fd: int) -> object:
 
 async def unix_recv(a: h.RoleArgs) -> dict[str, float]:
     data_fd, go_fd = a.fds
-    async with _unix(data_fd) as rx:  # type: ignore[attr-defined]
-        start = time.perf_counter()
-        h.signal_go(go_fd)
-        for _ in range(a.count):
-            message = await rx.receive()
-        elapsed = time.perf_counter() - start
-    assert len(message) == a.size
-    return h.throughput_result(elapsed, a.count, a.size)
+    async with _unix(data_fd) as rx:
+        return await h.receive_messages(rx.receive, a, go_fd)
 
 
 async def unix_send(a: h.RoleArgs) -> dict[str, float]:
     data_fd, go_fd = a.fds
-    payload = b"x" * a.size
-    async with _unix(data_fd) as tx:  # type: ignore[attr-defined]
-        h.wait_go(go_fd)
-        for _ in range(a.count):
-            await tx.send(payload)
-        try:
-            await tx.receive()  # until the receiver closes
-        except Exception:
-            pass
+    async with _unix(data_fd) as tx:
+        await h.send_messages(tx.send, a, go_fd)
+        await _until_closed(tx)
     return {}
 
 
 async def unix_ping(a: h.RoleArgs) -> dict[str, float]:
     (data_fd,) = a.fds
-    payload = b"x" * a.size
-    latencies = []
-    clock = time.perf_counter
-    warmup = h.warmup_rounds(a.count)
-    async with _unix(data_fd) as stream:  # type: ignore[attr-defined]
-        for i in range(warmup + a.count):
-            start = clock()
-            await stream.send(payload)
-            await stream.receive()
-            if i >= warmup:
-                latencies.append(clock() - start)
-    return h.latency_result(latencies)
+    async with _unix(data_fd) as stream:
+        return await h.ping_messages(stream.send, stream.receive, a)
 
 
 async def unix_echo(a: h.RoleArgs) -> dict[str, float]:
     (data_fd,) = a.fds
-    async with _unix(data_fd) as stream:  # type: ignore[attr-defined]
-        async for message in stream:
-            await stream.send(message)
-    return {}
+    async with _unix(data_fd) as stream:
+        return await h.echo_messages(stream, stream.send)
 
 
 # ---------------------------------------------------------------- a hand-written shared_memory ring
 
 
-def _attach_untracked(name: str) -> object:
+@contextmanager
+def _hand_ring() -> Iterator[memoryview]:
+    """The buffer of the segment ``measure`` made, attached and closed again."""
     from multiprocessing import resource_tracker, shared_memory
 
-    memory = shared_memory.SharedMemory(name=name)
+    memory = shared_memory.SharedMemory(name=os.environ[NAME_VARIABLE])
     # The usual workaround: without it, this process's resource tracker
     # would unlink the segment under the other process when this one exits.
     resource_tracker.unregister(memory._name, "shared_memory")  # type: ignore[attr-defined]
-    return memory
+    try:
+        yield memory.buf
+    finally:
+        memory.close()
 
 
 def mpshm_recv(a: h.RoleArgs) -> dict[str, float]:
     (go_fd,) = a.fds
-    memory = _attach_untracked(os.environ[NAME_VARIABLE])
-    buf = memory.buf  # type: ignore[attr-defined]
     capacity, record = _hand_ring_bytes(a.size), _record(a.size)
     unpack, pack = WORD.unpack_from, WORD.pack_into
     tail = 0
-    start = time.perf_counter()
-    h.signal_go(go_fd)
-    for _ in range(a.count):
-        while unpack(buf, HEAD)[0] == tail:
-            os.sched_yield()
-        position = DATA + tail % capacity
-        size = unpack(buf, position)[0]
-        message = bytes(buf[position + 8 : position + 8 + size])
-        tail += record
-        pack(buf, TAIL, tail)
-    elapsed = time.perf_counter() - start
+    with _hand_ring() as buf, h.Stopwatch(go_fd) as watch:
+        for _ in range(a.count):
+            while unpack(buf, HEAD)[0] == tail:
+                os.sched_yield()
+            position = DATA + tail % capacity
+            size = unpack(buf, position)[0]
+            message = bytes(buf[position + 8 : position + 8 + size])
+            tail += record
+            pack(buf, TAIL, tail)
     assert len(message) == a.size
-    del buf
-    memory.close()  # type: ignore[attr-defined]
-    return h.throughput_result(elapsed, a.count, a.size)
+    return watch.result(a.count, a.size)
 
 
 def mpshm_send(a: h.RoleArgs) -> dict[str, float]:
     (go_fd,) = a.fds
-    memory = _attach_untracked(os.environ[NAME_VARIABLE])
-    buf = memory.buf  # type: ignore[attr-defined]
     capacity, record = _hand_ring_bytes(a.size), _record(a.size)
     unpack, pack = WORD.unpack_from, WORD.pack_into
     payload = b"x" * a.size
     head = 0
-    h.wait_go(go_fd)
-    for _ in range(a.count):
-        while head - unpack(buf, TAIL)[0] >= capacity:
-            os.sched_yield()
-        position = DATA + head % capacity
-        pack(buf, position, a.size)
-        buf[position + 8 : position + 8 + a.size] = payload
-        head += record
-        pack(buf, HEAD, head)
-    del buf
-    memory.close()  # type: ignore[attr-defined]
+    with _hand_ring() as buf:
+        h.wait_go(go_fd)
+        for _ in range(a.count):
+            while head - unpack(buf, TAIL)[0] >= capacity:
+                os.sched_yield()
+            position = DATA + head % capacity
+            pack(buf, position, a.size)
+            buf[position + 8 : position + 8 + a.size] = payload
+            head += record
+            pack(buf, HEAD, head)
     return {}
 
 
@@ -286,20 +252,19 @@ def _queue_recv(kind: str, a: h.RoleArgs) -> dict[str, float]:
     sender.start()
     message = queue.get(timeout=60)  # type: ignore[attr-defined]  # the sender is up
     got = 1
-    start = time.perf_counter()
-    if kind == "fasterfifo":
-        while got < a.count:
-            messages = queue.get_many(timeout=60)  # type: ignore[attr-defined]
-            got += len(messages)
-        message = messages[-1]
-    else:
-        get = queue.get  # type: ignore[attr-defined]
-        for _ in range(a.count - 1):
-            message = get()
-    elapsed = time.perf_counter() - start
+    with h.Stopwatch(None) as watch:
+        if kind == "fasterfifo":
+            while got < a.count:
+                messages = queue.get_many(timeout=60)  # type: ignore[attr-defined]
+                got += len(messages)
+            message = messages[-1]
+        else:
+            get = queue.get  # type: ignore[attr-defined]
+            for _ in range(a.count - 1):
+                message = get()
     sender.join()
     assert len(message) == a.size
-    return h.throughput_result(elapsed, a.count - 1, a.size)
+    return watch.result(a.count - 1, a.size)
 
 
 def mpqueue_recv(a: h.RoleArgs) -> dict[str, float]:
@@ -314,118 +279,15 @@ def idle_peer(a: h.RoleArgs) -> dict[str, float]:
     return {}
 
 
-# ---------------------------------------------------------------- the C floor
-
-C_RING = r"""
-/* The floor: the hand-written SPSC ring of bench_shm.py in C, on an inherited memfd.
- *   shm_ring recv FD GO SIZE COUNT CPU  |  shm_ring send FD GO SIZE COUNT CPU */
-#define _GNU_SOURCE
-#include <sched.h>
-#include <stdatomic.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/mman.h>
-#include <time.h>
-#include <unistd.h>
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-int main(int argc, char **argv) {
-    if (argc != 7) return 2;
-    int fd = atoi(argv[2]), go = atoi(argv[3]), cpu = atoi(argv[6]);
-    size_t size = strtoull(argv[4], NULL, 10), count = strtoull(argv[5], NULL, 10);
-    if (cpu >= 0) {
-        cpu_set_t set;
-        CPU_ZERO(&set);
-        CPU_SET(cpu, &set);
-        sched_setaffinity(0, sizeof set, &set);
-    }
-    size_t record = 8 + (size + 7) / 8 * 8, per = 4u << 20;
-    size_t capacity = (per / record < 4 ? 4 : per / record) * record;
-    uint8_t *base = mmap(NULL, 128 + capacity, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    if (base == MAP_FAILED) { perror("mmap"); return 2; }
-    _Atomic uint64_t *head = (_Atomic uint64_t *)base, *tail = (_Atomic uint64_t *)(base + 64);
-    uint8_t *data = base + 128, *message = malloc(size + 1);
-    char byte = 'g';
-    if (argv[1][0] == 'r') {
-        uint64_t t = 0;
-        double start = now();
-        if (write(go, &byte, 1) != 1) return 2;
-        for (size_t i = 0; i < count; i++) {
-            while (atomic_load_explicit(head, memory_order_acquire) == t) sched_yield();
-            uint8_t *at = data + t % capacity;
-            uint64_t n;
-            memcpy(&n, at, 8);
-            memcpy(message, at + 8, n);
-            t += record;
-            atomic_store_explicit(tail, t, memory_order_release);
-        }
-        printf("{\"elapsed\": %.9f, \"count\": %zu, \"size\": %zu}\n", now() - start, count, size);
-    } else {
-        memset(message, 'x', size);
-        uint64_t hd = 0, n = size;
-        if (read(go, &byte, 1) != 1) return 2;
-        for (size_t i = 0; i < count; i++) {
-            while (hd - atomic_load_explicit(tail, memory_order_acquire) >= capacity) sched_yield();
-            uint8_t *at = data + hd % capacity;
-            memcpy(at, &n, 8);
-            memcpy(at + 8, message, size);
-            hd += record;
-            atomic_store_explicit(head, hd, memory_order_release);
-        }
-    }
-    return 0;
-}
-"""
-
-
-def build_c_ring() -> str | None:
-    """Compile the C floor into the build directory (once); ``None`` without gcc."""
-    import shutil
-
-    gcc = shutil.which("gcc")
-    if gcc is None:
-        return None
-    h.BUILD_DIR.mkdir(exist_ok=True)
-    source, binary = h.BUILD_DIR / "shm_ring.c", h.BUILD_DIR / "shm_ring"
-    if not source.exists() or source.read_text() != C_RING:
-        source.write_text(C_RING)
-    if not binary.exists() or binary.stat().st_mtime < source.stat().st_mtime:
-        subprocess.run([gcc, "-O2", "-Wall", "-o", str(binary), str(source)], check=True)
-    return str(binary)
-
-
 # ---------------------------------------------------------------- wiring
 
 
-def _async_role(function: object) -> h.Role:
-    def role(a: h.RoleArgs) -> dict[str, float]:
-        return h.run_async(function(a), a.loop)  # type: ignore[operator]
-
-    return role
-
-
 ROLES: dict[tuple[str, str], h.Role] = {
-    ("recv", "ring"): _async_role(ring_recv),
-    ("send", "ring"): _async_role(ring_send),
-    ("ping", "ring"): _async_role(ring_ping),
-    ("echo", "ring"): _async_role(ring_echo),
-    ("recv", "unix"): _async_role(unix_recv),
-    ("send", "unix"): _async_role(unix_send),
-    ("ping", "unix"): _async_role(unix_ping),
-    ("echo", "unix"): _async_role(unix_echo),
-    ("recv", "mpshm"): mpshm_recv,
-    ("send", "mpshm"): mpshm_send,
-    ("recv", "mpqueue"): mpqueue_recv,
-    ("send", "mpqueue"): idle_peer,
-    ("recv", "fasterfifo"): fasterfifo_recv,
-    ("send", "fasterfifo"): idle_peer,
+    **h.roles("ring", recv=ring_recv, send=ring_send, ping=ring_ping, echo=ring_echo),
+    **h.roles("unix", recv=unix_recv, send=unix_send, ping=unix_ping, echo=unix_echo),
+    **h.roles("mpshm", recv=mpshm_recv, send=mpshm_send),
+    **h.roles("mpqueue", recv=mpqueue_recv, send=idle_peer),
+    **h.roles("fasterfifo", recv=fasterfifo_recv, send=idle_peer),
 }
 
 LABELS = {
@@ -466,17 +328,17 @@ def measure(contender: h.Contender, workload: h.Workload, cpus: tuple[int, int])
         if transport == "c":
             fd = os.open("/dev/shm/" + memory.name.lstrip("/"), os.O_RDWR)
             measure_fds, peer_fds = (fd, go_w), (os.dup(fd), go_r)
+    binary = h.build_c("shm_ring") if transport == "c" else None
     try:
-        if transport == "c":
-            binary = build_c_ring()
-            assert binary is not None
-            numbers = [str(workload.size), str(workload.count)]
-            measure_argv = [binary, "recv", *map(str, measure_fds), *numbers, str(cpus[0])]
-            peer_argv = [binary, "send", *map(str, peer_fds), *numbers, str(cpus[1])]
-        else:
-            measure_argv = h.role_command(SCRIPT, measure_role, contender, workload, measure_fds, cpus[0])
-            peer_argv = h.role_command(SCRIPT, peer_role, contender, workload, peer_fds, cpus[1])
-        return h.run_pair(measure_argv, peer_argv, measure_fds=measure_fds, peer_fds=peer_fds)
+        return h.run_sides(
+            SCRIPT,
+            contender,
+            workload,
+            cpus,
+            (measure_role, measure_fds),
+            (peer_role, peer_fds),
+            binary=binary,
+        )
     finally:
         if memory is not None:
             memory.close()
@@ -491,33 +353,8 @@ def _has_faster_fifo() -> bool:
     return True
 
 
-def contenders_for(transports: list[str] | None, loops: list[str]) -> list[h.Contender]:
-    available = ["ring", "unix", "mpshm", "mpqueue"] + (["fasterfifo"] if _has_faster_fifo() else [])
-    available += ["c"] if build_c_ring() else []
-    chosen = transports or available
-    unknown = set(chosen) - set(LABELS)
-    if unknown:
-        raise SystemExit(f"unknown transport(s) {sorted(unknown)}; choose from {sorted(LABELS)}")
-    result = []
-    for transport in chosen:
-        if transport not in available:
-            print(f"skipping {transport}: not available (gcc or faster-fifo missing?)", file=sys.stderr)
-        elif transport in ASYNC:
-            result += [h.Contender(transport, LABELS[transport], loop) for loop in loops]
-        else:
-            result.append(h.Contender(transport, LABELS[transport]))
-    return result
-
-
-def workloads_for(sizes: list[int] | None, count: int | None, quick: bool) -> list[h.Workload]:
-    scale = 5 if quick else 1
-    workloads = []
-    for size in sizes or [64, 2**20]:
-        default = 300_000 if size < 64 * 1024 else 500
-        workloads.append(h.Workload("throughput", size, count or default // scale))
-        if size in LATENCY_SIZES:
-            workloads.append(h.Workload("latency", size, count or 10_000 // scale))
-    return sorted(workloads, key=lambda w: (w.size, w.kind))
+def _throughput_count(size: int) -> int:
+    return 300_000 if size < h.BULK_SIZE else 500
 
 
 def applies(contender: h.Contender, workload: h.Workload) -> bool:
@@ -528,45 +365,32 @@ def applies(contender: h.Contender, workload: h.Workload) -> bool:
 
 def targets_for(contenders: list[h.Contender]) -> list[h.Target]:
     """The ratios issue 6 names."""
-    by_key = {c.key: c for c in contenders}
     small, big, rtt = h.Workload("throughput", 64), h.Workload("throughput", 2**20), h.Workload("latency", 64)
-    targets = []
+    wanted: list[h.TargetSpec] = []
     for loop in ("asyncio", "uvloop"):
-        ring, unix = by_key.get(f"ring@{loop}"), by_key.get(f"unix@{loop}")
-        if ring is None:
-            continue
-        pairs = [
-            (f"ring/C 1 MiB GB/s, {loop}", by_key.get("c"), big, "gb_per_s", ">=", 0.6),
-            (f"ring/shared_memory ring 1 MiB GB/s, {loop}", by_key.get("mpshm"), big, "gb_per_s", ">=", 1.0),
-            (f"ring/unix 64 B msgs/s, {loop}", unix, small, "msgs_per_s", ">=", 1.5),
-            (f"ring/mp.Queue 64 B msgs/s, {loop}", by_key.get("mpqueue"), small, "msgs_per_s", ">=", 5),
-            (f"ring/faster-fifo 64 B msgs/s, {loop}", by_key.get("fasterfifo"), small, "msgs_per_s", ">=", 3),
-            (f"ring/unix 64 B RTT p50, {loop}", unix, rtt, "p50_us", "<=", 1.0),
+        ring, unix = f"ring@{loop}", f"unix@{loop}"
+        wanted += [
+            (f"ring/C 1 MiB GB/s, {loop}", ring, "c", big, "gb_per_s", ">=", 0.6),
+            (f"ring/shared_memory ring 1 MiB GB/s, {loop}", ring, "mpshm", big, "gb_per_s", ">=", 1.0),
+            (f"ring/unix 64 B msgs/s, {loop}", ring, unix, small, "msgs_per_s", ">=", 1.5),
+            (f"ring/mp.Queue 64 B msgs/s, {loop}", ring, "mpqueue", small, "msgs_per_s", ">=", 5),
+            (f"ring/faster-fifo 64 B msgs/s, {loop}", ring, "fasterfifo", small, "msgs_per_s", ">=", 3),
+            (f"ring/unix 64 B RTT p50, {loop}", ring, unix, rtt, "p50_us", "<=", 1.0),
         ]
-        targets += [
-            h.Target(name, ring, other, workload, metric, op, bound)  # type: ignore[arg-type]
-            for name, other, workload, metric, op, bound in pairs
-            if other is not None
-        ]
-    return targets
+    return h.targets(contenders, wanted)
 
 
 def main(argv: list[str] | None = None) -> bool:
     """Run the shared-memory benchmarks, print the table and the ratios; True when every target is met."""
-    args = h.make_parser(__doc__.splitlines()[0]).parse_args(argv)
-    contenders = contenders_for(args.transport, args.loop)
-    workloads = workloads_for(args.size, args.count, args.quick)
-    runs = args.runs or (3 if args.quick else 5)
-
-    results = h.Results()
-    for workload in workloads:  # not every contender has every workload
-        chosen = [contender for contender in contenders if applies(contender, workload)]
-        results.samples.update(h.collect(measure, chosen, [workload], runs).samples)
-    h.print_table("shared memory", results, contenders, workloads, runs)
-    return h.print_targets(results, targets_for(contenders))
+    args = h.parse_args(__doc__.splitlines()[0], argv)
+    available = ["ring", "unix", "mpshm", "mpqueue"] + (["fasterfifo"] if _has_faster_fifo() else [])
+    available += ["c"] if h.build_c("shm_ring") else []
+    missing = "gcc or faster-fifo missing?"
+    contenders = h.pick_contenders(args, LABELS, available=available, asynchronous=ASYNC, missing=missing)
+    workloads = h.make_workloads(args, [64, 2**20], _throughput_count, latency_sizes=LATENCY_SIZES)
+    wanted = targets_for(contenders)
+    return h.report("shared memory", measure, contenders, workloads, args.runs, wanted, applies=applies)
 
 
 if __name__ == "__main__":
-    if h.ROLE_FLAG in sys.argv:
-        h.role_main(ROLES)
-    main()
+    h.script_main(ROLES, main)

@@ -20,13 +20,11 @@ Example::
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import socket
-import subprocess
 import sys
-import time
+from typing import Any
 
 import _harness as h
 
@@ -53,17 +51,13 @@ async def aioipc_ping(a: h.RoleArgs) -> dict[str, float]:
     import aioipc.signals
 
     write_fd, read_fd = a.fds
-    latencies = []
-    clock = time.perf_counter
+    rounds = h.RoundTrips(a.count)
     async with aioipc.signals.receive(signal.SIGUSR1) as sigs:
         peer = _exchange_pids(read_fd, write_fd, first=True)
-        for i in range(h.warmup_rounds(a.count) + a.count):
-            start = clock()
+        for _ in rounds:
             os.kill(peer, signal.SIGUSR1)
             await sigs.receive()
-            if i >= h.warmup_rounds(a.count):
-                latencies.append(clock() - start)
-    return h.latency_result(latencies)
+    return rounds.result()
 
 
 async def aioipc_echo(a: h.RoleArgs) -> dict[str, float]:
@@ -78,55 +72,39 @@ async def aioipc_echo(a: h.RoleArgs) -> dict[str, float]:
     return {}
 
 
+def _bare_signal() -> asyncio.Event:
+    """An event that SIGUSR1 sets (``add_signal_handler``)."""
+    event = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, event.set)
+    return event
+
+
 async def bare_ping(a: h.RoleArgs) -> dict[str, float]:
     write_fd, read_fd = a.fds
-    loop = asyncio.get_running_loop()
-    event = asyncio.Event()
-    loop.add_signal_handler(signal.SIGUSR1, event.set)
+    event = _bare_signal()
     peer = _exchange_pids(read_fd, write_fd, first=True)
-    latencies = []
-    clock = time.perf_counter
-    for i in range(h.warmup_rounds(a.count) + a.count):
-        start = clock()
+    rounds = h.RoundTrips(a.count)
+    for _ in rounds:
         os.kill(peer, signal.SIGUSR1)
         await event.wait()
         event.clear()
-        if i >= h.warmup_rounds(a.count):
-            latencies.append(clock() - start)
-    loop.remove_signal_handler(signal.SIGUSR1)
-    return h.latency_result(latencies)
+    asyncio.get_running_loop().remove_signal_handler(signal.SIGUSR1)
+    return rounds.result()
 
 
 async def bare_echo(a: h.RoleArgs) -> dict[str, float]:
     read_fd, write_fd = a.fds
-    loop = asyncio.get_running_loop()
-    event = asyncio.Event()
-    loop.add_signal_handler(signal.SIGUSR1, event.set)
+    event = _bare_signal()
     peer = _exchange_pids(read_fd, write_fd, first=False)
     for _ in range(h.warmup_rounds(a.count) + a.count):
         await event.wait()
         event.clear()
         os.kill(peer, signal.SIGUSR1)
-    loop.remove_signal_handler(signal.SIGUSR1)
+    asyncio.get_running_loop().remove_signal_handler(signal.SIGUSR1)
     return {}
 
 
 # ---------------------------------------------------------------- channel round trips
-
-
-async def _ping_over(channel: object, a: h.RoleArgs) -> dict[str, float]:
-    payload = b"x" * a.size
-    latencies = []
-    clock = time.perf_counter
-    warmup = h.warmup_rounds(a.count)
-    send, receive = channel.send, channel.receive  # type: ignore[attr-defined]
-    for i in range(warmup + a.count):
-        start = clock()
-        await send(payload)
-        await receive()
-        if i >= warmup:
-            latencies.append(clock() - start)
-    return h.latency_result(latencies)
 
 
 async def spawn_ping(a: h.RoleArgs) -> dict[str, float]:
@@ -134,9 +112,10 @@ async def spawn_ping(a: h.RoleArgs) -> dict[str, float]:
 
     argv = [sys.executable, SCRIPT, CHILD_FLAG, a.loop, os.environ.get(PEER_CPU_ENV, "-1")]
     async with await aioipc.process.spawn(argv, max_size=a.size) as proc:
-        assert proc.channel is not None
-        result = await _ping_over(proc.channel, a)
-        await proc.channel.send_eof()
+        channel = proc.channel
+        assert channel is not None
+        result = await h.ping_messages(channel.send, channel.receive, a)
+        await channel.send_eof()
         assert await proc.wait() == 0
     return result
 
@@ -145,48 +124,36 @@ async def spawned_echo() -> None:
     import aioipc.process
 
     async with await aioipc.process.parent_channel() as channel:
-        async for message in channel:
-            await channel.send(message)
+        await h.echo_messages(channel, channel.send)
+
+
+def _unix_channel(fd: int, size: int) -> Any:
+    import aioipc
+    import aioipc.sockets
+
+    return aioipc.framed(aioipc.sockets.from_socket(socket.socket(fileno=fd)), size)
 
 
 async def unix_ping(a: h.RoleArgs) -> dict[str, float]:
-    import aioipc
-    import aioipc.sockets
-
     (fd,) = a.fds
-    async with aioipc.framed(aioipc.sockets.from_socket(socket.socket(fileno=fd)), a.size) as channel:
-        return await _ping_over(channel, a)
+    async with _unix_channel(fd, a.size) as channel:
+        return await h.ping_messages(channel.send, channel.receive, a)
 
 
 async def unix_echo(a: h.RoleArgs) -> dict[str, float]:
-    import aioipc
-    import aioipc.sockets
-
     (fd,) = a.fds
-    async with aioipc.framed(aioipc.sockets.from_socket(socket.socket(fileno=fd)), a.size) as channel:
-        async for message in channel:
-            await channel.send(message)
-    return {}
+    async with _unix_channel(fd, a.size) as channel:
+        return await h.echo_messages(channel, channel.send)
 
 
 # ---------------------------------------------------------------- wiring
 
 
-def _async_role(function: object) -> h.Role:
-    def role(a: h.RoleArgs) -> dict[str, float]:
-        return h.run_async(function(a), a.loop)  # type: ignore[operator]
-
-    return role
-
-
 ROLES: dict[tuple[str, str], h.Role] = {
-    ("ping", "aioipc"): _async_role(aioipc_ping),
-    ("echo", "aioipc"): _async_role(aioipc_echo),
-    ("ping", "bare"): _async_role(bare_ping),
-    ("echo", "bare"): _async_role(bare_echo),
-    ("ping", "spawn"): _async_role(spawn_ping),
-    ("ping", "unix"): _async_role(unix_ping),
-    ("echo", "unix"): _async_role(unix_echo),
+    **h.roles("aioipc", ping=aioipc_ping, echo=aioipc_echo),
+    **h.roles("bare", ping=bare_ping, echo=bare_echo),
+    **h.roles("spawn", ping=spawn_ping),
+    **h.roles("unix", ping=unix_ping, echo=unix_echo),
 }
 
 LABELS = {
@@ -204,12 +171,7 @@ def measure(contender: h.Contender, workload: h.Workload, cpus: tuple[int, int])
     if contender.transport == "spawn":
         # The measuring side starts its own peer: the harness starts only one process.
         argv = h.role_command(SCRIPT, "ping", contender, workload, [0], cpus[0])
-        env = {**os.environ, PEER_CPU_ENV: str(cpus[1])}
-        proc = subprocess.run(argv, capture_output=True, env=env, timeout=h.PAIR_TIMEOUT, check=False)
-        if proc.returncode != 0:
-            raise RuntimeError(f"{' '.join(argv)} exited with {proc.returncode}:\n{proc.stderr.decode()}")
-        result: dict[str, float] = json.loads(proc.stdout.decode().strip().splitlines()[-1])
-        return result
+        return h.run_alone(argv, env={**os.environ, PEER_CPU_ENV: str(cpus[1])})
     if contender.transport == "unix":
         a, b = socket.socketpair()
         measure_fds, peer_fds = (a.detach(),), (b.detach(),)
@@ -217,56 +179,36 @@ def measure(contender: h.Contender, workload: h.Workload, cpus: tuple[int, int])
         to_peer_r, to_peer_w = os.pipe()
         from_peer_r, from_peer_w = os.pipe()
         measure_fds, peer_fds = (to_peer_w, from_peer_r), (to_peer_r, from_peer_w)
-    return h.run_pair(
-        h.role_command(SCRIPT, "ping", contender, workload, measure_fds, cpus[0]),
-        h.role_command(SCRIPT, "echo", contender, workload, peer_fds, cpus[1]),
-        measure_fds=measure_fds,
-        peer_fds=peer_fds,
-    )
-
-
-def contenders_for(transports: list[str] | None, loops: list[str]) -> list[h.Contender]:
-    chosen = transports or list(LABELS)
-    unknown = set(chosen) - set(LABELS)
-    if unknown:
-        raise SystemExit(f"unknown transport(s) {sorted(unknown)}; choose from {sorted(LABELS)}")
-    return [h.Contender(t, LABELS[t], loop) for t in chosen for loop in loops]
+    return h.run_sides(SCRIPT, contender, workload, cpus, ("ping", measure_fds), ("echo", peer_fds))
 
 
 def targets_for(contenders: list[h.Contender], signals: h.Workload, channel: h.Workload) -> list[h.Target]:
     """The ratios issue 4 names, for every loop measured."""
-    by_key = {c.key: c for c in contenders}
-    targets = []
+    wanted: list[h.TargetSpec] = []
     for loop in h.LOOPS:
-        ours, bare = by_key.get(f"aioipc@{loop}"), by_key.get(f"bare@{loop}")
-        if ours and bare:
-            name = f"aioipc/bare signal RTT p50, {loop}"
-            targets.append(h.Target(name, ours, bare, signals, "p50_us", "<=", 1.1))
-        spawn, unix = by_key.get(f"spawn@{loop}"), by_key.get(f"unix@{loop}")
-        if spawn and unix:
-            name = f"spawn/unix 64 B RTT p50, {loop}"
-            targets.append(h.Target(name, spawn, unix, channel, "p50_us", "<=", 1.15))
-    return targets
+        name = f"aioipc/bare signal RTT p50, {loop}"
+        wanted.append((name, f"aioipc@{loop}", f"bare@{loop}", signals, "p50_us", "<=", 1.1))
+        name = f"spawn/unix 64 B RTT p50, {loop}"
+        wanted.append((name, f"spawn@{loop}", f"unix@{loop}", channel, "p50_us", "<=", 1.15))
+    return h.targets(contenders, wanted)
 
 
 def main(argv: list[str] | None = None) -> bool:
     """Run both measurements, print the tables and the ratios; True when every target is met."""
-    args = h.make_parser(__doc__.splitlines()[0]).parse_args(argv)
-    contenders = contenders_for(args.transport, args.loop)
-    runs = args.runs or (3 if args.quick else 5)
-    scale = 5 if args.quick else 1
-    signal_workload = h.Workload("latency", SIGNAL_SIZE, args.count or 5_000 // scale)
+    args = h.parse_args(__doc__.splitlines()[0], argv)
+    contenders = h.pick_contenders(args, LABELS)
+    signal_workload = h.Workload("latency", SIGNAL_SIZE, args.count or h.default_count(5_000, args.quick))
     size = (args.size or [64])[0]
-    channel_workload = h.Workload("latency", size, args.count or 10_000 // scale)
+    channel_workload = h.Workload("latency", size, args.count or h.default_count(10_000, args.quick))
     signal_contenders = [c for c in contenders if c.transport in SIGNAL_TRANSPORTS]
     channel_contenders = [c for c in contenders if c.transport in CHANNEL_TRANSPORTS]
     results = h.Results()
     for group, workload in ((signal_contenders, signal_workload), (channel_contenders, channel_workload)):
         if group:
-            measured = h.collect(measure, group, [workload], runs)
+            measured = h.collect(measure, group, [workload], args.runs)
             results.samples.update(measured.samples)
             title = "signal ping-pong (RTT = two deliveries)" if workload is signal_workload else "channel"
-            h.print_table(title, results, group, [workload], runs)
+            h.print_table(title, results, group, [workload], args.runs)
     return h.print_targets(results, targets_for(contenders, signal_workload, channel_workload))
 
 
@@ -275,10 +217,6 @@ if __name__ == "__main__":
         loop_name, cpu = sys.argv[2], int(sys.argv[3])
         if cpu >= 0:
             os.sched_setaffinity(0, {cpu})
-        import aioipc
-
-        aioipc.run(spawned_echo(), loop="uvloop" if loop_name == "uvloop" else "asyncio")
+        h.run_async(spawned_echo(), loop_name)
         sys.exit(0)
-    if h.ROLE_FLAG in sys.argv:
-        h.role_main(ROLES)
-    main()
+    h.script_main(ROLES, main)
