@@ -19,6 +19,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import warnings
 
 import anyio
 import anyio.abc
@@ -96,7 +97,16 @@ class Fifo(anyio.abc.AsyncResource):
                 pass
             finally:
                 os.close(self._anchor)
+                self._anchor = -1
         await anyio.lowlevel.checkpoint()
+
+    def __del__(self) -> None:
+        if getattr(self, "_anchor", -1) >= 0:
+            warnings.warn(
+                f"unclosed {self!r}: the FIFO is left in place", ResourceWarning, source=self, stacklevel=1
+            )
+            os.close(self._anchor)
+            self._anchor = -1
 
 
 async def create(

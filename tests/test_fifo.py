@@ -162,3 +162,12 @@ async def test_fifo_address_serve_and_connect(tmp_ipc_dir: Path) -> None:
             await done.wait()
     assert got == [b"w%d-%d" % (w, i) for w in range(2) for i in range(3)]
     assert not path.exists()
+
+
+async def test_an_unclosed_fifo_handle_warns(tmp_ipc_dir: Path) -> None:
+    import gc
+
+    fifo = await aioipc.fifo.create(tmp_ipc_dir / "forgotten.fifo")
+    with pytest.warns(ResourceWarning, match="unclosed"):
+        del fifo
+        gc.collect()
