@@ -17,7 +17,7 @@ Flag vocabulary (every ``bench_*.py`` accepts it)::
     --size N[,N...]       message sizes in bytes (suffixes k, Ki, M, Mi)
     --count N             messages per measurement (default per workload)
     --runs N              repetitions; the median is reported
-    --quick               fewer messages and runs (a smoke test of the numbers)
+    --quick               a tenth of the messages, one run (a smoke test of the numbers)
 
 Adding a mechanism (``benchmarks/bench_<mechanism>.py``):
 
@@ -120,19 +120,19 @@ def make_parser(description: str) -> argparse.ArgumentParser:
     )
     parser.add_argument("--count", type=int, default=None, help="messages per measurement")
     parser.add_argument("--runs", type=int, default=None, help="repetitions (median reported)")
-    parser.add_argument("--quick", action="store_true", help="fewer messages and runs")
+    parser.add_argument("--quick", action="store_true", help="a tenth of the messages, one run")
     return parser
 
 
-QUICK_DIVISOR = 5  # --quick divides every default message count by this ...
+QUICK_DIVISOR = 10  # --quick divides every default message count by this ...
 QUICK_MIN_COUNT = 30  # ... down to this many at the least
 
 
 def parse_args(description: str, argv: Sequence[str] | None) -> argparse.Namespace:
-    """Parse the shared flags; ``runs`` gets its default (3 with ``--quick``, else 5)."""
+    """Parse the shared flags; ``runs`` gets its default (1 with ``--quick``, else 5)."""
     args = make_parser(description).parse_args(argv)
     if args.runs is None:
-        args.runs = 3 if args.quick else 5
+        args.runs = 1 if args.quick else 5
     return args
 
 
@@ -636,7 +636,8 @@ def print_table(
     """Medians (best run in parentheses) for every contender and workload."""
     cpus = pick_cpus()
     where = f"pinned to CPUs {cpus[0]} and {cpus[1]}" if cpus[0] >= 0 else "unpinned (one CPU)"
-    print(f"\n{title}: two processes {where}; median of {runs} runs (best)")
+    runs_text = f"median of {runs} runs (best)" if runs > 1 else "one run (--runs N for medians)"
+    print(f"\n{title}: two processes {where}; {runs_text}")
     if results.load:
         low, high = min(results.load), max(results.load)
         busy = (

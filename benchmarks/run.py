@@ -2,7 +2,9 @@
 
 What ``make bench`` runs. Takes the shared flags (see ``_harness.py``) and
 passes them to each benchmark; ``--quick`` is a smoke test of the numbers
-(under half a minute), the default takes a few minutes. Example::
+(one run of each measurement, under a minute; the time goes mostly to
+starting the two processes of each measurement), the default takes a few
+minutes. Example::
 
     python benchmarks/run.py --quick
     python benchmarks/run.py --loop uvloop --runs 7
