@@ -85,6 +85,11 @@ class _Job(Generic[T]):
         self.retry: asyncio.TimerHandle | None = None
 
 
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 class Bridge:
     """One worker thread that runs blocking calls for the event loop, one at a time.
 
@@ -214,7 +219,7 @@ class Bridge:
                     job.finished = True
             self._post(self._deliver, job, outcome)
         assert self._stopped is not None
-        self._post(self._stopped.set_result, None)
+        self._post(_resolve, self._stopped)
 
     def _post(self, callback: Callable[..., object], *args: Any) -> None:
         assert self._loop is not None
@@ -281,4 +286,4 @@ class Bridge:
         self._jobs.put(None)
         assert self._stopped is not None
         with anyio.CancelScope(shield=True):
-            await self._stopped
+            await asyncio.shield(self._stopped)  # a cancel must not cancel the future the thread resolves

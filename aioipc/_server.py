@@ -18,6 +18,25 @@ logger = logging.getLogger("aioipc")
 Closer = Callable[[], Awaitable[object]]
 
 
+async def _close_despite_cancellation(stream: anyio.abc.AsyncResource) -> None:
+    """Close ``stream`` at once (forcefully) and to the end, even if this task is cancelled meanwhile.
+
+    A native ``task.cancel()`` reaches through anyio's shielded scopes on
+    asyncio, so the close runs in its own task; a cancellation that arrived
+    is raised again once the stream is closed.
+    """
+    closing = asyncio.ensure_future(anyio.aclose_forcefully(stream))
+    interrupted = False
+    while not closing.done():
+        try:
+            await asyncio.shield(closing)
+        except asyncio.CancelledError:
+            interrupted = True
+    closing.result()
+    if interrupted:
+        raise asyncio.CancelledError
+
+
 class Server:
     """Runs one handler task per connection (or one for a FIFO or queue).
 
@@ -67,8 +86,7 @@ class Server:
         except Exception:
             logger.exception("handler for %s raised; closing its stream", self.address)
         finally:
-            with anyio.CancelScope(shield=True):
-                await anyio.aclose_forcefully(stream)
+            await _close_despite_cancellation(stream)
 
     async def serve_forever(self) -> None:
         """Wait until the server is closed (by :meth:`close` or the ``async with`` block)."""

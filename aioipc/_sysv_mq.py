@@ -365,16 +365,18 @@ class MessageQueue(MessageStream):
             await anyio.lowlevel.checkpoint()
             return
         self._closed = True
-        with anyio.CancelScope(shield=True):  # the queue must be removed even by a forceful close
-            await self._receiver.aclose()
-            await self._sender.aclose()
-        if self.owned:
-            try:
-                self._queue.remove()
-            except sysv_ipc.ExistentialError:
-                pass
-        else:
-            self._put_back()
+        try:
+            with anyio.CancelScope(shield=True):
+                await self._receiver.aclose()
+                await self._sender.aclose()
+        finally:  # the queue is removed even by a cancelled or forceful close
+            if self.owned:
+                try:
+                    self._queue.remove()
+                except sysv_ipc.ExistentialError:
+                    pass
+            else:
+                self._put_back()
 
     def _put_back(self) -> None:
         """Return messages taken but never received to the queue (best effort, at its end)."""

@@ -387,3 +387,26 @@ async def test_a_waiting_receive_costs_nothing(key: int) -> None:
         await q.send(b"wake")
         with anyio.fail_after(5):
             assert await receiver == b"wake"
+
+
+async def test_served_queue_is_removed_when_the_server_closes_as_its_handler_ends(key: int) -> None:
+    """The handler returning and the server closing race to close the queue; it is removed either way."""
+    got: list[bytes] = []
+    done = asyncio.Event()
+
+    async def handler(queue: MessageQueue) -> None:
+        async for message in queue:
+            got.append(message)
+            if len(got) == 2:
+                done.set()
+                return
+
+    async with await aioipc.serve(f"sysvmq:{key}", handler):
+        async with await MessageQueue.open(key) as client:
+            await client.send(b"a")
+            await client.send(b"b")
+        with anyio.fail_after(10):
+            await done.wait()
+    assert got == [b"a", b"b"]
+    with pytest.raises(sysv_ipc.ExistentialError):
+        sysv_ipc.MessageQueue(key)
