@@ -68,6 +68,25 @@ class Server:
     def is_serving(self) -> bool:
         return not self._closing
 
+    @classmethod
+    def single(
+        cls,
+        address: str,
+        handler: Callable[[Any], Awaitable[object]],
+        stream: anyio.abc.AsyncResource,
+        *,
+        on_close: Closer | None = None,
+    ) -> Server:
+        """A server for an object with one receiving side (a FIFO, a queue, a ring).
+
+        ``handler(stream)`` runs once, at once; closing the server runs
+        ``on_close`` (by default ``stream.aclose``, which removes what the
+        stream created).
+        """
+        server = cls(address, on_close=on_close or stream.aclose)
+        server.start_handler(handler, stream)
+        return server
+
     def start_handler(
         self, handler: Callable[[Any], Awaitable[object]], stream: anyio.abc.AsyncResource
     ) -> None:

@@ -491,9 +491,7 @@ async def _serve(
     **options: Any,
 ) -> Server:
     queue = await MessageQueue.open(_address_key(address), create=True, **options)
-    server = Server(str(address), on_close=queue.aclose)
-    server.start_handler(handler, queue)
-    return server
+    return Server.single(str(address), handler, queue)
 
 
 register_scheme("sysvmq", _connect, _serve)

@@ -219,9 +219,7 @@ async def _serve(
         await fifo.aclose()
         raise
     stream: MessageReceiveStream | FifoReceiveStream = reader if framing is None else framed(reader, max_size)
-    server = Server(str(address), on_close=fifo.aclose)
-    server.start_handler(handler, stream)  # type: ignore[arg-type]
-    return server
+    return Server.single(str(address), handler, stream, on_close=fifo.aclose)  # type: ignore[arg-type]
 
 
 register_scheme("fifo", _connect, _serve)

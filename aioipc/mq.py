@@ -510,9 +510,7 @@ async def _serve(
     **options: Any,
 ) -> Server:
     queue = await open(address.path, create=True, **options)
-    server = Server(str(address), on_close=queue.aclose)
-    server.start_handler(handler, queue)
-    return server
+    return Server.single(str(address), handler, queue)
 
 
 register_scheme("mq", _connect, _serve)

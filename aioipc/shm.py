@@ -378,9 +378,7 @@ async def _serve(
 ) -> Server:
     """``serve("shm:/name", handler)``: create the ring and call ``handler(ring)`` at once."""
     ring = await Ring.create(address.path, capacity, mode=mode, max_size=max_size)
-    server = Server(str(address), on_close=ring.aclose)
-    server.start_handler(handler, ring)
-    return server
+    return Server.single(str(address), handler, ring)
 
 
 register_scheme("shm", _connect, _serve)
