@@ -5,12 +5,10 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-EXAMPLES = Path(__file__).parent.parent / "examples"
+from helpers import run_python
 
 pytestmark = pytest.mark.skipif(
     not all(shutil.which(tool) for tool in ("dbus-daemon", "dbus-send")),
@@ -22,15 +20,7 @@ def run_example(name: str, *args: str, bus_address: str | None = None) -> list[s
     env = {key: value for key, value in os.environ.items() if key != "DBUS_SESSION_BUS_ADDRESS"}
     if bus_address is not None:
         env["DBUS_SESSION_BUS_ADDRESS"] = bus_address
-    proc = subprocess.run(
-        [sys.executable, str(EXAMPLES / name), *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env=env,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = run_python(name, *args, env=env)
     if bus_address is None:
         assert "started a private one" in proc.stderr
     return proc.stdout.splitlines()

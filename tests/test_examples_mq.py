@@ -3,28 +3,16 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from helpers import EXAMPLES, run_example
 
 import aioipc.mq
 import aioipc.sysv
 
-EXAMPLES = Path(__file__).parent.parent / "examples"
-
-
-def run(*argv: str, timeout: float = 60) -> list[str]:
-    proc = subprocess.run(
-        [sys.executable, *argv], capture_output=True, text=True, timeout=timeout, check=False, cwd=EXAMPLES
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc.stdout.splitlines()
-
 
 def test_posix_sender_and_receiver(unique_name: str) -> None:
-    assert run("mq_receiver.py", "--name", "/" + unique_name) == [
+    assert run_example("mq_receiver.py", "--name", "/" + unique_name) == [
         "received 'hello' (priority 0)",
         "received 'from' (priority 0)",
         "received 'another' (priority 0)",
@@ -39,7 +27,7 @@ def test_posix_sender_and_receiver(unique_name: str) -> None:
 def test_system_v_sender_and_receiver() -> None:
     # proj = our pid's low byte: parallel runs of the suite do not share a key
     proj = str(os.getpid() % 255 + 1)
-    assert run("sysv_mq_receiver.py", "--proj", proj) == [
+    assert run_example("sysv_mq_receiver.py", "--proj", proj) == [
         "received 'hello' (type 1)",
         "received 'from' (type 1)",
         "received 'another' (type 1)",
@@ -52,7 +40,7 @@ def test_system_v_sender_and_receiver() -> None:
 
 
 def test_work_queue_with_consumer_processes() -> None:
-    lines = run("work_queue.py", "--jobs", "200", "--processes", "3", "--tasks", "2")
+    lines = run_example("work_queue.py", "--jobs", "200", "--processes", "3", "--tasks", "2")
     assert lines[:2] == [
         "200 jobs done once each; consumer processes exited with [0, 0, 0]",
         f"sum of squares = {sum(n * n for n in range(200))} (expected {sum(n * n for n in range(200))})",

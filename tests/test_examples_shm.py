@@ -2,23 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
-EXAMPLES = Path(__file__).parent.parent / "examples"
-
-
-def run(script: str, timeout: float = 60) -> list[str]:
-    proc = subprocess.run(
-        [sys.executable, str(EXAMPLES / script)], capture_output=True, text=True, timeout=timeout, check=False
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc.stdout.splitlines()
+from helpers import run_example
 
 
 def test_writer_and_reader_hand_over_shared_memory_with_semaphores() -> None:
-    assert run("shm_writer_reader.py") == [
+    assert run_example("shm_writer_reader.py") == [
         "reader got: hello",
         "reader got: from the writer",
         "reader got: through shared memory",
@@ -27,7 +15,7 @@ def test_writer_and_reader_hand_over_shared_memory_with_semaphores() -> None:
 
 
 def test_ring_echo_between_two_processes() -> None:
-    assert run("shm_ring_echo.py") == [
+    assert run_example("shm_ring_echo.py") == [
         "1000 batched requests answered",
         "echo: ping",
         "echo: hello",
@@ -36,13 +24,13 @@ def test_ring_echo_between_two_processes() -> None:
 
 
 def test_counter_updated_by_several_processes_loses_nothing() -> None:
-    assert run("counter_processes.py") == [
+    assert run_example("counter_processes.py") == [
         "4 workers exited with [0, 0, 0, 0]; counter = 2000 (expected 2000)"
     ]
 
 
 def test_file_lock_guards_a_shared_file() -> None:
-    assert run("file_lock_shared_file.py") == [
+    assert run_example("file_lock_shared_file.py") == [
         "3 writers exited with [0, 0, 0]; 150 lines",
         "numbered 1 .. 150 with no gap and no repeat",
     ]

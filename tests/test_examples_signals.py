@@ -3,23 +3,12 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
-from pathlib import Path
 
-EXAMPLES = Path(__file__).parent.parent / "examples"
-
-
-def run(name: str, timeout: float = 60) -> list[str]:
-    proc = subprocess.run(
-        [sys.executable, str(EXAMPLES / name)], capture_output=True, text=True, timeout=timeout, check=False
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc.stdout.splitlines()
+from helpers import run_example
 
 
 def test_signal_receiver_counts_each_acknowledged_sigusr1() -> None:
-    lines = run("signal_receiver.py")
+    lines = run_example("signal_receiver.py")
     assert re.fullmatch(r"receiver \d+ waiting for SIGUSR1 and SIGUSR2", lines[0])
     assert lines[1:] == [
         "SIGUSR1 #1",
@@ -31,7 +20,7 @@ def test_signal_receiver_counts_each_acknowledged_sigusr1() -> None:
 
 
 def test_graceful_shutdown_runs_the_hooks_in_order() -> None:
-    lines = run("graceful_shutdown.py")
+    lines = run_example("graceful_shutdown.py")
     assert lines[0].startswith("serving on unix:")
     assert lines[1:] == [
         "client got: done: resize image",
@@ -43,7 +32,7 @@ def test_graceful_shutdown_runs_the_hooks_in_order() -> None:
 
 
 def test_sighup_reload_keeps_the_last_good_configuration() -> None:
-    lines = run("sighup_reload.py")
+    lines = run_example("sighup_reload.py")
     assert lines[0] == "started with: {'workers': 2, 'greeting': 'hello'}"
     assert lines[1] == "reloaded: {'workers': 8, 'greeting': 'bonjour'}"
     assert lines[2].startswith("bad configuration (")
@@ -52,7 +41,7 @@ def test_sighup_reload_keeps_the_last_good_configuration() -> None:
 
 
 def test_master_stops_its_workers_in_parallel() -> None:
-    lines = run("master_workers.py")
+    lines = run_example("master_workers.py")
     assert lines[:12] == [f"job {n}: squared {n * n}" for n in range(12)]
     farewells = lines[12:16]
     assert all(re.fullmatch(r"worker \d+: stopping after 3 jobs", line) for line in farewells), farewells

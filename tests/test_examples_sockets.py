@@ -4,35 +4,19 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-
-EXAMPLES = Path(__file__).parent.parent / "examples"
-
-
-def run(name: str, *args: str, timeout: float = 60) -> list[str]:
-    proc = subprocess.run(
-        [sys.executable, str(EXAMPLES / name), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc.stdout.splitlines()
+from helpers import run_example
 
 
 def test_tcp_echo() -> None:
-    lines = run("tcp_echo.py")
+    lines = run_example("tcp_echo.py")
     assert re.fullmatch(r"echo server on tcp:127\.0\.0\.1:\d+", lines[0])
     assert lines[1:] == ["echo: hello", "echo: async", "echo: world", "client exited with 0"]
 
 
 def test_unix_echo_server_removes_its_file_on_ctrl_c() -> None:
-    lines = run("unix_echo_server.py")
+    lines = run_example("unix_echo_server.py")
     assert lines[0].startswith("server says: serving on unix:/")
     assert lines[1:] == [
         "echo: hello over a unix socket",
@@ -43,13 +27,13 @@ def test_unix_echo_server_removes_its_file_on_ctrl_c() -> None:
 
 @pytest.mark.parametrize(("clients", "limit"), [("50", "25"), ("6", "2")])
 def test_concurrent_server(clients: str, limit: str) -> None:
-    lines = run("concurrent_server.py", clients, limit)
+    lines = run_example("concurrent_server.py", clients, limit)
     assert lines[0].startswith(f"{clients} clients served in ")
     assert lines[1] == f"handlers running at once: at most {limit} (max_connections={limit})"
 
 
 def test_fd_passing() -> None:
-    assert run("fd_passing.py") == [
+    assert run_example("fd_passing.py") == [
         "child read 59 bytes through the fd (temporary file): "
         "a file with no name, reachable only through its descriptor",
         "child exited with 0",
@@ -57,7 +41,7 @@ def test_fd_passing() -> None:
 
 
 def test_peer_credentials() -> None:
-    lines = run("peer_credentials.py")
+    lines = run_example("peer_credentials.py")
     assert len(lines) == 6
     for started, server, client in (lines[0:3], lines[3:6]):
         pid = re.fullmatch(r"\(started client pid (\d+)\)", started)

@@ -19,6 +19,7 @@ from pathlib import Path
 import anyio
 import posix_ipc
 import pytest
+from helpers import run_tool
 
 import aioipc
 import aioipc.mq
@@ -85,15 +86,6 @@ def qname(unique_name: str) -> Iterator[str]:
         pass
     else:
         pytest.fail(f"the test left the queue {name} behind")
-
-
-async def run(*argv: str | Path) -> str:
-    proc = await asyncio.create_subprocess_exec(
-        *map(str, argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    out, err = await proc.communicate()
-    assert proc.returncode == 0, err.decode()
-    return out.decode()
 
 
 def test_queue_attribute_names() -> None:
@@ -234,8 +226,8 @@ async def test_no_thread_is_used(qname: str) -> None:
 async def test_c_program_sends_with_priorities(qname: str, mqc: Path) -> None:
     async with await aioipc.mq.open(qname, create=True) as q:
         with anyio.fail_after(20):
-            await run(mqc, "send", qname, "1", "a", "b")
-            await run(mqc, "send", qname, "7", "urgent")
+            await run_tool(mqc, "send", qname, "1", "a", "b")
+            await run_tool(mqc, "send", qname, "7", "urgent")
             got = [await q.receive_with_priority() for _ in range(3)]
     assert got == [(b"urgent", 7), (b"a", 1), (b"b", 1)]
 
@@ -246,7 +238,7 @@ async def test_c_program_receives_with_priorities(qname: str, mqc: Path) -> None
             await q.send(b"normal", priority=2)
             await q.send(b"top", priority=30)
             await q.send(b"normal2", priority=2)
-            receiver = asyncio.ensure_future(run(mqc, "recv", qname, "4"))
+            receiver = asyncio.ensure_future(run_tool(mqc, "recv", qname, "4"))
             await q.send(b"late")  # queued behind the others, or waited for by the C program
             out = await receiver
     assert out.splitlines() == ["30:top", "2:normal", "2:normal2", "0:late"]

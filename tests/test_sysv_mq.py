@@ -16,6 +16,7 @@ from pathlib import Path
 import anyio
 import pytest
 import sysv_ipc
+from helpers import run_tool
 
 import aioipc
 import aioipc.sysv
@@ -103,15 +104,6 @@ def key(ftok_path: Path) -> Iterator[int]:
         pytest.fail(f"the test left the queue {key:#x} behind")
 
 
-async def run(*argv: str | Path) -> str:
-    proc = await asyncio.create_subprocess_exec(
-        *map(str, argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    out, err = await proc.communicate()
-    assert proc.returncode == 0, err.decode()
-    return out.decode()
-
-
 def bridge_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith("aioipc-msg")]
 
@@ -130,7 +122,7 @@ async def test_conformance(key: int) -> None:
 
 async def test_ftok_matches_c(ftok_path: Path, sysvc: Path) -> None:
     for proj in (1, 42, 255):
-        assert int(await run(sysvc, "key", ftok_path, str(proj))) == aioipc.sysv.ftok(ftok_path, proj)
+        assert int(await run_tool(sysvc, "key", ftok_path, str(proj))) == aioipc.sysv.ftok(ftok_path, proj)
     with pytest.raises(ValueError, match="proj"):
         aioipc.sysv.ftok(ftok_path, 0)
     with pytest.raises(FileNotFoundError):
@@ -299,8 +291,8 @@ async def test_cancelled_send_is_whole_or_nothing(key: int) -> None:
 async def test_c_program_sends_typed_messages(key: int, ftok_path: Path, sysvc: Path) -> None:
     async with await MessageQueue.open(key, create=True) as q:
         with anyio.fail_after(20):
-            await run(sysvc, "send", ftok_path, "42", "7", "seven", "seven-b")
-            await run(sysvc, "send", ftok_path, "42", "2", "two")
+            await run_tool(sysvc, "send", ftok_path, "42", "7", "seven", "seven-b")
+            await run_tool(sysvc, "send", ftok_path, "42", "2", "two")
             assert await q.receive_with_type(-5) == (b"two", 2)
             assert await q.receive_with_type(7) == (b"seven", 7)
             assert await q.receive_with_type(0) == (b"seven-b", 7)
@@ -311,7 +303,7 @@ async def test_c_program_receives_by_type(key: int, ftok_path: Path, sysvc: Path
         with anyio.fail_after(20):
             await q.send(b"not for you", type=1)
             await q.send(b"for you", type=8)
-            receiver = asyncio.ensure_future(run(sysvc, "recv", ftok_path, "42", "8", "2"))
+            receiver = asyncio.ensure_future(run_tool(sysvc, "recv", ftok_path, "42", "8", "2"))
             await q.send(b"also for you", type=8)
             assert (await receiver).splitlines() == ["8:for you", "8:also for you"]
             assert await q.receive_with_type() == (b"not for you", 1)
