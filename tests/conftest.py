@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -54,3 +55,12 @@ def tmp_ipc_dir() -> Iterator[Path]:
 def unique_name() -> str:
     """A name no other test (or earlier run) uses, for kernel objects with global names."""
     return f"aioipc-test-{os.getpid()}-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def usr_handlers() -> Iterator[None]:
+    """Put back whatever handles SIGUSR1/SIGUSR2 after the test."""
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGUSR1, signal.SIGUSR2)}
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)

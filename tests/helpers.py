@@ -1,4 +1,4 @@
-"""Helpers shared by the test modules: running examples and small programs as a user would."""
+"""Helpers shared by the test modules: running examples, small programs and child services as a user would."""
 
 from __future__ import annotations
 
@@ -6,10 +6,15 @@ import asyncio
 import os
 import subprocess
 import sys
-from collections.abc import Mapping
+import textwrap
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
+from anyio.streams.buffered import BufferedByteReceiveStream
+
+import aioipc.process
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
@@ -45,3 +50,52 @@ async def run_tool(*argv: str | os.PathLike[str], timeout: float = 30) -> str:
         out, err = await proc.communicate()
     assert proc.returncode == 0, err.decode()
     return out.decode()
+
+
+def loop_name() -> str:
+    return "uvloop" if "uvloop" in type(asyncio.get_running_loop()).__module__ else "asyncio"
+
+
+class Service:
+    """A Python script run as a child, with its stdout read line by line."""
+
+    def __init__(self, proc: aioipc.process.Process) -> None:
+        assert proc.stdout is not None
+        self.proc = proc
+        self.pid = proc.pid
+        self._lines = BufferedByteReceiveStream(proc.stdout)
+
+    async def line(self) -> str:
+        return (await self._lines.receive_until(b"\n", 65536)).decode()
+
+    async def expect(self, *lines: str) -> None:
+        for expected in lines:
+            assert await self.line() == expected
+
+    async def rest(self) -> list[str]:
+        """Every line until the service closes its stdout."""
+        lines = []
+        try:
+            while True:
+                lines.append(await self.line())
+        except anyio.IncompleteRead:
+            return lines
+
+
+@asynccontextmanager
+async def service(tmp_path: Path, source: str, *args: str, channel: bool = False) -> AsyncIterator[Service]:
+    """Run ``source`` as a script with the current loop's name as its first argument."""
+    script = tmp_path / f"service_{os.urandom(4).hex()}.py"
+    script.write_text(textwrap.dedent(source))
+    proc = await aioipc.process.spawn(
+        [sys.executable, str(script), loop_name(), *args], stdout=aioipc.process.PIPE, channel=channel
+    )
+    async with proc:
+        yield Service(proc)
+
+
+async def shell_kill(signame: str, pid: int) -> None:
+    """Send a signal with the shell's ``kill`` command, a program we did not write."""
+    proc = await aioipc.process.spawn(["sh", "-c", f"kill -{signame} {pid}"], channel=False)
+    async with proc:
+        assert await proc.wait() == 0

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import anyio
 import pytest
-from test_signals import Service, loop_name, service
+from helpers import Service, loop_name, service
 
 import aioipc
 import aioipc.process

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import anyio
 import pytest
-from test_signals import service, shell_kill, usr_handlers  # noqa: F401  (a fixture)
+from helpers import service, shell_kill
 
 import aioipc
 import aioipc.fifo

@@ -9,83 +9,20 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sys
-import textwrap
 import threading
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from types import FrameType
 
 import anyio
 import pytest
-from anyio.streams.buffered import BufferedByteReceiveStream
+from helpers import Service, service, shell_kill
 
 import aioipc
 import aioipc.process
 import aioipc.signals
 from aioipc.testing import wait_until_idle
 
-
-def loop_name() -> str:
-    return "uvloop" if "uvloop" in type(asyncio.get_running_loop()).__module__ else "asyncio"
-
-
-class Service:
-    """A Python script run as a child, with its stdout read line by line."""
-
-    def __init__(self, proc: aioipc.process.Process) -> None:
-        assert proc.stdout is not None
-        self.proc = proc
-        self.pid = proc.pid
-        self._lines = BufferedByteReceiveStream(proc.stdout)
-
-    async def line(self) -> str:
-        return (await self._lines.receive_until(b"\n", 65536)).decode()
-
-    async def expect(self, *lines: str) -> None:
-        for expected in lines:
-            assert await self.line() == expected
-
-    async def rest(self) -> list[str]:
-        """Every line until the service closes its stdout."""
-        lines = []
-        try:
-            while True:
-                lines.append(await self.line())
-        except anyio.IncompleteRead:
-            return lines
-
-
-@asynccontextmanager
-async def service(tmp_path: Path, source: str, *args: str, channel: bool = False) -> AsyncIterator[Service]:
-    """Run ``source`` as a script with the current loop's name as its first argument."""
-    script = tmp_path / f"service_{os.urandom(4).hex()}.py"
-    script.write_text(textwrap.dedent(source))
-    proc = await aioipc.process.spawn(
-        [sys.executable, str(script), loop_name(), *args], stdout=aioipc.process.PIPE, channel=channel
-    )
-    async with proc:
-        yield Service(proc)
-
-
-async def shell_kill(signame: str, pid: int) -> None:
-    """Send a signal with the shell's ``kill`` command, a program we did not write."""
-    proc = await aioipc.process.spawn(["sh", "-c", f"kill -{signame} {pid}"], channel=False)
-    async with proc:
-        assert await proc.wait() == 0
-
-
 # -- in this process -------------------------------------------------------------------
-
-
-@pytest.fixture
-def usr_handlers() -> Iterator[None]:
-    """Put back whatever handles SIGUSR1/SIGUSR2 after the test."""
-    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGUSR1, signal.SIGUSR2)}
-    yield
-    for sig, handler in saved.items():
-        signal.signal(sig, handler)
 
 
 @pytest.mark.usefixtures("usr_handlers")
