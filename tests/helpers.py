@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -99,3 +99,10 @@ async def shell_kill(signame: str, pid: int) -> None:
     proc = await aioipc.process.spawn(["sh", "-c", f"kill -{signame} {pid}"], channel=False)
     async with proc:
         assert await proc.wait() == 0
+
+
+async def until(condition: Callable[[], object], timeout: float = 10) -> None:
+    """Yield to the loop until ``condition()`` is true; ``TimeoutError`` after ``timeout`` seconds."""
+    with anyio.fail_after(timeout):
+        while not condition():
+            await asyncio.sleep(0)

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import anyio
 import posix_ipc
 import pytest
+from helpers import until
 
 from aioipc._bridge import Bridge
 
@@ -102,8 +103,7 @@ async def test_close_wakes_the_caller_and_stops_the_thread(semaphore: posix_ipc.
     bridge = Bridge("closing", is_interrupted=lambda exc: isinstance(exc, posix_ipc.SignalError))
     before = {t for t in threading.enumerate() if t.name == "aioipc-closing"}
     task = asyncio.ensure_future(bridge.run(semaphore.acquire))
-    while not bridge.busy:
-        await asyncio.sleep(0)
+    await until(lambda: bridge.busy)
     (thread,) = {t for t in threading.enumerate() if t.name == "aioipc-closing"} - before
     with anyio.fail_after(10):
         await bridge.aclose()

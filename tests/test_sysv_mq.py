@@ -16,7 +16,7 @@ from pathlib import Path
 import anyio
 import pytest
 import sysv_ipc
-from helpers import run_tool
+from helpers import run_tool, until
 
 import aioipc
 import aioipc.sysv
@@ -146,8 +146,7 @@ async def test_type_selection_on_messages_the_thread_took(key: int) -> None:
     async with await MessageQueue.open(key, create=True) as q:
         raw = sysv_ipc.MessageQueue(key)
         first = asyncio.ensure_future(q.receive_with_type(0))
-        while not q._receiver.busy:
-            await asyncio.sleep(0)
+        await until(lambda: q._receiver.busy)
         for data, mtype in [(b"x", 4), (b"y", 3), (b"z", 2), (b"w", 3)]:
             raw.send(data, True, mtype)
         with anyio.fail_after(5):
@@ -205,8 +204,7 @@ async def test_close_stops_the_threads_and_wakes_waiters(key: int) -> None:
     before = len(bridge_threads())
     q = await MessageQueue.open(key, create=True)
     receiver = asyncio.ensure_future(q.receive())
-    while not q._receiver.busy:
-        await asyncio.sleep(0)
+    await until(lambda: q._receiver.busy)
     assert len(bridge_threads()) == before + 1
     with anyio.fail_after(5):
         await q.aclose()
@@ -220,8 +218,7 @@ async def test_close_stops_the_threads_and_wakes_waiters(key: int) -> None:
 async def test_removal_while_receiving_is_an_error(key: int) -> None:
     async with await MessageQueue.open(key, create=True) as q:
         receiver = asyncio.ensure_future(q.receive())
-        while not q._receiver.busy:
-            await asyncio.sleep(0)
+        await until(lambda: q._receiver.busy)
         queue_id = q.extra(SysVQueueAttribute.queue_id)
         remover = f"import sysv_ipc; sysv_ipc.remove_message_queue({queue_id})"
         with anyio.fail_after(10):
@@ -274,8 +271,7 @@ async def test_cancelled_send_is_whole_or_nothing(key: int) -> None:
                 sent += 1
 
         task = asyncio.ensure_future(fill())
-        while not q._sender.busy:
-            await asyncio.sleep(0)
+        await until(lambda: q._sender.busy)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
