@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 
 import pytest
 import uvloop
+from helpers import Daemon
 
 _loop_errors: list[dict[str, Any]] = []
 
@@ -64,3 +66,23 @@ def usr_handlers() -> Iterator[None]:
     yield
     for sig, handler in saved.items():
         signal.signal(sig, handler)
+
+
+@pytest.fixture
+def daemon(tmp_ipc_dir: Path) -> Iterator[Daemon]:
+    """A private session bus daemon in the test's own directory; the machine's buses stay untouched."""
+    process = subprocess.Popen(
+        ["dbus-daemon", "--session", f"--address=unix:path={tmp_ipc_dir / 'bus'}", "--print-address=1",
+         "--nofork", "--nopidfile"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    assert process.stdout is not None
+    address = process.stdout.readline().strip()
+    process.stdout.close()
+    try:
+        assert address.startswith("unix:path="), f"dbus-daemon did not start (printed {address!r})"
+        yield Daemon(process, address)
+    finally:
+        if process.poll() is None:
+            process.terminate()
+        process.wait(timeout=10)

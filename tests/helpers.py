@@ -9,6 +9,7 @@ import sys
 import textwrap
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
@@ -106,3 +107,15 @@ async def until(condition: Callable[[], object], timeout: float = 10) -> None:
     with anyio.fail_after(timeout):
         while not condition():
             await asyncio.sleep(0)
+
+
+@dataclass
+class Daemon:
+    """A private ``dbus-daemon`` (see the ``daemon`` fixture)."""
+
+    process: subprocess.Popen[str]
+    address: str
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait(timeout=10)

@@ -8,14 +8,13 @@ import shutil
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
 import pytest
 from dbus_fast import Message
 from dbus_fast.annotations import DBusStr, DBusUInt32
+from helpers import Daemon
 
 import aioipc
 import aioipc.dbus
@@ -29,44 +28,6 @@ pytestmark = pytest.mark.skipif(
 DAEMON = ("org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus")
 IFACE = "org.example.Test"
 TIMEOUT = 10
-
-
-@dataclass
-class Daemon:
-    process: subprocess.Popen[str]
-    address: str
-
-    def kill(self) -> None:
-        self.process.kill()
-        self.process.wait(timeout=TIMEOUT)
-
-
-@pytest.fixture
-def daemon(tmp_ipc_dir: Path) -> Iterator[Daemon]:
-    """A private session bus daemon listening in the test's own directory."""
-    process = subprocess.Popen(
-        [
-            "dbus-daemon",
-            "--session",
-            f"--address=unix:path={tmp_ipc_dir / 'bus'}",
-            "--print-address=1",
-            "--nofork",
-            "--nopidfile",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    assert process.stdout is not None
-    address = process.stdout.readline().strip()
-    process.stdout.close()
-    try:
-        assert address.startswith("unix:path="), f"dbus-daemon did not start (printed {address!r})"
-        yield Daemon(process, address)
-    finally:
-        if process.poll() is None:
-            process.terminate()
-        process.wait(timeout=TIMEOUT)
 
 
 class Echo(ServiceInterface):

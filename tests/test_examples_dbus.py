@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-from pathlib import Path
 
 import pytest
-from helpers import run_python
+from helpers import Daemon, run_python
 
 pytestmark = pytest.mark.skipif(
     not all(shutil.which(tool) for tool in ("dbus-daemon", "dbus-send")),
@@ -34,22 +32,10 @@ def test_list_names_on_a_private_bus() -> None:
     assert all(" pid " in line for line in lines)
 
 
-def test_list_names_on_the_bus_in_the_environment(tmp_ipc_dir: Path) -> None:
-    daemon = subprocess.Popen(
-        ["dbus-daemon", "--session", f"--address=unix:path={tmp_ipc_dir / 'bus'}", "--print-address=1",
-         "--nofork", "--nopidfile"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )  # fmt: skip
-    try:
-        assert daemon.stdout is not None
-        address = daemon.stdout.readline().strip()
-        daemon.stdout.close()
-        lines = run_example("dbus_list_names.py", bus_address=address)
-        assert lines[0].split()[0] == "org.freedesktop.DBus"
-        assert not any("org.example.Neighbour" in line for line in lines)
-    finally:
-        daemon.terminate()
-        daemon.wait(timeout=10)
+def test_list_names_on_the_bus_in_the_environment(daemon: Daemon) -> None:
+    lines = run_example("dbus_list_names.py", bus_address=daemon.address)
+    assert lines[0].split()[0] == "org.freedesktop.DBus"
+    assert not any("org.example.Neighbour" in line for line in lines)
 
 
 def test_monitor_prints_signals_from_dbus_send() -> None:
