@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
+import pytest
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 import aioipc.process
@@ -119,3 +121,14 @@ class Daemon:
     def kill(self) -> None:
         self.process.kill()
         self.process.wait(timeout=10)
+
+
+def compile_c(directory: Path, name: str, source: str, *libs: str) -> Path:
+    """Build a small C program with gcc (skipping the test where gcc is missing); return its path."""
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is not installed")
+    src = directory / f"{name}.c"
+    src.write_text(source)
+    exe = directory / name
+    subprocess.run(["gcc", "-O1", "-o", str(exe), str(src), *libs], check=True, timeout=60)
+    return exe

@@ -19,7 +19,7 @@ from pathlib import Path
 import anyio
 import posix_ipc
 import pytest
-from helpers import run_tool
+from helpers import compile_c, run_tool
 
 import aioipc
 import aioipc.mq
@@ -67,13 +67,7 @@ int main(int argc, char **argv) {
 
 @pytest.fixture(scope="module")
 def mqc(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if shutil.which("gcc") is None:
-        pytest.skip("gcc is not installed")
-    src = tmp_path_factory.mktemp("mqc") / "mqc.c"
-    src.write_text(C_PROGRAM)
-    exe = src.with_suffix("")
-    subprocess.run(["gcc", "-O1", "-o", str(exe), str(src), "-lrt"], check=True)
-    return exe
+    return compile_c(tmp_path_factory.mktemp("mqc"), "mqc", C_PROGRAM, "-lrt")
 
 
 @pytest.fixture

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
-import shutil
-import subprocess
 import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -16,7 +14,7 @@ from pathlib import Path
 import anyio
 import pytest
 import sysv_ipc
-from helpers import run_tool, until
+from helpers import compile_c, run_tool, until
 
 import aioipc
 import aioipc.sysv
@@ -75,13 +73,7 @@ int main(int argc, char **argv) {
 
 @pytest.fixture(scope="module")
 def sysvc(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if shutil.which("gcc") is None:
-        pytest.skip("gcc is not installed")
-    src = tmp_path_factory.mktemp("sysvc") / "sysvc.c"
-    src.write_text(C_PROGRAM)
-    exe = src.with_suffix("")
-    subprocess.run(["gcc", "-O1", "-o", str(exe), str(src)], check=True)
-    return exe
+    return compile_c(tmp_path_factory.mktemp("sysvc"), "sysvc", C_PROGRAM)
 
 
 @pytest.fixture

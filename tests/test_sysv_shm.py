@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import shutil
 import signal
 import sys
 import textwrap
@@ -16,6 +15,8 @@ import anyio
 import pytest
 
 pytest.importorskip("sysv_ipc")
+
+from helpers import compile_c
 
 from aioipc import shm
 from aioipc._sysv_shm import Semaphore, SharedMemory
@@ -57,14 +58,8 @@ def _loop_name() -> str:
     return "uvloop" if "uvloop" in type(asyncio.get_running_loop()).__module__ else "asyncio"
 
 
-@pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
 async def test_c_program_shares_a_segment_and_semaphores(key: int, tmp_path: Path) -> None:
-    source = tmp_path / "peer.c"
-    source.write_text(C_PEER)
-    binary = tmp_path / "peer"
-    cc = await asyncio.create_subprocess_exec("gcc", "-O1", "-o", str(binary), str(source))
-    with anyio.fail_after(30):
-        assert await cc.wait() == 0
+    binary = compile_c(tmp_path, "peer", C_PEER)
     async with (
         await SharedMemory.create(key, 4096) as memory,
         aclosing(await Semaphore.open(key, create=True, initial=0, undo=False)) as to_c,
