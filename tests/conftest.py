@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import uvloop
-from helpers import Daemon
+from helpers import Daemon, NatsServer, start_nats_server
 
 _loop_errors: list[dict[str, Any]] = []
 
@@ -86,3 +86,17 @@ def daemon(tmp_ipc_dir: Path) -> Iterator[Daemon]:
         if process.poll() is None:
             process.terminate()
         process.wait(timeout=10)
+
+
+@pytest.fixture
+def nats_server() -> Iterator[NatsServer]:
+    """A private ``nats-server`` on a free 127.0.0.1 port; ``nats_server.url`` is ``nats://127.0.0.1:PORT``."""
+    server = start_nats_server()
+    try:
+        yield server
+    finally:
+        if server.process.poll() is None:
+            server.process.terminate()
+        server.process.wait(timeout=10)
+        if server.process.stderr is not None:
+            server.process.stderr.close()

@@ -123,6 +123,40 @@ class Daemon:
         self.process.wait(timeout=10)
 
 
+@dataclass
+class NatsServer:
+    """A private ``nats-server`` on a free loopback port (see the ``nats_server`` fixture)."""
+
+    process: subprocess.Popen[str]
+    url: str
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait(timeout=10)
+
+
+def start_nats_server() -> NatsServer:
+    """Start ``nats-server`` on 127.0.0.1 with a port it picks; wait until it accepts clients."""
+    exe = shutil.which("nats-server") or shutil.which("nats-server", path="/usr/sbin:/usr/local/sbin")
+    if exe is None:
+        pytest.skip("nats-server is not installed (Debian package nats-server)")
+    process = subprocess.Popen(
+        [exe, "-a", "127.0.0.1", "-p", "-1"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    assert process.stderr is not None
+    url = ""
+    for line in process.stderr:  # bounded: the server exits (EOF) or says where it listens
+        if "Listening for client connections on" in line:
+            url = "nats://" + line.rsplit(" ", 1)[1].strip()
+        if "Server is ready" in line or "Fatal" in line:
+            break
+    if not url:
+        process.kill()
+        process.wait(timeout=10)
+        raise AssertionError("nats-server did not start")
+    return NatsServer(process, url)
+
+
 def compile_c(directory: Path, name: str, source: str, *libs: str) -> Path:
     """Build a small C program with gcc (skipping the test where gcc is missing); return its path."""
     if shutil.which("gcc") is None:
