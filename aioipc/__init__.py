@@ -17,13 +17,13 @@ Every mechanism is an anyio-compatible stream that you ``await`` and
 from __future__ import annotations
 
 from . import fifo, mq, pipes, process, shm, shutdown, signals, sockets, sync
-from ._address import Address, available_schemes, connect, parse_address, serve
-from ._attributes import IPCAttribute, PeerCredentials
-from ._exceptions import AddressInUse, FrameTooLarge, IPCError, PeerDied, ProtocolError, TruncatedMessage
-from ._objects import Codec, ObjectStream
-from ._runner import run
-from ._server import Server
-from ._streams import (
+from ._core.attributes import IPCAttribute, PeerCredentials
+from ._core.errors import AddressInUse, FrameTooLarge, IPCError, PeerDied, ProtocolError, TruncatedMessage
+from ._core.objects import Codec, ObjectStream
+from ._core.runner import run
+from ._core.schemes import Address, available_schemes, connect, parse_address, serve
+from ._core.server import Server
+from ._core.streams import (
     ByteReceiveStream,
     ByteSendStream,
     ByteStream,

@@ -26,9 +26,9 @@ from typing import Any
 import anyio
 
 from . import fifo, mq, pipes
-from ._address import connect, serve
-from ._runner import run
-from ._streams import framed
+from ._core.runner import run
+from ._core.schemes import connect, serve
+from ._core.streams import framed
 from .process import parent_channel, spawn
 
 __all__ = ["MECHANISMS", "main"]

@@ -24,12 +24,12 @@ import warnings
 import anyio
 import anyio.abc
 
-from ._address import Address, register_scheme
-from ._attributes import IPCAttribute
-from ._fdstream import FdHandle, FdReceiveStream, FdSendStream
-from ._framing import DEFAULT_MAX_SIZE
-from ._server import Server
-from ._streams import MessageReceiveStream, MessageSendStream, framed
+from ._core.attributes import IPCAttribute
+from ._core.fdstreams import FdHandle, FdReceiveStream, FdSendStream
+from ._core.framing import DEFAULT_MAX_SIZE
+from ._core.schemes import Address, register_scheme
+from ._core.server import Server
+from ._core.streams import MessageReceiveStream, MessageSendStream, framed
 
 __all__ = ["Fifo", "FifoReceiveStream", "FifoSendStream", "create", "open_reader", "open_writer"]
 

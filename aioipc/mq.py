@@ -39,13 +39,13 @@ import anyio.lowlevel
 import posix_ipc
 from anyio import TypedAttributeSet, typed_attribute
 
-from ._address import Address, register_scheme
-from ._attributes import IPCAttribute
-from ._exceptions import FrameTooLarge
-from ._fdstream import FdHandle
-from ._framing import DEFAULT_MAX_SIZE
-from ._server import Server
-from ._streams import Buffer, MessageStream
+from ._core.attributes import IPCAttribute
+from ._core.errors import FrameTooLarge
+from ._core.fdstreams import FdHandle
+from ._core.framing import DEFAULT_MAX_SIZE
+from ._core.schemes import Address, register_scheme
+from ._core.server import Server
+from ._core.streams import Buffer, MessageStream
 
 __all__ = [
     "MOUNT_POINT",

@@ -29,7 +29,7 @@ from __future__ import annotations
 import os
 from typing import Literal
 
-from ._fdstream import FdByteStream, FdHandle, FdReceiveStream, FdSendStream, check_fd_kind
+from ._core.fdstreams import FdByteStream, FdHandle, FdReceiveStream, FdSendStream, check_fd_kind
 
 __all__ = ["PipeReceiveStream", "PipeSendStream", "PipeStream", "duplex_pair", "from_fd", "pipe"]
 

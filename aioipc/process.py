@@ -41,9 +41,9 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 
-from ._fdstream import FdByteStream, FdHandle, FdReceiveStream, FdSendStream
-from ._framing import DEFAULT_MAX_SIZE
-from ._streams import FramedStream, framed
+from ._core.fdstreams import FdByteStream, FdHandle, FdReceiveStream, FdSendStream
+from ._core.framing import DEFAULT_MAX_SIZE
+from ._core.streams import FramedStream, framed
 from .pipes import PipeReceiveStream, PipeSendStream
 
 __all__ = [

@@ -47,7 +47,7 @@ import anyio
 import anyio.lowlevel
 import posix_ipc
 
-from ._sysvipc import sysvipc_table
+from ._core.sysvipc import sysvipc_table
 
 __all__ = ["FileLock", "Semaphore", "SemaphoreInfo", "list_semaphores", "unlink"]
 
@@ -118,7 +118,7 @@ class _Waiter:
 class _Bridge:
     """Runs blocking acquires in threads and defers the final close until none is blocked.
 
-    This is not :class:`aioipc._bridge.Bridge`, and the two cannot become one
+    This is not :class:`aioipc._core.bridge.Bridge`, and the two cannot become one
     class with an option without weakening one of them:
 
     - That bridge runs one call at a time in one thread, in order; here

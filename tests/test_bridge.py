@@ -12,7 +12,7 @@ import posix_ipc
 import pytest
 from helpers import until
 
-from aioipc._bridge import Bridge
+from aioipc._core.bridge import Bridge
 
 
 def never_interrupted(exc: BaseException) -> bool:

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from aioipc import FrameTooLarge, ProtocolError
-from aioipc._framing import EOF, NEED_DATA, Framer
+from aioipc._core.framing import EOF, NEED_DATA, Framer
 
 
 def decode_all(framer: Framer) -> list[bytes]:

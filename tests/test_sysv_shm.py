@@ -19,7 +19,7 @@ pytest.importorskip("sysv_ipc")
 from helpers import compile_c
 
 from aioipc import shm
-from aioipc._sysv_shm import Semaphore, SharedMemory
+from aioipc.sysv._shm import Semaphore, SharedMemory
 
 C_PEER = r"""
 #include <ctype.h>
@@ -85,7 +85,7 @@ async def test_c_program_shares_a_segment_and_semaphores(key: int, tmp_path: Pat
 HOLDER = textwrap.dedent(
     """
     import asyncio, os, sys
-    from aioipc._sysv_shm import Semaphore
+    from aioipc.sysv._shm import Semaphore
 
     async def main():
         sem = await Semaphore.open(int(sys.argv[1]))

@@ -25,9 +25,9 @@ from typing import Any
 
 import anyio
 
-from .._address import available_schemes, connect, parse_address, serve
-from .._exceptions import IPCError
-from .._runner import run
+from .._core.errors import IPCError
+from .._core.runner import run
+from .._core.schemes import available_schemes, connect, parse_address, serve
 from ..shutdown import graceful_shutdown
 from ._inventory import add_commands
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from .. import mq, shm, sync
-from .._address import parse_address
+from .._core.schemes import parse_address
 
 __all__ = ["add_commands", "list_objects", "remove"]
 

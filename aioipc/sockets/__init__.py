@@ -43,14 +43,14 @@ from typing import Any, Literal
 
 from anyio.streams.tls import TLSStream
 
-from ._address import Address, register_scheme
-from ._framing import DEFAULT_MAX_SIZE
-from ._server import Server
-from ._sockets_core import KINDS, SocketHandle, connect_socket, format_unix, unix_sockaddr
-from ._sockets_message import DatagramStream, SeqpacketStream
-from ._sockets_server import Handler, serve_connections, serve_datagram
-from ._sockets_stream import FdsTruncated, SocketReceiveStream, SocketSendStream, SocketStream
-from ._streams import framed
+from .._core.framing import DEFAULT_MAX_SIZE
+from .._core.schemes import Address, register_scheme
+from .._core.server import Server
+from .._core.streams import framed
+from ._base import KINDS, SocketHandle, connect_socket, format_unix, unix_sockaddr
+from ._message import DatagramStream, SeqpacketStream
+from ._server import Handler, serve_connections, serve_datagram
+from ._stream import FdsTruncated, SocketReceiveStream, SocketSendStream, SocketStream
 
 __all__ = [
     "DatagramStream",

@@ -29,8 +29,8 @@ import anyio.abc
 import anyio.lowlevel
 import sysv_ipc
 
-from ._sysvipc import check_key
-from .sync import _Bridge, _BridgedSemaphore
+from .._core.sysvipc import check_key
+from ..sync import _Bridge, _BridgedSemaphore
 
 __all__ = ["SharedMemory", "Semaphore"]
 

@@ -8,7 +8,7 @@ from typing import Any, Protocol
 
 import anyio.abc
 
-from ._exceptions import ProtocolError
+from .errors import ProtocolError
 
 __all__ = ["Codec", "ObjectStream"]
 

@@ -24,10 +24,10 @@ from dbus_fast.validators import (
     assert_object_path_valid,
 )
 
-from ._streams import ResourceGuard
+from .._core.streams import ResourceGuard
 
 if TYPE_CHECKING:
-    from .dbus import Bus
+    from . import Bus
 
 __all__ = ["DEFAULT_MAX_BUFFER", "Signal", "SignalStream", "match_rule"]
 

@@ -23,12 +23,12 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 
-from ._attributes import IPCAttribute, PeerCredentials
-from ._exceptions import FrameTooLarge, map_os_errors
-from ._framing import DEFAULT_MAX_SIZE
-from ._sockets_core import SocketHandle, close_fds, fds_from_ancillary, peer_credentials, socket_extra
-from ._sockets_stream import DEFAULT_MAX_FDS, check_fds, rights_message
-from ._streams import Buffer, MessageStream, ResourceGuard
+from .._core.attributes import IPCAttribute, PeerCredentials
+from .._core.errors import FrameTooLarge, map_os_errors
+from .._core.framing import DEFAULT_MAX_SIZE
+from .._core.streams import Buffer, MessageStream, ResourceGuard
+from ._base import SocketHandle, close_fds, fds_from_ancillary, peer_credentials, socket_extra
+from ._stream import DEFAULT_MAX_FDS, check_fds, rights_message
 
 __all__ = ["DatagramStream", "MessageSocket", "SeqpacketStream"]
 

@@ -22,12 +22,12 @@ import anyio
 import anyio.abc
 from anyio.streams.tls import TLSStream
 
-from ._address import Address
-from ._server import Server
-from ._sockets_core import KINDS, SocketHandle, UnixPath, bind_unix, format_unix, peer_credentials
-from ._sockets_message import DatagramStream, MessageSocket, SeqpacketStream
-from ._sockets_stream import SocketStream
-from ._streams import framed
+from .._core.schemes import Address
+from .._core.server import Server
+from .._core.streams import framed
+from ._base import KINDS, SocketHandle, UnixPath, bind_unix, format_unix, peer_credentials
+from ._message import DatagramStream, MessageSocket, SeqpacketStream
+from ._stream import SocketStream
 
 __all__ = ["serve_datagram", "serve_connections", "tcp_address"]
 

@@ -27,13 +27,13 @@ import anyio.lowlevel
 import sysv_ipc
 from anyio import TypedAttributeSet, typed_attribute
 
-from ._address import Address, register_scheme
-from ._bridge import Bridge
-from ._exceptions import FrameTooLarge
-from ._framing import DEFAULT_MAX_SIZE
-from ._server import Server
-from ._streams import Buffer, MessageStream
-from ._sysvipc import check_key, sysvipc_table
+from .._core.bridge import Bridge
+from .._core.errors import FrameTooLarge
+from .._core.framing import DEFAULT_MAX_SIZE
+from .._core.schemes import Address, register_scheme
+from .._core.server import Server
+from .._core.streams import Buffer, MessageStream
+from .._core.sysvipc import check_key, sysvipc_table
 
 __all__ = [
     "MessageQueue",
@@ -134,7 +134,7 @@ class MessageQueue(MessageStream):
         message or nothing. Messages the bridge thread took but nobody
         received yet are put back at the end of the queue when the handle
         closes (unless it removes the queue). Uses a no-op ``SIGURG`` handler
-        (see ``aioipc._bridge``) to interrupt the bridge threads.
+        (see ``aioipc._core.bridge``) to interrupt the bridge threads.
 
     Example::
 

@@ -20,8 +20,8 @@ from typing import Any, overload
 import anyio
 import anyio.abc
 
-from ._exceptions import FrameTooLarge, IPCError
-from ._framing import DEFAULT_MAX_SIZE, EOF, HEADER, Framer
+from .errors import FrameTooLarge, IPCError
+from .framing import DEFAULT_MAX_SIZE, EOF, HEADER, Framer
 
 __all__ = [
     "ByteReceiveStream",

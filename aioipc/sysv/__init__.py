@@ -25,7 +25,7 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the installation
     raise ImportError("aioipc.sysv needs sysv_ipc: pip install 'aioipc[sysv]'") from exc
 
-from ._sysv_mq import (
+from ._mq import (
     MessageQueue,
     MessageQueueInfo,
     SysVQueueAttribute,
@@ -33,7 +33,7 @@ from ._sysv_mq import (
     list_message_queues,
     remove_message_queue,
 )
-from ._sysv_shm import Semaphore, SharedMemory
+from ._shm import Semaphore, SharedMemory
 
 __all__ = [
     "MessageQueue",

@@ -32,12 +32,12 @@ from typing import Any, Literal
 import anyio.abc
 import anyio.lowlevel
 
-from ._address import Address, register_scheme
-from ._framing import DEFAULT_MAX_SIZE
+from .._core.framing import DEFAULT_MAX_SIZE
+from .._core.schemes import Address, register_scheme
+from .._core.server import Server
+from .._core.sysvipc import sysvipc_table
+from ..sync import _ofd_locked
 from ._ring import DEFAULT_CAPACITY, Ring, RingInUse, is_ring, ring_files, ring_is_stale, segment_path
-from ._server import Server
-from ._sysvipc import sysvipc_table
-from .sync import _ofd_locked
 
 __all__ = [
     "MappedMemory",

@@ -14,10 +14,10 @@ from typing import Any
 
 import anyio
 
-from ._exceptions import ProtocolError, map_os_errors
-from ._fdstream import FdByteStream, FdReceiveStream, FdSendStream
-from ._sockets_core import SocketHandle, close_fds, fds_from_ancillary, socket_extra
-from ._streams import Buffer
+from .._core.errors import ProtocolError, map_os_errors
+from .._core.fdstreams import FdByteStream, FdReceiveStream, FdSendStream
+from .._core.streams import Buffer
+from ._base import SocketHandle, close_fds, fds_from_ancillary, socket_extra
 
 __all__ = ["FdsTruncated", "SocketReceiveStream", "SocketSendStream", "SocketStream"]
 

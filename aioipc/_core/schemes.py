@@ -17,10 +17,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from ._framing import DEFAULT_MAX_SIZE
+from .framing import DEFAULT_MAX_SIZE
 
 if TYPE_CHECKING:
-    from ._server import Server
+    from .server import Server
 
 __all__ = ["Address", "available_schemes", "connect", "parse_address", "register_scheme", "serve"]
 

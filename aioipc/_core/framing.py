@@ -25,7 +25,7 @@ from collections import deque
 from struct import Struct
 from typing import Final
 
-from ._exceptions import FrameTooLarge, TruncatedMessage
+from .errors import FrameTooLarge, TruncatedMessage
 
 __all__ = ["DEFAULT_MAX_SIZE", "HEADER", "NEED_DATA", "Framer"]
 

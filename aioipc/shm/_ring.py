@@ -49,10 +49,10 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 
-from ._attributes import IPCAttribute
-from ._exceptions import FrameTooLarge, IPCError, PeerDied
-from ._streams import Buffer, MessageStream
-from .sync import _ofd_lock, _ofd_locked
+from .._core.attributes import IPCAttribute
+from .._core.errors import FrameTooLarge, IPCError, PeerDied
+from .._core.streams import Buffer, MessageStream
+from ..sync import _ofd_lock, _ofd_locked
 
 __all__ = [
     "DEFAULT_CAPACITY",

@@ -52,8 +52,8 @@ from dbus_fast.aio import MessageBus
 from dbus_fast.service import ServiceInterface, dbus_method, dbus_property, dbus_signal
 from dbus_fast.signature import get_signature_tree
 
-from ._dbus_signals import DEFAULT_MAX_BUFFER, Signal, SignalStream, match_rule
-from ._exceptions import AddressInUse, IPCError
+from .._core.errors import AddressInUse, IPCError
+from ._signals import DEFAULT_MAX_BUFFER, Signal, SignalStream, match_rule
 
 __all__ = [
     "Bus",

@@ -20,9 +20,9 @@ from typing import Any
 
 import anyio
 
-from ._attributes import IPCAttribute, PeerCredentials
-from ._exceptions import AddressInUse
-from ._fdstream import FdHandle
+from .._core.attributes import IPCAttribute, PeerCredentials
+from .._core.errors import AddressInUse
+from .._core.fdstreams import FdHandle
 
 __all__ = [
     "KINDS",

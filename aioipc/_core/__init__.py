@@ -1,0 +1,1 @@
+"""The core: one of each, and nothing mechanism-specific."""

@@ -1,0 +1,268 @@
+"""Readiness: the one owner of ``add_reader`` / ``add_writer`` in aioipc.
+
+Rule 1: try the syscall first; park on the loop only when it would block.
+No thread for anything with a pollable fd.
+Rule 2: one :class:`FdHandle` owns each fd and sets it to -1 on close;
+closing wakes any task parked on it with ``ClosedResourceError``.
+Rule 3: a read registration outlives the wait that made it while a task
+keeps reading (no ``epoll_ctl`` per wait); it is dropped the first time the
+fd turns readable while nobody waits, so an fd nobody reads costs no CPU.
+
+Every mechanism with a pollable fd (pipes, FIFOs, sockets, POSIX queue
+descriptors, ring doorbells, inotify) parks through an :class:`FdHandle`;
+nothing else in aioipc calls ``add_reader`` or ``add_writer``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import anyio
+
+__all__ = ["FdHandle", "check_fd_kind"]
+
+T = TypeVar("T")
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+def check_fd_kind(fd: int) -> None:
+    """Refuse an fd the event loop cannot poll (regular files, directories, block devices).
+
+    Raises:
+        ValueError: the fd is not a pipe, FIFO, socket or character device.
+    """
+    mode = os.fstat(fd).st_mode
+    if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode)):
+        raise ValueError(
+            f"fd {fd} is not a pipe, FIFO, socket or character device "
+            "(regular files cannot be polled by an event loop)"
+        )
+
+
+class FdHandle:
+    """Owns one non-blocking file descriptor; ``fd`` is -1 once closed."""
+
+    __slots__ = (
+        "__weakref__",
+        "_keep_writer",
+        "_loop",
+        "_read_args",
+        "_read_op",
+        "_read_waiter",
+        "_reader_armed",
+        "_write_waiter",
+        "_writer_armed",
+        "fd",
+    )
+
+    def __init__(self, fd: int) -> None:
+        os.set_blocking(fd, False)
+        self.fd = fd
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._read_waiter: asyncio.Future[Any] | None = None
+        self._read_op: Callable[..., Any] | None = None
+        self._read_args: tuple[Any, ...] = ()
+        self._reader_armed = False  # registered with the loop for read()
+        self._write_waiter: asyncio.Future[None] | None = None
+        self._keep_writer = False  # inside keep_writer_registered()
+        self._writer_armed = False
+
+    def __repr__(self) -> str:
+        return f"<FdHandle fd={self.fd}{' closed' if self.fd < 0 else ''}>"
+
+    @property
+    def closed(self) -> bool:
+        return self.fd < 0
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The loop this fd is registered with (the running one, bound at first use)."""
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop
+
+    async def wait_readable(self) -> None:
+        """Park until the fd is readable; ``ClosedResourceError`` if it is closed meanwhile."""
+        fd = self.fd
+        if fd < 0:
+            raise anyio.ClosedResourceError
+        loop = self.loop()
+        self._disarm_reader()
+        waiter = self._read_waiter = loop.create_future()
+        loop.add_reader(fd, _wake, waiter)
+        try:
+            await waiter
+        finally:
+            self._read_waiter = None
+            if self.fd >= 0:
+                loop.remove_reader(fd)
+
+    async def read(self, op: Callable[..., T], keep: Callable[[T], None], *args: Any) -> T:
+        """Return ``op(fd, *args)``, a read that raises ``BlockingIOError`` until the fd has data.
+
+        Tries ``op`` at once unless the loop already polls the fd for this
+        handle, else waits for the loop to report the fd readable and runs
+        ``op`` in that callback (again on ``BlockingIOError``). The
+        registration with the loop outlives the wait, so a task that keeps
+        receiving pays no ``epoll_ctl`` per wait and finds its data already
+        read when it wakes; it is dropped the first time the fd turns
+        readable while nobody waits, so an fd nobody reads costs no CPU.
+
+        Args:
+            op: the read, e.g. ``os.readv`` with ``args=([buffer],)``, or
+                ``lambda fd: sock.recvmsg(...)``; it runs in a loop callback,
+                only while a task waits here.
+            keep: called with ``op``'s result when the task was cancelled
+                after ``op`` had already consumed data, so that the caller
+                can hand it to its next read: nothing is lost.
+            args: more arguments for ``op``, after the fd.
+
+        Raises:
+            anyio.ClosedResourceError: the handle was closed meanwhile.
+            OSError: what ``op`` raised.
+        """
+        fd = self.fd
+        if fd < 0:
+            raise anyio.ClosedResourceError
+        if not self._reader_armed:
+            try:
+                return op(fd, *args)
+            except BlockingIOError:
+                pass
+        # Armed: the fd was empty when last read and the loop will say when
+        # it is not, so a read now would most likely be wasted.
+        loop = self._loop or self.loop()
+        waiter = self._read_waiter = loop.create_future()
+        self._read_op = op
+        self._read_args = args
+        if not self._reader_armed:
+            loop.add_reader(fd, self._on_readable)
+            self._reader_armed = True
+        try:
+            return await waiter  # type: ignore[no-any-return]
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                keep(waiter.result())
+            raise
+        finally:
+            self._read_waiter = self._read_op = None
+            self._read_args = ()
+
+    def _on_readable(self) -> None:
+        waiter, op = self._read_waiter, self._read_op
+        if waiter is None or op is None or waiter.done():
+            self._disarm_reader()
+            return
+        try:
+            result = op(self.fd, *self._read_args)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            waiter.set_exception(exc)
+            return
+        waiter.set_result(result)
+
+    def _disarm_reader(self) -> None:
+        if self._reader_armed:
+            self._reader_armed = False
+            if self.fd >= 0 and self._loop is not None and not self._loop.is_closed():
+                self._loop.remove_reader(self.fd)
+
+    async def wait_writable(self) -> None:
+        """Park until the fd is writable; ``ClosedResourceError`` if it is closed meanwhile."""
+        fd = self.fd
+        if fd < 0:
+            raise anyio.ClosedResourceError
+        loop = self.loop()
+        waiter = self._write_waiter = loop.create_future()
+        if self._keep_writer:
+            if not self._writer_armed:
+                loop.add_writer(fd, self._on_writable)
+                self._writer_armed = True
+            try:
+                await waiter
+            finally:
+                self._write_waiter = None
+            return
+        loop.add_writer(fd, _wake, waiter)
+        try:
+            await waiter
+        finally:
+            self._write_waiter = None
+            if self.fd >= 0:
+                loop.remove_writer(fd)
+
+    @contextmanager
+    def keep_writer_registered(self) -> Iterator[None]:
+        """Within the block, :meth:`wait_writable` keeps the fd registered between waits.
+
+        For a task that writes a large unit in many waits (a pipe takes 64
+        KiB at a time): one registration for the block instead of an
+        ``add_writer`` + ``remove_writer`` pair per wait.
+        """
+        self._keep_writer = True
+        try:
+            yield
+        finally:
+            self._keep_writer = False
+            if self._writer_armed:
+                self._writer_armed = False
+                if self.fd >= 0 and self._loop is not None and not self._loop.is_closed():
+                    self._loop.remove_writer(self.fd)
+
+    def _on_writable(self) -> None:
+        waiter = self._write_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def detach(self) -> int:
+        """Give up ownership: return the fd (still open) and mark this handle closed.
+
+        Raises:
+            anyio.ClosedResourceError: already closed or detached.
+        """
+        fd = self.fd
+        if fd < 0:
+            raise anyio.ClosedResourceError
+        if self._read_waiter is not None or self._write_waiter is not None:
+            raise anyio.BusyResourceError("detaching an fd a task is waiting on")
+        self._disarm_reader()
+        self.fd = -1
+        return fd
+
+    def close(self) -> None:
+        """Close the fd (idempotent), first waking parked tasks with ``ClosedResourceError``."""
+        fd = self.fd
+        if fd < 0:
+            return
+        self.fd = -1
+        self._reader_armed = self._writer_armed = False
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.remove_reader(fd)
+            loop.remove_writer(fd)
+        for waiter in (self._read_waiter, self._write_waiter):
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(anyio.ClosedResourceError())
+        os.close(fd)
+
+    def __del__(self) -> None:
+        if self.fd >= 0:
+            warnings.warn(f"unclosed {self!r}", ResourceWarning, source=self, stacklevel=1)
+            try:
+                os.close(self.fd)
+            except OSError:
+                pass
+            self.fd = -1
