@@ -27,9 +27,9 @@ import anyio.abc
 from ._core.attributes import IPCAttribute
 from ._core.fdstreams import FdHandle, FdReceiveStream, FdSendStream
 from ._core.framing import DEFAULT_MAX_SIZE
-from ._core.schemes import Address, register_scheme
+from ._core.schemes import Address, Framing
 from ._core.server import Server
-from ._core.streams import MessageReceiveStream, MessageSendStream, framed
+from ._core.streams import ByteStream, MessageReceiveStream, as_two_way, framed
 
 __all__ = ["Fifo", "FifoReceiveStream", "FifoSendStream", "create", "open_reader", "open_writer"]
 
@@ -197,18 +197,30 @@ async def open_writer(
     return FifoSendStream(FdHandle(fd), extra={IPCAttribute.path: path}, atomic=True)
 
 
-async def _connect(
-    address: Address, *, framing: str | None, max_size: int = DEFAULT_MAX_SIZE, timeout: float | None = None
-) -> MessageSendStream | FifoSendStream:
-    stream = await open_writer(address.path, timeout=timeout)
-    return stream if framing is None else framed(stream, max_size)
+def remove_address(address: Address) -> None:
+    """``aioipc rm fifo:/path``: remove the FIFO (never anything that is not a FIFO).
+
+    Raises:
+        FileNotFoundError: nothing there.
+        ValueError: the path is not a FIFO; it was left alone.
+    """
+    if not stat.S_ISFIFO(os.lstat(address.path).st_mode):
+        raise ValueError(f"{address.path} is not a FIFO; left alone")
+    os.unlink(address.path)
 
 
-async def _serve(
+async def connect_address(
+    address: Address, *, max_size: int = DEFAULT_MAX_SIZE, timeout: float | None = None
+) -> ByteStream:
+    """``connect("fifo:/path")``: the writing end, waiting up to ``timeout`` for a reader."""
+    return as_two_way(await open_writer(address.path, timeout=timeout))
+
+
+async def serve_address(
     address: Address,
     handler: object,
     *,
-    framing: str | None,
+    framing: Framing,
     max_size: int = DEFAULT_MAX_SIZE,
     mode: int = 0o600,
 ) -> Server:
@@ -218,8 +230,7 @@ async def _serve(
     except BaseException:
         await fifo.aclose()
         raise
-    stream: MessageReceiveStream | FifoReceiveStream = reader if framing is None else framed(reader, max_size)
+    stream: MessageReceiveStream | FifoReceiveStream = (
+        reader if framing is None else framed(reader, max_size, framing=framing)
+    )
     return Server.single(str(address), handler, stream, on_close=fifo.aclose)  # type: ignore[arg-type]
-
-
-register_scheme("fifo", _connect, _serve)

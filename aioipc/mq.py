@@ -43,7 +43,7 @@ from ._core.attributes import IPCAttribute
 from ._core.errors import FrameTooLarge
 from ._core.fdstreams import FdHandle
 from ._core.framing import DEFAULT_MAX_SIZE
-from ._core.schemes import Address, register_scheme
+from ._core.schemes import Address
 from ._core.server import Server
 from ._core.streams import Buffer, MessageStream
 
@@ -495,13 +495,19 @@ def list_queues(mount_point: str = MOUNT_POINT) -> list[QueueInfo]:
     return queues
 
 
-async def _connect(
-    address: Address, *, framing: str | None, max_size: int = DEFAULT_MAX_SIZE, **options: Any
+def remove_address(address: Address) -> None:
+    """``aioipc rm mq:/name``: :func:`unlink` the queue."""
+    unlink(address.path)
+
+
+async def connect_address(
+    address: Address, *, max_size: int = DEFAULT_MAX_SIZE, timeout: float | None = None, **options: Any
 ) -> MessageQueue:
+    """``connect("mq:/name")``: open the existing queue (the core retries it within ``timeout``)."""
     return await open(address.path, **options)
 
 
-async def _serve(
+async def serve_address(
     address: Address,
     handler: Callable[[MessageQueue], Any],
     *,
@@ -509,8 +515,6 @@ async def _serve(
     max_size: int = DEFAULT_MAX_SIZE,
     **options: Any,
 ) -> Server:
+    """``serve("mq:/name", handler)``: create the queue and call ``handler(queue)`` at once."""
     queue = await open(address.path, create=True, **options)
     return Server.single(str(address), handler, queue)
-
-
-register_scheme("mq", _connect, _serve)

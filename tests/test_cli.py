@@ -72,7 +72,8 @@ async def test_missing_fifo_reader_times_out_cleanly(tmp_ipc_dir: Path) -> None:
     with anyio.fail_after(30):
         code, _, err = await run_cli("send", f"fifo:{path}", "hi", "--timeout", "0.1")
     assert code == 1
-    assert b"aioipc: error: TimeoutError" in err
+    assert b"aioipc: error: nothing answered at fifo:" in err
+    assert b"within 0.1 s" in err
 
 
 async def test_relay_copies_messages_from_one_fifo_to_another(tmp_ipc_dir: Path) -> None:

@@ -13,6 +13,7 @@ import pytest
 
 import aioipc
 from aioipc import Address, parse_address
+from aioipc._core.schemes import SCHEMES
 from aioipc.testing import check_message_stream
 
 
@@ -57,12 +58,78 @@ def test_parse_and_format_round_trip(text: str, expected: Address) -> None:
 def test_bad_addresses_are_clear_value_errors(text: str, why: str) -> None:
     with pytest.raises(ValueError, match=why) as info:
         parse_address(text)
-    assert "schemes: unix" in str(info.value)
+    scheme = SCHEMES.get(text.partition(":")[0])
+    if scheme is None:
+        assert "schemes: unix" in str(info.value)
+    else:  # the error shows how an address of that scheme is written
+        assert f"expected {scheme.syntax}" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("tcp:h:\u00b2", "port must be a number"),  # a superscript two: str.isdigit() says yes, int() says no
+        ("sysvmq:/p#\u00b2", "proj from 1 to 255"),
+        ("sysvmq:\u00b2", "decimal or 0x-hex"),
+        ("unix:/" + "x" * 107, "at most 107 bytes"),
+        ("unix:@" + "x" * 108, "at most 108 bytes"),
+    ],
+)
+def test_odd_digits_and_long_paths_are_value_errors_with_the_syntax(text: str, why: str) -> None:
+    with pytest.raises(ValueError, match=why) as info:
+        parse_address(text)
+    assert "expected " in str(info.value)
+
+
+def test_an_address_that_is_not_a_string_is_a_type_error() -> None:
+    with pytest.raises(TypeError, match="an address is a str"):
+        parse_address(42)  # type: ignore[arg-type]
 
 
 async def test_bad_framing_is_refused() -> None:
     with pytest.raises(ValueError, match="framing must be"):
-        await aioipc.connect("fifo:/nonexistent", framing="lines")  # type: ignore[arg-type]
+        await aioipc.connect("fifo:/nonexistent", framing="bogus")  # type: ignore[call-overload]
+    with pytest.raises(ValueError, match="carries whole messages"):
+        await aioipc.connect("mq:/nonexistent", framing=None)
+    with pytest.raises(ValueError, match="carries whole messages"):
+        await aioipc.connect("mq:/nonexistent", framing="lines")
+
+
+@pytest.mark.parametrize(
+    ("call", "address", "option", "takes"),
+    [
+        ("connect", "mq:/nonexistent", "color", "read, write"),
+        ("connect", "unix:/nonexistent", "ssl", "framing, max_size, timeout"),
+        ("serve", "tcp:127.0.0.1:0", "allowed_uids", "max_connections"),
+        ("serve", "fifo:/nonexistent", "max_connections", "mode"),
+    ],
+)
+async def test_an_option_the_scheme_does_not_take_is_a_type_error_naming_it(
+    call: str, address: str, option: str, takes: str
+) -> None:
+    async def handler(stream: object) -> None:
+        pass
+
+    with pytest.raises(TypeError, match=f"unexpected option '{option}'") as info:
+        if call == "connect":
+            await aioipc.connect(address, **{option: 1})
+        else:
+            await aioipc.serve(address, handler, **{option: 1})
+    scheme = address.partition(":")[0]
+    assert f"{scheme}: takes" in str(info.value)
+    assert takes in str(info.value)
+
+
+def test_every_scheme_module_provides_what_the_table_names() -> None:
+    for scheme in SCHEMES.values():
+        try:
+            module = scheme.functions()
+        except ValueError:
+            continue  # its extra is not installed
+        assert callable(module.connect_address), scheme.name
+        assert callable(module.serve_address), scheme.name
+        if scheme.removable:
+            assert callable(module.remove_address), scheme.name
 
 
 @asynccontextmanager
@@ -175,6 +242,9 @@ PUBLIC_MODULES = [
 ]
 
 
+SCHEME_HOOKS = {"connect_address", "serve_address", "remove_address"}
+
+
 @pytest.mark.parametrize("name", PUBLIC_MODULES)
 def test_all_matches_what_each_public_module_exports(name: str) -> None:
     module = importlib.import_module(name)
@@ -188,6 +258,7 @@ def test_all_matches_what_each_public_module_exports(name: str) -> None:
         and getattr(v, "__module__", name) == name
         and (callable(v) or isinstance(v, type))
     }
+    defined_here -= SCHEME_HOOKS  # the scheme table calls these; users call aioipc.connect/serve
     assert defined_here <= exported, f"public but not in __all__: {defined_here - exported}"
 
 

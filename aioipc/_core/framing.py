@@ -1,4 +1,4 @@
-"""Sans-IO length-prefix framing: bytes in, messages out, no I/O.
+"""Sans-IO framing, length-prefixed or newline-delimited: bytes in, messages out, no I/O.
 
 Wire format: each message is a 4-byte big-endian unsigned length followed by
 that many payload bytes. Empty messages are allowed.
@@ -27,7 +27,7 @@ from typing import Final
 
 from .errors import FrameTooLarge, TruncatedMessage
 
-__all__ = ["DEFAULT_MAX_SIZE", "HEADER", "NEED_DATA", "Framer"]
+__all__ = ["DEFAULT_MAX_SIZE", "EOF", "HEADER", "NEED_DATA", "Framer", "LineFramer"]
 
 HEADER: Final = Struct(">I")
 DEFAULT_MAX_SIZE: Final = 16 * 2**20
@@ -163,3 +163,115 @@ class Framer:
             self._start = self._end = 0
         else:
             self._start = start
+
+
+class LineFramer:
+    """Decode newline-delimited messages: each message is a line, sent with one ``\\n`` appended.
+
+    The same interface as :class:`Framer`, so the framed streams take
+    either. A received message is the line without its ``\\n`` (a ``\\r``
+    before it is kept); an empty line is an empty message; a last line with
+    no ``\\n`` before the end of input is a message too, as a shell's
+    ``printf job`` would expect.
+
+    Rule 1: every complete line before a line over ``max_size`` is handed
+    out first; then :meth:`next_message` raises ``FrameTooLarge``.
+    Rule 2: the buffer grows with the bytes that arrived, never ahead of them,
+    and is dropped whenever every byte in it was parsed.
+
+    Raises:
+        FrameTooLarge: a line is longer than ``max_size`` bytes (its ``\\n`` not counted).
+
+    Example::
+
+        framer = LineFramer(max_size=1024)
+        framer.feed(b"hi\\n\\nlast")
+        framer.feed(b"")
+        assert [framer.next_message() for _ in range(4)] == [b"hi", b"", b"last", EOF]
+    """
+
+    __slots__ = ("_buf", "_end", "_eof", "_error", "_scan", "_start", "max_size", "parsed")
+
+    def __init__(self, max_size: int = DEFAULT_MAX_SIZE) -> None:
+        if not 0 <= max_size <= _MAX_WIRE_SIZE:
+            raise ValueError(f"max_size must be between 0 and {_MAX_WIRE_SIZE}")
+        self.max_size = max_size
+        self._buf = bytearray()
+        self._start = 0  # first byte of the line being received
+        self._scan = 0  # bytes before this are known to hold no newline
+        self._end = 0  # end of valid data
+        self.parsed: deque[bytes] = deque()
+        self._eof = False
+        self._error: FrameTooLarge | None = None
+
+    @staticmethod
+    def encode(message: bytes | bytearray | memoryview) -> bytes:
+        """One whole line: the message and its ``\\n``.
+
+        Raises:
+            ValueError: the message holds a ``\\n`` of its own.
+        """
+        if b"\n" in message:
+            raise ValueError("a message sent as a line cannot contain a newline")
+        return bytes(message) + b"\n"
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet returned as messages."""
+        return self._end - self._start
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        """Add received bytes; ``b""`` means the input has ended."""
+        if not data:
+            self._eof = True
+            if self._end > self._start and self._error is None:
+                self.parsed.append(bytes(self._buf[self._start : self._end]))
+                self._start = self._scan = self._end
+            return
+        size = len(data)
+        self.get_buffer(size)[:size] = data
+        self.buffer_updated(size)
+
+    def get_buffer(self, size_hint: int = _MIN_READ) -> memoryview:
+        """A writable view of at least ``size_hint`` bytes to read into."""
+        if len(self._buf) - self._end < size_hint:
+            pending = self._end - self._start
+            new = bytearray(max(pending + size_hint, 2 * pending))
+            new[:pending] = self._buf[self._start : self._end]
+            self._scan -= self._start
+            self._buf, self._start, self._end = new, 0, pending
+        return memoryview(self._buf)[self._end :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """Report that ``nbytes`` were written at the start of the last :meth:`get_buffer` view."""
+        self._end += nbytes
+        if self._error is not None:
+            return
+        buf, start, end, limit = self._buf, self._start, self._end, self.max_size
+        append = self.parsed.append
+        scan = self._scan
+        while (newline := buf.find(b"\n", scan, end)) >= 0:
+            if newline - start > limit:
+                self._error = FrameTooLarge(newline - start, limit)
+                break
+            append(bytes(buf[start:newline]))
+            start = scan = newline + 1
+        else:
+            scan = end
+            if end - start > limit:
+                self._error = FrameTooLarge(end - start, limit)
+        if start == end and self._error is None:
+            self._buf, start, scan, end = bytearray(), 0, 0, 0
+        self._start, self._scan, self._end = start, scan, end
+
+    def next_message(self) -> bytes | _Sentinel:
+        """The next whole line, :data:`NEED_DATA`, or :data:`EOF` after the end of input.
+
+        Raises:
+            FrameTooLarge: the next line is over ``max_size`` (after every line before it).
+        """
+        if self.parsed:
+            return self.parsed.popleft()
+        if self._error is not None:
+            raise self._error
+        return EOF if self._eof else NEED_DATA

@@ -15,13 +15,13 @@ anyio's stream exceptions.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, overload
+from typing import Any, Literal, overload
 
 import anyio
 import anyio.abc
 
 from .errors import FrameTooLarge, IPCError
-from .framing import DEFAULT_MAX_SIZE, EOF, HEADER, Framer
+from .framing import DEFAULT_MAX_SIZE, EOF, HEADER, Framer, LineFramer
 
 __all__ = [
     "ByteReceiveStream",
@@ -34,11 +34,17 @@ __all__ = [
     "MessageSendStream",
     "MessageStream",
     "ResourceGuard",
+    "SendOnlyByteStream",
+    "SendOnlyMessageStream",
+    "as_two_way",
+    "frame_connected",
     "framed",
 ]
 
 Buffer = bytes | bytearray | memoryview
+FramingName = Literal["length", "lines"]
 _pack_header = HEADER.pack
+_NEWLINE = (b"\n",)
 
 
 class ResourceGuard:
@@ -126,8 +132,14 @@ def _check_max_size(max_size: int) -> int:
     return max_size
 
 
+def _check_framing(framing: str) -> str:
+    if framing not in ("length", "lines"):
+        raise ValueError(f"framing must be 'length' or 'lines', not {framing!r}")
+    return framing
+
+
 class FramedReceiveStream(MessageReceiveStream):
-    """Messages decoded from a byte stream's length-prefixed frames.
+    """Messages decoded from a byte stream's length-prefixed frames (or lines, ``framing="lines"``).
 
     Every complete frame in a received chunk is parsed in one pass; the
     following ``receive()`` calls return them without touching the stream.
@@ -140,10 +152,16 @@ class FramedReceiveStream(MessageReceiveStream):
         anyio.EndOfStream: the peer closed between frames.
     """
 
-    def __init__(self, stream: anyio.abc.ByteReceiveStream, max_size: int = DEFAULT_MAX_SIZE) -> None:
+    def __init__(
+        self,
+        stream: anyio.abc.ByteReceiveStream,
+        max_size: int = DEFAULT_MAX_SIZE,
+        framing: FramingName = "length",
+    ) -> None:
         self.transport_stream = stream
         self.max_size = _check_max_size(max_size)
-        self._framer = Framer(max_size)
+        self.framing = _check_framing(framing)
+        self._framer: Framer | LineFramer = Framer(max_size) if framing == "length" else LineFramer(max_size)
         self._parsed = self._framer.parsed
         self._guard = ResourceGuard("receiving")
         self._broken: IPCError | None = None
@@ -193,15 +211,23 @@ class FramedReceiveStream(MessageReceiveStream):
 
 
 class FramedSendStream(MessageSendStream):
-    """Messages sent as length-prefixed frames over a byte stream.
+    """Messages sent as length-prefixed frames over a byte stream (or lines, ``framing="lines"``).
 
     Raises:
         FrameTooLarge: the message is over ``max_size``; nothing was sent.
+        ValueError: with ``framing="lines"``, the message holds a newline; nothing was sent.
     """
 
-    def __init__(self, stream: anyio.abc.ByteSendStream, max_size: int = DEFAULT_MAX_SIZE) -> None:
+    def __init__(
+        self,
+        stream: anyio.abc.ByteSendStream,
+        max_size: int = DEFAULT_MAX_SIZE,
+        framing: FramingName = "length",
+    ) -> None:
         self.transport_stream = stream
         self.max_size = _check_max_size(max_size)
+        self.framing = _check_framing(framing)
+        self._lines = framing == "lines"
         self._send_parts: Callable[[Sequence[Buffer]], Awaitable[None]] | None = None
         self._try_send_parts: Callable[[Sequence[Buffer]], bool] = _never
         if isinstance(stream, ByteSendStream):
@@ -215,12 +241,17 @@ class FramedSendStream(MessageSendStream):
         size = len(data)
         if size > self.max_size:
             raise FrameTooLarge(size, self.max_size)
-        if self._send_parts is not None:
+        if self._lines:
+            if b"\n" in data:
+                raise ValueError("a message sent as a line cannot contain a newline")
+            parts: tuple[Buffer, ...] = (data, *_NEWLINE)
+        else:
             parts = (_pack_header(size), data)
+        if self._send_parts is not None:
             if not self._try_send_parts(parts):
                 await self._send_parts(parts)
         else:
-            await self.transport_stream.send(HEADER.pack(size) + data)
+            await self.transport_stream.send(b"".join(parts))
 
     async def aclose(self) -> None:
         await self.transport_stream.aclose()
@@ -233,11 +264,14 @@ class FramedSendStream(MessageSendStream):
 class FramedStream(MessageStream):
     """A two-way message stream over a two-way byte stream."""
 
-    def __init__(self, stream: anyio.abc.ByteStream, max_size: int = DEFAULT_MAX_SIZE) -> None:
+    def __init__(
+        self, stream: anyio.abc.ByteStream, max_size: int = DEFAULT_MAX_SIZE, framing: FramingName = "length"
+    ) -> None:
         self.transport_stream = stream
         self.max_size = max_size
-        self._receiver = FramedReceiveStream(stream, max_size)
-        self._sender = FramedSendStream(stream, max_size)
+        self.framing = framing
+        self._receiver = FramedReceiveStream(stream, max_size, framing)
+        self._sender = FramedSendStream(stream, max_size, framing)
 
     async def receive(self) -> bytes:
         return await self._receiver.receive()
@@ -257,26 +291,41 @@ class FramedStream(MessageStream):
 
 
 @overload
-def framed(stream: anyio.abc.ByteStream, max_size: int = ...) -> FramedStream: ...  # type: ignore[overload-overlap]
+def framed(  # type: ignore[overload-overlap]
+    stream: anyio.abc.ByteStream, max_size: int = ..., *, framing: FramingName = ...
+) -> FramedStream: ...
 @overload
-def framed(stream: anyio.abc.ByteReceiveStream, max_size: int = ...) -> FramedReceiveStream: ...
+def framed(
+    stream: anyio.abc.ByteReceiveStream, max_size: int = ..., *, framing: FramingName = ...
+) -> FramedReceiveStream: ...
 @overload
-def framed(stream: anyio.abc.ByteSendStream, max_size: int = ...) -> FramedSendStream: ...
+def framed(
+    stream: anyio.abc.ByteSendStream, max_size: int = ..., *, framing: FramingName = ...
+) -> FramedSendStream: ...
 def framed(
     stream: anyio.abc.ByteStream | anyio.abc.ByteReceiveStream | anyio.abc.ByteSendStream,
     max_size: int = DEFAULT_MAX_SIZE,
+    *,
+    framing: FramingName = "length",
 ) -> FramedStream | FramedReceiveStream | FramedSendStream:
-    """Turn a byte stream into a message stream of length-prefixed frames.
+    """Turn a byte stream into a message stream of length-prefixed frames, or of lines.
 
-    Each message goes on the wire as a 4-byte big-endian length and the
-    payload, so a program in any language can speak it.
+    With ``framing="length"`` (the default) each message goes on the wire as
+    a 4-byte big-endian length and the payload, so a program in any language
+    can speak it. With ``framing="lines"`` each message is a line: ``send()``
+    appends exactly one ``\n``, and a received message is the line without
+    it, which is what shell tools, ``socat`` and ``nc`` speak.
 
     Args:
         stream: a two-way byte stream, or just its receiving or sending half.
         max_size: the largest message accepted or sent, checked before allocation.
+        framing: ``"length"`` or ``"lines"``.
 
     Raises:
-        ValueError: ``stream`` is not a byte stream.
+        ValueError: ``stream`` is not a byte stream, or an unknown ``framing``.
+
+    Caveats:
+        A line cannot carry a newline: ``send()`` of one raises ``ValueError``.
 
     Example::
 
@@ -286,9 +335,89 @@ def framed(
             assert await rx.receive() == b"hello"
     """
     if isinstance(stream, anyio.abc.ByteStream):
-        return FramedStream(stream, max_size)
+        return FramedStream(stream, max_size, framing)
     if isinstance(stream, anyio.abc.ByteReceiveStream):
-        return FramedReceiveStream(stream, max_size)
+        return FramedReceiveStream(stream, max_size, framing)
     if isinstance(stream, anyio.abc.ByteSendStream):
-        return FramedSendStream(stream, max_size)
+        return FramedSendStream(stream, max_size, framing)
     raise ValueError(f"framed() needs a byte stream, not {type(stream).__name__}")
+
+
+class SendOnlyMessageStream(MessageStream):
+    """A message stream over a sending half alone (a FIFO's writing end): ``receive()`` ends at once.
+
+    Raises:
+        anyio.EndOfStream: from ``receive()``: nothing ever comes back this way.
+    """
+
+    def __init__(self, sender: anyio.abc.ObjectSendStream[bytes]) -> None:
+        self.sender = sender
+
+    async def receive(self) -> bytes:
+        raise anyio.EndOfStream
+
+    async def send(self, item: bytes) -> None:
+        await self.sender.send(item)
+
+    async def send_eof(self) -> None:
+        await self.sender.aclose()
+
+    async def aclose(self) -> None:
+        await self.sender.aclose()
+
+    @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        return self.sender.extra_attributes
+
+
+class SendOnlyByteStream(ByteStream):
+    """A byte stream over a sending half alone: ``receive()`` ends at once.
+
+    See :class:`SendOnlyMessageStream`.
+    """
+
+    def __init__(self, sender: anyio.abc.ByteSendStream) -> None:
+        self.sender = sender
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        raise anyio.EndOfStream
+
+    async def send(self, item: Buffer) -> None:
+        await self.send_parts((item,))
+
+    async def send_parts(self, parts: Sequence[Buffer]) -> None:
+        if isinstance(self.sender, ByteSendStream):
+            await self.sender.send_parts(parts)
+        else:
+            await self.sender.send(b"".join(parts))
+
+    def try_send_parts(self, parts: Sequence[Buffer]) -> bool:
+        return isinstance(self.sender, ByteSendStream) and self.sender.try_send_parts(parts)
+
+    async def send_eof(self) -> None:
+        await self.sender.aclose()
+
+    async def aclose(self) -> None:
+        await self.sender.aclose()
+
+    @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        return self.sender.extra_attributes
+
+
+def as_two_way(stream: anyio.abc.ByteStream | anyio.abc.ByteSendStream) -> ByteStream:
+    """``stream`` as a two-way :class:`ByteStream` (a sending half gets a receive that ends at once)."""
+    if isinstance(stream, ByteStream):
+        return stream
+    if isinstance(stream, anyio.abc.ByteStream):
+        raise TypeError(f"{type(stream).__name__} is not an aioipc byte stream")
+    return SendOnlyByteStream(stream)
+
+
+def frame_connected(
+    stream: anyio.abc.ByteStream | anyio.abc.ByteSendStream, max_size: int, framing: FramingName
+) -> MessageStream:
+    """A connected byte stream (or its sending half alone) as a two-way message stream."""
+    if isinstance(stream, anyio.abc.ByteStream):
+        return FramedStream(stream, max_size, framing)
+    return SendOnlyMessageStream(FramedSendStream(stream, max_size, framing))

@@ -27,7 +27,7 @@ import anyio
 
 from .._core.errors import IPCError
 from .._core.runner import run
-from .._core.schemes import available_schemes, connect, parse_address, serve
+from .._core.schemes import SCHEMES, Framing, available_schemes, connect, parse_address, serve
 from ..shutdown import graceful_shutdown
 from ._inventory import add_commands
 
@@ -35,10 +35,7 @@ _SYNC_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
 __all__ = ["main"]
 
-_SCHEMES_HELP = (
-    "unix:/path unix:@name unix+dgram:/path unix+seqpacket:/path tcp:host:port udp:host:port "
-    "fifo:/path mq:/name sysvmq:KEY shm:/name"
-)
+_SCHEMES_HELP = "; ".join(scheme.syntax for scheme in SCHEMES.values())
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -61,9 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     send.add_argument(
         "message", metavar="MESSAGE", nargs="?", default="-", help="text to send, or - for stdin"
     )
-    send.add_argument(
-        "--raw", action="store_true", help="raw bytes: no length-prefix framing (stream transports)"
-    )
+    _add_framing_flags(send)
     send.add_argument("--timeout", type=float, default=None, help="seconds to wait for the peer")
 
     recv = commands.add_parser(
@@ -77,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     recv.add_argument("address", metavar="ADDR")
     recv.add_argument("--count", type=int, default=None, metavar="N", help="stop after N messages")
     recv.add_argument("--connect", action="store_true", help="connect to ADDR instead of creating it")
-    recv.add_argument("--raw", action="store_true", help="raw bytes: no length-prefix framing")
+    _add_framing_flags(recv)
 
     relay = commands.add_parser(
         "relay",
@@ -88,20 +83,35 @@ def _parser() -> argparse.ArgumentParser:
     )
     relay.add_argument("source", metavar="FROM")
     relay.add_argument("target", metavar="TO")
-    relay.add_argument("--raw", action="store_true", help="copy raw bytes instead of messages")
+    _add_framing_flags(relay)
 
     commands.add_parser("schemes", help="list the address schemes this installation handles")
     _SYNC_COMMANDS.update(add_commands(commands))
     return parser
 
 
-def _framing(raw: bool) -> Any:
-    return None if raw else "length"
+def _add_framing_flags(parser: argparse.ArgumentParser) -> None:
+    framing = parser.add_mutually_exclusive_group()
+    framing.add_argument(
+        "--raw", action="store_true", help="raw bytes, no framing (byte transports: sockets, FIFOs)"
+    )
+    framing.add_argument(
+        "--lines",
+        action="store_true",
+        help="newline-delimited messages, as shell tools and socat speak (byte transports)",
+    )
+
+
+def _framing(args: argparse.Namespace, address: str) -> Framing:
+    """The framing the flags ask for; message transports keep their own boundaries whatever they say."""
+    if SCHEMES[parse_address(address).scheme].messages:
+        return "length"
+    return None if args.raw else "lines" if args.lines else "length"
 
 
 async def _send(args: argparse.Namespace) -> int:
     options: dict[str, Any] = {} if args.timeout is None else {"timeout": args.timeout}
-    async with await connect(args.address, framing=_framing(args.raw), **options) as stream:
+    async with await connect(args.address, framing=_framing(args, args.address), **options) as stream:
         if args.message != "-":
             await stream.send(args.message.encode())
         elif args.raw:
@@ -135,12 +145,12 @@ async def _recv(args: argparse.Namespace) -> int:
                     return
 
     if args.connect:
-        async with await connect(args.address, framing=_framing(args.raw)) as stream:
+        async with await connect(args.address, framing=_framing(args, args.address)) as stream:
             await consume(stream)
         return 0
     async with (
         graceful_shutdown(timeout=5) as sd,
-        await serve(args.address, consume, framing=_framing(args.raw)) as server,
+        await serve(args.address, consume, framing=_framing(args, args.address)) as server,
     ):
         print(f"receiving at {server.address}", file=sys.stderr, flush=True)
         await done.wait()
@@ -161,10 +171,11 @@ async def _pump(source: Any, target: Any) -> None:
 
 
 async def _relay(args: argparse.Namespace) -> int:
-    framing = _framing(args.raw)
-
     async def bridge(incoming: Any) -> None:
-        async with await connect(args.target, framing=framing) as outgoing, anyio.create_task_group() as tg:
+        async with (
+            await connect(args.target, framing=_framing(args, args.target)) as outgoing,
+            anyio.create_task_group() as tg,
+        ):
             if hasattr(incoming, "receive"):
                 tg.start_soon(_pump, incoming, outgoing)
             if hasattr(outgoing, "receive") and hasattr(incoming, "send"):
@@ -173,7 +184,7 @@ async def _relay(args: argparse.Namespace) -> int:
     parse_address(args.target)
     async with (
         graceful_shutdown(timeout=5) as sd,
-        await serve(args.source, bridge, framing=framing) as server,
+        await serve(args.source, bridge, framing=_framing(args, args.source)) as server,
     ):
         print(f"relaying {server.address} -> {args.target}", file=sys.stderr, flush=True)
         await server.serve_forever()
@@ -200,7 +211,10 @@ async def _dispatch(args: argparse.Namespace) -> int:
         return await _recv(args)
     if args.command == "relay":
         return await _relay(args)
-    print("\n".join(available_schemes()))
+    available = set(available_schemes())
+    for scheme in SCHEMES.values():
+        note = "" if scheme.name in available else f"  (needs: pip install 'aioipc[{scheme.extra}]')"
+        print(f"{scheme.name:<15} {scheme.syntax:<45} {scheme.summary}{note}")
     return 0
 
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from .. import mq, shm, sync
-from .._core.schemes import parse_address
+from .._core.schemes import SCHEMES, parse_address
 
 __all__ = ["add_commands", "list_objects", "remove"]
 
@@ -143,20 +143,10 @@ def remove(target: str) -> None:
         (sysv_ipc.remove_shared_memory if kind == "sysvshm" else sysv_ipc.remove_semaphore)(ident)
     else:
         address = parse_address(target)
-        if address.scheme == "mq":
-            mq.unlink(address.path)
-        elif address.scheme == "shm":
-            shm.unlink(address.path)
-        elif address.scheme == "sysvmq":
-            sysv = _sysv()
-            if sysv is None:
-                raise ValueError("removing System V queues needs: pip install 'aioipc[sysv]'")
-            key = address.key if address.key is not None else sysv.ftok(address.path, address.proj)
-            sysv.remove_message_queue(key)
-        elif address.scheme in ("fifo", "unix", "unix+dgram", "unix+seqpacket") and not address.abstract:
-            os.unlink(address.path)
-        else:
-            raise ValueError(f"aioipc rm cannot remove {target!r}")
+        scheme = SCHEMES[address.scheme]
+        if not scheme.removable:
+            raise ValueError(f"aioipc rm cannot remove {target!r}: {scheme.name}: leaves nothing behind")
+        scheme.functions().remove_address(address)
 
 
 def _ls(args: argparse.Namespace) -> int:

@@ -33,7 +33,7 @@ import anyio.abc
 import anyio.lowlevel
 
 from .._core.framing import DEFAULT_MAX_SIZE
-from .._core.schemes import Address, register_scheme
+from .._core.schemes import Address
 from .._core.server import Server
 from .._core.sysvipc import sysvipc_table
 from ..sync import _ofd_locked
@@ -360,14 +360,19 @@ def remove_stale_rings() -> list[str]:
 # -- addresses --------------------------------------------------------------------------------
 
 
-async def _connect(
-    address: Address, *, framing: str | None, max_size: int = DEFAULT_MAX_SIZE, **options: Any
+def remove_address(address: Address) -> None:
+    """``aioipc rm shm:/name``: :func:`unlink` the ring or segment and its doorbells."""
+    unlink(address.path)
+
+
+async def connect_address(
+    address: Address, *, max_size: int = DEFAULT_MAX_SIZE, timeout: float | None = None, **options: Any
 ) -> Ring:
-    """``connect("shm:/name")``: attach to the ring (a message stream whatever ``framing`` says)."""
+    """``connect("shm:/name")``: attach to the ring (the core retries it within ``timeout``)."""
     return await Ring.attach(address.path, max_size=max_size, **options)
 
 
-async def _serve(
+async def serve_address(
     address: Address,
     handler: Callable[[Ring], Awaitable[object]],
     *,
@@ -379,6 +384,3 @@ async def _serve(
     """``serve("shm:/name", handler)``: create the ring and call ``handler(ring)`` at once."""
     ring = await Ring.create(address.path, capacity, mode=mode, max_size=max_size)
     return Server.single(str(address), handler, ring)
-
-
-register_scheme("shm", _connect, _serve)

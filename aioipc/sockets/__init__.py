@@ -37,16 +37,17 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import os
 import socket
 import ssl as _ssl
+import stat
 from typing import Any, Literal
 
 from anyio.streams.tls import TLSStream
 
 from .._core.framing import DEFAULT_MAX_SIZE
-from .._core.schemes import Address, register_scheme
+from .._core.schemes import Address, Framing
 from .._core.server import Server
-from .._core.streams import framed
 from ._base import KINDS, SocketHandle, connect_socket, format_unix, unix_sockaddr
 from ._message import DatagramStream, SeqpacketStream
 from ._server import Handler, serve_connections, serve_datagram
@@ -250,35 +251,44 @@ def from_socket(sock: socket.socket, *, max_size: int = DEFAULT_MAX_SIZE) -> Any
     raise ValueError(f"cannot make a stream of a socket of type {sock.type!r}")
 
 
-async def _connect(
-    address: Address, *, framing: str | None, max_size: int = DEFAULT_MAX_SIZE, **options: Any
+def remove_address(address: Address) -> None:
+    """``aioipc rm unix:/path``: remove a socket file (never anything that is not a socket).
+
+    Raises:
+        FileNotFoundError: nothing there.
+        ValueError: an abstract name (nothing to remove), or the path is not a socket: left alone.
+    """
+    if address.abstract:
+        raise ValueError(f"{address} is an abstract name: it goes away with its socket, nothing to remove")
+    if not stat.S_ISSOCK(os.lstat(address.path).st_mode):
+        raise ValueError(f"{address.path} is not a socket; left alone")
+    os.unlink(address.path)
+
+
+async def connect_address(
+    address: Address, *, max_size: int = DEFAULT_MAX_SIZE, timeout: float | None = None, **options: Any
 ) -> Any:
+    """``connect()`` for the socket schemes: the raw stream (the core frames byte streams)."""
     scheme = address.scheme
     if scheme == "unix":
-        stream: Any = await connect_unix(address.path, **options)
-    elif scheme == "tcp":
-        stream = await connect_tcp(address.host, address.port, **options)
-    elif scheme == "unix+seqpacket":
-        return await connect_unix_seqpacket(address.path, max_size=max_size, **options)
-    elif scheme == "unix+dgram":
-        return await connect_unix_datagram(address.path, max_size=max_size, **options)
-    else:
-        return await connect_udp(address.host, address.port, max_size=min(max_size, 65507), **options)
-    return stream if framing is None else framed(stream, max_size)
+        return await connect_unix(address.path, timeout=timeout)
+    if scheme == "tcp":
+        return await connect_tcp(address.host, address.port, timeout=timeout, **options)
+    if scheme == "unix+seqpacket":
+        return await connect_unix_seqpacket(address.path, max_size=max_size, timeout=timeout)
+    if scheme == "unix+dgram":
+        return await connect_unix_datagram(address.path, max_size=max_size, timeout=timeout)
+    return await connect_udp(address.host, address.port, max_size=min(max_size, 65507), timeout=timeout)
 
 
-async def _serve(
+async def serve_address(
     address: Address,
     handler: Handler,
     *,
-    framing: str | None,
+    framing: Framing,
     max_size: int = DEFAULT_MAX_SIZE,
     **options: Any,
 ) -> Server:
     if address.scheme in ("unix+dgram", "udp"):
         return await serve_datagram(address, handler, framing=framing, max_size=max_size, **options)
     return await serve_connections(address, handler, framing=framing, max_size=max_size, **options)
-
-
-for _scheme in ("unix", "unix+dgram", "unix+seqpacket", "tcp", "udp"):
-    register_scheme(_scheme, _connect, _serve)

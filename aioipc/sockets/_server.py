@@ -22,7 +22,7 @@ import anyio
 import anyio.abc
 from anyio.streams.tls import TLSStream
 
-from .._core.schemes import Address
+from .._core.schemes import Address, Framing
 from .._core.server import Server
 from .._core.streams import framed
 from ._base import KINDS, SocketHandle, UnixPath, bind_unix, format_unix, peer_credentials
@@ -82,7 +82,7 @@ async def serve_connections(
     address: Address,
     handler: Handler,
     *,
-    framing: str | None,
+    framing: Framing,
     max_size: int,
     mode: int = 0o600,
     max_connections: int | None = None,
@@ -126,7 +126,7 @@ async def serve_connections(
                         raw, server_side=True, ssl_context=ssl, standard_compatible=False
                     )
             if framing is not None and not seqpacket:
-                stream = framed(stream, max_size)
+                stream = framed(stream, max_size, framing=framing)
             try:
                 await handler(stream)
             finally:
@@ -209,7 +209,7 @@ async def serve_datagram(
     address: Address,
     handler: Handler,
     *,
-    framing: str | None,
+    framing: Framing,
     max_size: int,
     mode: int = 0o600,
     persist: bool = False,

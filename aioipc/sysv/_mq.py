@@ -30,7 +30,7 @@ from anyio import TypedAttributeSet, typed_attribute
 from .._core.bridge import Bridge
 from .._core.errors import FrameTooLarge
 from .._core.framing import DEFAULT_MAX_SIZE
-from .._core.schemes import Address, register_scheme
+from .._core.schemes import Address
 from .._core.server import Server
 from .._core.streams import Buffer, MessageStream
 from .._core.sysvipc import check_key, sysvipc_table
@@ -476,13 +476,23 @@ def _address_key(address: Address) -> int:
     return ftok(address.path, address.proj)
 
 
-async def _connect(
-    address: Address, *, framing: str | None, max_size: int = DEFAULT_MAX_SIZE, **options: Any
+def remove_address(address: Address) -> None:
+    """``aioipc rm sysvmq:KEY``: remove the queue.
+
+    Raises:
+        FileNotFoundError: no such queue.
+    """
+    remove_message_queue(_address_key(address))
+
+
+async def connect_address(
+    address: Address, *, max_size: int = DEFAULT_MAX_SIZE, timeout: float | None = None, **options: Any
 ) -> MessageQueue:
+    """``connect("sysvmq:KEY")``: open the existing queue (the core retries it within ``timeout``)."""
     return await MessageQueue.open(_address_key(address), **options)
 
 
-async def _serve(
+async def serve_address(
     address: Address,
     handler: Callable[[MessageQueue], Any],
     *,
@@ -490,8 +500,6 @@ async def _serve(
     max_size: int = DEFAULT_MAX_SIZE,
     **options: Any,
 ) -> Server:
+    """``serve("sysvmq:KEY", handler)``: create the queue and call ``handler(queue)`` at once."""
     queue = await MessageQueue.open(_address_key(address), create=True, **options)
     return Server.single(str(address), handler, queue)
-
-
-register_scheme("sysvmq", _connect, _serve)
