@@ -5,6 +5,7 @@ Schemes::
     unix:/path  unix:@name  unix+dgram:/path  unix+seqpacket:/path
     tcp:host:port  udp:host:port  ([v6]:port for IPv6)
     fifo:/path  mq:/name  sysvmq:KEY  sysvmq:/path#proj  shm:/name
+    sd-listen:  sd-listen:NAME  (sockets systemd passed; serve only)
 
 A mechanism module registers its schemes with :func:`register_scheme` when
 it is imported; :func:`connect` and :func:`serve` import it on first use.
@@ -34,6 +35,7 @@ _SCHEME_MODULES = {
     "mq": "aioipc.mq",
     "sysvmq": "aioipc.sysv",
     "shm": "aioipc.shm",
+    "sd-listen": "aioipc.systemd",
 }
 
 Framing = Literal["length"] | None
@@ -98,7 +100,7 @@ def parse_address(text: str | Address) -> Address:
     scheme, sep, rest = text.partition(":")
     if not sep or scheme not in _SCHEME_MODULES:
         raise _bad(text, f"unknown scheme {scheme!r}" if sep else "no scheme")
-    if not rest:
+    if not rest and scheme != "sd-listen":  # "sd-listen:" is the one inherited socket
         raise _bad(text, "nothing after the scheme")
     if scheme in ("tcp", "udp"):
         host, sep, port_text = rest.rpartition(":")

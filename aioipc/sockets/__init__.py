@@ -44,7 +44,7 @@ from typing import Any, Literal
 from anyio.streams.tls import TLSStream
 
 from .._core.framing import DEFAULT_MAX_SIZE
-from .._core.schemes import Address, register_scheme
+from .._core.schemes import Address, Framing, register_scheme
 from .._core.server import Server
 from .._core.streams import framed
 from ._base import KINDS, SocketHandle, connect_socket, format_unix, unix_sockaddr
@@ -66,6 +66,7 @@ __all__ = [
     "connect_unix_datagram",
     "connect_unix_seqpacket",
     "from_socket",
+    "serve_socket",
     "socketpair",
 ]
 
@@ -248,6 +249,61 @@ def from_socket(sock: socket.socket, *, max_size: int = DEFAULT_MAX_SIZE) -> Any
     if kind == socket.SOCK_DGRAM:
         return DatagramStream(SocketHandle(sock), max_size=max_size, path=path, connected=peer is not None)
     raise ValueError(f"cannot make a stream of a socket of type {sock.type!r}")
+
+
+def _listening_address(sock: socket.socket) -> Address:
+    """The address a bound socket serves, in address syntax (``unix:/path``, ``tcp:host:port`` ...)."""
+    kind = sock.type & ~(socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
+    if sock.family == socket.AF_UNIX and kind in (socket.SOCK_STREAM, socket.SOCK_SEQPACKET, socket.SOCK_DGRAM):
+        scheme = {socket.SOCK_STREAM: "unix", socket.SOCK_SEQPACKET: "unix+seqpacket"}.get(kind, "unix+dgram")
+        return Address(scheme, path=format_unix(sock.getsockname()))
+    if sock.family in (socket.AF_INET, socket.AF_INET6) and kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+        host, port = sock.getsockname()[:2]
+        return Address("tcp" if kind == socket.SOCK_STREAM else "udp", host=host, port=port)
+    raise ValueError(f"cannot serve a socket of family {sock.family!r} and type {sock.type!r}")
+
+
+async def serve_socket(
+    sock: socket.socket,
+    handler: Handler,
+    *,
+    framing: Framing = "length",
+    max_size: int = DEFAULT_MAX_SIZE,
+    **options: Any,
+) -> Server:
+    """Serve a socket that is already bound (inherited from systemd or a parent), as ``aioipc.serve()`` would.
+
+    A listening stream or seqpacket socket gets one ``handler`` call per
+    connection; a bound datagram socket one call with its message stream.
+    The server owns the socket from then on and closes it on close; it
+    never removes a socket file (whoever bound it owns that).
+
+    Args:
+        framing, max_size, options: as for ``aioipc.serve()`` with this
+            socket's address (``max_connections``, ``allowed_uids``,
+            ``ssl`` ...); none that bind (``mode``, ``backlog``, ``persist``).
+
+    Raises:
+        ValueError: a stream or seqpacket socket that is not listening (a
+            connection: wrap it with :func:`from_socket`), or a family or
+            type aioipc does not serve.
+        TypeError: an option that binds, or one this kind of socket lacks.
+
+    Example::
+
+        sock = socket.socket(fileno=3)          # a listening socket inherited on fd 3
+        async with await aioipc.sockets.serve_socket(sock, handler) as server:
+            await server.serve_forever()
+    """
+    for option in ("mode", "backlog", "persist", "sock"):
+        if option in options:
+            raise TypeError(f"serve_socket() serves a bound socket: {option}= does not apply")
+    address = _listening_address(sock)
+    if address.scheme in ("unix+dgram", "udp"):
+        return await serve_datagram(address, handler, framing=framing, max_size=max_size, sock=sock, **options)
+    if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+        raise ValueError(f"the {address} socket is not listening: wrap a connection with from_socket()")
+    return await serve_connections(address, handler, framing=framing, max_size=max_size, sock=sock, **options)
 
 
 async def _connect(
