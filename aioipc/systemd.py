@@ -61,7 +61,9 @@ class ListenFd(NamedTuple):
 
 
 def _environment() -> str:
-    return ", ".join(f"{name}={os.environ[name]!r}" if name in os.environ else f"{name} unset" for name in _VARIABLES)
+    return ", ".join(
+        f"{name}={os.environ[name]!r}" if name in os.environ else f"{name} unset" for name in _VARIABLES
+    )
 
 
 def _describe(fd: int, name: str) -> ListenFd:
@@ -80,7 +82,7 @@ def _describe(fd: int, name: str) -> ListenFd:
 
 
 def listen_fds(unset_environment: bool = False) -> list[ListenFd]:
-    """The fds systemd (or ``systemd-socket-activate``) passed to this process, as ``sd_listen_fds`` finds them.
+    """The fds systemd (or ``systemd-socket-activate``) passed to this process, as ``sd_listen_fds()``.
 
     None when ``LISTEN_PID`` is unset or names another process (the
     variables were inherited from a parent, and the fds are not ours).
@@ -141,7 +143,7 @@ def _pick(name: str) -> ListenFd:
 
 
 def notify(*states: str) -> bool:
-    """Send ``sd_notify`` state lines (``"READY=1"``, ``"STATUS=..."``...) to ``$NOTIFY_SOCKET``, in one datagram.
+    """Send ``sd_notify`` state lines (``"READY=1"``, ``"STATUS=..."``) to ``$NOTIFY_SOCKET`` in one datagram.
 
     A plain call, not awaited. Each argument is one ``KEY=VALUE`` line (or
     several, joined by newlines). ``$NOTIFY_SOCKET`` is a path or an

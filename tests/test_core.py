@@ -172,6 +172,7 @@ PUBLIC_MODULES = [
     "aioipc.shm",
     "aioipc.sync",
     "aioipc.dbus",
+    "aioipc.systemd",
 ]
 
 

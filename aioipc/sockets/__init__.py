@@ -39,6 +39,7 @@ import asyncio
 import errno
 import socket
 import ssl as _ssl
+from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 from anyio.streams.tls import TLSStream
@@ -251,12 +252,18 @@ def from_socket(sock: socket.socket, *, max_size: int = DEFAULT_MAX_SIZE) -> Any
     raise ValueError(f"cannot make a stream of a socket of type {sock.type!r}")
 
 
+_UNIX_SCHEMES: dict[int, str] = {
+    KINDS["stream"]: "unix",
+    KINDS["seqpacket"]: "unix+seqpacket",
+    KINDS["dgram"]: "unix+dgram",
+}
+
+
 def _listening_address(sock: socket.socket) -> Address:
     """The address a bound socket serves, in address syntax (``unix:/path``, ``tcp:host:port`` ...)."""
     kind = sock.type & ~(socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
-    if sock.family == socket.AF_UNIX and kind in (socket.SOCK_STREAM, socket.SOCK_SEQPACKET, socket.SOCK_DGRAM):
-        scheme = {socket.SOCK_STREAM: "unix", socket.SOCK_SEQPACKET: "unix+seqpacket"}.get(kind, "unix+dgram")
-        return Address(scheme, path=format_unix(sock.getsockname()))
+    if sock.family == socket.AF_UNIX and kind in _UNIX_SCHEMES:
+        return Address(_UNIX_SCHEMES[kind], path=format_unix(sock.getsockname()))
     if sock.family in (socket.AF_INET, socket.AF_INET6) and kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
         host, port = sock.getsockname()[:2]
         return Address("tcp" if kind == socket.SOCK_STREAM else "udp", host=host, port=port)
@@ -299,11 +306,12 @@ async def serve_socket(
         if option in options:
             raise TypeError(f"serve_socket() serves a bound socket: {option}= does not apply")
     address = _listening_address(sock)
+    starter: Callable[..., Awaitable[Server]] = serve_connections
     if address.scheme in ("unix+dgram", "udp"):
-        return await serve_datagram(address, handler, framing=framing, max_size=max_size, sock=sock, **options)
-    if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+        starter = serve_datagram
+    elif not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
         raise ValueError(f"the {address} socket is not listening: wrap a connection with from_socket()")
-    return await serve_connections(address, handler, framing=framing, max_size=max_size, sock=sock, **options)
+    return await starter(address, handler, framing=framing, max_size=max_size, sock=sock, **options)
 
 
 async def _connect(
