@@ -332,3 +332,39 @@ async def test_serve_socket_serves_a_tcp_socket_bound_elsewhere_and_refuses_a_co
                 await client.send(b"ping")
                 assert await client.receive() == b"ping"
     assert listener.fileno() == -1  # the server owned it and closed it
+
+
+@needs_activate
+async def test_example_socket_activated_echo_runs_under_systemd_socket_activate(tmp_ipc_dir: Path) -> None:
+    path = tmp_ipc_dir / "echo.sock"
+    example = Path(__file__).parent.parent / "examples" / "socket_activated_echo.py"
+    proc = await aioipc.process.spawn(
+        [ACTIVATE, "-l", str(path), sys.executable, str(example)],
+        channel=False, stdout=aioipc.process.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    async with proc:
+        svc = Service(proc)
+        with anyio.fail_after(20):
+            await line_starting(svc, f"Listening on {path} as 3.")
+            async with await aioipc.connect(f"unix:{path}", framing=None) as client:
+                await client.send(b"hello\n")
+                received = b""
+                while not received.endswith(b"\n"):
+                    received += await client.receive()
+                assert received == b"hello\n"
+            assert await line_starting(svc, "echoing on") == f"echoing on unix:{path}"
+            await shell_kill("TERM", svc.pid)
+            assert await svc.rest() == ["stopped by SIGTERM"]  # quietly: no traceback
+            assert await proc.wait() == 0
+    assert path.is_socket()
+
+
+def test_example_socket_activated_echo_says_how_to_start_it() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LISTEN_")}
+    proc = subprocess.run(
+        [sys.executable, "socket_activated_echo.py"],
+        cwd=Path(__file__).parent.parent / "examples", capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert "sd-listen: needs a socket inherited from systemd" in proc.stderr
+    assert "Traceback" not in proc.stderr
