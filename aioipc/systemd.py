@@ -113,6 +113,8 @@ def listen_fds(unset_environment: bool = False) -> list[ListenFd]:
         if int(pid_text) != os.getpid():
             return []
         count = int(count_text)
+        if count == 0:
+            return []
         names_text = os.environ.get("LISTEN_FDNAMES")
         names = names_text.split(":") if names_text is not None else ["unknown"] * count
         if len(names) != count:

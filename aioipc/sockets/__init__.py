@@ -283,7 +283,8 @@ async def serve_socket(
     A listening stream or seqpacket socket gets one ``handler`` call per
     connection; a bound datagram socket one call with its message stream.
     The server owns the socket from then on and closes it on close; it
-    never removes a socket file (whoever bound it owns that).
+    never removes a socket file (whoever bound it owns that). If this
+    raises, the socket is still the caller's.
 
     Args:
         framing, max_size, options: as for ``aioipc.serve()`` with this
