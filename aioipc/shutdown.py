@@ -148,7 +148,15 @@ class GracefulShutdown:
         """Tell systemd the service is ready (``READY=1``, and ``STATUS=status`` when given).
 
         Sent whatever ``notify`` was; a no-op returning ``False`` when not
-        run by systemd (see :func:`aioipc.systemd.notify`, whose errors it raises).
+        run by systemd (no ``$NOTIFY_SOCKET``), ``True`` when sent.
+
+        Raises:
+            OSError, TimeoutError: as :func:`aioipc.systemd.notify` raises them.
+
+        Example::
+
+            server = await aioipc.serve("sd-listen:", handler)
+            sd.ready(status=f"serving {server.address}")
         """
         return _systemd.notify("READY=1", *(() if status is None else (f"STATUS={status}",)))
 

@@ -35,7 +35,7 @@ import stat
 from typing import Any, NamedTuple
 
 from ._core.framing import DEFAULT_MAX_SIZE
-from ._core.schemes import Address, Framing, register_scheme
+from ._core.schemes import Address, Framing, Handler, register_scheme
 from ._core.server import Server
 from .sockets import serve_socket
 
@@ -184,7 +184,7 @@ async def _connect(address: Address, **options: Any) -> None:
 
 async def _serve(
     address: Address,
-    handler: Any,
+    handler: Handler,
     *,
     framing: Framing = "length",
     max_size: int = DEFAULT_MAX_SIZE,
