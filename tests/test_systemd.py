@@ -50,6 +50,8 @@ ECHO_SERVICE = """
                 except ValueError as exc:
                     print("error:", exc, flush=True)
             framing = None if framing == "raw" else "length"
+            async with await aioipc.serve("sd-listen:" + name, echo, framing=framing):
+                pass  # a server closed at once: the inherited socket stays ours, and its file stays
             server = await aioipc.serve("sd-listen:" + name, echo, framing=framing)
             sd.add_hook(server.close)
             print("serving", server.address, flush=True)
