@@ -16,7 +16,7 @@ Every mechanism is an anyio-compatible stream that you ``await`` and
 
 from __future__ import annotations
 
-from . import fifo, mq, pipes, process, shm, shutdown, signals, sockets, sync
+from . import fifo, mq, pipes, process, shm, shutdown, signals, sockets, sync, systemd
 from ._core.attributes import IPCAttribute, PeerCredentials
 from ._core.errors import AddressInUse, FrameTooLarge, IPCError, PeerDied, ProtocolError, TruncatedMessage
 from ._core.objects import Codec, ObjectStream
@@ -76,6 +76,7 @@ __all__ = [
     "sockets",
     "spawn",
     "sync",
+    "systemd",
 ]
 
 

@@ -35,6 +35,7 @@ from types import TracebackType
 from typing import Any, NoReturn
 
 from . import signals as _signals
+from . import systemd as _systemd
 
 __all__ = ["GracefulShutdown", "graceful_shutdown"]
 
@@ -91,6 +92,7 @@ class GracefulShutdown:
         signals: Iterable[int],
         reload: Callable[[], Any] | None,
         reload_signals: Iterable[int],
+        notify: bool = False,
     ) -> None:
         if timeout < 0:
             raise ValueError("timeout must be >= 0")
@@ -102,6 +104,8 @@ class GracefulShutdown:
             names = ", ".join(sorted(_signal_name(s) for s in overlap))
             raise ValueError(f"{names} cannot both shut down and reload")
         self._reload = reload
+        self._notify = notify
+        self._stopping_sent = False
         self.reason: int | None = None
         self.triggered = False
         self.failures: list[tuple[Callable[..., Any], BaseException]] = []
@@ -140,6 +144,39 @@ class GracefulShutdown:
         self._hooks.append((fn, args, kwargs))
         return fn
 
+    def ready(self, status: str | None = None) -> bool:
+        """Tell systemd the service is ready (``READY=1``, and ``STATUS=status`` when given).
+
+        Sent whatever ``notify`` was; a no-op returning ``False`` when not
+        run by systemd (no ``$NOTIFY_SOCKET``), ``True`` when sent.
+
+        Raises:
+            OSError, TimeoutError: as :func:`aioipc.systemd.notify` raises them.
+
+        Example::
+
+            server = await aioipc.serve("sd-listen:", handler)
+            sd.ready(status=f"serving {server.address}")
+        """
+        return _systemd.notify("READY=1", *(() if status is None else (f"STATUS={status}",)))
+
+    def _send_stopping(self) -> None:
+        if self._notify and not self._stopping_sent:
+            self._stopping_sent = True
+            try:
+                _systemd.notify("STOPPING=1")
+            except OSError as exc:
+                logger.warning("could not tell systemd STOPPING=1: %s", exc)
+
+    async def _watchdog(self, period: float) -> None:
+        """``WATCHDOG=1`` at once, then every quarter period: at least every half even when woken late."""
+        while True:
+            try:
+                _systemd.notify("WATCHDOG=1")
+            except OSError as exc:
+                logger.warning("could not send systemd WATCHDOG=1: %s", exc)
+            await asyncio.sleep(period / 4)
+
     def trigger(self, reason: int | None = None) -> None:
         """Start the shutdown from code, as a signal would (no-op if already started).
 
@@ -151,6 +188,7 @@ class GracefulShutdown:
         self.triggered = True
         self.reason = reason
         logger.info("shutting down on %s (timeout %s s)", _signal_name(reason), self.timeout)
+        self._send_stopping()
         if self._host is not None:
             self._cancel_host()
 
@@ -206,6 +244,9 @@ class GracefulShutdown:
                     _signals.receive(*self.reload_signals, redeliver=False)
                 )
                 self._tasks.append(loop.create_task(self._reload_on_signal(reloads)))
+            period = _watchdog_period() if self._notify else None
+            if period is not None:
+                self._tasks.append(loop.create_task(self._watchdog(period)))
             self._stack = stack.pop_all()
         self._loop, self._host = loop, host
         self._cancelling = host.cancelling()
@@ -219,6 +260,7 @@ class GracefulShutdown:
         assert self._host is not None
         assert self._stack is not None
         self._exiting = True
+        self._send_stopping()
         absorb = False
         if self._cancel_requested:
             absorb = self._host.uncancel() <= self._cancelling and exc_type is asyncio.CancelledError
@@ -258,12 +300,23 @@ class GracefulShutdown:
                 self._force_exit(signum)
 
 
+def _watchdog_period() -> float | None:
+    """Seconds of ``$WATCHDOG_USEC`` when the watchdog is on for this process (``sd_watchdog_enabled``)."""
+    usec, pid = os.environ.get("WATCHDOG_USEC", ""), os.environ.get("WATCHDOG_PID")
+    if not usec.isdigit() or int(usec) == 0:
+        return None
+    if pid is not None and pid != str(os.getpid()):
+        return None
+    return int(usec) / 1e6
+
+
 def graceful_shutdown(
     timeout: float = 10,
     signals: Iterable[int] = (signal.SIGINT, signal.SIGTERM),
     *,
     reload: Callable[[], Any] | None = None,
     reload_signals: Iterable[int] = (signal.SIGHUP,),
+    notify: bool = False,
 ) -> GracefulShutdown:
     """Cancel the work inside the block on SIGINT/SIGTERM, then run cleanup hooks within ``timeout``.
 
@@ -284,6 +337,11 @@ def graceful_shutdown(
             the service keeps running. Reload signals that come during a
             reload coalesce into one more reload.
         reload_signals: the signals that call ``reload`` (SIGHUP by default).
+        notify: speak to systemd (:mod:`aioipc.systemd`; nothing happens
+            without ``$NOTIFY_SOCKET``): ``STOPPING=1`` when the stop
+            begins, and while the block runs ``WATCHDOG=1`` at least every
+            half ``$WATCHDOG_USEC`` when that is set (and ``$WATCHDOG_PID``
+            is unset or this process). ``sd.ready()`` sends ``READY=1``.
 
     Raises:
         ValueError: a negative timeout, a signal in both lists, ``SIGKILL`` or ``SIGSTOP``.
@@ -306,4 +364,4 @@ def graceful_shutdown(
                 tg.create_task(flush_metrics())
         print("stopped by", sd.reason)
     """
-    return GracefulShutdown(timeout, signals, reload, reload_signals)
+    return GracefulShutdown(timeout, signals, reload, reload_signals, notify)

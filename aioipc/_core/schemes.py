@@ -176,6 +176,7 @@ class Scheme:
             ``max_size``; ``None``: this scheme cannot be served.
         extra: the pip extra it needs (``pip install 'aioipc[EXTRA]'``), if any.
         removable: ``aioipc rm`` can remove an object at such an address.
+        bare: ``NAME:`` alone is a whole address (``sd-listen:``).
     """
 
     name: str
@@ -189,6 +190,7 @@ class Scheme:
     serve_options: frozenset[str] | None = frozenset()
     extra: str = ""
     removable: bool = False
+    bare: bool = False
 
     def functions(self) -> Any:
         """The mechanism module, imported now.
@@ -256,6 +258,14 @@ SCHEMES: Mapping[str, Scheme] = _table(
         "shm", "shm:/name", "shared-memory ring between two processes", "aioipc.shm",
         messages=True, parse=_parse_name, serve_options=frozenset({"capacity", "mode"}), removable=True,
     ),
+    Scheme(
+        "sd-listen", "sd-listen: | sd-listen:NAME",
+        "a listening socket systemd passed (LISTEN_FDS; NAME: FileDescriptorName); serve only",
+        "aioipc.systemd", messages=False, connect_options=None, bare=True,
+        serve_options=frozenset(
+            {"max_connections", "allowed_uids", "idle_timeout", "ssl", "handshake_timeout", "nodelay"}
+        ),
+    ),
 )  # fmt: skip
 
 
@@ -285,7 +295,7 @@ def parse_address(text: str | Address) -> Address:
     scheme = SCHEMES.get(name)
     if not sep or scheme is None:
         raise _bad(text, f"unknown scheme {name!r}" if sep else "no scheme")
-    if not rest:
+    if not rest and not scheme.bare:
         raise _bad(text, "nothing after the scheme", scheme)
     try:
         return scheme.parse(name, rest)
@@ -309,7 +319,10 @@ def _check_options(
     scheme: Scheme, call: str, allowed: frozenset[str] | None, options: Mapping[str, Any]
 ) -> None:
     if allowed is None:
-        raise ValueError(f"{scheme.name}: addresses cannot be used with {call}()")
+        only = "served" if call == "connect" else "connected to"
+        raise ValueError(
+            f"{scheme.name}: addresses can only be {only}, not used with {call}(): {scheme.summary}"
+        )
     unknown = sorted(set(options) - allowed)
     if unknown:
         base = ("framing", "max_size", "timeout") if call == "connect" else ("framing", "max_size")

@@ -41,6 +41,7 @@ import os
 import socket
 import ssl as _ssl
 import stat
+from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 from anyio.streams.tls import TLSStream
@@ -67,6 +68,7 @@ __all__ = [
     "connect_unix_datagram",
     "connect_unix_seqpacket",
     "from_socket",
+    "serve_socket",
     "socketpair",
 ]
 
@@ -263,6 +265,69 @@ def remove_address(address: Address) -> None:
     if not stat.S_ISSOCK(os.lstat(address.path).st_mode):
         raise ValueError(f"{address.path} is not a socket; left alone")
     os.unlink(address.path)
+
+
+_UNIX_SCHEMES: dict[int, str] = {
+    KINDS["stream"]: "unix",
+    KINDS["seqpacket"]: "unix+seqpacket",
+    KINDS["dgram"]: "unix+dgram",
+}
+
+
+def _listening_address(sock: socket.socket) -> Address:
+    """The address a bound socket serves, in address syntax (``unix:/path``, ``tcp:host:port`` ...)."""
+    kind = sock.type & ~(socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
+    if sock.family == socket.AF_UNIX and kind in _UNIX_SCHEMES:
+        return Address(_UNIX_SCHEMES[kind], path=format_unix(sock.getsockname()))
+    if sock.family in (socket.AF_INET, socket.AF_INET6) and kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+        host, port = sock.getsockname()[:2]
+        return Address("tcp" if kind == socket.SOCK_STREAM else "udp", host=host, port=port)
+    raise ValueError(f"cannot serve a socket of family {sock.family!r} and type {sock.type!r}")
+
+
+async def serve_socket(
+    sock: socket.socket,
+    handler: Handler,
+    *,
+    framing: Framing = "length",
+    max_size: int = DEFAULT_MAX_SIZE,
+    **options: Any,
+) -> Server:
+    """Serve a socket that is already bound (inherited from systemd or a parent), as ``aioipc.serve()`` would.
+
+    A listening stream or seqpacket socket gets one ``handler`` call per
+    connection; a bound datagram socket one call with its message stream.
+    The server owns the socket from then on and closes it on close; it
+    never removes a socket file (whoever bound it owns that). If this
+    raises, the socket is still the caller's.
+
+    Args:
+        framing, max_size, options: as for ``aioipc.serve()`` with this
+            socket's address (``max_connections``, ``allowed_uids``,
+            ``ssl`` ...); none that bind (``mode``, ``backlog``, ``persist``).
+
+    Raises:
+        ValueError: a stream or seqpacket socket that is not listening (a
+            connection: wrap it with :func:`from_socket`), or a family or
+            type aioipc does not serve.
+        TypeError: an option that binds, or one this kind of socket lacks.
+
+    Example::
+
+        sock = socket.socket(fileno=3)          # a listening socket inherited on fd 3
+        async with await aioipc.sockets.serve_socket(sock, handler) as server:
+            await server.serve_forever()
+    """
+    for option in ("mode", "backlog", "persist", "sock"):
+        if option in options:
+            raise TypeError(f"serve_socket() serves a bound socket: {option}= does not apply")
+    address = _listening_address(sock)
+    starter: Callable[..., Awaitable[Server]] = serve_connections
+    if address.scheme in ("unix+dgram", "udp"):
+        starter = serve_datagram
+    elif not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+        raise ValueError(f"the {address} socket is not listening: wrap a connection with from_socket()")
+    return await starter(address, handler, framing=framing, max_size=max_size, sock=sock, **options)
 
 
 async def connect_address(

@@ -92,8 +92,13 @@ async def serve_connections(
     handshake_timeout: float = 30,
     nodelay: bool = True,
     persist: bool = False,
+    sock: socket.socket | None = None,
 ) -> Server:
-    """Listen on a ``unix:``, ``unix+seqpacket:`` or ``tcp:`` address and serve each connection."""
+    """Listen on a ``unix:``, ``unix+seqpacket:`` or ``tcp:`` address and serve each connection.
+
+    With ``sock``, a socket already listening at ``address`` (inherited, say),
+    nothing is bound: that socket is served, and no file is removed on close.
+    """
     _check_options(address, allowed_uids=allowed_uids, ssl=ssl)
     if max_connections is not None and max_connections < 1:
         raise ValueError("max_connections must be at least 1")
@@ -101,13 +106,15 @@ async def serve_connections(
     seqpacket = address.scheme == "unix+seqpacket"
     tcp = address.scheme == "tcp"
     owned: UnixPath | None = None
-    if tcp:
+    inherited = sock is not None
+    if sock is None and tcp:
         sock = await _bind_inet(address, socket.SOCK_STREAM)
-    else:
+    elif sock is None:
         sock, owned = _bind_unix(address, KINDS["seqpacket" if seqpacket else "stream"], mode)
     listener = SocketHandle(sock)
     try:
-        sock.listen(backlog)
+        if not inherited:
+            sock.listen(backlog)
         bound = tcp_address("tcp", sock.getsockname()) if tcp else str(address)
     except BaseException:
         listener.close()
@@ -213,16 +220,23 @@ async def serve_datagram(
     max_size: int,
     mode: int = 0o600,
     persist: bool = False,
+    sock: socket.socket | None = None,
 ) -> Server:
-    """Bind a ``unix+dgram:`` or ``udp:`` address and call ``handler`` once with its socket."""
+    """Bind a ``unix+dgram:`` or ``udp:`` address and call ``handler`` once with its socket.
+
+    With ``sock``, a socket already bound at ``address``, that socket is
+    served, and no file is removed on close.
+    """
     del framing  # datagrams keep their own boundaries
     owned: UnixPath | None = None
     if address.scheme == "udp":
-        sock = await _bind_inet(address, socket.SOCK_DGRAM)
+        if sock is None:
+            sock = await _bind_inet(address, socket.SOCK_DGRAM)
         bound = tcp_address("udp", sock.getsockname())
         path = None
     else:
-        sock, owned = _bind_unix(address, socket.SOCK_DGRAM, mode)
+        if sock is None:
+            sock, owned = _bind_unix(address, socket.SOCK_DGRAM, mode)
         bound, path = str(address), address.path
     stream: MessageSocket = DatagramStream(SocketHandle(sock), max_size=max_size, path=path, connected=False)
 
