@@ -1,0 +1,52 @@
+"""``aioipc.run(..., exit_quietly=True)``: Ctrl-C and plain ``kill`` end a program cleanly and quietly."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import anyio
+import posix_ipc
+import pytest
+from helpers import loop_name
+
+PROGRAM = """
+import sys
+import anyio
+import aioipc
+
+async def main(name):
+    async with await aioipc.mq.open(name, create=True):
+        print("ready", flush=True)
+        await anyio.sleep(60)
+
+aioipc.run(main(sys.argv[2]), loop=sys.argv[1], exit_quietly=True)
+"""
+
+
+@pytest.mark.parametrize("signame", ["INT", "TERM"])
+async def test_a_signal_cancels_main_cleans_up_and_exits_128_plus_signum(
+    signame: str, tmp_path: Path, unique_name: str
+) -> None:
+    script = tmp_path / "program.py"
+    script.write_text(PROGRAM)
+    name = f"/{unique_name}"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(script),
+        loop_name(),
+        name,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    with anyio.fail_after(30):
+        assert await proc.stdout.readline() == b"ready\n"
+        kill = await asyncio.create_subprocess_exec("sh", "-c", f"kill -{signame} {proc.pid}")
+        assert await kill.wait() == 0
+        _, err = await proc.communicate()
+    assert proc.returncode == (130 if signame == "INT" else 143)
+    assert err == b""  # no traceback
+    with pytest.raises(posix_ipc.ExistentialError):  # the queue it created is gone
+        posix_ipc.MessageQueue(name)
