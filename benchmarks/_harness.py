@@ -714,6 +714,10 @@ def targets(contenders: Sequence[Contender], wanted: Iterable[TargetSpec]) -> li
     ]
 
 
+RECORDED: list[dict[str, Any]] = []
+"""Every ratio printed in this process, for ``run.py``'s report (JSON, Markdown, PNG)."""
+
+
 def print_targets(results: Results, targets: Sequence[Target]) -> bool:
     """Print each ratio with met / not met; True when every measured target is met."""
     rows = [["ratio (this run)", "medians", "best runs", "target", ""]]
@@ -728,6 +732,17 @@ def print_targets(results: Results, targets: Sequence[Target]) -> bool:
         ratio = top / bottom
         met = ratio >= target.bound if target.op == ">=" else ratio <= target.bound
         all_met &= met
+        RECORDED.append(
+            {
+                "name": target.name,
+                "loop": target.numerator.loop or target.denominator.loop or "-",
+                "ratio": ratio,
+                "op": target.op,
+                "bound": target.bound,
+                "met": met,
+                "load": max(results.load, default=0.0),
+            }
+        )
         sign = "≥" if target.op == ">=" else "≤"
         rows.append(
             [
