@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -109,6 +110,18 @@ async def until(condition: Callable[[], object], timeout: float = 10) -> None:
     with anyio.fail_after(timeout):
         while not condition():
             await asyncio.sleep(0)
+
+
+def threads_and_fds() -> tuple[int, int]:
+    """This process's live threads and open fds, to compare before and after an attack."""
+    return threading.active_count(), len(os.listdir("/proc/self/fd"))
+
+
+async def back_to(baseline: tuple[int, int], timeout: float = 10) -> None:
+    """Wait (at most ``timeout`` seconds) until no more threads and fds are open than at ``baseline``."""
+    await until(
+        lambda: all(now <= then for now, then in zip(threads_and_fds(), baseline, strict=True)), timeout
+    )
 
 
 @dataclass

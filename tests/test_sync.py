@@ -14,6 +14,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+from helpers import back_to, threads_and_fds
 
 from aioipc import sync
 from aioipc.sync import FileLock, Semaphore
@@ -149,6 +150,24 @@ async def test_cancelled_semaphore_acquire_never_leaks_a_unit(unique_name: str) 
             await sem.acquire()
 
 
+async def test_abandoned_semaphore_waits_leave_no_thread_and_no_unit_behind(unique_name: str) -> None:
+    """200 timed-out and 200 cancelled waits: each ends its kernel wait at once."""
+    async with aclosing(await Semaphore.open("/" + unique_name, create=True, initial=0)) as sem:
+        baseline = threads_and_fds()
+        with anyio.fail_after(30):
+            for _ in range(200):
+                with pytest.raises(TimeoutError):
+                    await sem.acquire(timeout=0.002)
+            for _ in range(200):
+                with anyio.move_on_after(0.001):
+                    await sem.acquire()
+            await back_to(baseline)
+        sem.release()
+        with anyio.fail_after(10):
+            await back_to(baseline)  # no waiter is left to take the unit
+        assert sem.value == 1
+
+
 async def test_closing_a_semaphore_wakes_its_waiters(unique_name: str) -> None:
     sem = await Semaphore.open("/" + unique_name, create=True, initial=0)
     waiting = asyncio.ensure_future(sem.acquire())
@@ -221,6 +240,23 @@ async def test_cancelled_lock_wait_leaves_the_lock_free(tmp_path: Path) -> None:
     third.release()
     with pytest.raises(RuntimeError, match="not held"):
         third.release()
+
+
+async def test_abandoned_lock_waits_leave_no_thread_fd_or_lock_behind(tmp_path: Path) -> None:
+    path = str(tmp_path / "lock")
+    async with holder(tmp_path, "exclusive", path) as proc:
+        baseline = threads_and_fds()
+        with anyio.fail_after(30):
+            for _ in range(200):
+                with pytest.raises(TimeoutError):
+                    await FileLock(path).acquire(timeout=0.005)
+            await back_to(baseline)
+        _let_go(proc)
+        with anyio.fail_after(20):
+            assert await proc.wait() == 0
+    lock = FileLock(path)
+    await lock.acquire(timeout=0)  # no abandoned wait took the lock
+    lock.release()
 
 
 async def test_two_locks_in_one_process_exclude_each_other(tmp_path: Path) -> None:
