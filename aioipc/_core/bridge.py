@@ -14,8 +14,8 @@ interrupts the call: the worker thread is sent ``SIGURG`` (see below), the
 blocking system call fails with ``EINTR`` having done nothing, and the call
 is dropped. If it had completed anyway, its result is handed to the
 ``orphan`` callback (keep it for the next caller, or undo it), never lost;
-or, with ``all_or_nothing=True``, the caller gets it and the cancellation
-is delivered again at its next ``await``. Calls must therefore fail on
+or, with ``all_or_nothing=True``, the caller gets it (the cancellation
+came too late). Calls must therefore fail on
 ``EINTR`` rather than retry it: Python's own wrappers retry (PEP 475), so
 the waits are made through ctypes (:mod:`aioipc._core.locks`, System V
 ``semop``) or through extensions that report the signal (``posix_ipc``,
@@ -208,9 +208,11 @@ class Bridge:
             all_or_nothing: a cancelled caller waits (for the moment an
                 interrupt takes) to learn whether the call did its work: if
                 it did, its result is returned and the cancellation is
-                requested again for the caller's next ``await``; if not,
-                ``CancelledError`` is raised. So a call that raised did
-                nothing (a send that raised sent nothing).
+                suppressed (an anyio cancel scope cancels again at the next
+                checkpoint; a one-shot ``Task.cancel()`` is consumed, as by
+                any call that completed); if not, ``CancelledError`` is
+                raised. So a call that raised did nothing (a send that
+                raised sent nothing).
 
         Raises:
             anyio.ClosedResourceError: the bridge is closed, or was closed while waiting.
@@ -239,15 +241,16 @@ class Bridge:
         except asyncio.CancelledError:
             if not job.future.done():
                 self._interrupt(job)
-            while not job.future.done():
-                with contextlib.suppress(asyncio.CancelledError):
+            while not job.future.done():  # the outcome, read below, decides
+                with contextlib.suppress(BaseException):
                     await asyncio.shield(job.future)
             if job.outcome is None or not job.outcome[0]:
                 raise  # it did nothing (interrupted, or failed)
+            # It happened: the caller must hear so. The cancellation is suppressed (and
+            # uncancelled, as asyncio asks); an anyio scope cancels again at the next checkpoint.
             task = asyncio.current_task()
             assert task is not None
             task.uncancel()
-            task.cancel()  # delivered at the caller's next await
             return job.future.result()
 
     def _work(self, stopped: asyncio.Future[None]) -> None:
