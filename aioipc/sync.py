@@ -35,7 +35,6 @@ import os
 import stat
 import warnings
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Literal
 
 import anyio
@@ -43,7 +42,7 @@ import anyio.lowlevel
 import posix_ipc
 
 from ._core.bridge import Bridge
-from ._core.locks import ofd_lock
+from ._core.locks import AcquireRelease, ofd_lock
 from ._core.semaphores import BridgedSemaphore
 from ._core.sysvipc import sysvipc_table
 
@@ -180,7 +179,7 @@ def unlink(name: str) -> None:
 # -- fcntl record locks ----------------------------------------------------------------------
 
 
-class FileLock:
+class FileLock(AcquireRelease):
     """An fcntl record lock on the whole of ``path``, exclusive or shared.
 
     ``async with FileLock(path):`` acquires and releases. The file is
@@ -278,15 +277,6 @@ class FileLock:
             raise RuntimeError(f"{self!r} is not held")
         self._fd = -1
         os.close(fd)
-
-    async def __aenter__(self) -> FileLock:
-        await self.acquire()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.release()
 
     def __del__(self) -> None:
         if self._fd >= 0:

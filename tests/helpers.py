@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -122,6 +123,23 @@ async def back_to(baseline: tuple[int, int], timeout: float = 10) -> None:
     await until(
         lambda: all(now <= then for now, then in zip(threads_and_fds(), baseline, strict=True)), timeout
     )
+
+
+async def abandon_semaphore_waits(sem: Any) -> None:
+    """200 timed-out and 200 cancelled waits on an empty semaphore (POSIX or System V): each
+    must end its kernel wait at once, leaving no thread, fd or waiter to take a later unit."""
+    baseline = threads_and_fds()
+    with anyio.fail_after(30):
+        for _ in range(200):
+            with pytest.raises(TimeoutError):
+                await sem.acquire(timeout=0.002)
+        for _ in range(200):
+            with anyio.move_on_after(0.001):
+                await sem.acquire()
+        await back_to(baseline)
+        sem.release()
+        await back_to(baseline)  # no waiter is left to take the unit
+    assert sem.value == 1
 
 
 @dataclass

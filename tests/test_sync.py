@@ -14,7 +14,7 @@ from pathlib import Path
 
 import anyio
 import pytest
-from helpers import back_to, threads_and_fds
+from helpers import abandon_semaphore_waits, back_to, threads_and_fds
 
 from aioipc import sync
 from aioipc.sync import FileLock, Semaphore
@@ -151,21 +151,8 @@ async def test_cancelled_semaphore_acquire_never_leaks_a_unit(unique_name: str) 
 
 
 async def test_abandoned_semaphore_waits_leave_no_thread_and_no_unit_behind(unique_name: str) -> None:
-    """200 timed-out and 200 cancelled waits: each ends its kernel wait at once."""
     async with aclosing(await Semaphore.open("/" + unique_name, create=True, initial=0)) as sem:
-        baseline = threads_and_fds()
-        with anyio.fail_after(30):
-            for _ in range(200):
-                with pytest.raises(TimeoutError):
-                    await sem.acquire(timeout=0.002)
-            for _ in range(200):
-                with anyio.move_on_after(0.001):
-                    await sem.acquire()
-            await back_to(baseline)
-        sem.release()
-        with anyio.fail_after(10):
-            await back_to(baseline)  # no waiter is left to take the unit
-        assert sem.value == 1
+        await abandon_semaphore_waits(sem)
 
 
 async def test_closing_a_semaphore_wakes_its_waiters(unique_name: str) -> None:

@@ -18,8 +18,29 @@ import ctypes
 import errno
 import fcntl
 import os
+from types import TracebackType
+from typing import Self
 
-__all__ = ["ofd_lock", "ofd_locked", "ofd_unlock"]
+__all__ = ["AcquireRelease", "ofd_lock", "ofd_locked", "ofd_unlock"]
+
+
+class AcquireRelease:
+    """``async with x:`` for anything with ``await acquire()`` and ``release()`` (locks, semaphores)."""
+
+    async def acquire(self, timeout: float | None = None) -> None:
+        raise NotImplementedError
+
+    def release(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        await self.acquire()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.release()
 
 
 class _Flock(ctypes.Structure):

@@ -14,13 +14,13 @@ a close never pulls the memory from under a waiting thread.
 from __future__ import annotations
 
 from collections.abc import Callable
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import anyio
 import anyio.lowlevel
 
 from .bridge import Bridge
+from .locks import AcquireRelease
 
 __all__ = ["BridgedSemaphore", "checkpoint_or_release"]
 
@@ -34,7 +34,7 @@ async def checkpoint_or_release(release: Callable[[], None]) -> None:
         raise
 
 
-class BridgedSemaphore:
+class BridgedSemaphore(AcquireRelease):
     """The base of semaphore handles: waiting, timeouts, cancellation and end of life.
 
     A subclass sets ``owned``, ``_sem`` (has ``.value``), ``_label`` (what
@@ -125,12 +125,3 @@ class BridgedSemaphore:
             if self.owned:
                 self._remove()
             self._close_handle()
-
-    async def __aenter__(self) -> Self:
-        await self.acquire()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.release()
