@@ -8,6 +8,8 @@ import signal
 import stat
 import sys
 import textwrap
+import threading
+import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing, asynccontextmanager
 from pathlib import Path
@@ -253,3 +255,37 @@ async def test_two_locks_in_one_process_exclude_each_other(tmp_path: Path) -> No
             await FileLock(path).acquire(timeout=0)
     with pytest.raises(ValueError, match="not a regular file"):
         await FileLock("/dev/null").acquire()
+
+
+async def test_signals_to_the_waiting_thread_do_not_restart_the_timeout(tmp_path: Path) -> None:
+    """The wait is retried after EINTR, but its timeout runs from the first call."""
+    path = str(tmp_path / "lock")
+    async with holder(tmp_path, "exclusive", path):
+        lock = FileLock(path)
+
+        async def interrupt_it() -> None:
+            while True:
+                for thread in threading.enumerate():
+                    if thread.name == "aioipc-lock" and thread.ident is not None:
+                        signal.pthread_kill(thread.ident, signal.SIGURG)
+                await asyncio.sleep(0.02)
+
+        interrupter = asyncio.ensure_future(interrupt_it())
+        started = time.monotonic()
+        try:
+            with anyio.move_on_after(10), pytest.raises(TimeoutError):
+                await lock.acquire(timeout=0.3)
+        finally:
+            interrupter.cancel()
+        assert time.monotonic() - started < 3, "each interrupt restarted the timeout"
+
+
+async def test_tasks_of_one_handle_wait_in_turn(unique_name: str) -> None:
+    async with aclosing(await Semaphore.open("/" + unique_name, create=True, initial=0)) as sem:
+        waiting = [asyncio.ensure_future(sem.acquire(timeout=20)) for _ in range(3)]
+        await asyncio.sleep(0)
+        for _ in range(3):
+            sem.release()
+        with anyio.fail_after(20):
+            await asyncio.gather(*waiting)
+        assert sem.value == 0
