@@ -88,6 +88,10 @@ class BridgedSemaphore(AcquireRelease):
 
         Cancelling it (or its timeout) ends the wait at once and never leaks
         a unit: one that arrived at that moment is released.
+
+        Caveats:
+            Tasks that wait on one handle wait in turn, in the order they
+            came (one kernel wait per handle at a time).
         """
         self._check()
         if self._try_acquire():
