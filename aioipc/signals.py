@@ -190,8 +190,12 @@ async def receive(*signals: int, redeliver: bool = True) -> AsyncIterator[Signal
     Args:
         signals: signal numbers (``signal.SIGTERM``, real-time signals ...).
         redeliver: when this block was the signal's last receiver and leaves
-            with a delivery it did not take, raise that signal again once the
-            previous handler is back, so that it is not lost (as trio does).
+            with a delivery it did not take, hand that signal to the Python
+            handler that is put back (``signal.signal`` handlers, Python's
+            ``KeyboardInterrupt`` for ``SIGINT``), so that it is not lost.
+            Under ``SIG_DFL`` or ``SIG_IGN`` it is dropped: it arrived while
+            this process was handling the signal, when the default action
+            (for most signals: end the process) was not in force.
 
     Raises:
         ValueError: no signal given, not a signal number, or ``SIGKILL`` /
@@ -201,9 +205,10 @@ async def receive(*signals: int, redeliver: bool = True) -> AsyncIterator[Signal
 
     Caveats:
         Deliveries coalesce per receiver (see the module docstring).
-        Redelivery runs the previous handler: for ``SIGINT`` that is
-        usually ``KeyboardInterrupt``, and a signal left at ``SIG_DFL``
-        may end the process.
+        Redelivery runs the previous Python handler: for ``SIGINT`` that is
+        usually ``KeyboardInterrupt``. A signal that arrives after the
+        block has ended meets the restored disposition, as it would have
+        without the block.
 
     Example::
 
@@ -237,7 +242,8 @@ async def receive(*signals: int, redeliver: bool = True) -> AsyncIterator[Signal
         orphaned = dispatcher.unsubscribe(receiver, list(checked))
         if redeliver:
             for signum in orphaned:
-                signal.raise_signal(signum)
+                if callable(signal.getsignal(signum)):  # not SIG_DFL or SIG_IGN: never fatal here
+                    signal.raise_signal(signum)
 
 
 def send(pid: int, sig: int) -> None:

@@ -6,16 +6,16 @@
   that the kernel releases when its holder dies.
 
 Neither has a file descriptor an event loop can poll, so a contended
-``acquire()`` waits in a bridge thread that blocks in the kernel
-(``sem_timedwait``, ``F_OFD_SETLKW``) and wakes the loop with
-``call_soon_threadsafe``: no sleep-polling, an idle waiter costs no CPU.
-Uncontended acquires never start a thread.
+``acquire()`` waits in a bridge thread (:mod:`aioipc._core.bridge`) that
+blocks in the kernel (``sem_wait``, ``F_OFD_SETLKW``) and wakes the loop
+with ``call_soon_threadsafe``: no sleep-polling, an idle waiter costs no
+CPU. Uncontended acquires never start a thread.
 
-Rule 1: a cancelled (or timed-out) ``acquire()`` never loses or leaks a
-unit: if the bridge thread gets the unit after nobody wants it any more, it
-gives it straight back.
-Rule 2: the kernel object is closed only once no bridge thread is blocked
-on it, so a close can never pull the memory (or fd) from under a waiter.
+Rule 1: a cancelled (or timed-out) ``acquire()`` ends its kernel wait at
+once (the bridge interrupts it with a signal) and leaves no thread, fd or
+kernel wait behind; a unit or lock got at that very moment is given back.
+Rule 2: the kernel object (semaphore handle, lock fd) is closed only after
+its waiting thread has returned, so a close never pulls it from under a waiter.
 
 Example::
 
@@ -29,154 +29,26 @@ Example::
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
-import fcntl
 import os
 import stat
-import struct
-import threading
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Literal, Self, TypeVar
+from typing import Literal
 
 import anyio
 import anyio.lowlevel
 import posix_ipc
 
+from ._core.bridge import Bridge
+from ._core.locks import AcquireRelease, ofd_lock
+from ._core.semaphores import BridgedSemaphore
 from ._core.sysvipc import sysvipc_table
 
 __all__ = ["FileLock", "Semaphore", "SemaphoreInfo", "list_semaphores", "unlink"]
 
-T = TypeVar("T")
-
 _SHM_DIR = "/dev/shm"
-
-
-# -- the bridge: one daemon thread per contended wait ---------------------------------------
-
-
-class _Waiter:
-    """A blocking call running in a daemon thread, awaited by one task."""
-
-    def __init__(self, call: Callable[[], T], undo: Callable[[T], None], on_done: Callable[[], None]) -> None:
-        self._call = call
-        self._undo = undo
-        self._on_done = on_done
-        self._lock = threading.Lock()
-        self._wanted = True
-        self._loop = asyncio.get_running_loop()
-        self.future: asyncio.Future[object] = self._loop.create_future()
-        threading.Thread(target=self._run, daemon=True, name="aioipc-bridge").start()
-
-    def _run(self) -> None:
-        try:
-            result: object = self._call()
-            error: BaseException | None = None
-        except BaseException as exc:
-            result, error = None, exc
-        try:
-            with self._lock:
-                wanted = self._wanted
-                if wanted:
-                    try:
-                        self._loop.call_soon_threadsafe(self._deliver, result, error)
-                    except RuntimeError:  # the loop is closed: nobody will take it
-                        wanted = False
-            if not wanted and error is None:
-                self._undo(result)  # type: ignore[arg-type]
-        finally:
-            self._on_done()
-
-    def _deliver(self, result: object, error: BaseException | None) -> None:
-        if self.future.done():
-            if error is None:
-                self._undo(result)  # type: ignore[arg-type]
-            return
-        if error is None:
-            self.future.set_result(result)
-        else:
-            self.future.set_exception(error)
-
-    def abandon(self, error: BaseException | None = None) -> None:
-        """The awaiting task gave up (or the handle closed): a unit got later is given back."""
-        with self._lock:
-            self._wanted = False
-        future = self.future
-        if future.done():
-            if not future.cancelled() and future.exception() is None:
-                self._undo(future.result())  # type: ignore[arg-type]
-        elif error is not None:
-            future.set_exception(error)
-        else:
-            future.cancel()
-
-
-class _Bridge:
-    """Runs blocking acquires in threads and defers the final close until none is blocked.
-
-    This is not :class:`aioipc._core.bridge.Bridge`, and the two cannot become one
-    class with an option without weakening one of them:
-
-    - That bridge runs one call at a time in one thread, in order; here
-      several tasks may wait on one semaphore at once, each with its own
-      timeout, so each contended wait has its own thread. A cancelled wait
-      that is not interrupted would hold up every call queued behind it.
-    - That bridge stops a cancelled call with ``SIGURG`` and ``EINTR``. The
-      waits here cannot be stopped so: Python retries ``fcntl`` after
-      ``EINTR`` (PEP 475), and ``sem_timedwait`` and ``semtimedop`` are
-      retried too, as the caller's timeout still runs. So an abandoned wait
-      runs to its end and a unit it gets then is given back (``undo``).
-    - Because an abandoned wait may still be blocked in the kernel, the
-      kernel object (the semaphore handle, the locked fd) is closed only when
-      the last thread has returned; that bridge's owner closes it at once.
-    """
-
-    def __init__(self, close: Callable[[], None]) -> None:
-        self._close = close
-        self._mutex = threading.Lock()
-        self._running = 0
-        self._closing = False
-        self._waiters: set[_Waiter] = set()
-
-    async def run(self, call: Callable[[], T], undo: Callable[[T], None]) -> T:
-        """Await ``call()`` run in a thread; if abandoned, ``undo(result)`` once it succeeds."""
-        if self._closing:
-            raise anyio.ClosedResourceError
-        with self._mutex:
-            self._running += 1
-        waiter = _Waiter(call, undo, self._thread_done)
-        self._waiters.add(waiter)
-        try:
-            return await waiter.future  # type: ignore[return-value]
-        except BaseException:
-            waiter.abandon()
-            raise
-        finally:
-            self._waiters.discard(waiter)
-
-    def _thread_done(self) -> None:
-        with self._mutex:
-            self._running -= 1
-            close_now = self._closing and self._running == 0
-        if close_now:
-            self._close()
-
-    def close(self) -> None:
-        """Wake waiting tasks with ``ClosedResourceError``; close now if no thread is blocked,
-        else when the last one returns."""
-        for waiter in list(self._waiters):
-            waiter.abandon(anyio.ClosedResourceError())
-        with self._mutex:
-            if self._closing:
-                return
-            self._closing = True
-            close_now = self._running == 0
-        if close_now:
-            self._close()
 
 
 # -- POSIX named semaphores ------------------------------------------------------------------
@@ -188,101 +60,7 @@ def _check_name(name: str) -> str:
     return name
 
 
-class _BridgedSemaphore:
-    """What POSIX and System V semaphore handles share: acquire through a bridge, close once.
-
-    A subclass says how to try, wait for, give back and remove a unit, and
-    what its kernel object is called in errors; the waiting, the timeouts,
-    the cancellation rule (a unit got after nobody wants it is given back)
-    and the end of life are here.
-    """
-
-    owned: bool
-    _sem: Any  # a posix_ipc or sysv_ipc semaphore: both have ``.value``
-    _label: str  # what errors call it: "semaphore '/name'"
-    _closed: bool
-    _bridge: _Bridge
-
-    def _try_acquire(self) -> bool:
-        raise NotImplementedError
-
-    def _blocking_acquire(self, timeout: float | None) -> Callable[[], bool]:
-        """The call that waits (in a bridge thread) for a unit; ``False`` if ``timeout`` ran out."""
-        raise NotImplementedError
-
-    def _release(self) -> None:
-        raise NotImplementedError
-
-    def _remove(self) -> None:
-        """Remove the kernel object (this handle created it); one already gone is no error."""
-        raise NotImplementedError
-
-    @property
-    def value(self) -> int:
-        """The current count (a snapshot: other processes may change it at once)."""
-        self._check()
-        return int(self._sem.value)
-
-    def _check(self) -> None:
-        if self._closed:
-            raise anyio.ClosedResourceError
-
-    def _give_back(self, got: bool) -> None:
-        if got:
-            self._release()
-
-    async def acquire(self, timeout: float | None = None) -> None:
-        """Take one unit, waiting up to ``timeout`` seconds (``None``: for ever).
-
-        Raises:
-            TimeoutError: no unit came within ``timeout``.
-            anyio.ClosedResourceError: this handle is closed.
-
-        Cancelling it never leaks a unit: one that arrives afterwards is released.
-        """
-        self._check()
-        if self._try_acquire():
-            await _checkpoint_or_release(self._release)
-            return
-        if timeout is not None and timeout <= 0:
-            raise TimeoutError(f"{self._label} not acquired")
-        got = await self._bridge.run(self._blocking_acquire(timeout), self._give_back)
-        if not got:
-            raise TimeoutError(f"{self._label} not acquired within {timeout} s")
-
-    def release(self) -> None:
-        """Give one unit back (to whichever process waits first).
-
-        Raises:
-            anyio.ClosedResourceError: this handle is closed.
-        """
-        self._check()
-        self._release()
-
-    async def aclose(self) -> None:
-        """Close the handle (idempotent), and remove the semaphore if this handle created it.
-
-        A task of this process waiting in ``acquire()`` gets ``ClosedResourceError``.
-        """
-        if self._closed:
-            return
-        self._closed = True
-        if self.owned:
-            self._remove()
-        self._bridge.close()
-        await anyio.lowlevel.checkpoint()
-
-    async def __aenter__(self) -> Self:
-        await self.acquire()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.release()
-
-
-class Semaphore(_BridgedSemaphore):
+class Semaphore(BridgedSemaphore):
     """A POSIX named semaphore. Get one with :meth:`open`.
 
     ``async with sem:`` acquires a unit and releases it at the end of the
@@ -303,7 +81,7 @@ class Semaphore(_BridgedSemaphore):
         self._sem = sem
         self._label = f"semaphore {self.name!r}"
         self._closed = False
-        self._bridge = _Bridge(sem.close)
+        self._bridge = Bridge("sem_wait", is_interrupted=_interrupted, linger=False)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"value={self.value}"
@@ -366,20 +144,8 @@ class Semaphore(_BridgedSemaphore):
             return False
         return True
 
-    def _blocking_acquire(self, timeout: float | None) -> Callable[[], bool]:
-        sem = self._sem
-
-        def wait() -> bool:
-            while True:
-                try:
-                    sem.acquire(timeout)
-                except posix_ipc.BusyError:
-                    return False
-                except posix_ipc.SignalError:
-                    continue
-                return True
-
-        return wait
+    def _wait(self) -> None:
+        self._sem.acquire()  # sem_wait; SignalError when interrupted
 
     def _release(self) -> None:
         self._sem.release()
@@ -390,14 +156,12 @@ class Semaphore(_BridgedSemaphore):
         except posix_ipc.ExistentialError:
             pass
 
+    def _close_handle(self) -> None:
+        self._sem.close()
 
-async def _checkpoint_or_release(release: Callable[[], None]) -> None:
-    """A cancellation point after a fast acquire; cancelled here, the unit is given back."""
-    try:
-        await anyio.lowlevel.checkpoint()
-    except BaseException:
-        release()
-        raise
+
+def _interrupted(exc: BaseException) -> bool:
+    return isinstance(exc, posix_ipc.SignalError)
 
 
 def unlink(name: str) -> None:
@@ -414,43 +178,8 @@ def unlink(name: str) -> None:
 
 # -- fcntl record locks ----------------------------------------------------------------------
 
-# struct flock: short l_type, short l_whence, off_t l_start, off_t l_len, pid_t l_pid
-_FLOCK = struct.Struct("hhqqi4x")
 
-
-def _ofd_lock(fd: int, start: int, length: int, *, exclusive: bool, wait: bool) -> bool:
-    """Place an open-file-description record lock; ``False`` if held elsewhere and not ``wait``.
-
-    OFD locks belong to the open file, not the process: two handles in one
-    process exclude each other, closing another fd of the file keeps them,
-    and they conflict with classic ``fcntl(F_SETLK)`` locks of C programs.
-    """
-    kind = fcntl.F_WRLCK if exclusive else fcntl.F_RDLCK
-    request = _FLOCK.pack(kind, os.SEEK_SET, start, length, 0)
-    while True:
-        try:
-            fcntl.fcntl(fd, fcntl.F_OFD_SETLKW if wait else fcntl.F_OFD_SETLK, request)
-            return True
-        except InterruptedError:
-            continue
-        except OSError as exc:
-            if exc.errno in (errno.EAGAIN, errno.EACCES) and not wait:
-                return False
-            raise
-
-
-def _ofd_unlock(fd: int, start: int, length: int) -> None:
-    """Remove this open file's record lock on the range."""
-    fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _FLOCK.pack(fcntl.F_UNLCK, os.SEEK_SET, start, length, 0))
-
-
-def _ofd_locked(fd: int, start: int, length: int) -> bool:
-    """Whether some other open file (any process) holds a lock on the range."""
-    answer = fcntl.fcntl(fd, fcntl.F_OFD_GETLK, _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, start, length, 0))
-    return bool(_FLOCK.unpack(answer)[0] != fcntl.F_UNLCK)
-
-
-class FileLock:
+class FileLock(AcquireRelease):
     """An fcntl record lock on the whole of ``path``, exclusive or shared.
 
     ``async with FileLock(path):`` acquires and releases. The file is
@@ -479,7 +208,7 @@ class FileLock:
         self.path = os.fspath(path)
         self.shared = shared
         self._fd = -1
-        self._bridge: _Bridge | None = None
+        self._bridge = Bridge("lock", is_interrupted=_lock_interrupted, linger=False)
 
     def __repr__(self) -> str:
         kind = "shared" if self.shared else "exclusive"
@@ -504,35 +233,38 @@ class FileLock:
             TimeoutError: another holder kept it for ``timeout`` seconds.
             RuntimeError: this object already holds it.
             OSError: the file cannot be opened (``PermissionError``, ...).
+
+        Cancelling it (or its timeout) ends the kernel wait at once and
+        closes the file: no thread, fd or lock is left behind.
         """
         if self._fd >= 0:
             raise RuntimeError(f"{self!r} is already held (FileLock is not reentrant)")
         fd = self._open()
         exclusive = not self.shared
         try:
-            if not _ofd_lock(fd, 0, 0, exclusive=exclusive, wait=False):
-                if timeout is not None and timeout <= 0:
-                    raise TimeoutError(f"lock on {self.path!r} not acquired")
-                # The fd goes to a bridge that closes it once no thread waits on it.
-                fd_owner, fd = fd, -1
-                bridge = _Bridge(lambda: os.close(fd_owner))
-                try:
-                    with anyio.fail_after(timeout):
-                        await bridge.run(
-                            lambda: _ofd_lock(fd_owner, 0, 0, exclusive=exclusive, wait=True),
-                            lambda _: _ofd_unlock(fd_owner, 0, 0),
-                        )
-                except BaseException:
-                    bridge.close()
-                    raise
-                self._fd, self._bridge = fd_owner, bridge
-                return
-            await anyio.lowlevel.checkpoint()
+            if ofd_lock(fd, 0, 0, exclusive=exclusive, wait=False):
+                await anyio.lowlevel.checkpoint()
+            elif timeout is not None and timeout <= 0:
+                raise TimeoutError(f"lock on {self.path!r} not acquired")
+            else:
+                await self._wait(fd, timeout)
         except BaseException:
-            if fd >= 0:
-                os.close(fd)
+            os.close(fd)  # a lock got at the moment of a cancel goes with it
             raise
         self._fd = fd
+
+    async def _wait(self, fd: int, timeout: float | None) -> None:
+        exclusive = not self.shared
+        try:
+            with anyio.fail_after(timeout):
+                await self._bridge.run(lambda: ofd_lock(fd, 0, 0, exclusive=exclusive, wait=True))
+        except BaseException as exc:
+            # The interrupted thread may still be in fcntl() on this fd: let it return first.
+            with anyio.CancelScope(shield=True):
+                await self._bridge.wait_idle()
+            if isinstance(exc, TimeoutError):
+                raise TimeoutError(f"lock on {self.path!r} not acquired within {timeout} s") from None
+            raise
 
     def release(self) -> None:
         """Release the lock (closing the file releases it).
@@ -540,29 +272,21 @@ class FileLock:
         Raises:
             RuntimeError: this object does not hold it.
         """
-        fd, bridge = self._fd, self._bridge
+        fd = self._fd
         if fd < 0:
             raise RuntimeError(f"{self!r} is not held")
-        self._fd, self._bridge = -1, None
-        if bridge is not None:
-            bridge.close()
-        else:
-            os.close(fd)
-
-    async def __aenter__(self) -> FileLock:
-        await self.acquire()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.release()
+        self._fd = -1
+        os.close(fd)
 
     def __del__(self) -> None:
-        if self._fd >= 0 and self._bridge is None:
+        if self._fd >= 0:
             warnings.warn(f"unreleased {self!r}", ResourceWarning, source=self, stacklevel=1)
             with contextlib.suppress(OSError):
                 os.close(self._fd)
+
+
+def _lock_interrupted(exc: BaseException) -> bool:
+    return isinstance(exc, InterruptedError)
 
 
 # -- listing ----------------------------------------------------------------------------------

@@ -8,10 +8,12 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -109,6 +111,35 @@ async def until(condition: Callable[[], object], timeout: float = 10) -> None:
     with anyio.fail_after(timeout):
         while not condition():
             await asyncio.sleep(0)
+
+
+def threads_and_fds() -> tuple[int, int]:
+    """This process's live threads and open fds, to compare before and after an attack."""
+    return threading.active_count(), len(os.listdir("/proc/self/fd"))
+
+
+async def back_to(baseline: tuple[int, int], timeout: float = 10) -> None:
+    """Wait (at most ``timeout`` seconds) until no more threads and fds are open than at ``baseline``."""
+    await until(
+        lambda: all(now <= then for now, then in zip(threads_and_fds(), baseline, strict=True)), timeout
+    )
+
+
+async def abandon_semaphore_waits(sem: Any) -> None:
+    """200 timed-out and 200 cancelled waits on an empty semaphore (POSIX or System V): each
+    must end its kernel wait at once, leaving no thread, fd or waiter to take a later unit."""
+    baseline = threads_and_fds()
+    with anyio.fail_after(30):
+        for _ in range(200):
+            with pytest.raises(TimeoutError):
+                await sem.acquire(timeout=0.002)
+        for _ in range(200):
+            with anyio.move_on_after(0.001):
+                await sem.acquire()
+        await back_to(baseline)
+        sem.release()
+        await back_to(baseline)  # no waiter is left to take the unit
+    assert sem.value == 1
 
 
 @dataclass

@@ -113,3 +113,40 @@ async def test_close_wakes_the_caller_and_stops_the_thread(semaphore: posix_ipc.
     assert not thread.is_alive()
     assert semaphore.value == 0
     await bridge.aclose()
+
+
+async def test_without_linger_the_thread_ends_when_idle(semaphore: posix_ipc.Semaphore) -> None:
+    bridge = Bridge("brief", is_interrupted=never_interrupted, linger=False)
+    with anyio.fail_after(10):
+        for _ in range(3):
+            assert await bridge.run(threading.get_ident) != threading.get_ident()
+            await until(lambda: not [t for t in threading.enumerate() if t.name == "aioipc-brief"])
+    await bridge.aclose()
+
+
+async def test_all_or_nothing_returns_what_completed_and_raises_what_did_not(
+    semaphore: posix_ipc.Semaphore,
+) -> None:
+    """A cancelled caller learns the outcome: done means returned, interrupted means raised."""
+    bridge = Bridge("exact", is_interrupted=lambda exc: isinstance(exc, posix_ipc.SignalError))
+    gate = threading.Event()
+    try:
+        with anyio.fail_after(10):
+            task = asyncio.ensure_future(bridge.run(semaphore.acquire, all_or_nothing=True))
+            await asleep_in_kernel(bridge)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task  # interrupted: it took nothing
+            semaphore.release()
+            assert semaphore.value == 1
+
+            task = asyncio.ensure_future(bridge.run(lambda: gate.wait() and "done", all_or_nothing=True))
+            await asleep_in_kernel(bridge)
+            task.cancel()
+            await asyncio.sleep(0)
+            assert not task.done(), "the caller left before the call's outcome was known"
+            gate.set()
+            assert await task == "done"
+            assert task.cancelling() == 0
+    finally:
+        await bridge.aclose()

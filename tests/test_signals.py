@@ -220,3 +220,29 @@ async def test_two_receivers_see_sighup_then_the_python_handler_is_back(tmp_path
             await shell_kill("HUP", svc.pid)
             await svc.expect("python handler ran")
             assert await svc.proc.wait() == 0
+
+
+PENDING_AT_EXIT = """
+    import os, signal, sys, aioipc, aioipc.signals
+    from aioipc.testing import wait_until_idle
+
+    async def main():
+        for _ in range(3):
+            async with aioipc.signals.receive(signal.SIGUSR1) as sigs:
+                os.kill(os.getpid(), signal.SIGUSR1)
+                await wait_until_idle(sigs.pending)
+                assert sigs.pending() == [signal.SIGUSR1]
+            # the block ends with a delivery it did not take, and SIGUSR1 is back at SIG_DFL
+            assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL
+        print("alive", flush=True)
+
+    aioipc.run(main(), loop=sys.argv[1])
+"""
+
+
+async def test_a_pending_signal_is_not_redelivered_to_sig_dfl(tmp_path: Path) -> None:
+    """A SIGUSR1 that arrives as the block ends does not kill the process (it did, rc 138)."""
+    async with service(tmp_path, PENDING_AT_EXIT) as svc:
+        with anyio.fail_after(20):
+            await svc.expect("alive")
+            assert await svc.proc.wait() == 0

@@ -8,12 +8,15 @@ import signal
 import stat
 import sys
 import textwrap
+import threading
+import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing, asynccontextmanager
 from pathlib import Path
 
 import anyio
 import pytest
+from helpers import abandon_semaphore_waits, back_to, threads_and_fds
 
 from aioipc import sync
 from aioipc.sync import FileLock, Semaphore
@@ -149,6 +152,11 @@ async def test_cancelled_semaphore_acquire_never_leaks_a_unit(unique_name: str) 
             await sem.acquire()
 
 
+async def test_abandoned_semaphore_waits_leave_no_thread_and_no_unit_behind(unique_name: str) -> None:
+    async with aclosing(await Semaphore.open("/" + unique_name, create=True, initial=0)) as sem:
+        await abandon_semaphore_waits(sem)
+
+
 async def test_closing_a_semaphore_wakes_its_waiters(unique_name: str) -> None:
     sem = await Semaphore.open("/" + unique_name, create=True, initial=0)
     waiting = asyncio.ensure_future(sem.acquire())
@@ -223,6 +231,23 @@ async def test_cancelled_lock_wait_leaves_the_lock_free(tmp_path: Path) -> None:
         third.release()
 
 
+async def test_abandoned_lock_waits_leave_no_thread_fd_or_lock_behind(tmp_path: Path) -> None:
+    path = str(tmp_path / "lock")
+    async with holder(tmp_path, "exclusive", path) as proc:
+        baseline = threads_and_fds()
+        with anyio.fail_after(30):
+            for _ in range(200):
+                with pytest.raises(TimeoutError):
+                    await FileLock(path).acquire(timeout=0.005)
+            await back_to(baseline)
+        _let_go(proc)
+        with anyio.fail_after(20):
+            assert await proc.wait() == 0
+    lock = FileLock(path)
+    await lock.acquire(timeout=0)  # no abandoned wait took the lock
+    lock.release()
+
+
 async def test_two_locks_in_one_process_exclude_each_other(tmp_path: Path) -> None:
     path = tmp_path / "lock"
     async with FileLock(path):
@@ -230,3 +255,37 @@ async def test_two_locks_in_one_process_exclude_each_other(tmp_path: Path) -> No
             await FileLock(path).acquire(timeout=0)
     with pytest.raises(ValueError, match="not a regular file"):
         await FileLock("/dev/null").acquire()
+
+
+async def test_signals_to_the_waiting_thread_do_not_restart_the_timeout(tmp_path: Path) -> None:
+    """The wait is retried after EINTR, but its timeout runs from the first call."""
+    path = str(tmp_path / "lock")
+    async with holder(tmp_path, "exclusive", path):
+        lock = FileLock(path)
+
+        async def interrupt_it() -> None:
+            while True:
+                for thread in threading.enumerate():
+                    if thread.name == "aioipc-lock" and thread.ident is not None:
+                        signal.pthread_kill(thread.ident, signal.SIGURG)
+                await asyncio.sleep(0.02)
+
+        interrupter = asyncio.ensure_future(interrupt_it())
+        started = time.monotonic()
+        try:
+            with anyio.move_on_after(10), pytest.raises(TimeoutError):
+                await lock.acquire(timeout=0.3)
+        finally:
+            interrupter.cancel()
+        assert time.monotonic() - started < 3, "each interrupt restarted the timeout"
+
+
+async def test_tasks_of_one_handle_wait_in_turn(unique_name: str) -> None:
+    async with aclosing(await Semaphore.open("/" + unique_name, create=True, initial=0)) as sem:
+        waiting = [asyncio.ensure_future(sem.acquire(timeout=20)) for _ in range(3)]
+        await asyncio.sleep(0)
+        for _ in range(3):
+            sem.release()
+        with anyio.fail_after(20):
+            await asyncio.gather(*waiting)
+        assert sem.value == 0

@@ -16,7 +16,7 @@ import pytest
 
 pytest.importorskip("sysv_ipc")
 
-from helpers import compile_c
+from helpers import abandon_semaphore_waits, compile_c
 
 from aioipc import shm
 from aioipc.sysv._shm import Semaphore, SharedMemory
@@ -137,6 +137,11 @@ async def test_cancelled_acquire_never_leaks_a_unit(key: int) -> None:
         async with sem:
             assert sem.value == 0
         assert sem.value == 1
+
+
+async def test_abandoned_waits_leave_no_thread_and_no_unit_behind(key: int) -> None:
+    async with aclosing(await Semaphore.open(key, create=True, initial=0)) as sem:
+        await abandon_semaphore_waits(sem)
 
 
 async def test_listed_with_owner_mode_and_count(key: int) -> None:

@@ -1,31 +1,38 @@
-"""A worker thread for blocking kernel calls that have no pollable fd.
+"""Worker threads for blocking kernel calls that have no pollable fd.
 
-System V queues cannot be registered with an event loop, so a
-:class:`Bridge` runs their blocking calls in one worker thread and hands
-each result back to the loop.
+System V queues and semaphores, POSIX semaphores and fcntl record locks
+cannot be registered with an event loop, so a :class:`Bridge` runs their
+blocking calls in a worker thread and hands each result back to the loop.
+It is the one bridge of aioipc: every wait without an fd goes through it.
 
 Rule 1: the worker blocks in the kernel and never polls. It sleeps on its
-job queue when idle and inside the system call when busy; results reach
-the loop through ``call_soon_threadsafe``. An idle bridge costs no CPU.
-Rule 2: cancelling the task that awaits a call interrupts the call: the
-worker thread is sent ``SIGURG`` (see below), the blocking system call fails
-with ``EINTR`` having done nothing, and the call is dropped. If it had
-completed anyway, its result is handed to the ``orphan`` callback (keep it
-for the next caller, or undo it), never lost.
+job queue when idle (or ends, with ``linger=False``) and inside the system
+call when busy; results reach the loop through ``call_soon_threadsafe``. An
+idle bridge costs no CPU.
+Rule 2: every wait can be abandoned. Cancelling the task that awaits a call
+interrupts the call: the worker thread is sent ``SIGURG`` (see below), the
+blocking system call fails with ``EINTR`` having done nothing, and the call
+is dropped. If it had completed anyway, its result is handed to the
+``orphan`` callback (keep it for the next caller, or undo it), never lost;
+or, with ``all_or_nothing=True``, the caller gets it (the cancellation
+came too late). Calls must therefore fail on
+``EINTR`` rather than retry it: Python's own wrappers retry (PEP 475), so
+the waits are made through ctypes (:mod:`aioipc._core.locks`, System V
+``semop``) or through extensions that report the signal (``posix_ipc``,
+``sysv_ipc``). Timeouts are cancellations too (``anyio.fail_after`` around
+the call), so an interrupted wait never restarts a timeout in full.
 Rule 3: one call runs at a time, in submission order.
-
-Semaphores and record locks (:mod:`aioipc.sync`, System V semaphores) use
-another bridge, one thread per contended wait that is never interrupted;
-``aioipc.sync._Bridge`` says why the two stay apart.
 
 Why ``SIGURG``: it is the one signal whose default action is to be ignored
 and that nothing sends unless a socket asked for out-of-band notification.
 A no-op handler for it changes nothing for the process, except that a
 blocking system call in the thread the signal is sent to returns ``EINTR``
-(``msgrcv``, ``msgsnd``, ``semop`` are never restarted after a handler).
-Go's runtime uses it for the same purpose. The handler is installed from
-the main thread when this module is first imported there; an existing
-handler of yours is kept (any handler interrupts equally well).
+(``msgrcv``, ``msgsnd``, ``semop``, ``sem_wait`` are never restarted after a
+handler, and Python installs handlers without ``SA_RESTART``, so
+``fcntl(F_OFD_SETLKW)`` is not restarted either). Go's runtime uses it for
+the same purpose. The handler is installed from the main thread when this
+module is first imported there; an existing handler of yours is kept (any
+handler interrupts equally well).
 
 A signal sent just before the worker enters the system call would be
 missed, so an interrupt is repeated with a growing delay (1 ms to 100 ms)
@@ -36,6 +43,7 @@ still running, never when idle.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import signal
 import threading
@@ -43,6 +51,7 @@ from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 import anyio
+import anyio.lowlevel
 
 __all__ = ["Bridge"]
 
@@ -72,7 +81,7 @@ _install_wake_handler()
 
 
 class _Job(Generic[T]):
-    __slots__ = ("call", "cancelled", "finished", "future", "orphan", "retry")
+    __slots__ = ("call", "cancelled", "exact", "finished", "future", "orphan", "outcome", "retry", "thread")
 
     def __init__(
         self, call: Callable[[], T], future: asyncio.Future[T], orphan: Callable[[T], object] | None
@@ -81,8 +90,11 @@ class _Job(Generic[T]):
         self.future = future
         self.orphan = orphan
         self.cancelled = False
+        self.exact = False  # all_or_nothing: only the outcome decides what the caller gets
         self.finished = False
+        self.outcome: tuple[bool, Any] | None = None  # (ok, value or exception); None: not run
         self.retry: asyncio.TimerHandle | None = None
+        self.thread = 0  # the ident of the thread running it
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
@@ -91,13 +103,16 @@ def _resolve(future: asyncio.Future[None]) -> None:
 
 
 class Bridge:
-    """One worker thread that runs blocking calls for the event loop, one at a time.
+    """A worker thread that runs blocking calls for the event loop, one at a time.
 
     Args:
         name: the thread's name (shows up in debuggers and ``/proc``).
         is_interrupted: tells an exception that means "a signal interrupted
             the call, nothing happened" (``EINTR``) from a real failure; such
             a call is retried unless it was cancelled.
+        linger: keep the thread between calls (a queue that waits often);
+            ``False`` ends it as soon as no call is queued, so an idle
+            semaphore or lock holds no thread.
 
     Raises:
         RuntimeError: (from :meth:`run`) the wake-up signal's handler could not
@@ -106,7 +121,7 @@ class Bridge:
     Caveats:
         Installs a no-op ``SIGURG`` handler for the process (see the module
         docstring). The thread starts at the first :meth:`run` and ends at
-        :meth:`aclose`.
+        :meth:`aclose` (or when idle, without ``linger``).
 
     Example::
 
@@ -115,17 +130,20 @@ class Bridge:
         await bridge.aclose()
     """
 
-    def __init__(self, name: str, *, is_interrupted: Callable[[BaseException], bool]) -> None:
+    def __init__(
+        self, name: str, *, is_interrupted: Callable[[BaseException], bool], linger: bool = True
+    ) -> None:
         self.name = name
         self._is_interrupted = is_interrupted
+        self._linger = linger
         self._jobs: queue.SimpleQueue[_Job[Any] | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._current: _Job[Any] | None = None
         self._alive: set[_Job[Any]] = set()  # submitted, result not yet delivered to the loop
         self._idle_waiters: list[asyncio.Future[None]] = []
-        self._thread: threading.Thread | None = None
+        self._running = False  # a worker thread is started and has not ended
+        self._stopped: set[asyncio.Future[None]] = set()  # one per worker thread not yet ended
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._stopped: asyncio.Future[None] | None = None
         self._closed = False
 
     def __repr__(self) -> str:
@@ -152,29 +170,49 @@ class Bridge:
         finally:
             self._idle_waiters.remove(waiter)
 
-    def _start(self) -> asyncio.AbstractEventLoop:
+    def _submit(self, job: _Job[Any]) -> None:
         loop = asyncio.get_running_loop()
-        if self._thread is None:
+        if loop is not self._loop:
+            if self._alive or self._running:
+                raise RuntimeError(f"{self!r} is in use by another event loop")
             if not _install_wake_handler():
                 raise RuntimeError(
                     "aioipc's thread bridge needs a SIGURG handler, which only the main thread can "
-                    "install: import aioipc.sysv from the main thread first"
+                    "install: import aioipc from the main thread first"
                 )
             self._loop = loop
-            self._stopped = loop.create_future()
-            self._thread = threading.Thread(target=self._work, name=f"aioipc-{self.name}", daemon=True)
-            self._thread.start()
-        elif loop is not self._loop:
-            raise RuntimeError(f"{self!r} is bound to another event loop")
-        return loop
+        self._alive.add(job)
+        with self._lock:
+            self._jobs.put(job)
+            if self._running:
+                return
+            self._running = True
+        stopped = loop.create_future()
+        self._stopped.add(stopped)
+        thread = threading.Thread(target=self._work, args=(stopped,), name=f"aioipc-{self.name}", daemon=True)
+        thread.start()
 
-    async def run(self, call: Callable[[], T], *, orphan: Callable[[T], object] | None = None) -> T:
+    async def run(
+        self,
+        call: Callable[[], T],
+        *,
+        orphan: Callable[[T], object] | None = None,
+        all_or_nothing: bool = False,
+    ) -> T:
         """Run ``call()`` in the worker thread and return its result.
 
         Args:
             orphan: receives the result of a call that completed although the
                 task awaiting it was cancelled (or the bridge closed); called on
                 the loop thread. Without it such a result is dropped.
+            all_or_nothing: a cancelled caller waits (for the moment an
+                interrupt takes) to learn whether the call did its work: if
+                it did, its result is returned and the cancellation is
+                suppressed (an anyio cancel scope cancels again at the next
+                checkpoint; a one-shot ``Task.cancel()`` is consumed, as by
+                any call that completed); if not, ``CancelledError`` is
+                raised. So a call that raised did nothing (a send that
+                raised sent nothing).
 
         Raises:
             anyio.ClosedResourceError: the bridge is closed, or was closed while waiting.
@@ -182,10 +220,11 @@ class Bridge:
         """
         if self._closed:
             raise anyio.ClosedResourceError
-        loop = self._start()
-        job: _Job[T] = _Job(call, loop.create_future(), orphan)
-        self._alive.add(job)
-        self._jobs.put(job)
+        job: _Job[T] = _Job(call, asyncio.get_running_loop().create_future(), orphan)
+        job.exact = all_or_nothing
+        self._submit(job)
+        if all_or_nothing:
+            return await self._run_all_or_nothing(job)
         try:
             return await job.future
         except asyncio.CancelledError:
@@ -196,13 +235,41 @@ class Bridge:
                 self._interrupt(job)
             raise
 
-    def _work(self) -> None:
+    async def _run_all_or_nothing(self, job: _Job[T]) -> T:
+        try:
+            return await asyncio.shield(job.future)
+        except asyncio.CancelledError:
+            if not job.future.done():
+                self._interrupt(job)
+            while not job.future.done():  # the outcome, read below, decides
+                with contextlib.suppress(BaseException):
+                    await asyncio.shield(job.future)
+            if job.outcome is None or not job.outcome[0]:
+                raise  # it did nothing (interrupted, or failed)
+            # It happened: the caller must hear so. The cancellation is suppressed (and
+            # uncancelled, as asyncio asks); an anyio scope cancels again at the next checkpoint.
+            task = asyncio.current_task()
+            assert task is not None
+            task.uncancel()
+            return job.future.result()
+
+    def _work(self, stopped: asyncio.Future[None]) -> None:
+        me = threading.get_ident()
         while True:
-            job = self._jobs.get()
+            if self._linger:
+                job = self._jobs.get()
+            else:
+                with self._lock:
+                    try:
+                        job = self._jobs.get_nowait()
+                    except queue.Empty:
+                        self._running = False
+                        break
             if job is None:
                 break
             with self._lock:
                 self._current = job
+                job.thread = me
             outcome: tuple[bool, Any] | None = None
             try:
                 while not job.cancelled:
@@ -218,8 +285,7 @@ class Bridge:
                     self._current = None
                     job.finished = True
             self._post(self._deliver, job, outcome)
-        assert self._stopped is not None
-        self._post(_resolve, self._stopped)
+        self._post(self._thread_ended, stopped)
 
     def _post(self, callback: Callable[..., object], *args: Any) -> None:
         assert self._loop is not None
@@ -228,9 +294,14 @@ class Bridge:
         except RuntimeError:  # the loop is closed: nobody is left to deliver to
             pass
 
+    def _thread_ended(self, stopped: asyncio.Future[None]) -> None:
+        self._stopped.discard(stopped)
+        _resolve(stopped)
+
     def _deliver(self, job: _Job[Any], outcome: tuple[bool, Any] | None) -> None:
         if job.retry is not None:
             job.retry.cancel()
+        job.outcome = outcome
         future = job.future
         if outcome is None:
             if not future.done():
@@ -255,14 +326,12 @@ class Bridge:
             orphan(value)
 
     def _interrupt(self, job: _Job[Any], delay: float = _FIRST_RETRY) -> None:
-        """Stop ``job``: skip it if it has not started, else signal the thread until it returns."""
+        """Stop ``job``: skip it if it has not started, else signal its thread until it returns."""
         with self._lock:
             job.cancelled = True
             if job.finished or self._current is not job:
                 return
-            assert self._thread is not None
-            assert self._thread.ident is not None
-            signal.pthread_kill(self._thread.ident, WAKE_SIGNAL)
+            signal.pthread_kill(job.thread, WAKE_SIGNAL)
         assert self._loop is not None
         job.retry = self._loop.call_later(delay, self._interrupt, job, min(delay * 2, _MAX_RETRY))
 
@@ -270,20 +339,20 @@ class Bridge:
         """Stop the thread (idempotent): a running call is interrupted, queued ones are dropped.
 
         Tasks awaiting :meth:`run` get ``ClosedResourceError``; a call that
-        completed anyway goes to its ``orphan`` callback before this returns.
+        completed anyway goes to its ``orphan`` callback before this returns,
+        and no thread of this bridge is left running a call.
         """
         if self._closed:
             await anyio.lowlevel.checkpoint()
             return
         self._closed = True
-        if self._thread is None:
-            await anyio.lowlevel.checkpoint()
-            return
         for job in list(self._alive):
-            if not job.future.done():
+            if not job.future.done() and not job.exact:
                 job.future.set_exception(anyio.ClosedResourceError())
             self._interrupt(job)
         self._jobs.put(None)
-        assert self._stopped is not None
         with anyio.CancelScope(shield=True):
-            await asyncio.shield(self._stopped)  # a cancel must not cancel the future the thread resolves
+            for stopped in list(self._stopped):
+                # a cancel must not cancel the future the thread resolves
+                await asyncio.shield(stopped)
+            await anyio.lowlevel.checkpoint()

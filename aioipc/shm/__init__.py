@@ -33,10 +33,10 @@ import anyio.abc
 import anyio.lowlevel
 
 from .._core.framing import DEFAULT_MAX_SIZE
+from .._core.locks import ofd_locked
 from .._core.schemes import Address
 from .._core.server import Server
 from .._core.sysvipc import sysvipc_table
-from ..sync import _ofd_locked
 from ._ring import DEFAULT_CAPACITY, Ring, RingInUse, is_ring, ring_files, ring_is_stale, segment_path
 
 __all__ = [
@@ -290,7 +290,7 @@ def _posix_segment(entry: os.DirEntry[str]) -> SegmentInfo | None:
 
 
 def _live_sides(fd: int) -> int:
-    return sum(_ofd_locked(fd, byte, 1) for byte in (0, 1))
+    return sum(ofd_locked(fd, byte, 1) for byte in (0, 1))
 
 
 def _sysv_segments() -> list[SegmentInfo]:

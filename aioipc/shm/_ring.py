@@ -51,8 +51,8 @@ import anyio.lowlevel
 
 from .._core.attributes import IPCAttribute
 from .._core.errors import FrameTooLarge, IPCError, PeerDied
+from .._core.locks import ofd_lock, ofd_locked
 from .._core.streams import Buffer, MessageStream
-from ..sync import _ofd_lock, _ofd_locked
 
 __all__ = [
     "DEFAULT_CAPACITY",
@@ -148,7 +148,7 @@ def is_ring(fd: int) -> bool:
 
 def ring_is_stale(fd: int) -> bool:
     """Whether no live process holds either side of the open ring segment ``fd``."""
-    return not _ofd_locked(fd, _LOCK_CREATOR, 2)
+    return not ofd_locked(fd, _LOCK_CREATOR, 2)
 
 
 # -- the doorbell ---------------------------------------------------------------------------
@@ -363,7 +363,7 @@ class Ring(MessageStream):
             os.fchmod(fd, mode)
             os.ftruncate(fd, _HEADER + 2 * capacity)
             os.pwrite(fd, struct.pack("<6Q", _MAGIC, _VERSION, capacity, os.getpid(), 0, 0), 0)
-            _ofd_lock(fd, _LOCK_CREATOR, 1, exclusive=True, wait=False)
+            ofd_lock(fd, _LOCK_CREATOR, 1, exclusive=True, wait=False)
             bell_fd = os.open(bell_c, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
             fds.append(bell_fd)
             # Read-write: we hold a writer of the peer's bell from the start, so
@@ -415,14 +415,14 @@ class Ring(MessageStream):
             size = _HEADER + 2 * capacity
             if os.fstat(fd).st_size != size:
                 raise ValueError(f"{name!r} is a damaged ring (size does not match its header)")
-            if not _ofd_lock(fd, _LOCK_ATTACHER, 1, exclusive=True, wait=False):
+            if not ofd_lock(fd, _LOCK_ATTACHER, 1, exclusive=True, wait=False):
                 raise RingInUse(f"ring {name!r} already has its peer attached")
             memory = mmap.mmap(fd, size)
             words = memoryview(memory)[:_HEADER].cast("Q")
             try:
                 if words[_W_ATTACHED]:
                     raise RingInUse(f"ring {name!r} was attached before; a ring links one pair only")
-                if not _ofd_locked(fd, _LOCK_CREATOR, 1):
+                if not ofd_locked(fd, _LOCK_CREATOR, 1):
                     raise PeerDied(f"the creator of ring {name!r} is gone")
                 bell_fd = os.open(bell_a, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
                 fds.append(bell_fd)

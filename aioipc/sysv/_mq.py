@@ -4,13 +4,18 @@ Rule 1: try the call with ``IPC_NOWAIT`` on the loop thread first; only a
 queue that is empty (receive) or full (send) goes to a bridge thread that
 blocks in ``msgrcv`` / ``msgsnd``. Receiving and sending have one bridge
 each, so a blocked receive never holds up a send.
-Rule 2: the receive bridge drains everything available per wake-up (up to
-:data:`BATCH`); messages the thread took that no ``receive()`` returned yet
-wait in ``_taken``, and every ``receive()`` looks there first. A receive
-cancelled while the thread waits loses nothing: the thread is interrupted
-(nothing taken), or what it took is kept for the next ``receive()``.
+Rule 2: nothing is taken that no receiver asked for. The receive bridge
+takes one message per call and hands it to the ``receive()`` waiting for
+it, so a process that dies loses at most the message it was handed, and
+competing consumers share a queue fairly. A receive cancelled while the
+thread waits loses nothing: the thread is interrupted (nothing taken), or
+the one message it took waits in ``_taken`` for the next ``receive()``.
 Rule 3: while a bridge call is unfinished, the loop-thread shortcut is not
 used, so messages come out in the kernel's order.
+Rule 4: exactly what was said: a cancelled ``send()`` whose blocking
+``msgsnd`` was interrupted raises and sent nothing; one whose ``msgsnd``
+completed at that moment returns normally (the cancellation came too
+late), so a ``send()`` that raised never delivers.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import os
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from functools import partial
 from typing import Any, NamedTuple
 
 import anyio
@@ -44,8 +50,6 @@ __all__ = [
     "remove_message_queue",
 ]
 
-#: most messages the receiving thread takes per wake-up
-BATCH = 256
 TYPE_MAX = 2**31 - 1  # sysv_ipc passes the type as a C int
 
 
@@ -130,10 +134,14 @@ class MessageQueue(MessageStream):
 
     Caveats:
         A queue has no end of stream: closing one handle tells other
-        processes nothing. A cancelled ``send()`` either sent the whole
-        message or nothing. Messages the bridge thread took but nobody
-        received yet are put back at the end of the queue when the handle
-        closes (unless it removes the queue). Uses a no-op ``SIGURG`` handler
+        processes nothing. A ``send()`` that raised (cancelled, timed out)
+        sent nothing; a cancelled one whose message the kernel accepted at
+        that moment returns normally (an anyio cancel scope cancels again
+        at the next checkpoint). A receive takes one message only when a caller
+        asks for it (no prefetching); a message taken by a receive that was
+        cancelled at that moment is kept for the next ``receive()``, and put
+        back at the end of the queue when the handle closes (unless it
+        removes the queue). Uses a no-op ``SIGURG`` handler
         (see ``aioipc._core.bridge``) to interrupt the bridge threads.
 
     Example::
@@ -244,17 +252,6 @@ class MessageQueue(MessageStream):
             return None
         return data, mtype
 
-    def _receive_batch(self, type: int) -> list[tuple[bytes, int]]:
-        """Runs in the bridge thread: block for one message, then take what else is there."""
-        queue = self._queue
-        batch = [queue.receive(True, type)]
-        try:
-            while len(batch) < BATCH:
-                batch.append(queue.receive(False, type))
-        except sysv_ipc.Error:  # BusyError: drained; a removal shows at the next receive
-            pass
-        return batch
-
     def _quick_receive(self, type: int) -> tuple[bytes, int] | None:
         """The common case in as few steps as possible: nobody else receiving, nothing
         taken earlier, no bridge call in flight, and a message waiting."""
@@ -300,10 +297,11 @@ class MessageQueue(MessageStream):
                     # No checkpoint after a message was taken: a cancellation there would lose it.
                     return found
                 with _map_errors(self.key):
-                    batch = await self._receiver.run(
-                        lambda: self._receive_batch(type), orphan=self._taken.extend
+                    # The one message the thread takes is this receive's; taken after a cancel,
+                    # it waits in _taken for the next receive.
+                    return await self._receiver.run(
+                        partial(self._queue.receive, True, type), orphan=self._taken.append
                     )
-                self._taken.extend(batch)
         finally:
             self._receiving = False
 
@@ -345,7 +343,7 @@ class MessageQueue(MessageStream):
                 try:
                     self._queue.send(item, False, type)
                 except sysv_ipc.BusyError:
-                    await self._sender.run(lambda: self._queue.send(item, True, type))
+                    await self._sender.run(lambda: self._queue.send(item, True, type), all_or_nothing=True)
         finally:
             self._sending = False
 

@@ -2,8 +2,8 @@
 (``shmget``/``shmat``, ``semget``/``semop``) that use the same key.
 
 Re-exported by :mod:`aioipc.sysv`. A System V semaphore has no file
-descriptor, so a contended ``acquire()`` blocks in ``semtimedop`` in a
-bridge thread (no polling); cancelling it never leaks a unit.
+descriptor, so a contended ``acquire()`` blocks in ``semop`` in a bridge
+thread (no polling); cancelling it ends that wait at once and never leaks a unit.
 
 Example::
 
@@ -22,15 +22,15 @@ import ctypes
 import errno
 import os
 import sys
-from collections.abc import Callable
 
 import anyio
 import anyio.abc
 import anyio.lowlevel
 import sysv_ipc
 
+from .._core.bridge import Bridge
+from .._core.semaphores import BridgedSemaphore
 from .._core.sysvipc import check_key
-from ..sync import _Bridge, _BridgedSemaphore
 
 __all__ = ["SharedMemory", "Semaphore"]
 
@@ -39,39 +39,36 @@ class _SemBuf(ctypes.Structure):
     _fields_ = (("sem_num", ctypes.c_ushort), ("sem_op", ctypes.c_short), ("sem_flg", ctypes.c_short))
 
 
-class _TimeSpec(ctypes.Structure):
-    _fields_ = (("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long))
-
-
 _IPC_NOWAIT, _SEM_UNDO = 0o4000, 0x1000
 _libc = ctypes.CDLL(None, use_errno=True)
-_semtimedop = _libc.semtimedop
-_semtimedop.argtypes = (ctypes.c_int, ctypes.POINTER(_SemBuf), ctypes.c_size_t, ctypes.POINTER(_TimeSpec))
-_semtimedop.restype = ctypes.c_int
+_semop_call = _libc.semop  # through ctypes: it fails with EINTR instead of retrying
+_semop_call.argtypes = (ctypes.c_int, ctypes.POINTER(_SemBuf), ctypes.c_size_t)
+_semop_call.restype = ctypes.c_int
 
 
-def _semop(semid: int, delta: int, *, undo: bool, wait: bool, timeout: float | None = None) -> bool:
-    """One ``semtimedop`` on semaphore 0 of the set (the GIL is released while it blocks).
+def _semop(semid: int, delta: int, *, undo: bool, wait: bool) -> bool:
+    """One ``semop`` on semaphore 0 of the set (the GIL is released while it blocks).
 
-    Returns ``False`` when it would block (``wait=False``) or ``timeout`` ran out.
+    Returns ``False`` when it would block and not ``wait``.
+
+    Raises:
+        InterruptedError: a signal interrupted the wait; nothing was done.
+        FileNotFoundError: the set was removed.
     """
     flags = (_SEM_UNDO if undo else 0) | (0 if wait else _IPC_NOWAIT)
     operation = _SemBuf(0, delta, flags)
-    limit = None
-    if timeout is not None:
-        seconds = max(timeout, 0.0)
-        limit = _TimeSpec(int(seconds), int(seconds % 1 * 1e9))
-    while True:
-        if _semtimedop(semid, ctypes.byref(operation), 1, ctypes.byref(limit) if limit else None) == 0:
-            return True
-        code = ctypes.get_errno()
-        if code == errno.EINTR:
-            continue
-        if code == errno.EAGAIN:
-            return False
-        if code in (errno.EIDRM, errno.EINVAL):
-            raise FileNotFoundError(code, "the System V semaphore was removed")
-        raise OSError(code, os.strerror(code))
+    if _semop_call(semid, ctypes.byref(operation), 1) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code == errno.EAGAIN:
+        return False
+    if code in (errno.EIDRM, errno.EINVAL):
+        raise FileNotFoundError(code, "the System V semaphore was removed")
+    raise OSError(code, os.strerror(code))  # EINTR comes out as InterruptedError
+
+
+def _interrupted(exc: BaseException) -> bool:
+    return isinstance(exc, InterruptedError)
 
 
 def _not_found(kind: str, key: int) -> FileNotFoundError:
@@ -180,7 +177,7 @@ class SharedMemory(anyio.abc.AsyncResource):
         await anyio.lowlevel.checkpoint()
 
 
-class Semaphore(_BridgedSemaphore):
+class Semaphore(BridgedSemaphore):
     """A System V semaphore (a set of one) by key. Get one with :meth:`open`.
 
     ``async with sem:`` acquires and releases; ``await sem.aclose()`` closes
@@ -204,7 +201,7 @@ class Semaphore(_BridgedSemaphore):
         self.owned = owned
         self._label = f"semaphore {self.key & 0xFFFFFFFF:#010x}"
         self._closed = False
-        self._bridge = _Bridge(lambda: None)
+        self._bridge = Bridge("semop", is_interrupted=_interrupted, linger=False)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"value={self._sem.value}"
@@ -256,9 +253,8 @@ class Semaphore(_BridgedSemaphore):
     def _try_acquire(self) -> bool:
         return _semop(self.id, -1, undo=self.undo, wait=False)
 
-    def _blocking_acquire(self, timeout: float | None) -> Callable[[], bool]:
-        semid, undo = self.id, self.undo
-        return lambda: _semop(semid, -1, undo=undo, wait=True, timeout=timeout)
+    def _wait(self) -> None:
+        _semop(self.id, -1, undo=self.undo, wait=True)
 
     def _release(self) -> None:
         _semop(self.id, 1, undo=self.undo, wait=True)
