@@ -194,4 +194,3 @@ async def serve_address(
     except BaseException:
         sock.close()
         raise
-

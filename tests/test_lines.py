@@ -92,9 +92,11 @@ async def test_lines_over_a_pipe_both_ways() -> None:
         assert await rx.receive() == b""
 
 
-async def run(*argv: str, stdin: bytes = b"") -> bytes:
+async def run(*argv: str, stdin: bytes | None = None) -> bytes:
     proc = await asyncio.create_subprocess_exec(
-        *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+        *argv,
+        stdin=asyncio.subprocess.DEVNULL if stdin is None else asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
     )
     with anyio.fail_after(20):
         out, _ = await proc.communicate(stdin)
