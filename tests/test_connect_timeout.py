@@ -30,7 +30,7 @@ async def main(address):
         await anyio.sleep(30)
 
 import anyio
-aioipc.run(main(sys.argv[2]), loop=sys.argv[1])
+aioipc.run(main(sys.argv[2]), loop=sys.argv[1], exit_quietly=True)
 """
 
 
