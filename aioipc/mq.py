@@ -2,9 +2,10 @@
 
 A queue descriptor is a file descriptor on Linux that ``poll`` understands
 (readable: a message is waiting; writable: there is room), so it is
-registered with the running loop directly: try ``mq_send`` /
-``mq_receive`` on the non-blocking descriptor, park on ``add_reader`` /
-``add_writer`` only when the queue is empty or full.
+registered with the running loop through its :class:`FdHandle`: try
+``mq_send`` / ``mq_receive`` on the non-blocking descriptor, park only
+when the queue is empty or full. Like every stream, a queue yields to the
+loop once every ``FAIR_OPS`` operations that did not wait.
 
 Example::
 
@@ -25,7 +26,6 @@ Caveats:
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import os
 import resource
@@ -45,7 +45,7 @@ from ._core.fdstreams import FdHandle
 from ._core.framing import DEFAULT_MAX_SIZE
 from ._core.schemes import Address
 from ._core.server import Server
-from ._core.streams import Buffer, MessageStream
+from ._core.streams import FAIR_OPS, Buffer, MessageStream, byte_view, fair_yield
 
 __all__ = [
     "MOUNT_POINT",
@@ -171,8 +171,7 @@ class MessageQueue(MessageStream):
         self._receiving = False  # a task is in receive() (BusyResourceError for a second one)
         self._sending = False
         self._send_closed = False
-        self._write_waiter: asyncio.Future[None] | None = None
-        self._writer_armed = False  # registered with the loop for writability
+        self._budget = FAIR_OPS  # fairness: operations left before a yield to the loop
         self._kept: deque[tuple[bytes, int]] = deque()  # taken for a receive that was then cancelled
 
     def __repr__(self) -> str:
@@ -201,6 +200,10 @@ class MessageQueue(MessageStream):
             return self._kept.popleft()
         self._receiving = True
         try:
+            if not self._budget:
+                await fair_yield()
+                self._budget = FAIR_OPS
+                tried = False
             if not tried:
                 try:
                     return self._queue.receive()  # type: ignore[no-any-return]
@@ -218,6 +221,7 @@ class MessageQueue(MessageStream):
             PermissionError: the queue was opened with ``read=False``.
         """
         if self._fast_receive:
+            self._budget -= 1
             try:
                 return self._queue.receive()  # type: ignore[no-any-return]
             except posix_ipc.BusyError:
@@ -229,6 +233,7 @@ class MessageQueue(MessageStream):
         # The common case first, in as few steps as possible: nobody else is
         # receiving, nothing kept, and a message is waiting.
         if self._fast_receive:
+            self._budget -= 1
             try:
                 return self._queue.receive()[0]  # type: ignore[no-any-return]
             except posix_ipc.BusyError:
@@ -237,7 +242,12 @@ class MessageQueue(MessageStream):
 
     @property
     def _fast_receive(self) -> bool:
-        return not (self._receiving or self._kept) and self._can_read and self._handle.fd >= 0
+        return (
+            self._budget > 0
+            and not (self._receiving or self._kept)
+            and self._can_read
+            and self._handle.fd >= 0
+        )
 
     async def send(self, item: Buffer, priority: int = 0) -> None:
         """Send one message; wait while the queue is full.
@@ -248,12 +258,21 @@ class MessageQueue(MessageStream):
             TypeError: ``item`` is not bytes-like.
             PermissionError: the queue was opened with ``write=False``.
         """
-        size = len(item) if type(item) is bytes else memoryview(item).nbytes
+        if type(item) is not bytes:
+            item = byte_view(item)
+        size = len(item)
         if size > self.max_message_size:
             raise FrameTooLarge(size, self.max_message_size)
         if priority and not 0 <= priority <= PRIORITY_MAX:
             raise ValueError(f"priority must be from 0 to {PRIORITY_MAX}")
-        if not self._sending and self._can_write and not self._send_closed and self._handle.fd >= 0:
+        if (
+            self._budget
+            and not self._sending
+            and self._can_write
+            and not self._send_closed
+            and self._handle.fd >= 0
+        ):
+            self._budget -= 1
             try:
                 self._queue.send(item, None, priority)
                 return
@@ -269,42 +288,20 @@ class MessageQueue(MessageStream):
         handle = self._handle
         self._sending = True
         try:
+            if not self._budget:
+                await fair_yield()
+                self._budget = FAIR_OPS
             while True:
                 if handle.closed or self._send_closed:
                     raise anyio.ClosedResourceError
                 try:
                     self._queue.send(item, None, priority)
                 except posix_ipc.BusyError:
-                    await self._wait_writable()
+                    await handle.wait_writable()
                     continue
                 return
         finally:
             self._sending = False
-
-    async def _wait_writable(self) -> None:
-        """Park until the queue has room.
-
-        The registration with the loop outlives the wait (a sender that keeps
-        filling the queue pays no ``epoll_ctl`` per wait); it is dropped the
-        first time the queue has room while nobody waits.
-        """
-        loop = self._handle.loop()
-        waiter = self._write_waiter = loop.create_future()
-        if not self._writer_armed:
-            loop.add_writer(self._handle.fd, self._on_writable)
-            self._writer_armed = True
-        try:
-            await waiter
-        finally:
-            self._write_waiter = None
-
-    def _on_writable(self) -> None:
-        waiter = self._write_waiter
-        if waiter is None or waiter.done():
-            self._writer_armed = False
-            self._handle.loop().remove_writer(self._handle.fd)
-        else:
-            waiter.set_result(None)
 
     async def send_eof(self) -> None:
         """Stop sending through this handle (a queue has no end of stream: peers are not told)."""
@@ -328,10 +325,7 @@ class MessageQueue(MessageStream):
                     break
                 self._kept.popleft()
             self._kept.clear()
-            waiter = self._write_waiter
-            if waiter is not None and not waiter.done():
-                waiter.set_exception(anyio.ClosedResourceError())
-            self._handle.close()  # also drops our registrations with the loop
+            self._handle.close()  # also wakes a waiting task and drops our registrations
             if self.owned:
                 try:
                     posix_ipc.unlink_message_queue(self.name)

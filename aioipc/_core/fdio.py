@@ -4,9 +4,11 @@ Rule 1: try the syscall first; park on the loop only when it would block.
 No thread for anything with a pollable fd.
 Rule 2: one :class:`FdHandle` owns each fd and sets it to -1 on close;
 closing wakes any task parked on it with ``ClosedResourceError``.
-Rule 3: a read registration outlives the wait that made it while a task
-keeps reading (no ``epoll_ctl`` per wait); it is dropped the first time the
-fd turns readable while nobody waits, so an fd nobody reads costs no CPU.
+Rule 3: a read or write registration outlives the wait that made it while
+a task keeps reading or writing (no ``epoll_ctl`` per wait); it is dropped
+the first time the fd turns ready while nobody waits, so an fd nobody uses
+costs no CPU. A watcher (a callback run on every readiness, for readers and
+writers that are no task's wait) keeps its registration until it stops.
 
 Every mechanism with a pollable fd (pipes, FIFOs, sockets, POSIX queue
 descriptors, ring doorbells, inotify) parks through an :class:`FdHandle`;
@@ -19,8 +21,7 @@ import asyncio
 import os
 import stat
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import anyio
@@ -54,12 +55,13 @@ class FdHandle:
 
     __slots__ = (
         "__weakref__",
-        "_keep_writer",
         "_loop",
         "_read_args",
         "_read_op",
         "_read_waiter",
         "_reader_armed",
+        "_watch_reader",
+        "_watch_writer",
         "_write_waiter",
         "_writer_armed",
         "fd",
@@ -74,8 +76,9 @@ class FdHandle:
         self._read_args: tuple[Any, ...] = ()
         self._reader_armed = False  # registered with the loop for read()
         self._write_waiter: asyncio.Future[None] | None = None
-        self._keep_writer = False  # inside keep_writer_registered()
-        self._writer_armed = False
+        self._writer_armed = False  # registered with the loop for writability
+        self._watch_reader: Callable[[], None] | None = None
+        self._watch_writer: Callable[[], None] | None = None
 
     def __repr__(self) -> str:
         return f"<FdHandle fd={self.fd}{' closed' if self.fd < 0 else ''}>"
@@ -181,51 +184,72 @@ class FdHandle:
                 self._loop.remove_reader(self.fd)
 
     async def wait_writable(self) -> None:
-        """Park until the fd is writable; ``ClosedResourceError`` if it is closed meanwhile."""
+        """Park until the fd is writable; ``ClosedResourceError`` if it is closed meanwhile.
+
+        As for reads, the registration with the loop outlives the wait (a
+        writer that keeps filling the fd pays no ``epoll_ctl`` per wait); it
+        is dropped the first time the fd turns writable while nobody waits.
+        """
         fd = self.fd
         if fd < 0:
             raise anyio.ClosedResourceError
-        loop = self.loop()
+        loop = self._loop or self.loop()
         waiter = self._write_waiter = loop.create_future()
-        if self._keep_writer:
-            if not self._writer_armed:
-                loop.add_writer(fd, self._on_writable)
-                self._writer_armed = True
-            try:
-                await waiter
-            finally:
-                self._write_waiter = None
-            return
-        loop.add_writer(fd, _wake, waiter)
+        if not self._writer_armed:
+            loop.add_writer(fd, self._on_writable)
+            self._writer_armed = True
         try:
             await waiter
         finally:
             self._write_waiter = None
-            if self.fd >= 0:
-                loop.remove_writer(fd)
 
-    @contextmanager
-    def keep_writer_registered(self) -> Iterator[None]:
-        """Within the block, :meth:`wait_writable` keeps the fd registered between waits.
+    def watch_readable(self, callback: Callable[[], None] | None) -> None:
+        """Call ``callback`` from the loop each time the fd is readable; ``None`` stops it.
 
-        For a task that writes a large unit in many waits (a pipe takes 64
-        KiB at a time): one registration for the block instead of an
-        ``add_writer`` + ``remove_writer`` pair per wait.
+        For a reader that is no task's wait, such as a doorbell that wakes
+        several tasks: the callback reads the fd itself. A watched fd is not
+        also read with :meth:`read` or :meth:`wait_readable`.
         """
-        self._keep_writer = True
-        try:
-            yield
-        finally:
-            self._keep_writer = False
-            if self._writer_armed:
-                self._writer_armed = False
-                if self.fd >= 0 and self._loop is not None and not self._loop.is_closed():
-                    self._loop.remove_writer(self.fd)
+        if self.fd < 0:
+            return
+        if callback is None:
+            self._watch_reader = None
+            self._disarm_reader()
+            return
+        loop = self._loop or self.loop()
+        self._disarm_reader()
+        self._watch_reader = callback
+        loop.add_reader(self.fd, callback)
+        self._reader_armed = True
+
+    def watch_writable(self, callback: Callable[[], None] | None) -> None:
+        """Call ``callback`` from the loop each time the fd is writable; ``None`` stops it.
+
+        For a writer that is no task's wait: the pending buffer a send stream
+        writes in the background. A task may still :meth:`wait_writable`
+        meanwhile; both are told.
+        """
+        self._watch_writer = callback
+        fd = self.fd
+        if callback is not None and fd >= 0 and not self._writer_armed:
+            (self._loop or self.loop()).add_writer(fd, self._on_writable)
+            self._writer_armed = True
 
     def _on_writable(self) -> None:
+        watcher = self._watch_writer
+        if watcher is not None:
+            watcher()
         waiter = self._write_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+        elif self._watch_writer is None and waiter is None:
+            self._disarm_writer()
+
+    def _disarm_writer(self) -> None:
+        if self._writer_armed:
+            self._writer_armed = False
+            if self.fd >= 0 and self._loop is not None and not self._loop.is_closed():
+                self._loop.remove_writer(self.fd)
 
     def detach(self) -> int:
         """Give up ownership: return the fd (still open) and mark this handle closed.
@@ -239,6 +263,8 @@ class FdHandle:
         if self._read_waiter is not None or self._write_waiter is not None:
             raise anyio.BusyResourceError("detaching an fd a task is waiting on")
         self._disarm_reader()
+        self._disarm_writer()
+        self._watch_reader = self._watch_writer = None
         self.fd = -1
         return fd
 
@@ -249,6 +275,7 @@ class FdHandle:
             return
         self.fd = -1
         self._reader_armed = self._writer_armed = False
+        self._watch_reader = self._watch_writer = None
         loop = self._loop
         if loop is not None and not loop.is_closed():
             loop.remove_reader(fd)

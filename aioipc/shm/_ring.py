@@ -29,6 +29,9 @@ kernel drops both: the peer's doorbell hangs up, which wakes it at once,
 and ``PeerDied`` is raised once the committed messages are read. A clean
 close sets the lane's ``eof`` flag first, so the hang-up reads as
 ``EndOfStream`` instead.
+Rule 4 (fair): a side that never has to wait still yields to the loop once
+every ``FAIR_OPS`` messages, so a flooded ring leaves timeouts and other
+tasks their turn.
 """
 
 from __future__ import annotations
@@ -51,8 +54,9 @@ import anyio.lowlevel
 
 from .._core.attributes import IPCAttribute
 from .._core.errors import FrameTooLarge, IPCError, PeerDied
+from .._core.fdio import FdHandle
 from .._core.locks import ofd_lock, ofd_locked
-from .._core.streams import Buffer, MessageStream
+from .._core.streams import FAIR_OPS, Buffer, MessageStream, byte_view, fair_yield
 
 __all__ = [
     "DEFAULT_CAPACITY",
@@ -164,45 +168,46 @@ def _wake_all(waiters: list[asyncio.Future[None]], error: BaseException | None =
 
 
 class _Doorbell:
-    """The read end of this side's doorbell FIFO; any number of tasks may wait on it."""
+    """The read end of this side's doorbell FIFO; any number of tasks may wait on it.
+
+    Watched through its :class:`FdHandle` from the first wait on (not per
+    wait: the peer rings only while we sleep) until it hangs up.
+    """
 
     def __init__(self, fd: int) -> None:
-        self.fd = fd
+        self._handle = FdHandle(fd)
         self.hung_up = False
+        self._watched = False
         self._waiters: list[asyncio.Future[None]] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
 
     def _on_readable(self) -> None:
+        fd = self._handle.fd
         while True:
             try:
-                data = os.read(self.fd, 4096)
+                data = os.read(fd, 4096)
             except BlockingIOError:
                 break
             if len(data) == 4096:
                 continue  # maybe more
             if not data:
                 self.hung_up = True
-                if self._loop is not None:
-                    self._loop.remove_reader(self.fd)
+                self._handle.watch_readable(None)
             break
         waiters, self._waiters = self._waiters, []
         _wake_all(waiters)
 
     async def wait(self) -> None:
         """Park until the bell rings or hangs up (returns at once if it hung up)."""
-        if self.fd < 0:
+        handle = self._handle
+        if handle.closed:
             raise anyio.ClosedResourceError
         if self.hung_up:
             await anyio.lowlevel.checkpoint()
             return
-        loop = asyncio.get_running_loop()
-        if self._loop is not loop:
-            # Registered once, not per wait: the peer rings only while we sleep.
-            if self._loop is not None and not self._loop.is_closed():
-                self._loop.remove_reader(self.fd)
-            loop.add_reader(self.fd, self._on_readable)
-            self._loop = loop
-        waiter: asyncio.Future[None] = loop.create_future()
+        if not self._watched:
+            handle.watch_readable(self._on_readable)
+            self._watched = True
+        waiter: asyncio.Future[None] = handle.loop().create_future()
         self._waiters.append(waiter)
         try:
             await waiter
@@ -211,15 +216,11 @@ class _Doorbell:
                 self._waiters.remove(waiter)
 
     def close(self) -> None:
-        fd = self.fd
-        if fd < 0:
+        if self._handle.closed:
             return
-        self.fd = -1
-        if self._loop is not None and not self._loop.is_closed() and not self.hung_up:
-            self._loop.remove_reader(fd)
+        self._handle.close()
         waiters, self._waiters = self._waiters, []
         _wake_all(waiters, anyio.ClosedResourceError())
-        os.close(fd)
 
 
 # -- the ring -------------------------------------------------------------------------------
@@ -304,6 +305,7 @@ class Ring(MessageStream):
         self._owned_files = owned_files
         self._receiving = False
         self._sending = False
+        self._budget = FAIR_OPS  # fairness: operations left before a yield to the loop
         self._closed = False
         self._eof_sent = False
         self._extra: dict[Any, Callable[[], Any]] = {IPCAttribute.path: lambda: self.name}
@@ -510,8 +512,8 @@ class Ring(MessageStream):
 
     def _measure(self, message: Buffer) -> tuple[Buffer, int]:
         """The message as bytes-like of unsigned bytes, and its size; ``FrameTooLarge`` if too big."""
-        if type(message) is memoryview and (message.format != "B" or message.ndim != 1):
-            message = message.cast("B")
+        if type(message) is not bytes:
+            message = byte_view(message)
         size = len(message)
         if size > self.max_size:
             raise FrameTooLarge(size, self.max_size)
@@ -523,6 +525,10 @@ class Ring(MessageStream):
             raise anyio.BusyResourceError("sending")
         self._sending = True
         try:
+            self._budget -= len(messages)
+            if self._budget <= 0:
+                await fair_yield()
+                self._budget = FAIR_OPS
             self._check_send()
             index = self._write(messages, sizes, 0)
             while index < len(messages):
@@ -553,7 +559,7 @@ class Ring(MessageStream):
         Raises:
             As :meth:`send`; ``FrameTooLarge`` before anything is sent.
         """
-        if memoryview in set(map(type, messages)):
+        if not set(map(type, messages)) <= {bytes, bytearray}:
             measured = [self._measure(message) for message in messages]
             messages, sizes = [message for message, _ in measured], [size for _, size in measured]
         else:
@@ -634,6 +640,10 @@ class Ring(MessageStream):
             raise anyio.BusyResourceError("receiving")
         self._receiving = True
         try:
+            self._budget -= 1
+            if self._budget <= 0:
+                await fair_yield()
+                self._budget = FAIR_OPS
             record = None if self._closed else self._peek()
             if record is None:
                 record = await self._next()
@@ -656,6 +666,9 @@ class Ring(MessageStream):
             raise anyio.BusyResourceError("receiving")
         self._receiving = True
         try:
+            if self._budget <= 0:
+                await fair_yield()
+                self._budget = FAIR_OPS
             start, size, tail = await self._next()
             rx, capacity, unpack = self._rx, self.capacity, _RECORD.unpack_from
             messages = [rx[start : start + size].tobytes()]
@@ -669,6 +682,7 @@ class Ring(MessageStream):
                     size = unpack(rx, 0)[0]
                 messages.append(rx[position + 8 : position + 8 + size].tobytes())
                 tail += 8 + ((size + 7) & -8)
+            self._budget -= len(messages)
             self._advance(tail)
             return messages
         finally:
@@ -696,6 +710,10 @@ class Ring(MessageStream):
             raise anyio.BusyResourceError("receiving")
         self._receiving = True
         try:
+            self._budget -= 1
+            if self._budget <= 0:
+                await fair_yield()
+                self._budget = FAIR_OPS
             start, size, tail = await self._next()
             view = self._rx[start : start + size].toreadonly()
             try:

@@ -9,6 +9,10 @@ anonymous memory (pages the kernel commits only when a message touches
 them), so every message costs one syscall and no size probe.
 Rule 2: a seqpacket receive of 0 bytes is an empty message when it carries
 credentials (``SO_PASSCRED``) and the end of the stream when it carries none.
+Rule 3: a send is one ``sendmsg`` of the whole message or nothing, so a
+send that raised (cancelled while the peer's queue was full) sent nothing.
+Rule 4 (fair): each socket yields to the loop once every ``FAIR_OPS``
+operations, so a peer that keeps it full cannot starve the program.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import anyio.lowlevel
 from .._core.attributes import IPCAttribute, PeerCredentials
 from .._core.errors import FrameTooLarge, map_os_errors
 from .._core.framing import DEFAULT_MAX_SIZE
-from .._core.streams import Buffer, MessageStream, ResourceGuard
+from .._core.streams import FAIR_OPS, Buffer, MessageStream, ResourceGuard, byte_view, fair_yield
 from ._base import SocketHandle, close_fds, fds_from_ancillary, peer_credentials, socket_extra
 from ._stream import DEFAULT_MAX_FDS, check_fds, rights_message
 
@@ -72,6 +76,7 @@ class MessageSocket(MessageStream):
         self._last_ancdata: list[tuple[int, int, bytes]] = []
         self._kept: _Received | None = None
         self._eof_sent = False
+        self._budget = FAIR_OPS  # fairness: operations left before a yield to the loop
         self._extra: dict[Any, Callable[[], Any]] = {IPCAttribute.fd: handle.fileno}
         self._extra.update(socket_extra(self._sock, path))
         if self._unix:
@@ -104,6 +109,7 @@ class MessageSocket(MessageStream):
             handle = self._handle
             if handle.fd < 0:
                 raise anyio.ClosedResourceError
+            await self._spend()
             buffer = self._buffer
             if buffer is None:
                 buffer = self._buffer = mmap.mmap(
@@ -158,6 +164,13 @@ class MessageSocket(MessageStream):
 
     # -- sending --------------------------------------------------------------------------
 
+    async def _spend(self) -> None:
+        """Spend one unit of the fairness budget; yield to the loop first when it is spent."""
+        if not self._budget:
+            await fair_yield()
+            self._budget = FAIR_OPS
+        self._budget -= 1
+
     def _check_send(self, size: int) -> None:
         if self._handle.fd < 0 or self._eof_sent:
             raise anyio.ClosedResourceError
@@ -166,7 +179,9 @@ class MessageSocket(MessageStream):
 
     async def _send(self, parts: Sequence[Buffer], ancdata: list[tuple[int, int, Any]], address: Any) -> None:
         with self._send_guard:
-            self._check_send(len(parts[0]) if len(parts) == 1 else sum(len(part) for part in parts))
+            parts = [part if type(part) is bytes else byte_view(part) for part in parts]
+            self._check_send(sum(map(len, parts)))
+            await self._spend()
             handle = self._handle
             while True:
                 try:
