@@ -64,10 +64,32 @@ def test_all_complete_frames_of_a_chunk_are_parsed_in_one_pass() -> None:
 
 def test_header_over_max_size_is_refused_before_allocation() -> None:
     framer = Framer(max_size=1024)
+    framer.feed(b"\x80\x00\x00\x00")  # announces 2 GiB
     with pytest.raises(FrameTooLarge) as info:
-        framer.feed(b"\x80\x00\x00\x00")  # announces 2 GiB
+        framer.next_message()
     assert info.value.size == 2**31
     assert len(framer._buf) < 2**20
+
+
+def test_whole_messages_before_a_bad_header_come_out_first() -> None:
+    framer = Framer(max_size=1024)
+    framer.feed(Framer.encode(b"one") + Framer.encode(b"two") + Framer.encode(b"x" * 2000))
+    assert framer.next_message() == b"one"
+    assert framer.next_message() == b"two"
+    with pytest.raises(FrameTooLarge):
+        framer.next_message()
+
+
+def test_the_buffer_grows_with_the_bytes_that_arrive() -> None:
+    framer = Framer()  # 16 MiB max_size
+    framer.feed(Framer.encode_header(16 * 2**20) + b"x")
+    assert len(framer._buf) <= 64 * 1024, "a header alone must not allocate what it announces"
+    framer.feed(b"x" * 200_000)
+    assert len(framer._buf) <= 2 * 200_005
+    framer.feed(b"x" * (16 * 2**20 - 200_001))
+    assert len(framer.next_message()) == 16 * 2**20  # type: ignore[arg-type]
+    framer.release()
+    assert len(framer._buf) == 0, "a framer with nothing pending gives its buffer back"
 
 
 def test_eof_inside_a_frame_is_a_protocol_error() -> None:

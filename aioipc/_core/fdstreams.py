@@ -1,14 +1,22 @@
 """Byte streams over non-blocking file descriptors, on the running loop.
 
-Rule 1: try the syscall first; park on the loop (``add_reader`` /
-``add_writer``) only when it would block. No thread for anything with a
-pollable fd.
-Rule 2: one :class:`FdHandle` owns each fd and sets it to -1 on close;
-closing wakes any task parked on it with ``ClosedResourceError``.
-Rule 3: small sends are appended to a pending buffer that is written once
+Rule 1: try the syscall first; park on the fd's :class:`FdHandle` (the
+one owner of the loop's readiness registrations) only when it would block.
+No thread for anything with a pollable fd.
+Rule 2: small sends are appended to a pending buffer that is written once
 per loop iteration (a burst of small sends costs one syscall); large sends
-go straight to ``writev``. A send is never half-written: if it is cancelled
-after its first byte went out, the rest is still written in the background.
+go straight to ``writev``. The send states are in :class:`FdSendStream`.
+Rule 3 (exactly what was said): a send that raises put nothing on the wire
+and never will; a message joins the pending buffer only when its ``send()``
+is going to return normally, with no await between. A large send waits
+(cancellably) only until its first byte goes out; what the fd did not take
+then joins the pending buffer, and the next send waits for it to drain.
+Rule 4 (fair): each direction spends one unit of a budget per operation
+that did not wait and yields to the loop once when it is spent
+(``FAIR_OPS``), so a peer that keeps the fd full cannot starve the program.
+Rule 5 (cheap when idle): a framed receive reads into its framer's buffer
+(:meth:`FdReceiveStream.fill`), which is given back while the stream
+waits, so an idle stream holds no read buffer.
 """
 
 from __future__ import annotations
@@ -26,7 +34,17 @@ import anyio.lowlevel
 from .attributes import IPCAttribute
 from .errors import map_os_errors
 from .fdio import FdHandle, check_fd_kind
-from .streams import Buffer, ByteReceiveStream, ByteSendStream, ByteStream, ResourceGuard
+from .streams import (
+    FAIR_OPS,
+    Buffer,
+    BufferSink,
+    ByteReceiveStream,
+    ByteSendStream,
+    ByteStream,
+    ResourceGuard,
+    byte_view,
+    fair_yield,
+)
 
 __all__ = ["FdByteStream", "FdHandle", "FdReceiveStream", "FdSendStream", "check_fd_kind"]
 
@@ -57,6 +75,21 @@ def _fd_extra(handle: FdHandle, extra: Mapping[Any, Any] | None) -> dict[Any, Ca
     return attrs
 
 
+def _fill_now(fd: int, sink: BufferSink) -> int:
+    try:
+        n = os.readv(fd, (sink.get_buffer(),))
+    except BlockingIOError:
+        sink.release()
+        raise
+    if n:
+        sink.buffer_updated(n)
+    return n
+
+
+def _nothing(result: object) -> None:
+    pass
+
+
 class FdReceiveStream(ByteReceiveStream):
     """Receive bytes from a non-blocking fd (pipe, FIFO, socket).
 
@@ -76,6 +109,7 @@ class FdReceiveStream(ByteReceiveStream):
         # readiness first makes it wait for the first writer instead.
         self._wait_first = wait_first
         self._unclaimed = b""
+        self._budget = FAIR_OPS
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} fd={self._handle.fd}>"
@@ -96,6 +130,7 @@ class FdReceiveStream(ByteReceiveStream):
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
         with self._guard:
+            await self._spend()
             if self._unclaimed:
                 data, self._unclaimed = self._unclaimed[:max_bytes], self._unclaimed[max_bytes:]
                 return data
@@ -103,10 +138,11 @@ class FdReceiveStream(ByteReceiveStream):
 
     async def receive_into(self, buffer: memoryview) -> int:
         handle = self._handle
-        if not (
+        if self._budget and not (
             handle._reader_armed or self._unclaimed or self._wait_first or self._guard.busy or handle.fd < 0
         ):
             # The common case of a reader that keeps up with no wait: read now.
+            self._budget -= 1
             try:
                 n = os.readv(handle.fd, (buffer,))
             except BlockingIOError:
@@ -123,6 +159,7 @@ class FdReceiveStream(ByteReceiveStream):
             raise anyio.BusyResourceError("receiving")
         guard.busy = True
         try:
+            await self._spend()
             if self._unclaimed:
                 n = min(len(buffer), len(self._unclaimed))
                 buffer[:n] = self._unclaimed[:n]
@@ -131,6 +168,50 @@ class FdReceiveStream(ByteReceiveStream):
             return await self._read(os.readv, lambda n: self._keep_unclaimed(bytes(buffer[:n])), (buffer,))
         finally:
             guard.busy = False
+
+    async def fill(self, sink: BufferSink) -> None:
+        handle = self._handle
+        if self._budget and not (
+            handle._reader_armed or self._unclaimed or self._wait_first or self._guard.busy or handle.fd < 0
+        ):
+            self._budget -= 1
+            try:
+                n = os.readv(handle.fd, (sink.get_buffer(),))
+            except BlockingIOError:
+                pass
+            except OSError:
+                with map_os_errors():
+                    raise
+            else:
+                if n:
+                    sink.buffer_updated(n)
+                    return
+                raise anyio.EndOfStream
+        guard = self._guard
+        if guard.busy:
+            raise anyio.BusyResourceError("receiving")
+        guard.busy = True
+        try:
+            await self._spend()
+            if self._unclaimed:
+                view = sink.get_buffer(len(self._unclaimed))
+                n = min(len(view), len(self._unclaimed))
+                view[:n] = self._unclaimed[:n]
+                self._unclaimed = self._unclaimed[n:]
+                sink.buffer_updated(n)
+                return
+            sink.release()  # no buffer while parked: one is taken when data comes
+            # The op hands what it read to the sink at once: a cancelled wait loses nothing.
+            await self._read(_fill_now, _nothing, sink)
+        finally:
+            guard.busy = False
+
+    async def _spend(self) -> None:
+        """Spend one unit of the fairness budget; yield to the loop first when it is spent."""
+        if not self._budget:
+            await fair_yield()
+            self._budget = FAIR_OPS
+        self._budget -= 1
 
     async def _read(self, op: Callable[..., T], keep: Callable[[T], None], *args: Any) -> T:
         """``handle.read(op, keep, *args)`` with a FIFO's first wait, errors mapped, and
@@ -170,6 +251,26 @@ class FdSendStream(ByteSendStream):
     what is pending first; cancel it (or wrap it in a timeout) to close at
     once and drop the rest.
 
+    States (a send of ``DIRECT_WRITE`` bytes or more first waits for the
+    pending buffer to empty, then for the fd to take its first bytes, and
+    leaves the rest pending: -> parked):
+
+    - **idle**: nothing pending, no flush due. A send writes at once
+      (``writev``), so a lone message waits for no loop iteration, and
+      schedules the end of the burst: -> burst.
+    - **burst**: a write happened in this loop iteration (``_flush_handle``
+      is set). Sends append to the pending buffer; at the end of the
+      iteration one ``write`` takes all of it: -> idle when it all went,
+      -> parked when the fd was full.
+    - **parked**: bytes are pending and the fd is full (``_parked``): the
+      handle watches the fd and writes more each time it turns writable.
+      Sends append up to ``HIGH_WATER``, then wait (backpressure). When the
+      buffer empties: -> idle. A write error (``EPIPE``) drops what is
+      pending and every later send raises ``BrokenResourceError``.
+
+    In every state a send appends only when it is about to return
+    normally: a send that raised put nothing on the wire.
+
     Args:
         atomic: keep each ``send()`` of at most ``PIPE_BUF`` bytes in one
             ``write()``, so that concurrent writers of a FIFO never
@@ -191,10 +292,11 @@ class FdSendStream(ByteSendStream):
         self._pending = bytearray()
         self._units: deque[int] | None = deque() if atomic else None
         self._flush_handle: asyncio.Handle | None = None
-        self._writer_registered = False
+        self._parked = False
         self._drain_waiters: list[tuple[asyncio.Future[None], int]] = []
         self._error: OSError | None = None
         self._closed = False
+        self._budget = FAIR_OPS
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} fd={self._handle.fd} pending={len(self._pending)}>"
@@ -230,30 +332,36 @@ class FdSendStream(ByteSendStream):
         raise anyio.BrokenResourceError(f"{error.strerror} (errno {error.errno})") from error
 
     async def send(self, item: Buffer) -> None:
-        await self.send_parts((item,))
+        await self.send_parts((byte_view(item),))
 
     def try_send_parts(self, parts: Sequence[Buffer]) -> bool:
+        """Take ``parts`` now if no wait is needed (see :class:`ByteSendStream`).
+
+        ``parts`` are byte buffers whose ``len()`` counts bytes (pass typed
+        views through :func:`byte_view`).
+        """
         size = sum(map(len, parts))
         pending = self._pending
         if (
             size >= DIRECT_WRITE
             or len(pending) >= HIGH_WATER
+            or not self._budget
             or self._error is not None
             or self._closed
             or self._guard.busy
             or self._handle.fd < 0
         ):
             return False
-        if self._flush_handle is not None or self._writer_registered:
-            # A burst: a flush is already due, queue behind it.
+        self._budget -= 1
+        if self._flush_handle is not None or self._parked:
+            # burst or parked: a flush is already due, queue behind it.
             for part in parts:
                 pending += part
             if self._units is not None:
                 self._units.append(size)
             return True
-        # Idle: write at once, so that a lone message waits for no loop
-        # iteration; the sends that follow in this iteration queue behind
-        # the flush scheduled here and go out together.
+        # idle: write at once; the sends that follow in this iteration queue
+        # behind the end of the burst scheduled here and go out together.
         handle = self._handle
         try:
             written = os.writev(handle.fd, parts)
@@ -277,6 +385,11 @@ class FdSendStream(ByteSendStream):
             return
         with self._guard:
             self._check()
+            if not self._budget:
+                await fair_yield()
+                self._budget = FAIR_OPS
+                self._check()
+            parts = [byte_view(part) for part in parts]
             size = sum(map(len, parts))
             if self._pending:
                 await self._drain(0 if size >= DIRECT_WRITE else HIGH_WATER - 1)
@@ -284,11 +397,12 @@ class FdSendStream(ByteSendStream):
             if size >= DIRECT_WRITE:
                 await self._write_direct(parts, size)
                 return
+            # No await from here on: the message joins the buffer and the send returns.
             for part in parts:
                 self._pending += part
             if self._units is not None:
                 self._units.append(size)
-            if self._flush_handle is None and not self._writer_registered:
+            if self._flush_handle is None and not self._parked:
                 self._flush_handle = self._handle.loop().call_soon(self._flush)
 
     async def flush(self) -> None:
@@ -298,32 +412,25 @@ class FdSendStream(ByteSendStream):
         self._check()
 
     async def _write_direct(self, parts: Sequence[Buffer], size: int) -> None:
-        views = [memoryview(part).cast("B") for part in parts if len(part)]
-        written = 0
         handle = self._handle
-        try:
-            with handle.keep_writer_registered():
-                while views:
-                    try:
-                        with map_os_errors():
-                            n = os.writev(handle.fd, views)
-                    except BlockingIOError:
-                        await handle.wait_writable()
-                        continue
-                    written += n
-                    while views and n >= len(views[0]):
-                        n -= len(views.pop(0))
-                    if n:
-                        views[0] = views[0][n:]
-        except BaseException:
-            if views and written and not handle.closed:
-                # Never leave half a unit on the wire: queue the rest.
-                for view in views:
-                    self._pending += view
-                if self._units is not None:
-                    self._units.append(size - written)
-                self._flush()
-            raise
+        while True:
+            try:
+                with map_os_errors():
+                    written = os.writev(handle.fd, parts)
+                break
+            except BlockingIOError:
+                # Nothing of it went out yet: a cancel here leaves nothing behind.
+                await handle.wait_writable()
+                self._check()
+        if written < size:
+            # Committed by its first byte: the rest joins the pending buffer
+            # and the send returns, with no await between (exactly once).
+            for view in _skip(parts, written):
+                self._pending += view
+            if self._units is not None:
+                self._units.append(size - written)
+            self._parked = True
+            handle.watch_writable(self._flush)
 
     def _write_some(self, fd: int) -> int:
         pending = self._pending
@@ -351,7 +458,8 @@ class FdSendStream(ByteSendStream):
 
     def _flush(self) -> None:
         self._flush_handle = None
-        fd = self._handle.fd
+        handle = self._handle
+        fd = handle.fd
         pending = self._pending
         if fd >= 0:
             try:
@@ -367,15 +475,10 @@ class FdSendStream(ByteSendStream):
                 pending.clear()
                 if self._units is not None:
                     self._units.clear()
-        loop = self._handle.loop()
-        if pending and fd >= 0 and self._error is None:
-            if not self._writer_registered:
-                loop.add_writer(fd, self._flush)
-                self._writer_registered = True
-        elif self._writer_registered:
-            self._writer_registered = False
-            if fd >= 0:
-                loop.remove_writer(fd)
+        parked = bool(pending) and fd >= 0 and self._error is None
+        if parked != self._parked:
+            self._parked = parked
+            handle.watch_writable(self._flush if parked else None)
         self._wake_drainers()
 
     def _wake_drainers(self) -> None:
@@ -412,10 +515,9 @@ class FdSendStream(ByteSendStream):
             if self._flush_handle is not None:
                 self._flush_handle.cancel()
                 self._flush_handle = None
-            if self._writer_registered:
-                self._writer_registered = False
-                if not self._handle.closed:
-                    self._handle.loop().remove_writer(self._handle.fd)
+            if self._parked:
+                self._parked = False
+                self._handle.watch_writable(None)
             self._pending.clear()
             if shutdown is not None and not self._handle.closed:
                 try:
@@ -462,7 +564,7 @@ class FdByteStream(ByteStream):
         return await self.receiver.receive_into(buffer)
 
     async def send(self, item: Buffer) -> None:
-        await self.sender.send_parts((item,))
+        await self.sender.send_parts((byte_view(item),))
 
     async def send_parts(self, parts: Sequence[Buffer]) -> None:
         await self.sender.send_parts(parts)

@@ -6,8 +6,12 @@ that many payload bytes. Empty messages are allowed.
 Rule 1: nothing here reads or writes a file descriptor; the async adapter in
 ``_streams`` feeds chunks in and takes messages out.
 Rule 2: a header is checked against ``max_size`` before any byte of its
-payload is buffered, so a peer cannot make us allocate more than
-``max_size + 4 + one chunk``.
+payload is buffered, and the buffer grows with the bytes that arrive
+(doubling, up to the frame in progress): a header announcing 16 MiB costs
+nothing until 16 MiB come. A peer cannot make us allocate more than twice
+what it sent, nor more than ``max_size + 4 + one chunk``.
+Rule 3: every whole message that arrived before a bad header is handed out
+before the error is raised.
 
 Example::
 
@@ -33,6 +37,9 @@ HEADER: Final = Struct(">I")
 DEFAULT_MAX_SIZE: Final = 16 * 2**20
 _MAX_WIRE_SIZE: Final = 2**32 - 1
 _MIN_READ: Final = 64 * 1024
+_POOL_SIZE: Final = 16  # idle read buffers kept for the next stream that gets data
+_POOL: list[bytearray] = []
+_NO_BUFFER: Final = bytearray()
 _unpack_header = HEADER.unpack_from
 
 
@@ -55,24 +62,31 @@ class Framer:
     and report with :meth:`buffer_updated`); take messages with
     :meth:`next_message`. ``feed(b"")`` marks the end of input.
 
+    The buffer grows with the bytes that arrive, doubling up to the frame in
+    progress (never to the size a header announces before its bytes come),
+    and :meth:`release` gives it back while nothing is pending, so an idle
+    stream holds none.
+
     Raises:
-        FrameTooLarge: a header announces more than ``max_size`` bytes.
+        FrameTooLarge: a header announces more than ``max_size`` bytes; raised
+            by :meth:`next_message` once the whole messages before it were taken.
         TruncatedMessage: input ends in the middle of a frame.
     """
 
-    __slots__ = ("_buf", "_end", "_eof", "_need", "_start", "_view", "max_size", "parsed")
+    __slots__ = ("_buf", "_end", "_eof", "_error", "_need", "_start", "_view", "max_size", "parsed")
 
     def __init__(self, max_size: int = DEFAULT_MAX_SIZE) -> None:
         if not 0 <= max_size <= _MAX_WIRE_SIZE:
             raise ValueError(f"max_size must be between 0 and {_MAX_WIRE_SIZE}")
         self.max_size = max_size
-        self._buf = bytearray(_MIN_READ)
+        self._buf = _NO_BUFFER  # taken when bytes arrive, given back by release()
         self._view = memoryview(self._buf)  # the buffer is replaced, never resized in place
         self._start = 0  # first unparsed byte
         self._end = 0  # end of valid data
         self._need = HEADER.size  # bytes the next frame needs in the buffer
         self.parsed: deque[bytes] = deque()  # messages not yet taken; next_message() pops them
         self._eof = False
+        self._error: FrameTooLarge | None = None  # raised once ``parsed`` is empty
 
     @staticmethod
     def encode_header(size: int) -> bytes:
@@ -94,32 +108,52 @@ class Framer:
         if not data:
             self._eof = True
             return
-        size = len(data)
-        view = self.get_buffer(size)
-        view[:size] = data
-        self.buffer_updated(size)
+        data = memoryview(data).cast("B")
+        while data:
+            view = self.get_buffer(len(data))
+            size = min(len(view), len(data))
+            view[:size] = data[:size]
+            self.buffer_updated(size)
+            data = data[size:]
 
     def get_buffer(self, size_hint: int = _MIN_READ) -> memoryview:
-        """A writable view to read into; at least ``size_hint`` bytes, or what the pending frame needs."""
-        want = max(size_hint, self._need - (self._end - self._start), 1)
-        if len(self._buf) - self._end < want:
-            self._compact(want)
+        """A writable view to read into: free room at the end of the buffer, made when there is little.
+
+        The buffer is compacted, or grown by doubling up to the frame in
+        progress, so that at least ``min(size_hint, bytes the frame still
+        needs)`` fit; it never grows past ``max_size`` plus a header.
+        """
+        want = min(size_hint, self._need - (self._end - self._start))
+        if len(self._buf) - self._end < max(want, 1):
+            self._make_room(max(want, 1))
         return self._view[self._end :]
 
     def buffer_updated(self, nbytes: int) -> None:
         """Report that ``nbytes`` were written at the start of the last :meth:`get_buffer` view."""
         self._end += nbytes
-        if self._end - self._start >= self._need:
+        if self._end - self._start >= self._need and self._error is None:
             self._parse()
+
+    def release(self) -> None:
+        """Give the buffer back if no unparsed byte is in it (a stream about to go idle)."""
+        if self._start == self._end and self._buf:
+            if len(self._buf) == _MIN_READ and len(_POOL) < _POOL_SIZE:
+                _POOL.append(self._buf)
+            self._buf = _NO_BUFFER
+            self._view = memoryview(_NO_BUFFER)
+            self._start = self._end = 0
 
     def next_message(self) -> bytes | _Sentinel:
         """The next whole message, :data:`NEED_DATA`, or :data:`EOF` after a clean end.
 
         Raises:
+            FrameTooLarge: the next frame announced more than ``max_size``.
             TruncatedMessage: the input ended inside a frame.
         """
         if self.parsed:
             return self.parsed.popleft()
+        if self._error is not None:
+            raise self._error
         if self._eof:
             if self._end != self._start:
                 raise TruncatedMessage(
@@ -128,15 +162,21 @@ class Framer:
             return EOF
         return NEED_DATA
 
-    def _compact(self, want: int) -> None:
+    def _make_room(self, want: int) -> None:
         pending = self._end - self._start
-        if pending + want > len(self._buf):
-            new = bytearray(pending + want)
-            new[:pending] = self._view[self._start : self._end]
-            self._buf = new
-            self._view = memoryview(new)
-        else:
+        capacity = len(self._buf)
+        if not capacity:
+            new = _POOL.pop() if _POOL else bytearray(_MIN_READ)
+        elif pending + want <= capacity:
             self._buf[:pending] = self._buf[self._start : self._end]
+            self._start, self._end = 0, pending
+            return
+        else:
+            # Double, up to the frame in progress: growth follows the bytes that came.
+            new = bytearray(max(min(2 * capacity, self._need), pending + want, _MIN_READ))
+            new[:pending] = self._view[self._start : self._end]
+        self._buf = new
+        self._view = memoryview(new)
         self._start = 0
         self._end = pending
 
@@ -150,7 +190,9 @@ class Framer:
         while end - start >= 4:
             (size,) = unpack(buf, start)
             if size > max_size:
-                raise FrameTooLarge(size, max_size)
+                # Kept for next_message(): the whole messages before it go first.
+                self._error = FrameTooLarge(size, max_size)
+                break
             stop = start + 4 + size
             if stop > end:
                 self._need = 4 + size
