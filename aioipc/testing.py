@@ -48,6 +48,11 @@ async def wait_until_idle(progress: Callable[[], object] = lambda: None, rounds:
         last = now
 
 
+async def _until(condition: Callable[[], bool]) -> None:
+    while not condition():
+        await asyncio.sleep(0.001)
+
+
 async def _parked(task: asyncio.Task[Any]) -> None:
     await wait_until_idle()
     assert not task.done(), "expected the task to be waiting"
@@ -111,6 +116,7 @@ class _Checks:
             self.use_after_close,
             self.backpressure,
             self.cancelled_send_is_whole,
+            self.fair_to_others,
             self.broken_peer,
         ]
         if self.two_way:
@@ -123,7 +129,8 @@ class _Checks:
             checks = [
                 c
                 for c in checks
-                if c not in (self.many_small, self.backpressure, self.cancelled_send_is_whole)
+                if c
+                not in (self.many_small, self.backpressure, self.cancelled_send_is_whole, self.fair_to_others)
             ]
         for check in checks:
             directions = [False, True] if self.two_way and check != self.half_close else [False]
@@ -275,6 +282,40 @@ class _Checks:
             assert rest.endswith(b"\x02" * 10)
             assert len(rest.rstrip(b"\x02")) % 65536 == 0, "a cancelled send left half a chunk"
 
+    async def fair_to_others(self, sender: Any, receiver: Any) -> None:
+        """A ticker task keeps running while sends never wait and receives always find data."""
+        count, item = 1000, b"f" * 16
+        ticks = [0]
+        got: list[int] = []
+
+        async def ticker() -> None:
+            while True:
+                ticks[0] += 1
+                await asyncio.sleep(0)
+
+        async def consume() -> None:
+            before = ticks[0]
+            if self.messages:
+                for _ in range(count):
+                    assert await receiver.receive() == item
+            else:
+                size = 0
+                while size < count * len(item):
+                    size += len(await receiver.receive(len(item)))
+            got.append(ticks[0] - before)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ticker)
+            await asyncio.sleep(0)
+            tg.start_soon(consume)
+            before = ticks[0]
+            for _ in range(count):
+                await sender.send(item)
+            assert ticks[0] > before, f"{count} sends that never waited let no other task run"
+            await _until(lambda: bool(got))
+            assert got[0] > 0, f"{count} receives that always found data let no other task run"
+            tg.cancel_scope.cancel()
+
     async def broken_peer(self, sender: Any, receiver: Any) -> None:
         await receiver.aclose()
         with _raises(anyio.BrokenResourceError):
@@ -308,7 +349,8 @@ async def check_byte_stream(
 ) -> None:
     """Check a byte transport: round trips, 1 MiB payloads, order, EOF, half-close,
     ``BusyResourceError``, cancellation, close while waiting, backpressure with a
-    clogged peer, cancelled sends, a peer that closed, double ``aclose()``.
+    clogged peer, cancelled sends, fairness (a ticker task keeps running while
+    the stream is flooded), a peer that closed, double ``aclose()``.
 
     Raises:
         AssertionError: with a note naming the failed check.
@@ -337,7 +379,8 @@ async def check_message_stream(
             sender closed (datagram sockets): skips the checks that need
             ``EndOfStream`` (eof, half-close, cancelled send).
         reliable: ``False`` for a transport that may drop messages and has no
-            backpressure (UDP): skips many-small, backpressure, cancelled send.
+            backpressure (UDP): skips many-small, backpressure, cancelled send
+            and fairness.
         peer_close: ``False`` for a transport whose sender is never told that
             the receiver closed (message queues: the queue outlives both
             handles): skips broken-peer.
