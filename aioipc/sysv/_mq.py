@@ -38,7 +38,7 @@ from .._core.errors import FrameTooLarge
 from .._core.framing import DEFAULT_MAX_SIZE
 from .._core.schemes import Address
 from .._core.server import Server
-from .._core.streams import Buffer, MessageStream
+from .._core.streams import FAIR_OPS, Buffer, MessageStream, fair_yield
 from .._core.sysvipc import check_key, sysvipc_table
 
 __all__ = [
@@ -162,6 +162,7 @@ class MessageQueue(MessageStream):
         self._sender = Bridge(f"msgsnd-{self.key:#x}", is_interrupted=_interrupted)
         self._receiving = False  # a task is in receive() (BusyResourceError for a second one)
         self._sending = False
+        self._budget = FAIR_OPS  # fairness: operations left before a yield to the loop
         self._closed = False
         self._send_closed = False
 
@@ -255,8 +256,9 @@ class MessageQueue(MessageStream):
     def _quick_receive(self, type: int) -> tuple[bytes, int] | None:
         """The common case in as few steps as possible: nobody else receiving, nothing
         taken earlier, no bridge call in flight, and a message waiting."""
-        if self._receiving or self._taken or self._closed or self._receiver.busy:
+        if self._receiving or self._taken or self._closed or self._receiver.busy or not self._budget:
             return None
+        self._budget -= 1
         try:
             return self._queue.receive(False, type)  # type: ignore[no-any-return]
         except (sysv_ipc.Error, OSError, OverflowError):  # empty, or an error the slow path reports
@@ -283,6 +285,9 @@ class MessageQueue(MessageStream):
             raise anyio.BusyResourceError("receiving")
         self._receiving = True
         try:
+            if not self._budget:
+                await fair_yield()
+                self._budget = FAIR_OPS
             while True:
                 if self._closed:
                     raise anyio.ClosedResourceError
@@ -320,7 +325,8 @@ class MessageQueue(MessageStream):
             raise FrameTooLarge(size, self.max_message_size)
         if not 1 <= type <= TYPE_MAX:
             raise ValueError(f"type must be from 1 to {TYPE_MAX}")
-        if not (self._sending or self._closed or self._send_closed or self._sender.busy):
+        if self._budget and not (self._sending or self._closed or self._send_closed or self._sender.busy):
+            self._budget -= 1
             try:
                 self._queue.send(item, False, type)
                 return
@@ -333,6 +339,9 @@ class MessageQueue(MessageStream):
             raise anyio.BusyResourceError("sending")
         self._sending = True
         try:
+            if not self._budget:
+                await fair_yield()
+                self._budget = FAIR_OPS
             if self._closed or self._send_closed:
                 raise anyio.ClosedResourceError
             # A cancelled send may still be finishing: let it go first, to keep the order.
