@@ -43,6 +43,16 @@ _NO_BUFFER: Final = bytearray()
 _unpack_header = HEADER.unpack_from
 
 
+def _take_buffer() -> bytearray:
+    """A read buffer of ``_MIN_READ`` bytes: an idle stream's, given back earlier, or a new one."""
+    return _POOL.pop() if _POOL else bytearray(_MIN_READ)
+
+
+def _give_back(buffer: bytearray) -> None:
+    if len(buffer) == _MIN_READ and len(_POOL) < _POOL_SIZE:
+        _POOL.append(buffer)
+
+
 class _Sentinel(enum.Enum):
     NEED_DATA = "NEED_DATA"
     EOF = "EOF"
@@ -137,8 +147,7 @@ class Framer:
     def release(self) -> None:
         """Give the buffer back if no unparsed byte is in it (a stream about to go idle)."""
         if self._start == self._end and self._buf:
-            if len(self._buf) == _MIN_READ and len(_POOL) < _POOL_SIZE:
-                _POOL.append(self._buf)
+            _give_back(self._buf)
             self._buf = _NO_BUFFER
             self._view = memoryview(_NO_BUFFER)
             self._start = self._end = 0
@@ -166,7 +175,7 @@ class Framer:
         pending = self._end - self._start
         capacity = len(self._buf)
         if not capacity:
-            new = _POOL.pop() if _POOL else bytearray(_MIN_READ)
+            new = _take_buffer()
         elif pending + want <= capacity:
             self._buf[:pending] = self._buf[self._start : self._end]
             self._start, self._end = 0, pending
@@ -219,7 +228,8 @@ class LineFramer:
     Rule 1: every complete line before a line over ``max_size`` is handed
     out first; then :meth:`next_message` raises ``FrameTooLarge``.
     Rule 2: the buffer grows with the bytes that arrived, never ahead of them,
-    and is dropped whenever every byte in it was parsed.
+    and is given back whenever every byte in it was parsed (an idle stream
+    holds none).
 
     Raises:
         FrameTooLarge: a line is longer than ``max_size`` bytes (its ``\\n`` not counted).
@@ -276,7 +286,9 @@ class LineFramer:
 
     def get_buffer(self, size_hint: int = _MIN_READ) -> memoryview:
         """A writable view of at least ``size_hint`` bytes to read into."""
-        if len(self._buf) - self._end < size_hint:
+        if not self._buf and size_hint <= _MIN_READ:
+            self._buf = _take_buffer()
+        elif len(self._buf) - self._end < size_hint:
             pending = self._end - self._start
             new = bytearray(max(pending + size_hint, 2 * pending))
             new[:pending] = self._buf[self._start : self._end]
@@ -302,9 +314,16 @@ class LineFramer:
             scan = end
             if end - start > limit:
                 self._error = FrameTooLarge(end - start, limit)
-        if start == end and self._error is None:
-            self._buf, start, scan, end = bytearray(), 0, 0, 0
         self._start, self._scan, self._end = start, scan, end
+        if start == end and self._error is None:
+            self.release()
+
+    def release(self) -> None:
+        """Give the buffer back if no unparsed byte is in it (a stream about to go idle)."""
+        if self._start == self._end and self._buf:
+            _give_back(self._buf)
+            self._buf = bytearray()
+            self._start = self._scan = self._end = 0
 
     def next_message(self) -> bytes | _Sentinel:
         """The next whole line, :data:`NEED_DATA`, or :data:`EOF` after the end of input.
