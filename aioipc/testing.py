@@ -33,6 +33,8 @@ from typing import Any
 
 import anyio
 
+from ._core.streams import FAIR_OPS
+
 __all__ = ["PairMaker", "check_byte_stream", "check_message_stream", "wait_until_idle"]
 
 PairMaker = Callable[[], AbstractAsyncContextManager[tuple[Any, Any]]]
@@ -284,7 +286,7 @@ class _Checks:
 
     async def fair_to_others(self, sender: Any, receiver: Any) -> None:
         """A ticker task keeps running while sends never wait and receives always find data."""
-        count, item = 1000, b"f" * 16
+        count, item = 4 * FAIR_OPS, b"f" * 16
         ticks = [0]
         got: list[int] = []
 

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from aioipc import FrameTooLarge, ProtocolError
-from aioipc._core.framing import EOF, NEED_DATA, Framer
+from aioipc._core.framing import EOF, NEED_DATA, PARSE_BATCH, Framer
 
 
 def decode_all(framer: Framer) -> list[bytes]:
@@ -114,3 +114,10 @@ def test_empty_messages_and_clean_eof() -> None:
 def test_bad_max_size() -> None:
     with pytest.raises(ValueError, match="max_size"):
         Framer(max_size=-1)
+
+
+def test_a_chunk_of_many_frames_is_parsed_a_batch_at_a_time() -> None:
+    framer = Framer()
+    framer.feed(Framer.encode(b"") * 5000)
+    assert len(framer.parsed) == PARSE_BATCH, "a receiver gets back to its budget every batch"
+    assert decode_all(framer) == [b""] * 5000

@@ -11,9 +11,10 @@ and never will; a message joins the pending buffer only when its ``send()``
 is going to return normally, with no await between. A large send waits
 (cancellably) only until its first byte goes out; what the fd did not take
 then joins the pending buffer, and the next send waits for it to drain.
-Rule 4 (fair): each direction spends one unit of a budget per operation
-that did not wait and yields to the loop once when it is spent
-(``FAIR_OPS``), so a peer that keeps the fd full cannot starve the program.
+Rule 4 (fair): each direction spends a budget (``FAIR_OPS``: one unit per
+operation that did not wait, plus one per 4 KiB it moved) and yields to the
+loop once when it is spent, so a peer that keeps the fd full cannot starve
+the program.
 Rule 5 (cheap when idle): a framed receive reads into its framer's buffer
 (:meth:`FdReceiveStream.fill`), which is given back while the stream
 waits, so an idle stream holds no read buffer.
@@ -36,6 +37,7 @@ from .errors import map_os_errors
 from .fdio import FdHandle, check_fd_kind
 from .streams import (
     FAIR_OPS,
+    FAIR_SHIFT,
     Buffer,
     BufferSink,
     ByteReceiveStream,
@@ -138,11 +140,10 @@ class FdReceiveStream(ByteReceiveStream):
 
     async def receive_into(self, buffer: memoryview) -> int:
         handle = self._handle
-        if self._budget and not (
+        if self._budget > 0 and not (
             handle._reader_armed or self._unclaimed or self._wait_first or self._guard.busy or handle.fd < 0
         ):
             # The common case of a reader that keeps up with no wait: read now.
-            self._budget -= 1
             try:
                 n = os.readv(handle.fd, (buffer,))
             except BlockingIOError:
@@ -152,6 +153,7 @@ class FdReceiveStream(ByteReceiveStream):
                     raise
             else:
                 if n:
+                    self._budget -= 1 + (n >> FAIR_SHIFT)
                     return n
                 raise anyio.EndOfStream
         guard = self._guard  # entered by hand: this is the hot path of every framed receive
@@ -171,10 +173,9 @@ class FdReceiveStream(ByteReceiveStream):
 
     async def fill(self, sink: BufferSink) -> None:
         handle = self._handle
-        if self._budget and not (
+        if self._budget > 0 and not (
             handle._reader_armed or self._unclaimed or self._wait_first or self._guard.busy or handle.fd < 0
         ):
-            self._budget -= 1
             try:
                 n = os.readv(handle.fd, (sink.get_buffer(),))
             except BlockingIOError:
@@ -184,6 +185,7 @@ class FdReceiveStream(ByteReceiveStream):
                     raise
             else:
                 if n:
+                    self._budget -= 1 + (n >> FAIR_SHIFT)
                     sink.buffer_updated(n)
                     return
                 raise anyio.EndOfStream
@@ -208,7 +210,7 @@ class FdReceiveStream(ByteReceiveStream):
 
     async def _spend(self) -> None:
         """Spend one unit of the fairness budget; yield to the loop first when it is spent."""
-        if not self._budget:
+        if self._budget <= 0:
             await fair_yield()
             self._budget = FAIR_OPS
         self._budget -= 1
@@ -345,14 +347,14 @@ class FdSendStream(ByteSendStream):
         if (
             size >= DIRECT_WRITE
             or len(pending) >= HIGH_WATER
-            or not self._budget
+            or self._budget <= 0
             or self._error is not None
             or self._closed
             or self._guard.busy
             or self._handle.fd < 0
         ):
             return False
-        self._budget -= 1
+        self._budget -= 1  # a small send: its bytes are bounded by HIGH_WATER between flushes
         if self._flush_handle is not None or self._parked:
             # burst or parked: a flush is already due, queue behind it.
             for part in parts:
@@ -385,12 +387,13 @@ class FdSendStream(ByteSendStream):
             return
         with self._guard:
             self._check()
-            if not self._budget:
+            if self._budget <= 0:
                 await fair_yield()
                 self._budget = FAIR_OPS
                 self._check()
             parts = [byte_view(part) for part in parts]
             size = sum(map(len, parts))
+            self._budget -= 1 + (size >> FAIR_SHIFT)
             if self._pending:
                 await self._drain(0 if size >= DIRECT_WRITE else HIGH_WATER - 1)
                 self._check()

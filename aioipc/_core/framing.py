@@ -31,12 +31,17 @@ from typing import Final
 
 from .errors import FrameTooLarge, TruncatedMessage
 
-__all__ = ["DEFAULT_MAX_SIZE", "EOF", "HEADER", "NEED_DATA", "Framer", "LineFramer"]
+__all__ = ["DEFAULT_MAX_SIZE", "EOF", "HEADER", "NEED_DATA", "PARSE_BATCH", "Framer", "LineFramer"]
 
 HEADER: Final = Struct(">I")
 DEFAULT_MAX_SIZE: Final = 16 * 2**20
 _MAX_WIRE_SIZE: Final = 2**32 - 1
 _MIN_READ: Final = 64 * 1024
+PARSE_BATCH: Final = 1024
+"""The most messages one parse pass takes out of a chunk; ``next_message()`` parses the next batch.
+
+A receiver returns to its slow path (and its fairness budget) at least once a batch,
+even when a chunk of 64 KiB holds 16,384 empty messages."""
 _POOL_SIZE: Final = 16  # idle read buffers kept for the next stream that gets data
 _POOL: list[bytearray] = []
 _NO_BUFFER: Final = bytearray()
@@ -119,7 +124,7 @@ class Framer:
             self._eof = True
             return
         data = memoryview(data).cast("B")
-        while data:
+        while data and self._error is None:
             view = self.get_buffer(len(data))
             size = min(len(view), len(data))
             view[:size] = data[:size]
@@ -127,15 +132,14 @@ class Framer:
             data = data[size:]
 
     def get_buffer(self, size_hint: int = _MIN_READ) -> memoryview:
-        """A writable view to read into: free room at the end of the buffer, made when there is little.
+        """A writable view to read into: the free room at the end of the buffer.
 
-        The buffer is compacted, or grown by doubling up to the frame in
-        progress, so that at least ``min(size_hint, bytes the frame still
-        needs)`` fit; it never grows past ``max_size`` plus a header.
+        With less than ``size_hint`` bytes free, the buffer is compacted, or
+        grown by doubling when the frame in progress does not fit; it never
+        grows past the frame in progress (``max_size`` plus a header at most).
         """
-        want = min(size_hint, self._need - (self._end - self._start))
-        if len(self._buf) - self._end < max(want, 1):
-            self._make_room(max(want, 1))
+        if len(self._buf) - self._end < size_hint:
+            self._make_room(size_hint)
         return self._view[self._end :]
 
     def buffer_updated(self, nbytes: int) -> None:
@@ -161,6 +165,10 @@ class Framer:
         """
         if self.parsed:
             return self.parsed.popleft()
+        if self._end - self._start >= self._need and self._error is None:
+            self._parse()  # the next batch of a chunk
+            if self.parsed:
+                return self.parsed.popleft()
         if self._error is not None:
             raise self._error
         if self._eof:
@@ -176,13 +184,17 @@ class Framer:
         capacity = len(self._buf)
         if not capacity:
             new = _take_buffer()
-        elif pending + want <= capacity:
+        elif self._error is not None:
+            self._start = self._end = 0  # what follows a bad header is never parsed
+            return
+        elif self._need <= capacity:
+            # The frame fits: move what is pending to the front.
             self._buf[:pending] = self._buf[self._start : self._end]
             self._start, self._end = 0, pending
             return
         else:
             # Double, up to the frame in progress: growth follows the bytes that came.
-            new = bytearray(max(min(2 * capacity, self._need), pending + want, _MIN_READ))
+            new = bytearray(min(2 * capacity, self._need))
             new[:pending] = self._view[self._start : self._end]
         self._buf = new
         self._view = memoryview(new)
@@ -196,7 +208,9 @@ class Framer:
         unpack = _unpack_header
         max_size = self.max_size
         append = self.parsed.append
-        while end - start >= 4:
+        batch = PARSE_BATCH
+        self._need = 4
+        while end - start >= 4 and batch:
             (size,) = unpack(buf, start)
             if size > max_size:
                 # Kept for next_message(): the whole messages before it go first.
@@ -208,8 +222,7 @@ class Framer:
                 break
             append(view[start + 4 : stop].tobytes())
             start = stop
-        else:
-            self._need = 4
+            batch -= 1
         if start == end:
             self._start = self._end = 0
         else:

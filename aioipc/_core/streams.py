@@ -22,10 +22,11 @@ import anyio.abc
 import anyio.lowlevel
 
 from .errors import FrameTooLarge, IPCError
-from .framing import DEFAULT_MAX_SIZE, EOF, HEADER, Framer, LineFramer
+from .framing import DEFAULT_MAX_SIZE, EOF, HEADER, NEED_DATA, Framer, LineFramer
 
 __all__ = [
     "FAIR_OPS",
+    "FAIR_SHIFT",
     "BufferSink",
     "ByteReceiveStream",
     "ByteSendStream",
@@ -51,17 +52,22 @@ FramingName = Literal["length", "lines"]
 _pack_header = HEADER.pack
 _NEWLINE = (b"\n",)
 
-FAIR_OPS: Final = 128
-"""Fairness: a stream yields to the loop once every this many operations.
+FAIR_OPS: Final = 1024
+"""Fairness: the budget a stream spends before it yields to the loop once.
 
-Every receive or send that completes at once spends one unit of its
-stream's budget; when it is spent, the next operation first yields to the
-loop (``fair_yield``), so other tasks, timeouts and signal handlers run even
-while a peer keeps the stream full. Measured (``benchmarks/bench_fairness.py``):
-128 of the slowest small operations (a 64 B framed pipe receive, about 2 µs
-on a loaded machine) take well under 1 ms, and one yield per 128 operations
-costs under 1% of throughput.
+Every receive or send that completes at once spends one unit, and streams
+that move bytes one more per 4 KiB (``FAIR_SHIFT``); when the budget is
+spent, the next operation first yields to the loop (``fair_yield``), so
+other tasks, timeouts and signal handlers run even while a peer keeps the
+stream full. Chosen by measurement (``benchmarks/bench_fairness.py``): the
+cheapest operations (a 64 B framed receive or send, 0.8 to 1.2 µs) make
+1024 units about 1 ms of work, as does reading 4 MiB; a budget of 128 let
+a flooded framed pipe write 7 times as often (every 128 sends instead of
+every 64 KiB) and cost 15 to 20% of its throughput.
 """
+
+FAIR_SHIFT: Final = 12
+"""A stream that moves ``n`` bytes spends ``n >> FAIR_SHIFT`` more units (one per 4 KiB)."""
 
 fair_yield = anyio.lowlevel.checkpoint
 """Yield to the loop once (a cancellation point): what a stream does when its budget is spent."""
@@ -223,18 +229,17 @@ class FramedReceiveStream(MessageReceiveStream):
 
     async def receive(self) -> bytes:
         # The common case, with no await: a message parsed from an earlier chunk.
-        if self._parsed and self._budget and self._broken is None and not self._guard.busy:
-            self._budget -= 1
+        # The fairness budget is spent here a batch at a time, not per message.
+        if self._parsed and self._broken is None and not self._guard.busy:
             return self._parsed.popleft()
         guard = self._guard  # entered by hand: this is the hot path of every framed receive
         if guard.busy:
             raise anyio.BusyResourceError("receiving")
         guard.busy = True
         try:
-            if not self._budget:
+            if self._budget <= 0:
                 await fair_yield()
                 self._budget = FAIR_OPS
-            self._budget -= 1
             framer = self._framer
             parsed = self._parsed
             fill = self._fill
@@ -244,10 +249,15 @@ class FramedReceiveStream(MessageReceiveStream):
                         "the stream received a bad frame earlier"
                     ) from self._broken
                 if parsed:
+                    self._budget -= len(parsed)  # what the fast path will hand out
                     return parsed.popleft()
                 try:
-                    if framer.next_message() is EOF:
+                    message = framer.next_message()
+                    if message is EOF:
                         raise anyio.EndOfStream
+                    if message is not NEED_DATA:  # the next batch of a chunk already here
+                        self._budget -= 1 + len(parsed)
+                        return message
                     try:
                         if fill is not None:
                             await fill(framer)

@@ -30,8 +30,8 @@ and ``PeerDied`` is raised once the committed messages are read. A clean
 close sets the lane's ``eof`` flag first, so the hang-up reads as
 ``EndOfStream`` instead.
 Rule 4 (fair): a side that never has to wait still yields to the loop once
-every ``FAIR_OPS`` messages, so a flooded ring leaves timeouts and other
-tasks their turn.
+its budget (``FAIR_OPS``: a unit per message and per 4 KiB) is spent, so a
+flooded ring leaves timeouts and other tasks their turn.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ from .._core.attributes import IPCAttribute
 from .._core.errors import FrameTooLarge, IPCError, PeerDied
 from .._core.fdio import FdHandle
 from .._core.locks import ofd_lock, ofd_locked
-from .._core.streams import FAIR_OPS, Buffer, MessageStream, byte_view, fair_yield
+from .._core.streams import FAIR_OPS, FAIR_SHIFT, Buffer, MessageStream, byte_view, fair_yield
 
 __all__ = [
     "DEFAULT_CAPACITY",
@@ -525,7 +525,7 @@ class Ring(MessageStream):
             raise anyio.BusyResourceError("sending")
         self._sending = True
         try:
-            self._budget -= len(messages)
+            self._budget -= len(messages) + (sum(sizes) >> FAIR_SHIFT)
             if self._budget <= 0:
                 await fair_yield()
                 self._budget = FAIR_OPS
@@ -648,6 +648,7 @@ class Ring(MessageStream):
             if record is None:
                 record = await self._next()
             start, size, tail = record
+            self._budget -= size >> FAIR_SHIFT
             data = self._rx[start : start + size].tobytes()
             self._advance(tail)
             return data

@@ -30,7 +30,7 @@ import anyio.lowlevel
 from .._core.attributes import IPCAttribute, PeerCredentials
 from .._core.errors import FrameTooLarge, map_os_errors
 from .._core.framing import DEFAULT_MAX_SIZE
-from .._core.streams import FAIR_OPS, Buffer, MessageStream, ResourceGuard, byte_view, fair_yield
+from .._core.streams import FAIR_OPS, FAIR_SHIFT, Buffer, MessageStream, ResourceGuard, byte_view, fair_yield
 from ._base import SocketHandle, close_fds, fds_from_ancillary, peer_credentials, socket_extra
 from ._stream import DEFAULT_MAX_FDS, check_fds, rights_message
 
@@ -131,6 +131,7 @@ class MessageSocket(MessageStream):
                     with map_os_errors():
                         raise
             size, ancdata, flags, address = result
+            self._budget -= size >> FAIR_SHIFT
             if ancdata:
                 self._last_ancdata = ancdata  # the sender's credentials, parsed when asked for
             elif size == 0 and self._eof_on_empty:
@@ -166,7 +167,7 @@ class MessageSocket(MessageStream):
 
     async def _spend(self) -> None:
         """Spend one unit of the fairness budget; yield to the loop first when it is spent."""
-        if not self._budget:
+        if self._budget <= 0:
             await fair_yield()
             self._budget = FAIR_OPS
         self._budget -= 1
@@ -180,8 +181,10 @@ class MessageSocket(MessageStream):
     async def _send(self, parts: Sequence[Buffer], ancdata: list[tuple[int, int, Any]], address: Any) -> None:
         with self._send_guard:
             parts = [part if type(part) is bytes else byte_view(part) for part in parts]
-            self._check_send(sum(map(len, parts)))
+            size = sum(map(len, parts))
+            self._check_send(size)
             await self._spend()
+            self._budget -= size >> FAIR_SHIFT
             handle = self._handle
             while True:
                 try:
