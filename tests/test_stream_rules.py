@@ -295,6 +295,7 @@ async def flooded(receive: Callable[[], Awaitable[object]], seconds: float = 0.3
 
     async def ticker() -> None:
         nonlocal longest, ticks, last
+        last = time.thread_time()
         while True:
             await asyncio.sleep(0)
             now = time.thread_time()

@@ -59,11 +59,12 @@ Every receive or send that completes at once spends one unit, and streams
 that move bytes one more per 4 KiB (``FAIR_SHIFT``); when the budget is
 spent, the next operation first yields to the loop (``fair_yield``), so
 other tasks, timeouts and signal handlers run even while a peer keeps the
-stream full. Chosen by measurement (``benchmarks/bench_fairness.py``): the
-cheapest operations (a 64 B framed receive or send, 0.8 to 1.2 µs) make
-1024 units about 1 ms of work, as does reading 4 MiB; a budget of 128 let
-a flooded framed pipe write 7 times as often (every 128 sends instead of
-every 64 KiB) and cost 15 to 20% of its throughput.
+stream full. Chosen by measurement (``benchmarks/bench_fairness.py``, 64 B
+floods from another process): the longest a ticker task waited was 1.4 to
+3.4 ms of CPU on a framed pipe, a unix socket and a ring, with a yield
+every 0.01 to 0.4 ms of work. A budget of 128 made a flooded framed pipe
+write every 128 sends instead of every 64 KiB and cost 15 to 20% of its
+send throughput.
 """
 
 FAIR_SHIFT: Final = 12
