@@ -27,15 +27,24 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
 
 from ._core.streams import FAIR_OPS
 
-__all__ = ["PairMaker", "check_byte_stream", "check_message_stream", "wait_until_idle"]
+__all__ = [
+    "Fairness",
+    "PairMaker",
+    "check_byte_stream",
+    "check_message_stream",
+    "measure_fairness",
+    "wait_until_idle",
+]
 
 PairMaker = Callable[[], AbstractAsyncContextManager[tuple[Any, Any]]]
 
@@ -48,6 +57,58 @@ async def wait_until_idle(progress: Callable[[], object] = lambda: None, rounds:
         now = progress()
         same = same + 1 if now == last else 0
         last = now
+
+
+@dataclass
+class Fairness:
+    """What :func:`measure_fairness` saw: ``received`` messages in ``cpu`` seconds of this
+    thread's CPU time, ``turns`` of the ticker task, and the ``longest`` it waited for one
+    (in CPU time: the work the loop did meanwhile, not the machine's other load)."""
+
+    received: int
+    turns: int
+    cpu: float
+    longest: float
+
+    @property
+    def turns_per_10k(self) -> float:
+        """The ticker's turns per 10,000 receives."""
+        return 10_000 * self.turns / max(self.received, 1)
+
+
+async def measure_fairness(receive: Callable[[], Awaitable[object]], seconds: float = 0.3) -> Fairness:
+    """Call ``receive()`` for ``seconds`` (a stream another process floods) with a ticker task beside it.
+
+    Example::
+
+        seen = await aioipc.testing.measure_fairness(stream.receive)
+        assert seen.longest < 0.05, "the flooded stream kept the loop for 50 ms"
+    """
+    loop = asyncio.get_running_loop()
+    longest, turns, received = 0.0, 0, 0
+    last = time.thread_time()
+
+    async def ticker() -> None:
+        nonlocal longest, turns, last
+        last = time.thread_time()
+        while True:
+            await asyncio.sleep(0)
+            now = time.thread_time()
+            longest = max(longest, now - last)
+            last = now
+            turns += 1
+
+    start = time.thread_time()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(ticker)
+        await asyncio.sleep(0)
+        end = loop.time() + seconds
+        while loop.time() < end:
+            await receive()
+            received += 1
+        longest = max(longest, time.thread_time() - last)  # a ticker that never got its turn waited all along
+        tg.cancel_scope.cancel()
+    return Fairness(received, turns, time.thread_time() - start, longest)
 
 
 async def _until(condition: Callable[[], bool]) -> None:

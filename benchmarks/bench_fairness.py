@@ -14,12 +14,10 @@ and the yields cost little of the rate. Example::
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Awaitable, Callable
 
@@ -30,6 +28,7 @@ import aioipc.pipes
 import aioipc.sockets
 from aioipc._core.streams import FAIR_OPS
 from aioipc.shm import Ring
+from aioipc.testing import measure_fairness
 
 PAYLOAD = b"x" * 64
 TRANSPORTS = ("pipe", "unix", "ring")
@@ -54,35 +53,13 @@ async def flood(transport: str, where: str) -> None:
 
 
 async def measure(receive: Callable[[], Awaitable[object]], seconds: float) -> dict[str, float]:
-    loop = asyncio.get_running_loop()
-    longest, ticks, received = 0.0, 0, 0
-    last = time.thread_time()
-
-    async def ticker() -> None:
-        nonlocal longest, ticks, last
-        last = time.thread_time()
-        while True:
-            await asyncio.sleep(0)
-            now = time.thread_time()
-            longest = max(longest, now - last)
-            last = now
-            ticks += 1
-
     await receive()  # the flood has started
-    cpu = time.thread_time()
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(ticker)
-        end = loop.time() + seconds
-        while loop.time() < end:
-            await receive()
-            received += 1
-        tg.cancel_scope.cancel()
-    cpu = time.thread_time() - cpu
+    seen = await measure_fairness(receive, seconds)
     return {
-        "msgs/s": received / cpu,
-        "turns/10k": 10_000 * ticks / received,
-        "longest ms": 1000 * longest,
-        "work/yield ms": 1000 * cpu / max(ticks, 1),
+        "msgs/s": seen.received / seen.cpu,
+        "turns/10k": seen.turns_per_10k,
+        "longest ms": 1000 * seen.longest,
+        "work/yield ms": 1000 * seen.cpu / max(seen.turns, 1),
     }
 
 

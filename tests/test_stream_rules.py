@@ -20,7 +20,6 @@ import textwrap
 import time
 import tracemalloc
 from array import array
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import anyio
@@ -35,7 +34,7 @@ import aioipc.process
 import aioipc.sockets
 from aioipc import FrameTooLarge
 from aioipc.shm import Ring
-from aioipc.testing import wait_until_idle
+from aioipc.testing import Fairness, measure_fairness, wait_until_idle
 
 
 def frame(payload: bytes) -> bytes:
@@ -282,41 +281,9 @@ async def test_cancelled_sends_are_never_delivered_and_returned_sends_always_are
 # -- fairness under a flood ----------------------------------------------------------------------
 
 
-async def flooded(receive: Callable[[], Awaitable[object]], seconds: float = 0.3) -> tuple[float, float]:
-    """Receive from a flooded stream for ``seconds`` with a ticker task beside it.
-
-    Returns the longest the ticker waited for a turn, and its turns per 10,000 receives.
-    A wait is counted in this thread's CPU time: the work the loop did before
-    the ticker's turn, not the time the machine's other load took from us.
-    """
-    loop = asyncio.get_running_loop()
-    longest, ticks, received = 0.0, 0, 0
-    last = time.thread_time()
-
-    async def ticker() -> None:
-        nonlocal longest, ticks, last
-        last = time.thread_time()
-        while True:
-            await asyncio.sleep(0)
-            now = time.thread_time()
-            longest = max(longest, now - last)
-            last = now
-            ticks += 1
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(ticker)
-        await asyncio.sleep(0)
-        end = loop.time() + seconds
-        while loop.time() < end:
-            await receive()
-            received += 1
-        longest = max(longest, time.thread_time() - last)  # a ticker that never got its turn waited all along
-        tg.cancel_scope.cancel()
-    return longest, 10_000 * ticks / received
-
-
-def assert_fair(longest: float, turns: float, what: str) -> None:
-    assert longest < 0.05, f"a ticker waited {longest * 1000:.0f} ms of work during {what}"
+def assert_fair(seen: Fairness, what: str) -> None:
+    assert seen.longest < 0.05, f"a ticker waited {seen.longest * 1000:.0f} ms of work during {what}"
+    turns = seen.turns_per_10k
     assert turns >= 2, f"a ticker got {turns:.2f} turns per 10,000 receives during {what}"
 
 
@@ -338,10 +305,10 @@ async def test_a_flooded_framed_pipe_leaves_a_ticker_its_turns() -> None:
         rx = aioipc.framed(proc.stdout)
         with anyio.fail_after(10):
             assert await rx.receive() == b"flood"
-            longest, turns = await flooded(rx.receive)
+            seen = await measure_fairness(rx.receive)
         await rx.aclose()
         await proc.wait()
-    assert_fair(longest, turns, "a pipe flood")
+    assert_fair(seen, "a pipe flood")
 
 
 FLOODING_CHANNEL = """
@@ -368,10 +335,10 @@ async def test_a_flooded_unix_socket_leaves_a_ticker_its_turns() -> None:
         assert channel is not None
         with anyio.fail_after(10):
             assert await channel.receive() == b"flood"
-            longest, turns = await flooded(channel.receive)
+            seen = await measure_fairness(channel.receive)
         await channel.aclose()
         await proc.wait()
-    assert_fair(longest, turns, "a unix socket flood")
+    assert_fair(seen, "a unix socket flood")
 
 
 FLOODING_RING = """
@@ -401,7 +368,7 @@ async def test_a_flooded_ring_leaves_a_ticker_its_turns_and_a_timeout_fires_on_t
         async with proc:
             with anyio.fail_after(10):
                 assert await ring.receive() == b"flood"
-                longest, turns = await flooded(ring.receive)
+                seen = await measure_fairness(ring.receive)
                 start = time.thread_time()
                 with anyio.move_on_after(0.001):
                     while True:
@@ -409,7 +376,7 @@ async def test_a_flooded_ring_leaves_a_ticker_its_turns_and_a_timeout_fires_on_t
                 late = time.thread_time() - start - 0.001  # the work done past the deadline
             await ring.aclose()
             await proc.wait()
-    assert_fair(longest, turns, "a ring flood")
+    assert_fair(seen, "a ring flood")
     assert late < 0.05, f"a 1 ms timeout around a flooded ring fired {late * 1000:.0f} ms late"
 
 

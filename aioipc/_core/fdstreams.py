@@ -139,23 +139,9 @@ class FdReceiveStream(ByteReceiveStream):
             return await self._read(os.read, self._keep_unclaimed, max_bytes)
 
     async def receive_into(self, buffer: memoryview) -> int:
-        handle = self._handle
-        if self._budget > 0 and not (
-            handle._reader_armed or self._unclaimed or self._wait_first or self._guard.busy or handle.fd < 0
-        ):
-            # The common case of a reader that keeps up with no wait: read now.
-            try:
-                n = os.readv(handle.fd, (buffer,))
-            except BlockingIOError:
-                pass
-            except OSError:
-                with map_os_errors():
-                    raise
-            else:
-                if n:
-                    self._budget -= 1 + (n >> FAIR_SHIFT)
-                    return n
-                raise anyio.EndOfStream
+        n = self._read_now(buffer)
+        if n:
+            return n
         guard = self._guard  # entered by hand: this is the hot path of every framed receive
         if guard.busy:
             raise anyio.BusyResourceError("receiving")
@@ -172,23 +158,10 @@ class FdReceiveStream(ByteReceiveStream):
             guard.busy = False
 
     async def fill(self, sink: BufferSink) -> None:
-        handle = self._handle
-        if self._budget > 0 and not (
-            handle._reader_armed or self._unclaimed or self._wait_first or self._guard.busy or handle.fd < 0
-        ):
-            try:
-                n = os.readv(handle.fd, (sink.get_buffer(),))
-            except BlockingIOError:
-                pass
-            except OSError:
-                with map_os_errors():
-                    raise
-            else:
-                if n:
-                    self._budget -= 1 + (n >> FAIR_SHIFT)
-                    sink.buffer_updated(n)
-                    return
-                raise anyio.EndOfStream
+        n = self._read_now(sink.get_buffer())
+        if n:
+            sink.buffer_updated(n)
+            return
         guard = self._guard
         if guard.busy:
             raise anyio.BusyResourceError("receiving")
@@ -207,6 +180,32 @@ class FdReceiveStream(ByteReceiveStream):
             await self._read(_fill_now, _nothing, sink)
         finally:
             guard.busy = False
+
+    def _read_now(self, buffer: memoryview) -> int:
+        """The common case of a reader that keeps up with no wait: read at once.
+
+        Returns 0 when the read would block, or must go the slow way (the
+        loop polls the fd, bytes are unclaimed, the budget is spent ...).
+
+        Raises:
+            anyio.EndOfStream: the peer closed its end.
+        """
+        handle = self._handle
+        if self._budget <= 0 or handle._reader_armed or self._unclaimed or self._wait_first:
+            return 0
+        if self._guard.busy or handle.fd < 0:
+            return 0
+        try:
+            n = os.readv(handle.fd, (buffer,))
+        except BlockingIOError:
+            return 0
+        except OSError:
+            with map_os_errors():
+                raise
+        if not n:
+            raise anyio.EndOfStream
+        self._budget -= 1 + (n >> FAIR_SHIFT)
+        return n
 
     async def _spend(self) -> None:
         """Spend one unit of the fairness budget; yield to the loop first when it is spent."""
