@@ -162,19 +162,15 @@ class FdReceiveStream(ByteReceiveStream):
         if n:
             sink.buffer_updated(n)
             return
+        if self._unclaimed:  # what a cancelled receive() had read: handed over like any receive_into
+            sink.buffer_updated(await self.receive_into(sink.get_buffer(len(self._unclaimed))))
+            return
         guard = self._guard
         if guard.busy:
             raise anyio.BusyResourceError("receiving")
         guard.busy = True
         try:
             await self._spend()
-            if self._unclaimed:
-                view = sink.get_buffer(len(self._unclaimed))
-                n = min(len(view), len(self._unclaimed))
-                view[:n] = self._unclaimed[:n]
-                self._unclaimed = self._unclaimed[n:]
-                sink.buffer_updated(n)
-                return
             sink.release()  # no buffer while parked: one is taken when data comes
             # The op hands what it read to the sink at once: a cancelled wait loses nothing.
             await self._read(_fill_now, _nothing, sink)
