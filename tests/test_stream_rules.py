@@ -13,6 +13,7 @@ import contextlib
 import fcntl
 import os
 import random
+import socket
 import struct
 import sys
 import termios
@@ -142,10 +143,23 @@ IDLE_WRITER = """
 """
 
 
-async def test_idle_framed_streams_hold_no_read_buffer() -> None:
+def idle_pair(kind: str) -> tuple[int, aioipc.MessageStream | aioipc.MessageReceiveStream]:
+    """(the child's fd, our framed end) of a pipe or a unix stream socketpair."""
+    if kind == "pipe":
+        r, w = os.pipe()
+        end = aioipc.pipes.from_fd(r, "r")
+        assert isinstance(end, aioipc.pipes.PipeReceiveStream)
+        return w, aioipc.framed(end)
+    ours, theirs = socket.socketpair()
+    return theirs.detach(), aioipc.framed(aioipc.sockets.from_socket(ours))
+
+
+@pytest.mark.parametrize("kind", ["pipe", "unix"])
+async def test_idle_framed_streams_hold_no_read_buffer(kind: str) -> None:
     count = 200
-    pipes = [os.pipe() for _ in range(count)]
-    writers = [w for _, w in pipes]
+    pairs = [idle_pair(kind) for _ in range(count)]
+    writers = [w for w, _ in pairs]
+    streams = [stream for _, stream in pairs]
     proc = await python_child(
         IDLE_WRITER,
         ",".join(map(str, writers)),
@@ -156,8 +170,6 @@ async def test_idle_framed_streams_hold_no_read_buffer() -> None:
     )
     for fd in writers:
         os.close(fd)
-    ends = [aioipc.pipes.from_fd(r, "r") for r, _ in pipes]
-    streams = [aioipc.framed(end) for end in ends if isinstance(end, aioipc.pipes.PipeReceiveStream)]
     async with proc:
         assert proc.stdin is not None
         assert proc.stdout is not None

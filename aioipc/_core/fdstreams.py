@@ -132,7 +132,9 @@ class FdReceiveStream(ByteReceiveStream):
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
         with self._guard:
-            await self._spend()
+            if self._budget <= 0:  # inline, not a coroutine: this runs once a wait
+                await self._yield_fairly()
+            self._budget -= 1
             if self._unclaimed:
                 data, self._unclaimed = self._unclaimed[:max_bytes], self._unclaimed[max_bytes:]
                 return data
@@ -147,7 +149,9 @@ class FdReceiveStream(ByteReceiveStream):
             raise anyio.BusyResourceError("receiving")
         guard.busy = True
         try:
-            await self._spend()
+            if self._budget <= 0:  # inline, not a coroutine: this runs once a wait
+                await self._yield_fairly()
+            self._budget -= 1
             if self._unclaimed:
                 n = min(len(buffer), len(self._unclaimed))
                 buffer[:n] = self._unclaimed[:n]
@@ -170,7 +174,9 @@ class FdReceiveStream(ByteReceiveStream):
             raise anyio.BusyResourceError("receiving")
         guard.busy = True
         try:
-            await self._spend()
+            if self._budget <= 0:  # inline, not a coroutine: this runs once a wait
+                await self._yield_fairly()
+            self._budget -= 1
             sink.release()  # no buffer while parked: one is taken when data comes
             # The op hands what it read to the sink at once: a cancelled wait loses nothing.
             await self._read(_fill_now, _nothing, sink)
@@ -203,12 +209,10 @@ class FdReceiveStream(ByteReceiveStream):
         self._budget -= 1 + (n >> FAIR_SHIFT)
         return n
 
-    async def _spend(self) -> None:
-        """Spend one unit of the fairness budget; yield to the loop first when it is spent."""
-        if self._budget <= 0:
-            await fair_yield()
-            self._budget = FAIR_OPS
-        self._budget -= 1
+    async def _yield_fairly(self) -> None:
+        """The budget is spent: yield to the loop once, and start a new one."""
+        await fair_yield()
+        self._budget = FAIR_OPS
 
     async def _read(self, op: Callable[..., T], keep: Callable[[T], None], *args: Any) -> T:
         """``handle.read(op, keep, *args)`` with a FIFO's first wait, errors mapped, and
@@ -560,6 +564,9 @@ class FdByteStream(ByteStream):
 
     async def receive_into(self, buffer: memoryview) -> int:
         return await self.receiver.receive_into(buffer)
+
+    async def fill(self, sink: BufferSink) -> None:
+        await self.receiver.fill(sink)
 
     async def send(self, item: Buffer) -> None:
         await self.sender.send_parts((byte_view(item),))
