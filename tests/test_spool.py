@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pwd
 import signal
 import stat
 import sys
@@ -208,3 +209,27 @@ async def test_two_consumer_processes_never_deliver_a_message_twice(tmp_path: Pa
         assert await one.proc.terminate() == await two.proc.terminate() == 0
     assert sorted(lines, key=int) == [str(i) for i in range(count)]
     assert aioipc.spool.info(tmp_path) == (0, 0, 0)
+
+
+async def test_aioipc_ls_shows_a_spools_depth(tmp_path: Path) -> None:
+    await aioipc.spool.create(tmp_path)
+    async with await aioipc.connect(f"spool:{tmp_path}", sync=False) as msgs:
+        await msgs.send(b"one")
+        await msgs.send(b"two")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "aioipc",
+        "ls",
+        f"spool:{tmp_path}",
+        str(tmp_path / "none"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    with anyio.fail_after(30):
+        out, err = await proc.communicate()
+    assert proc.returncode == 1  # the second one is not a spool
+    row = out.decode().splitlines()[1].split()
+    assert row[:3] == ["spool", pwd.getpwuid(os.getuid()).pw_name, "0700"]
+    assert row[3:] == [f"spool:{tmp_path}", "2", "waiting,", "0", "claimed", "by", "0", "consumers"]
+    assert f"spool:{tmp_path / 'none'}" in err.decode()
