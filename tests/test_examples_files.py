@@ -1,0 +1,59 @@
+"""The files and spool examples, run as a user runs them."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+import anyio
+from helpers import EXAMPLES, run_example
+
+
+def test_config_reloader_follows_atomic_and_editor_saves() -> None:
+    lines = run_example("config_reloader.py")
+    assert lines[:2] == ["loaded: {'workers': 2}", "loaded: {'workers': 8}"]
+    assert lines[2].startswith("bad configuration (")
+    assert lines[2].endswith("keeping {'workers': 8}")
+    assert lines[3:] == ["loaded: {'workers': 4}", "stopped by SIGTERM with {'workers': 4}"]
+
+
+def test_spool_worker_demonstration() -> None:
+    assert run_example("spool_worker.py") == [
+        "done: resize cat.jpg",
+        "done: send mail to ana",
+        "done: rotate logs",
+        "done: compress backups",
+        "stopped by SIGTERM after 4 jobs",
+    ]
+
+
+async def test_spool_worker_fed_from_the_shell_stops_quietly_on_ctrl_c(tmp_path: Path) -> None:
+    spool = tmp_path / "jobs"
+    worker = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(EXAMPLES / "spool_worker.py"),
+        str(spool),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert worker.stdout is not None
+    with anyio.fail_after(30):
+        assert (await worker.stdout.readline()).startswith(b"serving spool:")
+        enqueue = (await worker.stdout.readline()).decode().replace("printf job", "printf 'from the shell'")
+        shell = await asyncio.create_subprocess_exec("sh", "-ec", enqueue)
+        assert await shell.wait() == 0
+        assert await worker.stdout.readline() == b"done: from the shell\n"
+        worker.send_signal(signal.SIGINT)
+        out, err = await worker.communicate()
+    assert worker.returncode == 0, err
+    assert out == b"stopped by SIGINT after 1 jobs\n"
+    assert err == b""
+    assert {sub: os.listdir(spool / sub) for sub in ("tmp", "new", "cur", "bad")} == {
+        "tmp": [],
+        "new": [],
+        "cur": [],
+        "bad": [],
+    }
