@@ -8,24 +8,35 @@ import pwd
 import signal
 import stat
 import sys
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import anyio
 import pytest
-from helpers import service, until
+from helpers import Service, service, until
 
 import aioipc
 import aioipc.spool
 from aioipc.spool import SpoolReader
 
 
-def collector(received: list[bytes]) -> Callable[[SpoolReader], Awaitable[None]]:
-    async def handler(msgs: SpoolReader) -> None:
-        async for message in msgs:
-            received.append(message)
+class Collector:
+    """A spool handler that keeps what it receives; ``await wait_for(n)`` until it has ``n``."""
 
-    return handler
+    def __init__(self) -> None:
+        self.received: list[bytes] = []
+        self._changed = anyio.Event()
+
+    async def __call__(self, msgs: SpoolReader) -> None:
+        async for message in msgs:
+            self.received.append(message)
+            self._changed.set()
+
+    async def wait_for(self, count: int, timeout: float = 30) -> list[bytes]:
+        with anyio.fail_after(timeout):
+            while len(self.received) < count:
+                self._changed = anyio.Event()
+                await self._changed.wait()
+        return self.received
 
 
 async def sh(script: str) -> None:
@@ -45,14 +56,14 @@ async def test_send_then_serve_and_the_layout_on_disk(tmp_path: Path) -> None:
     for sub in ("", "tmp", "new", "cur", "bad"):
         assert stat.S_IMODE((spool / sub).stat().st_mode) == 0o700
     assert {stat.S_IMODE(p.stat().st_mode) for p in (spool / "new").iterdir()} == {0o600}
-    received: list[bytes] = []
-    async with await aioipc.serve(f"spool:{spool}", collector(received)) as server:
+    jobs = Collector()
+    async with await aioipc.serve(f"spool:{spool}", jobs) as server:
         assert server.address == f"spool:{spool}"
-        await until(lambda: len(received) == 3)
+        await jobs.wait_for(3)
         await sh(f"printf job > {spool}/tmp/x && mv {spool}/tmp/x {spool}/new/")
-        await until(lambda: len(received) == 4)
+        await jobs.wait_for(4)
         assert os.listdir(spool / "new") == []
-    assert received == [b"first", b"", b"third", b"job"]
+    assert jobs.received == [b"first", b"", b"third", b"job"]
     assert aioipc.spool.info(spool) == (0, 0, 0)
     assert sorted(os.listdir(spool)) == ["bad", "cur", "new", "tmp"]
     assert os.listdir(spool / "cur") == os.listdir(spool / "tmp") == []
@@ -95,9 +106,9 @@ async def test_a_handler_that_raises_puts_its_message_back(tmp_path: Path) -> No
     async with await aioipc.serve(f"spool:{tmp_path}", handler) as server:
         await until(lambda: server.connections == 0)
     assert aioipc.spool.info(tmp_path) == (1, 0, 0)
-    received: list[bytes] = []
-    async with await aioipc.serve(f"spool:{tmp_path}", collector(received)):
-        await until(lambda: received == [b"poison"])
+    jobs = Collector()
+    async with await aioipc.serve(f"spool:{tmp_path}", jobs):
+        assert await jobs.wait_for(1) == [b"poison"]
 
 
 async def test_a_bad_file_is_moved_aside_and_the_rest_delivered(tmp_path: Path) -> None:
@@ -106,9 +117,9 @@ async def test_a_bad_file_is_moved_aside_and_the_rest_delivered(tmp_path: Path) 
         f"cd {tmp_path}; mkdir new/1-dir; printf toolong > tmp/2-big; mv tmp/2-big new/; "
         "ln -s /etc/passwd new/3-link; printf ok > tmp/4-ok; mv tmp/4-ok new/"
     )
-    received: list[bytes] = []
-    async with await aioipc.serve(f"spool:{tmp_path}", collector(received), max_size=4):
-        await until(lambda: received == [b"ok"])
+    jobs = Collector()
+    async with await aioipc.serve(f"spool:{tmp_path}", jobs, max_size=4):
+        assert await jobs.wait_for(1) == [b"ok"]
     assert sorted(os.listdir(tmp_path / "bad")) == ["1-dir", "2-big", "3-link"]
 
 
@@ -124,8 +135,8 @@ aioipc.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "sync
 
 async def test_four_writer_processes_and_a_shell_writer_every_message_once(tmp_path: Path) -> None:
     spool, count = tmp_path / "spool", 20
-    received: list[bytes] = []
-    async with await aioipc.serve(f"spool:{spool}", collector(received)):
+    jobs = Collector()
+    async with await aioipc.serve(f"spool:{spool}", jobs):
         writers = [
             await asyncio.create_subprocess_exec(
                 sys.executable, "-c", WRITER, str(spool), str(n), str(count), "sync" if n < 2 else "nosync"
@@ -135,7 +146,7 @@ async def test_four_writer_processes_and_a_shell_writer_every_message_once(tmp_p
         await sh(f"cd {spool}; for i in $(seq {count}); do printf sh-$i > tmp/sh-$i; mv tmp/sh-$i new/; done")
         with anyio.fail_after(30):
             assert [await w.wait() for w in writers] == [0, 0, 0, 0]
-        await until(lambda: len(received) >= 5 * count, timeout=30)
+        received = await jobs.wait_for(5 * count)
         assert os.listdir(spool / "new") == []
     expected = {f"w{n}-{i}".encode() for n in range(4) for i in range(count)}
     expected |= {f"sh-{i}".encode() for i in range(1, count + 1)}
@@ -174,11 +185,10 @@ async def test_a_consumer_killed_in_its_handler_is_redelivered_on_restart(tmp_pa
         with anyio.fail_after(10):
             assert await consumer.proc.wait() == -signal.SIGKILL
     assert aioipc.spool.info(tmp_path) == (2, 1, 1)  # job1 is still claimed by the dead consumer
-    received: list[bytes] = []
-    async with await aioipc.serve(f"spool:{tmp_path}", collector(received)):
-        await until(lambda: len(received) == 3)
+    jobs = Collector()
+    async with await aioipc.serve(f"spool:{tmp_path}", jobs):
+        assert await jobs.wait_for(3) == [b"job1", b"job2", b"job3"]
         assert aioipc.spool.info(tmp_path) == (0, 0, 1)  # ours; the dead one's directory is gone
-    assert received == [b"job1", b"job2", b"job3"]
     assert aioipc.spool.info(tmp_path) == (0, 0, 0)
 
 
@@ -196,17 +206,22 @@ async def test_two_consumer_processes_never_deliver_a_message_twice(tmp_path: Pa
             for i in range(count):
                 await msgs.send(b"%d" % i)
         lines: list[str] = []
+        enough = anyio.Event()
 
-        async def read(consumer: object) -> None:
+        async def read(consumer: Service) -> None:
             while True:
-                lines.append(await consumer.line())  # type: ignore[attr-defined]
+                lines.append(await consumer.line())
+                if len(lines) == count:
+                    enough.set()
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(read, one)
             tg.start_soon(read, two)
-            await until(lambda: len(lines) >= count, timeout=30)
+            with anyio.fail_after(30):
+                await enough.wait()
             tg.cancel_scope.cancel()
         assert await one.proc.terminate() == await two.proc.terminate() == 0
+        lines += await one.rest() + await two.rest()  # a duplicate printed late would be here
     assert sorted(lines, key=int) == [str(i) for i in range(count)]
     assert aioipc.spool.info(tmp_path) == (0, 0, 0)
 
