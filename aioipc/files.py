@@ -36,7 +36,7 @@ import anyio.lowlevel
 import anyio.to_thread
 
 from ._core.fdio import FdHandle
-from ._core.streams import Buffer
+from ._core.streams import Buffer, ResourceGuard
 
 __all__ = ["KINDS", "Change", "ChangeKind", "Watch", "watch", "write_atomic"]
 
@@ -138,6 +138,7 @@ class Watch(anyio.abc.ObjectReceiveStream[Change]):
             self._handle.close()
             raise
         self._changes: deque[Change] = deque()
+        self._guard = ResourceGuard("receiving")
         self._unclaimed = b""
         self._ended = False
 
@@ -154,16 +155,18 @@ class Watch(anyio.abc.ObjectReceiveStream[Change]):
         Raises:
             anyio.EndOfStream: the watched directory was deleted or unmounted.
             anyio.ClosedResourceError: the watch was closed.
+            anyio.BusyResourceError: another task is receiving.
         """
-        while not self._changes:
-            if self._ended:
-                raise anyio.EndOfStream
-            data, self._unclaimed = self._unclaimed, b""
-            if not data:
-                data = await self._handle.read(os.read, self._keep, _READ_SIZE)
-            self._parse(data)
-        await anyio.lowlevel.checkpoint()
-        return self._changes.popleft()
+        with self._guard:
+            while not self._changes:
+                if self._ended:
+                    raise anyio.EndOfStream
+                data, self._unclaimed = self._unclaimed, b""
+                if not data:
+                    data = await self._handle.read(os.read, self._keep, _READ_SIZE)
+                self._parse(data)
+            await anyio.lowlevel.checkpoint()
+            return self._changes.popleft()
 
     def receive_nowait(self) -> Change:
         """The next change if one is ready without waiting.
@@ -171,7 +174,10 @@ class Watch(anyio.abc.ObjectReceiveStream[Change]):
         Raises:
             anyio.WouldBlock: no change is ready.
             anyio.EndOfStream: the watched directory was deleted or unmounted.
+            anyio.BusyResourceError: another task is receiving.
         """
+        if self._guard.busy:
+            raise anyio.BusyResourceError("receiving")
         while not self._changes:
             if self._ended:
                 raise anyio.EndOfStream

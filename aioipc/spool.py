@@ -111,6 +111,14 @@ def info(path: str | os.PathLike[str]) -> SpoolInfo:
 
     Raises:
         FileNotFoundError: no spool there.
+
+    Caveats:
+        Counts files, so it reads whole directories: cheap for thousands
+        of messages, not for millions.
+
+    Example::
+
+        waiting, claimed, consumers = aioipc.spool.info("/var/spool/app")
     """
     base = os.fspath(path)
     waiting = len(os.listdir(os.path.join(base, "new")))
@@ -134,6 +142,16 @@ class SpoolWriter(MessageStream):
         FileNotFoundError: no spool at ``path`` (made by ``serve()`` or :func:`create`).
         FrameTooLarge: a message over ``max_size``; nothing was written.
         TypeError: ``receive()``: a spool is received by ``aioipc.serve("spool:DIR", handler)``.
+
+    Caveats:
+        There is no backpressure: a spool grows until its file system is
+        full (``OSError(ENOSPC)``). ``send_eof()`` closes the stream: a
+        spool has no end of stream, its consumers wait for more.
+
+    Example::
+
+        async with await aioipc.connect("spool:/var/spool/app") as jobs:
+            await jobs.send(b"resize cat.jpg")
     """
 
     def __init__(self, path: str, *, max_size: int = DEFAULT_MAX_SIZE, sync: bool = True) -> None:
@@ -242,6 +260,25 @@ class SpoolReader(MessageStream):
     Raises:
         anyio.BrokenResourceError: the spool's ``new/`` directory was removed.
         TypeError: ``send()``: send with ``aioipc.connect("spool:DIR")``.
+
+    Caveats:
+        At-least-once: a message whose handler raised, was cancelled or
+        died is delivered again, so a handler should be idempotent (a
+        message that always makes it raise comes back on every start).
+        Order is by file name, oldest first for names that ``send()``
+        gives (a nanosecond timestamp leads them); a shell writer that
+        wants its place in line names its files ``$(date +%s%N)``.
+        A file written straight into ``new/`` may be read half-written:
+        write in ``tmp/`` and rename.
+
+    Example::
+
+        async def handler(jobs):
+            async for job in jobs:   # the previous job is deleted when the next one is asked for
+                await run(job)
+
+        async with await aioipc.serve("spool:/var/spool/app", handler) as server:
+            await server.serve_forever()
     """
 
     def __init__(self, path: str, *, max_size: int = DEFAULT_MAX_SIZE) -> None:
@@ -314,7 +351,8 @@ class SpoolReader(MessageStream):
                 pass
             except anyio.EndOfStream:
                 raise anyio.BrokenResourceError(f"spool:{self.path}: new/ was removed") from None
-            self._pending.extend(heapq.nsmallest(_BATCH, os.listdir(self._new)))
+            with os.scandir(self._new) as entries:
+                self._pending.extend(heapq.nsmallest(_BATCH, (entry.name for entry in entries)))
             if not self._pending:
                 try:
                     await self._watch.receive()
