@@ -97,7 +97,8 @@ async def create(path: str | os.PathLike[str]) -> None:
 
         await aioipc.spool.create("/var/spool/app")
     """
-    await anyio.to_thread.run_sync(_create, os.fspath(path))
+    await anyio.lowlevel.checkpoint()
+    _create(os.fspath(path))  # a few mkdirs: metadata, on the loop like every other spool call but fsync
 
 
 def _create(base: str) -> None:
@@ -485,7 +486,7 @@ async def serve_address(
     """``serve("spool:DIR", handler)``: make the spool if missing, recover dead consumers' claims,
     and call ``handler`` with this consumer's receiving side at once."""
     await create(address.path)
-    reader = await anyio.to_thread.run_sync(lambda: SpoolReader(address.path, max_size=max_size))
+    reader = SpoolReader(address.path, max_size=max_size)  # no thread: an idle consumer holds none
 
     async def run(stream: SpoolReader) -> None:
         await handler(stream)

@@ -8,6 +8,8 @@ import pwd
 import signal
 import stat
 import sys
+import threading
+import time
 from pathlib import Path
 
 import anyio
@@ -92,6 +94,17 @@ async def test_each_side_refuses_the_other_direction(tmp_path: Path) -> None:
         await until(lambda: server.connections == 0)
     assert "send with aioipc.connect" in str(errors[0])
     assert aioipc.spool.info(tmp_path) == (0, 0, 0)
+
+
+async def test_an_idle_consumer_costs_no_cpu_and_no_thread(tmp_path: Path) -> None:
+    threads = threading.active_count()
+    jobs = Collector()
+    async with await aioipc.serve(f"spool:{tmp_path}", jobs):
+        cpu = time.process_time()
+        await anyio.sleep(0.5)
+        used = time.process_time() - cpu
+        assert threading.active_count() == threads
+    assert used < 0.05, f"an idle consumer used {used:.3f} s of CPU in 0.5 s"
 
 
 async def test_a_handler_that_raises_puts_its_message_back(tmp_path: Path) -> None:
