@@ -109,31 +109,37 @@ class Watch(anyio.abc.ObjectReceiveStream[Change]):
     watch and closes the fd (idempotent).
     """
 
-    def __init__(self, path: str | os.PathLike[str], kinds: Collection[str] = KINDS) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], kinds: Collection[str] = KINDS, *, recursive: bool = False
+    ) -> None:
         unknown = set(kinds) - KINDS
         if unknown:
             raise ValueError(f"unknown change kinds {sorted(unknown)}; kinds are {sorted(KINDS)}")
         self.path = os.path.abspath(os.fspath(path))
         self._kinds = frozenset(kinds)
+        self._recursive = recursive
+        self._mask = IN_ONLYDIR | IN_EXCL_UNLINK
+        for kind in self._kinds:
+            self._mask |= _MASKS[kind]
+        if recursive:
+            self._mask |= IN_CREATE | IN_MOVED_FROM | IN_MOVED_TO  # to follow the tree's directories
         if os.path.isdir(self.path):
-            self._directory, self._name = self.path, None
-            mask = IN_ONLYDIR | IN_DELETE_SELF
+            directory, self._file = self.path, None
+            mask = self._mask | IN_DELETE_SELF
+        elif recursive:
+            raise NotADirectoryError(f"a recursive watch needs a directory: {self.path}")
         else:
             # A file is watched through its directory, so that a rename-and-replace save
             # (the new inode under the old name) is still seen.
-            self._directory, name = os.path.split(self.path)
-            self._name = os.fsencode(name)
-            mask = IN_ONLYDIR
-        for kind in self._kinds:
-            mask |= _MASKS[kind]
+            directory, self._file = os.path.dirname(self.path), self.path
+            mask = self._mask
         fd = _check(_libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC), "inotify_init1")
         self._handle = FdHandle(fd)
+        self._dirs: dict[int, str] = {}  # watch descriptor -> the directory it watches
         try:
-            self._wd = _check(
-                _libc.inotify_add_watch(fd, os.fsencode(self._directory), mask | IN_EXCL_UNLINK),
-                "inotify_add_watch",
-                self._directory,
-            )
+            self._root = self._add_watch(directory, mask)
+            if recursive:
+                self._watch_tree(self.path, report=False)
         except BaseException:
             self._handle.close()
             raise
@@ -141,6 +147,52 @@ class Watch(anyio.abc.ObjectReceiveStream[Change]):
         self._guard = ResourceGuard("receiving")
         self._unclaimed = b""
         self._ended = False
+
+    def _add_watch(self, directory: str, mask: int) -> int:
+        wd = _check(
+            _libc.inotify_add_watch(self._handle.fd, os.fsencode(directory), mask),
+            "inotify_add_watch",
+            directory,
+        )
+        self._dirs[wd] = directory
+        return wd
+
+    def _watch_tree(self, top: str, *, report: bool) -> None:
+        """Watch every directory under ``top``; with ``report``, queue what is in them as created
+        (it may have appeared before the watch did)."""
+        try:
+            entries = list(os.scandir(top))
+        except (FileNotFoundError, NotADirectoryError):
+            return  # gone again: its deletion is reported by its parent
+        for entry in entries:
+            is_dir = entry.is_dir(follow_symlinks=False)
+            if report:
+                self._add(entry.path, "created", is_dir)
+            if is_dir:
+                try:
+                    self._add_watch(entry.path, self._mask)
+                except (FileNotFoundError, NotADirectoryError):
+                    continue
+                self._watch_tree(entry.path, report=report)
+
+    def _watch_new_directory(self, path: str) -> None:
+        try:
+            self._add_watch(path, self._mask)
+        except (FileNotFoundError, NotADirectoryError):
+            return  # gone again: its parent reports that
+        self._watch_tree(path, report=True)
+
+    def _forget_tree(self, top: str) -> None:
+        """Stop watching ``top`` and what is under it (moved out of the watch)."""
+        for wd, directory in list(self._dirs.items()):
+            if wd != self._root and (directory == top or directory.startswith(top + "/")):
+                _libc.inotify_rm_watch(self._handle.fd, wd)
+                del self._dirs[wd]
+
+    def _rename_tree(self, old: str, new: str) -> None:
+        for wd, directory in self._dirs.items():
+            if directory == old or directory.startswith(old + "/"):
+                self._dirs[wd] = new + directory[len(old) :]
 
     def __repr__(self) -> str:
         state = " closed" if self._handle.closed else ""
@@ -195,41 +247,42 @@ class Watch(anyio.abc.ObjectReceiveStream[Change]):
     def _keep(self, data: bytes) -> None:
         self._unclaimed = data  # read by a receive that was cancelled: parsed by the next one
 
-    def _join(self, name: bytes) -> str:
-        return os.path.join(self._directory, os.fsdecode(name)) if name else self._directory
-
-    def _inside(self, name: bytes) -> bool:
-        return self._name is None or name == self._name
-
     def _parse(self, data: bytes) -> None:
         """Turn one read of events into changes (pairing moves by cookie) and queue them."""
-        moved_from: tuple[int, bytes, int] | None = None  # (cookie, name, offset) awaiting IN_MOVED_TO
+        moved_from: tuple[int, str, bool, int] | None = None  # (cookie, path, is_dir, offset)
         offset = 0
         while offset + _EVENT.size <= len(data):
             start = offset
-            _wd, mask, cookie, length = _EVENT.unpack_from(data, offset)
+            wd, mask, cookie, length = _EVENT.unpack_from(data, offset)
             offset += _EVENT.size + length
-            name = data[start + _EVENT.size : offset].rstrip(b"\0")
+            name = os.fsdecode(data[start + _EVENT.size : offset].rstrip(b"\0"))
             is_dir = bool(mask & IN_ISDIR)
             if moved_from is not None:
-                from_cookie, from_name, _ = moved_from
+                from_cookie, from_path, from_is_dir, _ = moved_from
                 moved_from = None
-                if mask & IN_MOVED_TO and cookie == from_cookie:
-                    self._add_move(from_name, name, is_dir)
+                if mask & IN_MOVED_TO and cookie == from_cookie and wd in self._dirs:
+                    self._add_move(from_path, os.path.join(self._dirs[wd], name), is_dir)
                     continue
-                self._add(from_name, "deleted", False)
+                self._moved_out(from_path, from_is_dir)  # may stop watching the event's directory
+            directory = self._dirs.get(wd)
+            if directory is None and not mask & IN_Q_OVERFLOW:
+                continue  # a directory no longer watched
+            path = os.path.join(directory, name) if directory and name else directory or self.path
             if mask & IN_Q_OVERFLOW:
                 self._changes.append(Change(self.path, "overflow"))
             elif mask & IN_IGNORED:
-                self._ended = True
+                del self._dirs[wd]
+                self._ended = wd == self._root
             elif mask & IN_MOVED_FROM:
-                moved_from = (cookie, name, start)
+                moved_from = (cookie, path, is_dir, start)
             elif mask & (IN_CREATE | IN_MOVED_TO):
-                self._add(name, "created", is_dir)
+                self._add(path, "created", is_dir)
+                if is_dir and self._recursive:
+                    self._watch_new_directory(path)
             elif mask & (IN_MODIFY | IN_ATTRIB):
-                self._add(name, "modified", is_dir)
-            elif mask & (IN_DELETE | IN_DELETE_SELF):
-                self._add(name, "deleted", is_dir)
+                self._add(path, "modified", is_dir)
+            elif mask & IN_DELETE or (mask & IN_DELETE_SELF and wd == self._root):
+                self._add(path, "deleted", is_dir)
         if moved_from is None:
             return
         # The kernel queues both halves of a rename at once: a move-from that ends a read
@@ -237,30 +290,42 @@ class Watch(anyio.abc.ObjectReceiveStream[Change]):
         try:
             more = os.read(self._handle.fd, _READ_SIZE)
         except BlockingIOError:
-            self._add(moved_from[1], "deleted", False)
+            self._moved_out(moved_from[1], moved_from[2])
         else:
-            self._unclaimed = data[moved_from[2] :] + more  # parsed again, with its pair
+            self._unclaimed = data[moved_from[3] :] + more  # parsed again, with its pair
 
-    def _add(self, name: bytes, kind: ChangeKind, is_dir: bool) -> None:
-        if not self._inside(name) or kind not in self._kinds:
+    def _inside(self, path: str) -> bool:
+        return self._file is None or path == self._file
+
+    def _add(self, path: str, kind: ChangeKind, is_dir: bool) -> None:
+        if not self._inside(path) or kind not in self._kinds:
             return
-        change = Change(self._join(name), kind, is_dir=is_dir)
+        change = Change(path, kind, is_dir=is_dir)
         if kind == "modified" and self._changes and self._changes[-1] == change:
             return  # a burst of writes to one file is one change
         self._changes.append(change)
 
-    def _add_move(self, old: bytes, new: bytes, is_dir: bool) -> None:
+    def _add_move(self, old: str, new: str, is_dir: bool) -> None:
+        if is_dir and self._recursive:
+            self._rename_tree(old, new)
         if self._inside(old) and self._inside(new) and "moved" in self._kinds:
-            self._changes.append(Change(self._join(new), "moved", self._join(old), is_dir))
+            self._changes.append(Change(new, "moved", old, is_dir))
             return
         self._add(old, "deleted", is_dir)
         self._add(new, "created", is_dir)
+
+    def _moved_out(self, path: str, is_dir: bool) -> None:
+        if is_dir and self._recursive:
+            self._forget_tree(path)
+        self._add(path, "deleted", is_dir)
 
     async def aclose(self) -> None:
         """Remove the watch and close the inotify fd (idempotent)."""
         handle = self._handle
         if not handle.closed:
-            _libc.inotify_rm_watch(handle.fd, self._wd)  # EINVAL once the kernel dropped it: fine
+            for wd in self._dirs:
+                _libc.inotify_rm_watch(handle.fd, wd)  # EINVAL once the kernel dropped it: fine
+            self._dirs.clear()
             handle.close()
         await anyio.lowlevel.checkpoint()
 
@@ -269,14 +334,15 @@ class Watch(anyio.abc.ObjectReceiveStream[Change]):
         return {}
 
 
-def watch(path: str | os.PathLike[str], *, kinds: Collection[str] = KINDS) -> Watch:
+def watch(path: str | os.PathLike[str], *, kinds: Collection[str] = KINDS, recursive: bool = False) -> Watch:
     """Watch a directory, or one file, for changes, through inotify on the running loop.
 
-    A directory is watched for changes to the names in it (not recursive:
-    a subdirectory's creation is seen, not what happens inside it). A file
-    is watched through its directory and filtered by name, so that it is
-    followed across an editor's rename-and-replace save; it need not exist
-    yet.
+    A directory is watched for changes to the names in it; with
+    ``recursive=True``, in every directory under it too, including those
+    created or moved in later (without, a subdirectory's creation is seen,
+    not what happens inside it). A file is watched through its directory
+    and filtered by name, so that it is followed across an editor's
+    rename-and-replace save; it need not exist yet.
 
     Args:
         path: the directory or file.
@@ -284,9 +350,11 @@ def watch(path: str | os.PathLike[str], *, kinds: Collection[str] = KINDS) -> Wa
             asked only for the events these need. With ``"moved"`` left
             out, a rename is reported as ``"deleted"`` of the old name and
             ``"created"`` of the new one, as far as those are wanted.
+        recursive: watch the whole tree under a directory.
 
     Raises:
         FileNotFoundError: the directory (or the file's directory) does not exist.
+        NotADirectoryError: ``recursive=True`` on something other than a directory.
         OSError: ``ENOSPC`` when the user's ``fs.inotify.max_user_watches`` is used up,
             ``EMFILE`` at ``fs.inotify.max_user_instances``.
         ValueError: an unknown kind.
@@ -298,6 +366,10 @@ def watch(path: str | os.PathLike[str], *, kinds: Collection[str] = KINDS) -> Wa
         Changes made through other mounts of a network file system are not
         seen (inotify is local). The watch follows the directory's inode:
         if the directory itself is renamed, paths still use the old name.
+        A recursive watch adds one kernel watch per directory (bounded by
+        ``fs.inotify.max_user_watches``); what a new subdirectory holds
+        before its watch is added is reported as ``"created"`` by a scan,
+        so a file made at that moment may be reported twice.
 
     Example::
 
@@ -306,7 +378,7 @@ def watch(path: str | os.PathLike[str], *, kinds: Collection[str] = KINDS) -> Wa
                 if change.kind in ("created", "modified", "moved"):
                     reload(change.path)
     """
-    return Watch(path, kinds)
+    return Watch(path, kinds, recursive=recursive)
 
 
 def _write_all(fd: int, data: memoryview) -> None:

@@ -14,7 +14,7 @@ import anyio
 import pytest
 
 import aioipc.files
-from aioipc.files import Change
+from aioipc.files import Change, ChangeKind
 
 
 async def sh(script: str, cwd: Path) -> None:
@@ -88,6 +88,41 @@ async def test_a_watched_file_is_followed_across_rename_and_replace_saves(tmp_pa
         Change(conf, "deleted"),
     ]
     assert (tmp_path / "conf.bak").read_bytes() == b"3"
+
+
+async def test_a_recursive_watch_follows_the_tree_as_it_changes(tmp_path: Path) -> None:
+    (tmp_path / "old").mkdir()
+    (tmp_path / "outside").mkdir()
+    root = tmp_path / "root"
+    (root / "a" / "b").mkdir(parents=True)
+
+    def at(*parts: str, kind: ChangeKind = "created", is_dir: bool = False, old: str | None = None) -> Change:
+        return Change(str(root.joinpath(*parts)), kind, old, is_dir)
+
+    async def step(script: str, *expected: Change) -> None:
+        await sh(script, tmp_path)
+        assert await changes_until(changes, expected[-1]) == list(expected)
+
+    async with aioipc.files.watch(root, kinds={"created", "deleted", "moved"}, recursive=True) as changes:
+        await step("touch root/a/b/deep", at("a", "b", "deep"))
+        await sh("mkdir -p root/new/sub; touch root/new/sub/f", tmp_path)
+        seen = await changes_until(changes, at("new", "sub", "f"))
+        # new/sub and new/sub/f were made before their watches were added: a scan reports them
+        assert seen[:2] == [at("new", is_dir=True), at("new", "sub", is_dir=True)]
+        await sh("touch root/new/sub/g", tmp_path)
+        rest = await changes_until(changes, at("new", "sub", "g"))
+        assert [c for c in rest if c != at("new", "sub", "f")] == [at("new", "sub", "g")]  # f: maybe twice
+        await step("mv root/a root/c", at("c", kind="moved", is_dir=True, old=str(root / "a")))
+        await step("touch root/c/b/after", at("c", "b", "after"))  # renamed, still watched
+        await step(
+            "mv root/c/b outside/b; touch outside/b/gone; touch root/marker",
+            at("c", "b", kind="deleted", is_dir=True),  # moved out: what happens there is not seen
+            at("marker"),
+        )
+        await step("mv old root/old", at("old", is_dir=True))
+        await step("touch root/old/x; rm root/old/x", at("old", "x"), at("old", "x", kind="deleted"))
+    with pytest.raises(NotADirectoryError):
+        aioipc.files.watch(root / "marker", recursive=True)
 
 
 async def test_kinds_asks_the_kernel_only_for_those(tmp_path: Path) -> None:
