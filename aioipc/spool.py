@@ -471,7 +471,7 @@ def _recover(cur: int, new: int, tmp: int) -> None:
 async def connect_address(
     address: Address, *, max_size: int = DEFAULT_MAX_SIZE, timeout: float | None = None, sync: bool = True
 ) -> SpoolWriter:
-    """``connect("spool:DIR")``: the sending side of an existing spool (the core retries within ``timeout``)."""
+    """``connect("spool:DIR")``: the sending side of an existing spool (retried within ``timeout``)."""
     await anyio.lowlevel.checkpoint()
     return SpoolWriter(address.path, max_size=max_size, sync=sync)
 
@@ -493,4 +493,3 @@ async def serve_address(
         stream._handler_returned()
 
     return Server.single(str(address), run, reader)
-

@@ -53,7 +53,7 @@ async def test_send_then_serve_and_the_layout_on_disk(tmp_path: Path) -> None:
     async with await aioipc.connect(f"spool:{spool}") as msgs:
         await msgs.send(b"first")
         await msgs.send(b"")
-        await msgs.send(bytearray(b"third"))
+        await msgs.send(b"third")
     assert aioipc.spool.info(spool) == (3, 0, 0)
     for sub in ("", "tmp", "new", "cur", "bad"):
         assert stat.S_IMODE((spool / sub).stat().st_mode) == 0o700
