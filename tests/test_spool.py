@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import anyio
+import anyio.lowlevel
 import pytest
 from helpers import Service, service, until
 
@@ -105,6 +106,43 @@ async def test_an_idle_consumer_costs_no_cpu_and_no_thread(tmp_path: Path) -> No
         used = time.process_time() - cpu
         assert threading.active_count() == threads
     assert used < 0.05, f"an idle consumer used {used:.3f} s of CPU in 0.5 s"
+
+
+async def test_a_cancelled_receive_loses_no_message(tmp_path: Path) -> None:
+    await aioipc.spool.create(tmp_path)
+    received: list[bytes] = []
+    cancelled = anyio.Event()
+
+    async def handler(stream: SpoolReader) -> None:
+        with anyio.move_on_after(0.05):
+            await stream.receive()  # nothing there yet: cancelled while waiting
+        cancelled.set()
+        received.append(await stream.receive())
+
+    async with await aioipc.serve(f"spool:{tmp_path}", handler) as server:
+        with anyio.fail_after(10):
+            await cancelled.wait()
+        async with await aioipc.connect(f"spool:{tmp_path}", sync=False) as msgs:
+            await msgs.send(b"kept")
+        await until(lambda: server.connections == 0)
+    assert received == [b"kept"]
+    assert aioipc.spool.info(tmp_path) == (0, 0, 0)
+
+
+async def test_connect_with_a_timeout_waits_for_the_spool_to_exist(tmp_path: Path) -> None:
+    spool = tmp_path / "later"
+    connected: list[aioipc.MessageStream] = []
+
+    async def connect() -> None:
+        connected.append(await aioipc.connect(f"spool:{spool}", timeout=10))
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(connect)
+        await anyio.lowlevel.checkpoint()  # the first try found nothing
+        await aioipc.spool.create(spool)
+    async with connected[0] as msgs:
+        await msgs.send(b"x")
+    assert aioipc.spool.info(spool) == (1, 0, 0)
 
 
 async def test_a_handler_that_raises_puts_its_message_back(tmp_path: Path) -> None:
