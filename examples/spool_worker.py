@@ -74,4 +74,4 @@ async def main(directory: str | None) -> None:
 
 
 if __name__ == "__main__":
-    aioipc.run(main(sys.argv[1] if len(sys.argv) > 1 else None))
+    aioipc.run(main(sys.argv[1] if len(sys.argv) > 1 else None), exit_quietly=True)

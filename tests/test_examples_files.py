@@ -11,6 +11,8 @@ from pathlib import Path
 import anyio
 from helpers import EXAMPLES, run_example
 
+import aioipc.files
+
 
 def test_config_reloader_follows_atomic_and_editor_saves() -> None:
     lines = run_example("config_reloader.py")
@@ -57,3 +59,25 @@ async def test_spool_worker_fed_from_the_shell_stops_quietly_on_ctrl_c(tmp_path:
         "cur": [],
         "bad": [],
     }
+
+
+async def test_config_reloader_on_a_users_file_stops_quietly_on_sigterm(tmp_path: Path) -> None:
+    conf = tmp_path / "app.json"
+    reloader = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(EXAMPLES / "config_reloader.py"),
+        str(conf),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert reloader.stdout is not None
+    with anyio.fail_after(30):
+        assert await reloader.stdout.readline() == b"no configuration yet; keeping None\n"
+        await aioipc.files.write_atomic(conf, b'{"workers": 3}')
+        assert await reloader.stdout.readline() == b"loaded: {'workers': 3}\n"
+        reloader.send_signal(signal.SIGTERM)
+        out, err = await reloader.communicate()
+    assert reloader.returncode == 0, err
+    assert out == b"stopped by SIGTERM with {'workers': 3}\n"
+    assert err == b""
+    assert os.listdir(tmp_path) == ["app.json"]
