@@ -272,7 +272,8 @@ class Watch(anyio.abc.ObjectReceiveStream[Change]):
                 self._changes.append(Change(self.path, "overflow"))
             elif mask & IN_IGNORED:
                 del self._dirs[wd]
-                self._ended = wd == self._root
+                if wd == self._root:
+                    self._ended = True
             elif mask & IN_MOVED_FROM:
                 moved_from = (cookie, path, is_dir, start)
             elif mask & (IN_CREATE | IN_MOVED_TO):
