@@ -282,8 +282,10 @@ class Watch(anyio.abc.ObjectReceiveStream[Change]):
                     self._watch_new_directory(path)
             elif mask & (IN_MODIFY | IN_ATTRIB):
                 self._add(path, "modified", is_dir)
-            elif mask & IN_DELETE or (mask & IN_DELETE_SELF and wd == self._root):
+            elif mask & IN_DELETE:
                 self._add(path, "deleted", is_dir)
+            elif mask & IN_DELETE_SELF and wd == self._root:
+                self._add(path, "deleted", True)  # only a watched directory reports itself
         if moved_from is None:
             return
         # The kernel queues both halves of a rename at once: a move-from that ends a read

@@ -142,7 +142,21 @@ async def test_the_watch_ends_when_its_directory_is_removed(tmp_path: Path) -> N
         await sh("rmdir sub", tmp_path)
         with anyio.fail_after(10):
             seen = [change async for change in changes]
-    assert seen == [Change(str(sub), "deleted")]
+    assert seen == [Change(str(sub), "deleted", is_dir=True)]
+
+
+async def test_a_recursive_watch_ends_when_its_tree_is_removed(tmp_path: Path) -> None:
+    (tmp_path / "root" / "a" / "b").mkdir(parents=True)
+    async with aioipc.files.watch(tmp_path / "root", kinds={"deleted"}, recursive=True) as changes:
+        await sh("rm -r root", tmp_path)
+        with anyio.fail_after(10):
+            seen = [change async for change in changes]
+    root = str(tmp_path / "root")
+    assert seen == [
+        Change(f"{root}/a/b", "deleted", is_dir=True),
+        Change(f"{root}/a", "deleted", is_dir=True),
+        Change(root, "deleted", is_dir=True),
+    ]
 
 
 async def test_queue_overflow_is_reported(tmp_path: Path) -> None:
