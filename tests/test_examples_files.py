@@ -14,6 +14,17 @@ from helpers import EXAMPLES, run_example
 import aioipc.files
 
 
+async def start_example(script: str, *args: str) -> asyncio.subprocess.Process:
+    """``python examples/SCRIPT ARGS`` as a service, its output and errors piped."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(EXAMPLES / script),
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
 def test_config_reloader_follows_atomic_and_editor_saves() -> None:
     lines = run_example("config_reloader.py")
     assert lines[:2] == ["loaded: {'workers': 2}", "loaded: {'workers': 8}"]
@@ -34,13 +45,7 @@ def test_spool_worker_demonstration() -> None:
 
 async def test_spool_worker_fed_from_the_shell_stops_quietly_on_ctrl_c(tmp_path: Path) -> None:
     spool = tmp_path / "jobs"
-    worker = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(EXAMPLES / "spool_worker.py"),
-        str(spool),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    worker = await start_example("spool_worker.py", str(spool))
     assert worker.stdout is not None
     with anyio.fail_after(30):
         assert (await worker.stdout.readline()).startswith(b"serving spool:")
@@ -63,13 +68,7 @@ async def test_spool_worker_fed_from_the_shell_stops_quietly_on_ctrl_c(tmp_path:
 
 async def test_config_reloader_on_a_users_file_stops_quietly_on_sigterm(tmp_path: Path) -> None:
     conf = tmp_path / "app.json"
-    reloader = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(EXAMPLES / "config_reloader.py"),
-        str(conf),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    reloader = await start_example("config_reloader.py", str(conf))
     assert reloader.stdout is not None
     with anyio.fail_after(30):
         assert await reloader.stdout.readline() == b"no configuration yet; keeping None\n"
