@@ -12,15 +12,15 @@ from pathlib import Path
 
 import anyio
 import pytest
+from helpers import run_tool
 
 import aioipc.files
 from aioipc.files import Change, ChangeKind
 
 
 async def sh(script: str, cwd: Path) -> None:
-    proc = await asyncio.create_subprocess_exec("sh", "-ec", script, cwd=cwd)
-    with anyio.fail_after(10):
-        assert await proc.wait() == 0
+    """Run a shell script in ``cwd``, as a user at a terminal would; it must succeed."""
+    await run_tool("sh", "-ec", f"cd {cwd}; {script}")
 
 
 async def changes_until(watch: aioipc.files.Watch, last: Change) -> list[Change]:

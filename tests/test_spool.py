@@ -15,7 +15,7 @@ from pathlib import Path
 import anyio
 import anyio.lowlevel
 import pytest
-from helpers import Service, service, until
+from helpers import Service, run_tool, service, until
 
 import aioipc
 import aioipc.spool
@@ -42,12 +42,6 @@ class Collector:
         return self.received
 
 
-async def sh(script: str) -> None:
-    proc = await asyncio.create_subprocess_exec("sh", "-ec", script)
-    with anyio.fail_after(10):
-        assert await proc.wait() == 0
-
-
 async def test_send_then_serve_and_the_layout_on_disk(tmp_path: Path) -> None:
     spool = tmp_path / "spool"
     await aioipc.spool.create(spool)
@@ -63,7 +57,7 @@ async def test_send_then_serve_and_the_layout_on_disk(tmp_path: Path) -> None:
     async with await aioipc.serve(f"spool:{spool}", jobs) as server:
         assert server.address == f"spool:{spool}"
         await jobs.wait_for(3)
-        await sh(f"printf job > {spool}/tmp/x && mv {spool}/tmp/x {spool}/new/")
+        await run_tool("sh", "-ec", f"printf job > {spool}/tmp/x && mv {spool}/tmp/x {spool}/new/")
         await jobs.wait_for(4)
         assert os.listdir(spool / "new") == []
     assert jobs.received == [b"first", b"", b"third", b"job"]
@@ -164,9 +158,11 @@ async def test_a_handler_that_raises_puts_its_message_back(tmp_path: Path) -> No
 
 async def test_a_bad_file_is_moved_aside_and_the_rest_delivered(tmp_path: Path) -> None:
     await aioipc.spool.create(tmp_path)
-    await sh(
+    await run_tool(
+        "sh",
+        "-ec",
         f"cd {tmp_path}; mkdir new/1-dir; printf toolong > tmp/2-big; mv tmp/2-big new/; "
-        "ln -s /etc/passwd new/3-link; printf ok > tmp/4-ok; mv tmp/4-ok new/"
+        "ln -s /etc/passwd new/3-link; printf ok > tmp/4-ok; mv tmp/4-ok new/",
     )
     jobs = Collector()
     async with await aioipc.serve(f"spool:{tmp_path}", jobs, max_size=4):
@@ -194,7 +190,8 @@ async def test_four_writer_processes_and_a_shell_writer_every_message_once(tmp_p
             )
             for n in range(4)
         ]
-        await sh(f"cd {spool}; for i in $(seq {count}); do printf sh-$i > tmp/sh-$i; mv tmp/sh-$i new/; done")
+        feed = f"cd {spool}; for i in $(seq {count}); do printf sh-$i > tmp/sh-$i; mv tmp/sh-$i new/; done"
+        await run_tool("sh", "-ec", feed)
         with anyio.fail_after(30):
             assert [await w.wait() for w in writers] == [0, 0, 0, 0]
         received = await jobs.wait_for(5 * count)
