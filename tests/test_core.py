@@ -242,6 +242,8 @@ PUBLIC_MODULES = [
     "aioipc.sync",
     "aioipc.dbus",
     "aioipc.systemd",
+    "aioipc.files",
+    "aioipc.spool",
 ]
 
 

@@ -259,6 +259,10 @@ SCHEMES: Mapping[str, Scheme] = _table(
         messages=True, parse=_parse_name, serve_options=frozenset({"capacity", "mode"}), removable=True,
     ),
     Scheme(
+        "spool", "spool:/dir", "durable queue in a directory (maildir): connect sends, serve receives",
+        "aioipc.spool", messages=True, connect_options=frozenset({"sync"}),
+    ),
+    Scheme(
         "sd-listen", "sd-listen: | sd-listen:NAME",
         "a listening socket systemd passed (LISTEN_FDS; NAME: FileDescriptorName); serve only",
         "aioipc.systemd", messages=False, connect_options=None, bare=True,

@@ -7,6 +7,7 @@ Examples::
     echo hi | aioipc send fifo:/tmp/app.fifo -      # one message per line
     aioipc relay tcp:127.0.0.1:9000 unix:/tmp/app.sock
     aioipc ls                                       # queues, segments, rings, semaphores
+    aioipc ls spool:/var/spool/app                  # the depth of a spool
     aioipc rm mq:/jobs sysvmq:0x1234 --stale
 
 Exit status: 0 on success, 1 on an IPC error (the message says which), 2 on
