@@ -343,12 +343,31 @@ def framed(
     raise ValueError(f"framed() needs a byte stream, not {type(stream).__name__}")
 
 
-class SendOnlyMessageStream(MessageStream):
+class _SendOnly(anyio.abc.AsyncResource):
+    """What a stream over a sending half alone does besides sending: its end and its attributes."""
+
+    sender: anyio.abc.AsyncResource
+
+    async def send_eof(self) -> None:
+        await self.sender.aclose()
+
+    async def aclose(self) -> None:
+        await self.sender.aclose()
+
+    @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        attrs: Mapping[Any, Callable[[], Any]] = getattr(self.sender, "extra_attributes", {})
+        return attrs
+
+
+class SendOnlyMessageStream(_SendOnly, MessageStream):
     """A message stream over a sending half alone (a FIFO's writing end): ``receive()`` ends at once.
 
     Raises:
         anyio.EndOfStream: from ``receive()``: nothing ever comes back this way.
     """
+
+    sender: anyio.abc.ObjectSendStream[bytes]
 
     def __init__(self, sender: anyio.abc.ObjectSendStream[bytes]) -> None:
         self.sender = sender
@@ -359,22 +378,14 @@ class SendOnlyMessageStream(MessageStream):
     async def send(self, item: bytes) -> None:
         await self.sender.send(item)
 
-    async def send_eof(self) -> None:
-        await self.sender.aclose()
 
-    async def aclose(self) -> None:
-        await self.sender.aclose()
-
-    @property
-    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
-        return self.sender.extra_attributes
-
-
-class SendOnlyByteStream(ByteStream):
+class SendOnlyByteStream(_SendOnly, ByteStream):
     """A byte stream over a sending half alone: ``receive()`` ends at once.
 
     See :class:`SendOnlyMessageStream`.
     """
+
+    sender: anyio.abc.ByteSendStream
 
     def __init__(self, sender: anyio.abc.ByteSendStream) -> None:
         self.sender = sender
@@ -393,16 +404,6 @@ class SendOnlyByteStream(ByteStream):
 
     def try_send_parts(self, parts: Sequence[Buffer]) -> bool:
         return isinstance(self.sender, ByteSendStream) and self.sender.try_send_parts(parts)
-
-    async def send_eof(self) -> None:
-        await self.sender.aclose()
-
-    async def aclose(self) -> None:
-        await self.sender.aclose()
-
-    @property
-    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
-        return self.sender.extra_attributes
 
 
 def as_two_way(stream: anyio.abc.ByteStream | anyio.abc.ByteSendStream) -> ByteStream:
