@@ -38,11 +38,11 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from .._address import connect as _connect
-from .._address import serve as _serve
-from .._framing import DEFAULT_MAX_SIZE
-from .._objects import Codec
-from .._server import Server
+from .._core.schemes import connect as _connect
+from .._core.schemes import serve as _serve
+from .._core.framing import DEFAULT_MAX_SIZE
+from .._core.objects import Codec
+from .._core.server import Server
 from ._nats import NatsClient, is_nats_address, nats_client, serve_nats
 from ._protocol import (
     INTERNAL_ERROR,

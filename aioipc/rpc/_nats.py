@@ -23,8 +23,8 @@ from urllib.parse import urlsplit
 
 import anyio
 
-from .._objects import Codec
-from .._server import Server
+from .._core.objects import Codec
+from .._core.server import Server
 from ._protocol import Caller, Dispatcher
 
 __all__ = ["NatsClient", "NatsServer", "is_nats_address", "nats_client", "serve_nats"]

@@ -23,8 +23,8 @@ from typing import Any
 
 import anyio
 
-from .._exceptions import IPCError, ProtocolError
-from .._objects import Codec, resolve_codec
+from .._core.errors import IPCError, ProtocolError
+from .._core.objects import Codec, resolve_codec
 
 __all__ = [
     "INTERNAL_ERROR",

@@ -24,7 +24,7 @@ from typing import Any
 
 import anyio
 
-from .._objects import Codec
+from .._core.objects import Codec
 from ._protocol import Caller, Dispatcher
 
 __all__ = ["DEFAULT_MAX_CONCURRENCY", "Client", "serve_connection"]
