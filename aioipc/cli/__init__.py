@@ -31,6 +31,7 @@ from .._core.runner import run
 from .._core.schemes import SCHEMES, Framing, available_schemes, connect, parse_address, serve
 from ..shutdown import graceful_shutdown
 from ._inventory import add_commands
+from ._rpc import add_commands as add_rpc_commands
 
 _SYNC_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
@@ -88,6 +89,7 @@ def _parser() -> argparse.ArgumentParser:
 
     commands.add_parser("schemes", help="list the address schemes this installation handles")
     _SYNC_COMMANDS.update(add_commands(commands))
+    _SYNC_COMMANDS.update(add_rpc_commands(commands))
     return parser
 
 
