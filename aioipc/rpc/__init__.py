@@ -38,10 +38,10 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from .._core.schemes import connect as _connect
-from .._core.schemes import serve as _serve
 from .._core.framing import DEFAULT_MAX_SIZE
 from .._core.objects import Codec
+from .._core.schemes import connect as _connect
+from .._core.schemes import serve as _serve
 from .._core.server import Server
 from ._nats import NatsClient, is_nats_address, nats_client, serve_nats
 from ._protocol import (
