@@ -244,6 +244,7 @@ PUBLIC_MODULES = [
     "aioipc.systemd",
     "aioipc.files",
     "aioipc.spool",
+    "aioipc.rpc",
 ]
 
 
