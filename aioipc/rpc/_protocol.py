@@ -220,7 +220,8 @@ class Caller:
     """The calling side of one connection: ids, pending futures, responses turned into results.
 
     A transport subclass sends with :meth:`_send` and feeds what arrives to
-    :meth:`_deliver`; :meth:`_fail_all` ends every pending call when the
+    :meth:`_deliver` (from its own reader, or from the callers themselves in
+    :meth:`_response`); :meth:`_fail_all` ends every pending call when the
     connection is lost.
     """
 
@@ -233,6 +234,10 @@ class Caller:
 
     async def _send(self, data: bytes, request_id: int | None) -> None:
         raise NotImplementedError
+
+    async def _response(self, request_id: int, future: asyncio.Future[dict[str, Any]]) -> dict[str, Any]:
+        """Wait for the response to ``request_id`` (a transport that reads in the caller overrides this)."""
+        return await future
 
     async def call(self, method: str, /, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
         """Call ``method`` with positional or keyword params; return its result.
@@ -257,11 +262,11 @@ class Caller:
         try:
             if timeout is None:
                 await self._send(data, request_id)
-                response = await future
+                response = await self._response(request_id, future)
             else:
                 with anyio.fail_after(timeout):
                     await self._send(data, request_id)
-                    response = await future
+                    response = await self._response(request_id, future)
         finally:
             self._pending.pop(request_id, None)
         if "error" in response:

@@ -11,14 +11,20 @@ Rule 3: an oversize or malformed frame ends this connection only (the
 exception propagates to whoever serves it, which logs it); a message that
 is not JSON-RPC is answered with an error and the connection goes on.
 
-The client: one reader task per connection hands responses to the
-pending calls (see ``_protocol.Caller``), started with the first call.
+The client has no reader task: the first caller that waits reads for
+everyone (the *reader*), handing each response to its call (see
+``_protocol.Caller``), until its own arrives; it then wakes one waiting
+caller to read in its place. So a lone caller reads its own response with
+no task switch, and a cancelled reader loses nothing (a cancelled
+``receive()`` loses no message) and always hands over.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import sys
+from collections.abc import Coroutine
 from types import TracebackType
 from typing import Any
 
@@ -33,6 +39,7 @@ logger = logging.getLogger("aioipc")
 
 DEFAULT_MAX_CONCURRENCY = 64
 _GONE = (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError)
+_TAKE_OVER: Any = object()  # a waiting caller's "response": the reader left, read in its place
 
 
 async def serve_connection(msgs: Any, dispatcher: Dispatcher, max_concurrency: int) -> None:
@@ -44,6 +51,12 @@ async def serve_connection(msgs: Any, dispatcher: Dispatcher, max_concurrency: i
     running: set[asyncio.Task[None]] = set()
     handle = dispatcher.handle
     loop = asyncio.get_running_loop()
+    if sys.version_info >= (3, 12):  # run each answer at once, up to its first wait: no extra loop turn
+
+        def start(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+            return asyncio.Task(coro, loop=loop, eager_start=True)
+    else:
+        start = loop.create_task
 
     async def answer(data: bytes) -> None:
         try:
@@ -68,9 +81,10 @@ async def serve_connection(msgs: Any, dispatcher: Dispatcher, max_concurrency: i
                 if isinstance(exc, _GONE):
                     break
                 raise
-            task = loop.create_task(answer(data))
-            running.add(task)
-            task.add_done_callback(running.discard)
+            task = start(answer(data))
+            if not task.done():
+                running.add(task)
+                task.add_done_callback(running.discard)
         if running:
             await asyncio.wait(set(running))
     finally:
@@ -94,7 +108,9 @@ class Client(Caller):
 
     Caveats:
         A method that takes a keyword parameter named ``timeout`` cannot get
-        it through ``call()``'s keywords: ``timeout`` is the call's own.
+        it through ``call()``'s keywords: ``timeout`` is the call's own. No
+        task reads the stream while no call waits: a server that closes an
+        idle connection is noticed by the next call.
 
     Example::
 
@@ -106,37 +122,66 @@ class Client(Caller):
         super().__init__(codec, peer=repr(msgs))
         self.stream = msgs
         self._send_lock = asyncio.Lock()
-        self._reader: asyncio.Task[None] | None = None
+        self._reading = False
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} over {self._peer} pending={len(self._pending)}>"
 
     async def _send(self, data: bytes, request_id: int | None) -> None:
-        if self._reader is None:
-            self._reader = asyncio.get_running_loop().create_task(self._read())
         async with self._send_lock:
             await self.stream.send(data)
 
-    async def _read(self) -> None:
-        deliver = self._deliver
+    async def _response(self, request_id: int, future: asyncio.Future[dict[str, Any]]) -> dict[str, Any]:
+        while True:
+            if self._lost is not None and not future.done():
+                raise self._lost_error()
+            if not self._reading:
+                return await self._read_until(future)
+            try:
+                response = await future
+            except asyncio.CancelledError:
+                if future.done() and not future.cancelled() and future.result() is _TAKE_OVER:
+                    self._hand_over()  # told to read, but cancelled first: tell another caller
+                raise
+            if response is not _TAKE_OVER:
+                return response
+            future = asyncio.get_running_loop().create_future()
+            self._pending[request_id] = future
+
+    async def _read_until(self, future: asyncio.Future[dict[str, Any]]) -> dict[str, Any]:
+        """Read for every caller, as the one reader, until ``future`` (ours) has its response."""
+        self._reading = True
+        receive, deliver = self.stream.receive, self._deliver
         try:
-            async for data in self.stream:
-                deliver(data)
-            lost: BaseException = anyio.BrokenResourceError(f"the rpc server closed {self._peer}")
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
-            lost = exc
-        except Exception as exc:  # an oversize or malformed frame: this connection is over
-            logger.error("rpc: the connection %s is broken: %s", self._peer, exc)
-            lost = exc
-        self._fail_all(lost)
+            while not future.done():
+                try:
+                    data = await receive()
+                except anyio.EndOfStream:
+                    self._fail_all(anyio.BrokenResourceError(f"the rpc server closed {self._peer}"))
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
+                    self._fail_all(exc)
+                except Exception as exc:  # an oversize or malformed frame: this connection is over
+                    logger.error("rpc: the connection %s is broken: %s", self._peer, exc)
+                    self._fail_all(exc)
+                else:
+                    deliver(data)
+        finally:
+            self._reading = False
+            self._hand_over()
+        return future.result()
+
+    def _hand_over(self) -> None:
+        """The reader left: wake one waiting caller to read in its place."""
+        if self._reading or self._lost is not None:
+            return
+        for future in self._pending.values():
+            if not future.done():
+                future.set_result(_TAKE_OVER)
+                return
 
     async def aclose(self) -> None:
         """Close the stream; pending calls raise ``anyio.ClosedResourceError``. Idempotent."""
         self._fail_all(anyio.ClosedResourceError())
-        reader, self._reader = self._reader, None
-        if reader is not None:
-            reader.cancel()
-            await asyncio.wait({reader})
         await self.stream.aclose()
 
     async def __aenter__(self) -> Client:
