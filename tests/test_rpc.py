@@ -32,7 +32,8 @@ SERVICE = """
         async def add(self, a, b):
             return a + b
 
-        async def echo(self, value):
+        async def echo(self, value, seconds=0):
+            await asyncio.sleep(seconds)
             return value
 
         async def wait_for(self, name):
@@ -231,6 +232,30 @@ async def test_out_of_order_completion_and_timeouts_leave_the_connection_usable(
             assert await client.call("add", 20, 22) == 42
             await client.call("release", "first")
     assert first == ["first"]
+
+
+async def test_many_callers_with_timeouts_share_one_connection(tmp_path: Path, tmp_ipc_dir: Path) -> None:
+    async with (
+        rpc_server(tmp_path, f"unix:{tmp_ipc_dir}/rpc.sock") as (_, address),
+        await aioipc.rpc.connect(address) as client,
+    ):
+        answered = timed_out = 0
+
+        async def caller(i: int) -> None:
+            nonlocal answered, timed_out
+            for j in range(20):
+                seconds, timeout = (0.002, 0.001) if (i + j) % 4 == 0 else (0, None)
+                try:
+                    assert await client.call("echo", [i, j], seconds, timeout=timeout) == [i, j]
+                    answered += 1
+                except TimeoutError:
+                    timed_out += 1
+
+        with anyio.fail_after(30):
+            await asyncio.gather(*(caller(i) for i in range(32)))
+            assert answered + timed_out == 32 * 20
+            assert answered >= 32 * 20 * 3 // 4  # every call without a timeout was answered
+            assert await client.call("add", 1, 2) == 3
 
 
 async def test_concurrency_is_bounded_per_connection(tmp_path: Path, tmp_ipc_dir: Path) -> None:

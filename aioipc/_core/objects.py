@@ -25,13 +25,14 @@ class _Json:
 
     def __init__(self) -> None:
         self._encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
-        self._decode = json.loads
+        self._decode = json.JSONDecoder().decode
 
     def encode(self, obj: Any) -> bytes:
         return self._encoder.encode(obj).encode()
 
     def decode(self, data: bytes) -> Any:
-        return self._decode(data)
+        # JSON between programs is UTF-8 (RFC 8259): no encoding sniffing, as json.loads(bytes) does
+        return self._decode(str(data, "utf-8"))
 
 
 class _Msgpack:

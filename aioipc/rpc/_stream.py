@@ -136,19 +136,19 @@ class Client(Caller):
             if self._lost is not None and not future.done():
                 raise self._lost_error()
             if not self._reading:
-                return await self._read_until(future)
+                return await self._read_until(request_id, future)
             try:
                 response = await future
             except asyncio.CancelledError:
                 if future.done() and not future.cancelled() and future.result() is _TAKE_OVER:
+                    self._pending.pop(request_id, None)
                     self._hand_over()  # told to read, but cancelled first: tell another caller
                 raise
             if response is not _TAKE_OVER:
                 return response
-            future = asyncio.get_running_loop().create_future()
-            self._pending[request_id] = future
+            future = self._pending[request_id]  # put there by _hand_over; perhaps answered already
 
-    async def _read_until(self, future: asyncio.Future[dict[str, Any]]) -> dict[str, Any]:
+    async def _read_until(self, request_id: int, future: asyncio.Future[dict[str, Any]]) -> dict[str, Any]:
         """Read for every caller, as the one reader, until ``future`` (ours) has its response."""
         self._reading = True
         receive, deliver = self.stream.receive, self._deliver
@@ -167,15 +167,22 @@ class Client(Caller):
                     deliver(data)
         finally:
             self._reading = False
+            if not future.done():  # cancelled: this call is over, someone else must read
+                self._pending.pop(request_id, None)
             self._hand_over()
         return future.result()
 
     def _hand_over(self) -> None:
-        """The reader left: wake one waiting caller to read in its place."""
+        """The reader left: wake one waiting caller to read in its place.
+
+        Its call gets a fresh future in ``_pending`` first, so that a response
+        that a newer reader delivers meanwhile is kept for it.
+        """
         if self._reading or self._lost is not None:
             return
-        for future in self._pending.values():
+        for request_id, future in self._pending.items():
             if not future.done():
+                self._pending[request_id] = future.get_loop().create_future()
                 future.set_result(_TAKE_OVER)
                 return
 
