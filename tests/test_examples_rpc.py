@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -59,3 +62,27 @@ async def test_rpc_service_stops_quietly_on_a_signal(signum: int, tmp_ipc_dir: P
             assert await proc.wait() == 128 + signum
             errors = b"".join([chunk async for chunk in proc.stderr])
     assert errors == b""  # no traceback    assert not path.exists()
+
+
+@pytest.mark.skipif(shutil.which("socat") is None, reason="socat is not installed")
+async def test_rpc_service_in_json_lines_answers_socat(tmp_ipc_dir: Path) -> None:
+    path = tmp_ipc_dir / "math.sock"
+    argv = [sys.executable, str(EXAMPLES / "rpc_service.py"), f"unix:{path}", "--lines"]
+    async with await aioipc.spawn(argv, channel=False, stdout=aioipc.process.PIPE) as proc:
+        assert proc.stdout is not None
+        with anyio.fail_after(30):
+            await BufferedByteReceiveStream(proc.stdout).receive_until(b"\n", 4096)
+            # the one-liner of the example's docstring, and a line of garbage before it
+            request = b'not json\n{"jsonrpc":"2.0","id":1,"method":"add","params":[1,2]}\n'
+            socat = await asyncio.create_subprocess_exec(
+                "socat", "-t", "5", "-", f"UNIX-CONNECT:{path}",
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            out, _ = await socat.communicate(request)
+            assert socat.returncode == 0
+            garbage, answer = (json.loads(line) for line in out.splitlines())
+            parse_error = {"code": -32700, "message": "Parse error"}
+            assert garbage == {"jsonrpc": "2.0", "error": parse_error, "id": None}
+            assert answer == {"jsonrpc": "2.0", "result": 3, "id": 1}
+            async with await aioipc.rpc.connect(f"unix:{path}", framing="lines") as client:
+                assert await client.call("add", a=2, b=3) == 5
