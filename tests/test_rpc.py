@@ -49,6 +49,9 @@ SERVICE = """
         async def refuse(self):
             raise aioipc.rpc.RemoteError(-32001, "refused", {"why": "a test"})
 
+        async def big(self, size):
+            return "x" * size
+
         async def note(self, text):
             self.notes.append(text)
 
@@ -308,6 +311,11 @@ async def test_garbage_gets_parse_errors_and_an_oversize_frame_ends_only_its_con
             assert await anyio.to_thread.run_sync(sock.recv, 1) == b""  # that connection ends
         with anyio.fail_after(20):
             assert await bystander.call("add", 1, 1) == 2
+            with pytest.raises(aioipc.rpc.RemoteError) as too_large:  # a result over the server's max_size
+                await bystander.call("big", 5000)
+            assert too_large.value.code == -32603
+            assert too_large.value.data["type"] == "FrameTooLarge"
+            assert await bystander.call("add", 2, 2) == 4
 
 
 CHANNEL_SERVICE = """
@@ -374,12 +382,16 @@ async def test_cli_call(tmp_path: Path, tmp_ipc_dir: Path) -> None:
             assert proc.returncode is not None
             return proc.returncode, out.decode(), err.decode()
 
-        assert await cli(address, "add", "1", "2") == (0, "3\n", "")
-        assert await cli(address, "echo", "plain words") == (0, '"plain words"\n', "")
-        status, out, err = await cli(address, "nope")
+        added, echoed, missing, failed = await asyncio.gather(  # four runs of the command at once
+            cli(address, "add", "1", "2"),
+            cli(address, "echo", "plain words"),
+            cli(address, "nope"),
+            cli(address, "fail", "why"),
+        )
+        assert added == (0, "3\n", "")
+        assert echoed == (0, '"plain words"\n', "")
+        assert missing == (1, "", 'aioipc: remote error -32601: Method not found (data: "nope")\n')
+        status, out, err = failed
         assert (status, out) == (1, "")
-        assert err == 'aioipc: remote error -32601: Method not found (data: "nope")\n'
-        status, out, err = await cli(address, "fail", "why")
-        assert status == 1
         assert "-32603" in err
         assert "Traceback" not in err

@@ -29,6 +29,9 @@ SERVICE = """
     async def add(a, b):
         return a + b
 
+    async def big(size):
+        return "x" * size
+
     async def whoami():
         return os.getpid()
 
@@ -36,7 +39,8 @@ SERVICE = """
         await release.wait()
 
     async def main(address, options):
-        server = await aioipc.rpc.serve(address, {"add": add, "whoami": whoami, "hold": hold}, **options)
+        handlers = {"add": add, "big": big, "whoami": whoami, "hold": hold}
+        server = await aioipc.rpc.serve(address, handlers, **options)
         async with aioipc.graceful_shutdown(timeout=5), server:
             print("serving", flush=True)
             try:
@@ -68,6 +72,9 @@ async def test_calls_and_errors_over_nats(nats_server: NatsServer, tmp_path: Pat
                 await client.call("nope")
             assert missing.value.code == -32601
             await client.notify("add", 1, 2)
+            with pytest.raises(aioipc.rpc.RemoteError) as too_large:  # over the NATS server's max_payload
+                await client.call("big", 2 * 2**20)
+            assert too_large.value.code == -32603
             assert await client.call("add", 2, 2) == 4
 
 

@@ -169,7 +169,15 @@ class NatsServer(Server):
         try:
             reply = await self._dispatcher.handle(msg.data)
             if reply is not None and msg.reply:
-                await self._nc.publish(msg.reply, reply)
+                try:
+                    await self._nc.publish(msg.reply, reply)
+                except Exception as exc:  # over the server's max_payload: the caller gets an error
+                    if self._nc.is_closed:
+                        raise
+                    errors = self._dispatcher.undeliverable(
+                        self._dispatcher.codec.decode(reply), str(exc), exc
+                    )
+                    await self._nc.publish(msg.reply, errors)
         except Exception as exc:
             logger.error("rpc: cannot answer a request on %s: %s", self.address, exc)
         finally:

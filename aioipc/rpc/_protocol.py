@@ -162,10 +162,14 @@ class Dispatcher:
             return self.codec.encode(response)
         except Exception as exc:  # a result the codec cannot carry: say so, per request
             logger.error("rpc: cannot encode a response: %s", exc)
-            why = {"type": type(exc).__name__, "message": f"cannot encode the result: {exc}"}
-            if isinstance(response, list):
-                return self.codec.encode([_error(r.get("id"), INTERNAL_ERROR, data=why) for r in response])
-            return self.codec.encode(_error(response.get("id"), INTERNAL_ERROR, data=why))
+            return self.undeliverable(response, f"cannot encode the result: {exc}", exc)
+
+    def undeliverable(self, response: Any, why: str, exc: Exception) -> bytes:
+        """Error responses (-32603) in place of ``response``, which could not go out (too large ...)."""
+        data = {"type": type(exc).__name__, "message": why}
+        if isinstance(response, list):
+            return self.codec.encode([_error(r.get("id"), INTERNAL_ERROR, data=data) for r in response])
+        return self.codec.encode(_error(response.get("id"), INTERNAL_ERROR, data=data))
 
     async def _answer(self, request: Any) -> dict[str, Any] | None:
         if not isinstance(request, dict):

@@ -30,6 +30,7 @@ from typing import Any
 
 import anyio
 
+from .._core.errors import FrameTooLarge
 from .._core.objects import Codec
 from ._protocol import Caller, Dispatcher
 
@@ -63,7 +64,12 @@ async def serve_connection(msgs: Any, dispatcher: Dispatcher, max_concurrency: i
             reply = await handle(data)
             if reply is not None:
                 async with send_lock:
-                    await msgs.send(reply)
+                    try:
+                        await msgs.send(reply)
+                    except FrameTooLarge as exc:  # a result over max_size: the caller gets an error
+                        await msgs.send(
+                            dispatcher.undeliverable(dispatcher.codec.decode(reply), str(exc), exc)
+                        )
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             pass  # the peer is gone: the reading loop sees it too
         except Exception:
