@@ -2,8 +2,8 @@
 
 Layout of the segment (``/dev/shm/NAME``)::
 
-    page 0     header: magic, version, lane capacity, pids, and per lane the
-               producer's line (head, eof, waiting) and the consumer's line
+    page 0     header: magic, version, lane capacity, pids, attached and
+               closed flags, and per lane the producer's line (head, eof, waiting) and the consumer's line
                (tail, gone, sleeping), each on its own cache line
     lane 0     capacity bytes: creator -> attacher
     lane 1     capacity bytes: attacher -> creator
@@ -29,6 +29,11 @@ kernel drops both: the peer's doorbell hangs up, which wakes it at once,
 and ``PeerDied`` is raised once the committed messages are read. A clean
 close sets the lane's ``eof`` flag first, so the hang-up reads as
 ``EndOfStream`` instead.
+Rule 4 (persist): a creator that closes cleanly also sets the header's
+``closed`` flag before dropping its lock. A ring created with ``persist=True``
+whose creator is gone can still be attached when that flag is set: the
+peer drains what is left, then sees ``EndOfStream``. Without the flag, the
+creator died: ``PeerDied``.
 """
 
 from __future__ import annotations
@@ -74,7 +79,7 @@ _WRAP = 0xFFFFFFFF
 _BELL_BYTES = b"\x00"
 
 # header words (uint64)
-_W_MAGIC, _W_VERSION, _W_CAPACITY, _W_CREATOR, _W_ATTACHER, _W_ATTACHED = range(6)
+_W_MAGIC, _W_VERSION, _W_CAPACITY, _W_CREATOR, _W_ATTACHER, _W_ATTACHED, _W_CLOSED = range(7)
 # per lane, from the lane's base word: producer line, consumer line, then the two flags
 _HEAD, _EOF, _TAIL, _GONE, _SLEEPING, _WAITING = 0, 1, 8, 9, 16, 24
 _LOCK_CREATOR, _LOCK_ATTACHER = 0, 1
@@ -396,17 +401,21 @@ class Ring(MessageStream):
     async def attach(cls, name: str, *, max_size: int | None = None) -> Ring:
         """Attach to ring ``name`` as its one peer.
 
+        A ring created with ``persist=True`` can be attached after its
+        creator closed it: the peer receives what is left, then
+        ``EndOfStream``; its sends raise ``BrokenResourceError``.
+
         Raises:
             FileNotFoundError: no such ring.
             ValueError: ``name`` is a shared-memory segment but not a ring.
             RingInUse: another process attached already (now or before).
-            PeerDied: the creator is gone.
+            PeerDied: the creator died (it did not close the ring).
         """
         # first: cancelled here, nothing exists yet to leak
         await anyio.lowlevel.checkpoint()
         _check_machine()
         path, bell_c, bell_a = ring_files(name)
-        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
         fds = [fd]
         try:
             if not is_ring(fd):
@@ -422,17 +431,20 @@ class Ring(MessageStream):
             try:
                 if words[_W_ATTACHED]:
                     raise RingInUse(f"ring {name!r} was attached before; a ring links one pair only")
-                if not ofd_locked(fd, _LOCK_CREATOR, 1):
-                    raise PeerDied(f"the creator of ring {name!r} is gone")
-                bell_fd = os.open(bell_a, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+                if not ofd_locked(fd, _LOCK_CREATOR, 1) and not words[_W_CLOSED]:
+                    raise PeerDied(f"the creator of ring {name!r} died")
+                bell_fd = os.open(bell_a, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW)
                 fds.append(bell_fd)
+                peer_fd = -1  # a creator that closed cleanly (persist): nobody to ring
                 try:
-                    peer_fd = os.open(bell_c, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+                    peer_fd = os.open(bell_c, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW)
                 except OSError as exc:
                     if exc.errno != errno.ENXIO:
                         raise
-                    raise PeerDied(f"the creator of ring {name!r} is gone") from None
-                fds.append(peer_fd)
+                    if not words[_W_CLOSED]:
+                        raise PeerDied(f"the creator of ring {name!r} died") from None
+                if peer_fd >= 0:
+                    fds.append(peer_fd)
                 words[_W_ATTACHER] = os.getpid()
                 words[_W_ATTACHED] = 1
             except BaseException:
@@ -452,6 +464,8 @@ class Ring(MessageStream):
     # -- sending ---------------------------------------------------------------------------
 
     def _ring_peer(self) -> None:
+        if self._peer_bell < 0:
+            return  # the peer closed before we attached (Rule 4)
         try:
             os.write(self._peer_bell, _BELL_BYTES)
         except (BlockingIOError, BrokenPipeError):
@@ -717,7 +731,8 @@ class Ring(MessageStream):
             self._closed = True
             self._bell.close()
             for fd in (self._peer_bell, self._fd):
-                os.close(fd)
+                if fd >= 0:
+                    os.close(fd)
 
     async def aclose(self) -> None:
         """Close this side (idempotent): the peer reads what was sent, then ``EndOfStream``.
@@ -730,9 +745,12 @@ class Ring(MessageStream):
         h = self._h
         h[self._tx_eof] = 1
         h[self._rx_gone] = 1
+        if self.side == 0:
+            h[_W_CLOSED] = 1  # Rule 4: set while our lock still says we are alive
         self._closed = True
         self._bell.close()
-        os.close(self._peer_bell)
+        if self._peer_bell >= 0:
+            os.close(self._peer_bell)
         for view in self._views:
             view.release()
         try:
