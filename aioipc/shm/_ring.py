@@ -55,7 +55,7 @@ import anyio
 import anyio.lowlevel
 
 from .._core.attributes import IPCAttribute
-from .._core.errors import FrameTooLarge, IPCError, PeerDied
+from .._core.errors import FrameTooLarge, PeerDied, RingInUse
 from .._core.locks import ofd_lock, ofd_locked
 from .._core.streams import Buffer, MessageStream
 
@@ -87,10 +87,6 @@ _LOCK_CREATOR, _LOCK_ATTACHER = 0, 1
 
 def _lane_base(lane: int) -> int:
     return 8 + 32 * lane
-
-
-class RingInUse(IPCError):
-    """The ring already has (or had) its one attached peer; a ring links exactly two processes."""
 
 
 # -- memory ordering --------------------------------------------------------------------------
