@@ -43,6 +43,7 @@ import posix_ipc
 
 from ._core.bridge import Bridge
 from ._core.locks import AcquireRelease, ofd_lock
+from ._core.naming import open_file
 from ._core.semaphores import BridgedSemaphore
 from ._core.sysvipc import sysvipc_table
 
@@ -184,7 +185,7 @@ class FileLock(AcquireRelease):
 
     ``async with FileLock(path):`` acquires and releases. The file is
     opened on the first :meth:`acquire` (created with mode 0600 if missing,
-    never truncated) and closed on :meth:`release`.
+    never truncated, never through a symbolic link) and closed on :meth:`release`.
 
     Args:
         shared: a read lock, which any number of holders share; an exclusive
@@ -220,11 +221,7 @@ class FileLock(AcquireRelease):
         return self._fd >= 0
 
     def _open(self) -> int:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
-            raise ValueError(f"{self.path!r} is not a regular file")
-        return fd
+        return open_file(self.path)[0]
 
     async def acquire(self, timeout: float | None = None) -> None:
         """Wait (up to ``timeout`` seconds, ``None``: for ever) until this process holds the lock.
@@ -232,7 +229,9 @@ class FileLock(AcquireRelease):
         Raises:
             TimeoutError: another holder kept it for ``timeout`` seconds.
             RuntimeError: this object already holds it.
-            OSError: the file cannot be opened (``PermissionError``, ...).
+            OSError: the file cannot be opened (``PermissionError``; ``ELOOP``:
+                ``path`` is a symbolic link, which is never followed).
+            ValueError: ``path`` is not a regular file.
 
         Cancelling it (or its timeout) ends the kernel wait at once and
         closes the file: no thread, fd or lock is left behind.

@@ -34,6 +34,7 @@ import anyio.lowlevel
 
 from .._core.framing import DEFAULT_MAX_SIZE
 from .._core.locks import ofd_locked
+from .._core.naming import open_file
 from .._core.schemes import Address
 from .._core.server import Server
 from .._core.sysvipc import sysvipc_table
@@ -190,11 +191,12 @@ async def map_file(
     Args:
         size: bytes to map; a shorter file is extended with zeros (never
             shrunk). ``None`` maps the file as it is.
-        mode: permission bits when the file is created.
+        mode: permission bits when the file is created (exactly; it is created with ``O_EXCL``).
 
     Raises:
         ValueError: ``path`` is not a regular file, or ``size`` is negative.
-        OSError: as ``open()`` raises it.
+        OSError: as ``open()`` raises it; ``ELOOP``: ``path`` is a symbolic
+            link, which is never followed.
 
     Caveats:
         The handle never removes the file. Another process that truncates
@@ -210,14 +212,12 @@ async def map_file(
     path = os.fspath(path)
     if size is not None and size < 0:
         raise ValueError("size must be >= 0")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, mode)
+    fd, _ = open_file(path, mode=mode)
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise ValueError(f"{path!r} is not a regular file")
+        current = os.fstat(fd).st_size
         if size is None:
-            size = st.st_size
-        elif st.st_size < size:
+            size = current
+        elif current < size:
             os.ftruncate(fd, size)
         memory = MappedMemory(path, fd, size, owned=False)
     except BaseException:
