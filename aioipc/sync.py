@@ -30,7 +30,6 @@ Example::
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import stat
 import warnings
@@ -43,7 +42,7 @@ import posix_ipc
 
 from ._core.bridge import Bridge
 from ._core.locks import AcquireRelease, ofd_lock
-from ._core.naming import open_file
+from ._core.naming import Kind, create_or_open, open_file
 from ._core.semaphores import BridgedSemaphore
 from ._core.sysvipc import sysvipc_table
 
@@ -59,6 +58,9 @@ def _check_name(name: str) -> str:
     if not name.startswith("/") or "/" in name[1:] or len(name) < 2 or len(name) > 251 or "\0" in name:
         raise ValueError(f"bad semaphore name {name!r}: one '/' followed by up to 250 other characters")
     return name
+
+
+_KIND = Kind("POSIX semaphore", "sem", _check_name)
 
 
 class Semaphore(BridgedSemaphore):
@@ -92,11 +94,11 @@ class Semaphore(BridgedSemaphore):
     async def open(
         cls,
         name: str,
+        *,
         create: bool = False,
         initial: int = 1,
-        *,
-        mode: int = 0o600,
         exist_ok: bool = False,
+        mode: int = 0o600,
         persist: bool = False,
     ) -> Semaphore:
         """Open the semaphore ``name`` ("/name"), or create it with ``initial`` units.
@@ -113,29 +115,25 @@ class Semaphore(BridgedSemaphore):
             FileExistsError: it exists (``create=True``).
             PermissionError: its mode forbids it.
         """
-        # first: cancelled here, nothing exists yet to leak
-        await anyio.lowlevel.checkpoint()
-        _check_name(name)
         if initial < 0:
             raise ValueError("initial must be >= 0")
-        owned = False
-        try:
-            if create:
-                try:
-                    sem = posix_ipc.Semaphore(name, posix_ipc.O_CREX, mode, initial)
-                    owned = not persist
-                    # sem_open applied the umask to what we asked, never loosening it.
-                    os.chmod(os.path.join(_SHM_DIR, "sem." + name[1:]), mode)
-                except posix_ipc.ExistentialError:
-                    if not exist_ok:
-                        raise FileExistsError(errno.EEXIST, "semaphore exists", name) from None
-                    sem = posix_ipc.Semaphore(name)
-            else:
-                sem = posix_ipc.Semaphore(name)
-        except posix_ipc.ExistentialError:
-            raise FileNotFoundError(errno.ENOENT, "no such semaphore", name) from None
-        except posix_ipc.PermissionsError:
-            raise PermissionError(errno.EACCES, "permission denied", name) from None
+
+        def discard(sem: posix_ipc.Semaphore) -> None:
+            sem.unlink()
+            sem.close()
+
+        sem, owned = await create_or_open(
+            _KIND,
+            name,
+            lambda name: posix_ipc.Semaphore(name, posix_ipc.O_CREX, mode & 0o777, initial),
+            posix_ipc.Semaphore,
+            create=create,
+            exist_ok=exist_ok,
+            persist=persist,
+            # sem_open applied the umask to what we asked, never loosening it; now exactly.
+            exact_mode=lambda sem: os.chmod(os.path.join(_SHM_DIR, "sem." + sem.name[1:]), mode),
+            discard=discard,
+        )
         return cls(sem, owned=owned)
 
     def _try_acquire(self) -> bool:
@@ -170,11 +168,10 @@ def unlink(name: str) -> None:
 
     Raises:
         FileNotFoundError: no such semaphore.
+        PermissionError: it belongs to another user.
     """
-    try:
-        posix_ipc.unlink_semaphore(_check_name(name))
-    except posix_ipc.ExistentialError:
-        raise FileNotFoundError(errno.ENOENT, "no such semaphore", name) from None
+    with _KIND.map_errors(_check_name(name), "remove"):
+        posix_ipc.unlink_semaphore(name)
 
 
 # -- fcntl record locks ----------------------------------------------------------------------

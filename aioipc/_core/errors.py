@@ -153,7 +153,7 @@ class DBusError(IPCError):
 
 @functools.cache
 def _dbus_error_class() -> type[DBusError]:
-    """``DBusError`` that is also dbus-fast's, so exported methods answer with it (plain without dbus-fast)."""
+    """``DBusError`` that is also dbus-fast's, so exported methods answer with it (plain without it)."""
     try:
         import dbus_fast
     except ModuleNotFoundError:
@@ -225,7 +225,7 @@ def broken(error: BaseException) -> anyio.BrokenResourceError:
 
 
 def _translate(
-    exc: BaseException, what: str | None, op: Op, closed: bool, cleanup: str | None
+    exc: BaseException, what: str | None, op: Op, closed: bool, hint: str | None
 ) -> BaseException | None:
     code = _errno(exc, op)
     if code is None:
@@ -234,7 +234,9 @@ def _translate(
         if code in _BROKEN:
             if closed:
                 return anyio.ClosedResourceError()
-            return broken(exc) if what is None else anyio.BrokenResourceError(f"{what} was lost: {broken(exc)}")
+            return (
+                broken(exc) if what is None else anyio.BrokenResourceError(f"{what} was lost: {broken(exc)}")
+            )
         if what is not None and code in _REMOVED:
             return anyio.BrokenResourceError(f"{what} was removed")
         if what is not None and code in (errno.EACCES, errno.EPERM):
@@ -243,8 +245,7 @@ def _translate(
     if what is None:
         return None
     if code == errno.EEXIST and op == "create":
-        hint = f"; or remove it: {cleanup}" if cleanup else ""
-        return FileExistsError(code, f"{what} exists (pass exist_ok=True to use it{hint})")
+        return FileExistsError(code, f"{what} exists ({hint})" if hint else f"{what} exists")
     if code == errno.ENOENT and op != "create":
         return FileNotFoundError(code, f"no {what}")
     if code in (errno.EACCES, errno.EPERM):
@@ -254,7 +255,7 @@ def _translate(
 
 @contextmanager
 def map_exceptions(
-    what: str | None = None, *, op: Op = "use", closed: bool = False, cleanup: str | None = None
+    what: str | None = None, *, op: Op = "use", closed: bool = False, hint: str | None = None
 ) -> Iterator[None]:
     """Translate what the block raises (``OSError``, posix_ipc, sysv_ipc, dbus-fast) for a caller.
 
@@ -269,7 +270,8 @@ def map_exceptions(
             that the errno survives.
         closed: this side closed its handle: in use, a broken channel or
             ``EBADF`` is ``ClosedResourceError`` (``from None``).
-        cleanup: the command that removes a left-behind object (``aioipc rm mq:/jobs``).
+        hint: how to get past an existing object, for ``FileExistsError``
+            ("remove it with `aioipc rm mq:/jobs`").
 
     Anything the tables do not cover propagates unchanged; an ``OSError``
     made here carries the errno of what it replaces.
@@ -282,7 +284,7 @@ def map_exceptions(
     try:
         yield
     except Exception as exc:
-        mapped = _translate(exc, what, op, closed, cleanup)
+        mapped = _translate(exc, what, op, closed, hint)
         if mapped is None:
             raise
         if isinstance(mapped, anyio.BrokenResourceError):

@@ -32,7 +32,7 @@ import anyio.lowlevel
 
 from .errors import Op, map_exceptions
 
-__all__ = ["Kind", "create_or_open", "open_file"]
+__all__ = ["Kind", "create_or_open", "open_existing", "open_file"]
 
 T = TypeVar("T")
 N = TypeVar("N")
@@ -58,22 +58,26 @@ class Kind(Generic[N]):
         return f"{self.label} {self.name(name)}"
 
     def cleanup(self, name: N) -> str:
+        """The command that removes a left-behind object of this kind."""
         return f"aioipc rm {self.scheme}:{self.name(name)}"
 
-    def map_errors(self, name: N, op: Op) -> AbstractContextManager[None]:
-        """:func:`~aioipc._core.errors.map_exceptions` for this object."""
-        return map_exceptions(self.describe(name), op=op, cleanup=self.cleanup(name))
+    def map_errors(self, name: N, op: Op, *, reusable: bool = False) -> AbstractContextManager[None]:
+        """:func:`~aioipc._core.errors.map_exceptions` for this object (``reusable``: it has ``exist_ok``)."""
+        hint = f"remove it with `{self.cleanup(name)}`" + (
+            ", or pass exist_ok=True to use it" if reusable else ""
+        )
+        return map_exceptions(self.describe(name), op=op, hint=hint)
 
 
 async def create_or_open(
     kind: Kind[N],
     name: N,
+    make: Callable[[N], T],
+    open: Callable[[N], T] | None,
     *,
     create: bool,
     exist_ok: bool = False,
     persist: bool = False,
-    make: Callable[[N], T],
-    open: Callable[[N], T] | None,
     exact_mode: Callable[[T], None] | None = None,
     discard: Callable[[T], None] | None = None,
 ) -> tuple[T, bool]:
@@ -95,28 +99,42 @@ async def create_or_open(
         FileNotFoundError: not ``create``, and it does not exist.
         PermissionError: its mode forbids it.
     """
+    if not create:
+        if open is None:
+            raise ValueError(f"a {kind.label} can only be created")
+        return await open_existing(kind, name, open), False
     await anyio.lowlevel.checkpoint()  # Rule 1: cancelled here, nothing exists yet to leak
     name = kind.check(name)
-    if create:
+    try:
+        with kind.map_errors(name, "create", reusable=open is not None):
+            made = make(name)
+    except FileExistsError:
+        if not exist_ok or open is None:
+            raise
+        with kind.map_errors(name, "open"):
+            return open(name), False
+    if exact_mode is not None:
         try:
-            with kind.map_errors(name, "create"):
-                made = make(name)
-        except FileExistsError:
-            if not exist_ok or open is None:
-                raise
-        else:
-            if exact_mode is not None:
-                try:
-                    exact_mode(made)
-                except BaseException:
-                    if discard is not None:
-                        discard(made)
-                    raise
-            return made, not persist
-    if open is None:
-        raise ValueError(f"a {kind.label} can only be created")
+            exact_mode(made)
+        except BaseException:
+            if discard is not None:
+                discard(made)
+            raise
+    return made, not persist
+
+
+async def open_existing(kind: Kind[N], name: N, open: Callable[[N], T]) -> T:
+    """Open (or attach) the existing object ``name``: Rule 1, the name check, and errors that name it.
+
+    Raises:
+        ValueError, TypeError: a bad name.
+        FileNotFoundError: it does not exist.
+        PermissionError: its mode forbids it.
+    """
+    await anyio.lowlevel.checkpoint()  # Rule 1: cancelled here, nothing exists yet to leak
+    name = kind.check(name)
     with kind.map_errors(name, "open"):
-        return open(name), False
+        return open(name)
 
 
 def open_file(path: str, *, mode: int = 0o600, create: bool = True) -> tuple[int, bool]:

@@ -34,11 +34,12 @@ import anyio.lowlevel
 
 from .._core.framing import DEFAULT_MAX_SIZE
 from .._core.locks import ofd_locked
-from .._core.naming import open_file
+from .._core.naming import Kind, create_or_open, open_existing, open_file
 from .._core.schemes import Address
 from .._core.server import Server
 from .._core.sysvipc import sysvipc_table
-from ._ring import DEFAULT_CAPACITY, Ring, RingInUse, is_ring, ring_files, ring_is_stale, segment_path
+from ._ring import DEFAULT_CAPACITY, Ring, RingInUse
+from ._segment import check_name, is_ring, ring_files, ring_is_stale, segment_path
 
 __all__ = [
     "MappedMemory",
@@ -103,6 +104,24 @@ class MappedMemory(anyio.abc.AsyncResource):
         await anyio.lowlevel.checkpoint()
 
 
+_KIND = Kind("shared-memory segment", "shm", check_name)
+_FLAGS = os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW
+
+
+def _open_segment(name: str) -> int:
+    fd = os.open(segment_path(name), _FLAGS)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ValueError(f"{name!r} is not a shared-memory segment")
+    return fd
+
+
+def _discard(fd: int, name: str) -> None:
+    """Close and remove a segment this call created."""
+    os.close(fd)
+    os.unlink(segment_path(name))
+
+
 class SharedMemory(MappedMemory):
     """A POSIX shared-memory segment; get one with :meth:`create` or :meth:`attach`.
 
@@ -120,7 +139,7 @@ class SharedMemory(MappedMemory):
 
     @classmethod
     async def create(
-        cls, name: str, size: int, mode: int = 0o600, *, exist_ok: bool = False, persist: bool = False
+        cls, name: str, size: int, *, exist_ok: bool = False, mode: int = 0o600, persist: bool = False
     ) -> SharedMemory:
         """Create segment ``name`` of ``size`` bytes (zeroed), with exactly ``mode``.
 
@@ -133,30 +152,37 @@ class SharedMemory(MappedMemory):
             FileExistsError: it exists (and not ``exist_ok``).
             ValueError: bad name, negative size, or an existing segment that is too small.
         """
-        # first: cancelled here, nothing exists yet to leak
-        await anyio.lowlevel.checkpoint()
-        path = segment_path(name)
         if size < 0:
             raise ValueError("size must be >= 0")
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-        except FileExistsError:
-            if not exist_ok:
+
+        def make(name: str) -> int:
+            fd = os.open(segment_path(name), _FLAGS | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                os.ftruncate(fd, size)
+            except BaseException:
+                _discard(fd, name)
                 raise
-            shm = await cls.attach(name)
-            if shm.size < size:
-                await shm.aclose()
-                raise ValueError(f"segment {name!r} exists with {shm.size} bytes, under {size}") from None
-            return shm
-        try:
-            os.fchmod(fd, mode)
-            os.ftruncate(fd, size)
-            shm = cls(name, fd, size, owned=not persist)
-        except BaseException:
-            os.close(fd)
-            os.unlink(path)
-            raise
-        return shm
+            return fd
+
+        def existing(name: str) -> int:
+            fd = _open_segment(name)
+            if (found := os.fstat(fd).st_size) < size:
+                os.close(fd)
+                raise ValueError(f"segment {name!r} exists with {found} bytes, under {size}")
+            return fd
+
+        fd, owned = await create_or_open(
+            _KIND,
+            name,
+            make,
+            existing,
+            create=True,
+            exist_ok=exist_ok,
+            persist=persist,
+            exact_mode=lambda fd: os.fchmod(fd, mode),
+            discard=lambda fd: _discard(fd, name),
+        )
+        return cls._of(name, fd, owned=owned)
 
     @classmethod
     async def attach(cls, name: str) -> SharedMemory:
@@ -166,18 +192,19 @@ class SharedMemory(MappedMemory):
             FileNotFoundError: no such segment.
             PermissionError: its mode forbids it.
         """
-        # first: cancelled here, nothing exists yet to leak
-        await anyio.lowlevel.checkpoint()
-        fd = os.open(segment_path(name), os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+        return cls._of(name, await open_existing(_KIND, name, _open_segment), owned=False)
+
+    @classmethod
+    def _of(cls, name: str, fd: int, *, owned: bool) -> SharedMemory:
+        """The handle of the open segment ``fd``, mapped whole (the fd is closed either way)."""
         try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise ValueError(f"{name!r} is not a shared-memory segment")
-            shm = cls(name, fd, st.st_size, owned=False)
+            return cls(name, fd, os.fstat(fd).st_size, owned=owned)
         except BaseException:
-            os.close(fd)
+            if owned:
+                _discard(fd, name)
+            else:
+                os.close(fd)
             raise
-        return shm
 
     def __repr__(self) -> str:
         return f"<SharedMemory {self.name!r} size={self.size} owned={self.owned}>"
