@@ -323,7 +323,9 @@ async def test_persisted_ring_is_drained_after_its_creator_closed(ring_name: str
 async def test_persisted_ring_of_a_dead_creator_is_peer_died(ring_name: str, tmp_path: Path) -> None:
     assert await _run_persister(tmp_path, ring_name, "kill") == -signal.SIGKILL
     try:
-        with pytest.raises(aioipc.PeerDied, match="died"):
+        with pytest.raises(
+            aioipc.PeerDied, match=f"died; remove what it left with `aioipc rm shm:{ring_name}`"
+        ):
             await Ring.attach(ring_name)
     finally:
         aioipc.shm.unlink(ring_name)

@@ -149,6 +149,10 @@ def make_ring(name: str, capacity: int, mode: int) -> Sides:
     return fd, memory, bell_fd, peer_fd
 
 
+def _creator_died(name: str) -> str:
+    return f"the creator of ring {name!r} died; remove what it left with `{KIND.cleanup(name)}`"
+
+
 def attach_ring(name: str) -> Sides:
     """Attach ring ``name`` as its one peer (``create``'s counterpart)."""
     path, bell_c, bell_a = ring_files(name)
@@ -169,7 +173,7 @@ def attach_ring(name: str) -> Sides:
             if words[_W_ATTACHED]:
                 raise RingInUse(f"ring {name!r} was attached before; a ring links one pair only")
             if not ofd_locked(fd, _LOCK_CREATOR, 1) and not words[W_CLOSED]:
-                raise PeerDied(f"the creator of ring {name!r} died")
+                raise PeerDied(_creator_died(name))
             bell_fd = os.open(bell_a, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW)
             fds.append(bell_fd)
             peer_fd = -1  # a creator that closed cleanly (persist): nobody to ring
@@ -179,7 +183,7 @@ def attach_ring(name: str) -> Sides:
                 if exc.errno != errno.ENXIO:
                     raise
                 if not words[W_CLOSED]:
-                    raise PeerDied(f"the creator of ring {name!r} died") from None
+                    raise PeerDied(_creator_died(name)) from None
             if peer_fd >= 0:
                 fds.append(peer_fd)
             words[_W_ATTACHER] = os.getpid()
