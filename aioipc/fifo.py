@@ -147,16 +147,12 @@ async def create(
             raise FileExistsError(errno.EEXIST, f"{path} exists and is not a FIFO")
         return path
 
+    def chmod(path: str) -> None:  # now exactly as asked
+        os.chmod(path, mode)
+
+    name = os.fspath(path)
     made, owned = await create_or_open(
-        _KIND,
-        os.fspath(path),
-        make,
-        existing,
-        create=True,
-        exist_ok=exist_ok,
-        persist=persist,
-        exact_mode=lambda path: os.chmod(path, mode),
-        discard=os.unlink,
+        _KIND, name, make, existing, exist_ok=exist_ok, persist=persist, exact_mode=chmod, discard=os.unlink
     )
     return Fifo(made, owned=owned)
 

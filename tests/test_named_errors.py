@@ -40,9 +40,12 @@ async def _exists(create: Callable[..., Awaitable[Any]], shown: str, cleanup: st
     command = re.search(r"`aioipc rm ([^`]+)`", str(info.value))
     assert command is not None, str(info.value)
     assert command[1] == cleanup
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "aioipc", "rm", command[1])
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "aioipc", "rm", command[1], stderr=asyncio.subprocess.PIPE
+    )
     with anyio.fail_after(30):
-        assert await proc.wait() == 0
+        _, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
     await (await create()).aclose()  # the name is free again
 
 

@@ -75,13 +75,13 @@ async def create_or_open(
     make: Callable[[N], T],
     open: Callable[[N], T] | None,
     *,
-    create: bool,
+    create: bool = True,
     exist_ok: bool = False,
     persist: bool = False,
     exact_mode: Callable[[T], None] | None = None,
     discard: Callable[[T], None] | None = None,
 ) -> tuple[T, bool]:
-    """Create ``name`` exclusively (``create``), or open the existing one; return ``(object, owned)``.
+    """Create ``name`` exclusively, or open the existing one (``create=False``); return ``(object, owned)``.
 
     Args:
         make: creates the object exclusively (an existing one raises, in any

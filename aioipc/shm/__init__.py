@@ -171,16 +171,14 @@ class SharedMemory(MappedMemory):
                 raise ValueError(f"segment {name!r} exists with {found} bytes, under {size}")
             return fd
 
+        def chmod(fd: int) -> None:  # now exactly as asked
+            os.fchmod(fd, mode)
+
+        def discard(fd: int) -> None:
+            _discard(fd, name)
+
         fd, owned = await create_or_open(
-            _KIND,
-            name,
-            make,
-            existing,
-            create=True,
-            exist_ok=exist_ok,
-            persist=persist,
-            exact_mode=lambda fd: os.fchmod(fd, mode),
-            discard=lambda fd: _discard(fd, name),
+            _KIND, name, make, existing, exist_ok=exist_ok, persist=persist, exact_mode=chmod, discard=discard
         )
         return cls._of(name, fd, owned=owned)
 

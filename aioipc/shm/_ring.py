@@ -228,7 +228,7 @@ class Ring(MessageStream):
             raise ValueError(f"capacity must be at least {mmap.PAGESIZE} bytes")
         capacity = -(-capacity // mmap.PAGESIZE) * mmap.PAGESIZE
         (fd, memory, bell_fd, peer_fd), owned = await create_or_open(
-            KIND, name, lambda name: make_ring(name, capacity, mode), None, create=True, persist=persist
+            KIND, name, lambda name: make_ring(name, capacity, mode), None, persist=persist
         )
         owned_files = ring_files(name) if owned else ()
         ring = cls(
