@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import re
 import sys
@@ -19,6 +20,7 @@ import aioipc.mq
 import aioipc.shm
 import aioipc.sync
 import aioipc.sysv
+from aioipc.cli._inventory import remove
 
 Opener = Callable[[], Awaitable[Any]]
 
@@ -33,19 +35,23 @@ async def _missing(call: Opener, shown: str) -> None:
 async def _exists(create: Callable[..., Awaitable[Any]], shown: str, cleanup: str) -> None:
     """Create (persisted), then again: the error names the object and an ``aioipc rm`` command that works."""
     await (await create(persist=True)).aclose()  # left behind, as a crashed program would leave it
-    with pytest.raises(FileExistsError) as info:
-        await create()
-    assert info.value.errno == errno.EEXIST
-    assert shown in str(info.value)
-    command = re.search(r"`aioipc rm ([^`]+)`", str(info.value))
-    assert command is not None, str(info.value)
-    assert command[1] == cleanup
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "aioipc", "rm", command[1], stderr=asyncio.subprocess.PIPE
-    )
-    with anyio.fail_after(30):
-        _, err = await proc.communicate()
-    assert proc.returncode == 0, err.decode()
+    try:
+        with pytest.raises(FileExistsError) as info:
+            await create()
+        assert info.value.errno == errno.EEXIST
+        assert shown in str(info.value)
+        command = re.search(r"`aioipc rm ([^`]+)`", str(info.value))
+        assert command is not None, str(info.value)
+        assert command[1] == cleanup
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "aioipc", "rm", command[1], stderr=asyncio.subprocess.PIPE
+        )
+        with anyio.fail_after(30):
+            _, err = await proc.communicate()
+        assert proc.returncode == 0, err.decode()
+    finally:
+        with contextlib.suppress(FileNotFoundError):  # a failed check leaves nothing behind either
+            remove(cleanup)
     await (await create()).aclose()  # the name is free again
 
 
@@ -59,7 +65,11 @@ async def test_fifo(tmp_ipc_dir: Path) -> None:
 async def test_posix_queue(unique_name: str) -> None:
     name = "/" + unique_name
     await _missing(lambda: aioipc.mq.open(name), name)
-    await _exists(lambda **kw: aioipc.mq.open(name, create=True, **kw), name, f"mq:{name}")
+    await _exists(
+        lambda **kw: aioipc.mq.open(name, create=True, max_messages=1, max_message_size=64, **kw),
+        name,
+        f"mq:{name}",
+    )
     with pytest.raises(FileNotFoundError, match=name) as info:
         aioipc.mq.unlink(name)
     assert info.value.errno == errno.ENOENT
