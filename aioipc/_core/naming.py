@@ -50,16 +50,17 @@ class Kind(Generic[N]):
     scheme: str
     check: Callable[[N], N]
 
-    def name(self, name: N) -> str:
+    def shown(self, name: N) -> str:
         """The name as people read it: System V keys in hex."""
         return f"{name & 0xFFFFFFFF:#010x}" if isinstance(name, int) else str(name)
 
     def describe(self, name: N) -> str:
-        return f"{self.label} {self.name(name)}"
+        """What errors call the object: "POSIX queue /jobs"."""
+        return f"{self.label} {self.shown(name)}"
 
     def cleanup(self, name: N) -> str:
         """The command that removes a left-behind object of this kind."""
-        return f"aioipc rm {self.scheme}:{self.name(name)}"
+        return f"aioipc rm {self.scheme}:{self.shown(name)}"
 
     def map_errors(self, name: N, op: Op, *, reusable: bool = False) -> AbstractContextManager[None]:
         """:func:`~aioipc._core.errors.map_exceptions` for this object (``reusable``: it has ``exist_ok``)."""
