@@ -27,6 +27,7 @@ import anyio.abc
 from ._core.attributes import IPCAttribute
 from ._core.fdstreams import FdHandle, FdReceiveStream, FdSendStream
 from ._core.framing import DEFAULT_MAX_SIZE
+from ._core.naming import Kind, create_or_open, open_existing
 from ._core.schemes import Address, Framing
 from ._core.server import Server
 from ._core.streams import ByteStream, MessageReceiveStream, as_two_way, framed
@@ -34,6 +35,15 @@ from ._core.streams import ByteStream, MessageReceiveStream, as_two_way, framed
 __all__ = ["Fifo", "FifoReceiveStream", "FifoSendStream", "create", "open_reader", "open_writer"]
 
 _MAX_BACKOFF = 0.05
+
+
+def _check_path(path: str) -> str:
+    if not path or "\0" in path:
+        raise ValueError(f"bad FIFO path {path!r}")
+    return path
+
+
+_KIND = Kind("FIFO", "fifo", _check_path)
 
 
 class FifoReceiveStream(FdReceiveStream):
@@ -62,9 +72,9 @@ class Fifo(anyio.abc.AsyncResource):
     Use :func:`create` to get one.
     """
 
-    def __init__(self, path: str, *, owned: bool, persist: bool = False) -> None:
+    def __init__(self, path: str, *, owned: bool) -> None:
         self.path = path
-        self.owned = owned and not persist
+        self.owned = owned
         # An O_PATH fd keeps our inode alive, so a FIFO made at the same path
         # later cannot reuse its number and be mistaken for ours.
         self._anchor = os.open(path, os.O_PATH | os.O_CLOEXEC) if self.owned else -1
@@ -110,7 +120,7 @@ class Fifo(anyio.abc.AsyncResource):
 
 
 async def create(
-    path: str | os.PathLike[str], mode: int = 0o600, *, exist_ok: bool = False, persist: bool = False
+    path: str | os.PathLike[str], *, exist_ok: bool = False, mode: int = 0o600, persist: bool = False
 ) -> Fifo:
     """Create a FIFO; the handle removes it on ``aclose()`` unless ``persist=True``.
 
@@ -126,21 +136,25 @@ async def create(
         FileNotFoundError: the directory does not exist.
         PermissionError: the directory is not writable.
     """
-    # first: cancelled here, nothing exists yet to leak
-    await anyio.lowlevel.checkpoint()
-    path = os.fspath(path)
-    try:
+
+    def make(path: str) -> str:
+        # At most the owner's bits (minus umask), so never briefly looser than asked.
         os.mkfifo(path, mode & 0o700)
-    except FileExistsError:
-        if exist_ok and stat.S_ISFIFO(os.stat(path).st_mode):
-            return Fifo(path, owned=False)
-        if exist_ok:
-            raise FileExistsError(errno.EEXIST, "exists and is not a FIFO", path) from None
-        raise
-    # Created with at most the owner's bits (minus umask), so never briefly
-    # looser than asked; now set exactly what was asked.
-    os.chmod(path, mode)
-    return Fifo(path, owned=True, persist=persist)
+        return path
+
+    def existing(path: str) -> str:
+        if not stat.S_ISFIFO(os.lstat(path).st_mode):
+            raise FileExistsError(errno.EEXIST, f"{path} exists and is not a FIFO")
+        return path
+
+    def chmod(path: str) -> None:  # now exactly as asked
+        os.chmod(path, mode)
+
+    name = os.fspath(path)
+    made, owned = await create_or_open(
+        _KIND, name, make, existing, exist_ok=exist_ok, persist=persist, exact_mode=chmod, discard=os.unlink
+    )
+    return Fifo(made, owned=owned)
 
 
 async def open_reader(path: str | os.PathLike[str], *, persistent: bool = False) -> FifoReceiveStream:
@@ -156,10 +170,10 @@ async def open_reader(path: str | os.PathLike[str], *, persistent: bool = False)
         ValueError: the path exists but is not a FIFO.
         PermissionError: no read permission.
     """
-    # first: cancelled here, nothing exists yet to leak
-    await anyio.lowlevel.checkpoint()
     path = os.fspath(path)
-    fd = _open_checked(path, os.O_RDWR if persistent else os.O_RDONLY)
+    fd = await open_existing(
+        _KIND, path, lambda path: _open_checked(path, os.O_RDWR if persistent else os.O_RDONLY)
+    )
     return FifoReceiveStream(FdHandle(fd), extra={IPCAttribute.path: path}, wait_first=not persistent)
 
 
@@ -185,7 +199,8 @@ async def open_writer(
     with anyio.fail_after(timeout):
         while True:
             try:
-                fd = _open_checked(path, os.O_WRONLY)
+                with _KIND.map_errors(path, "open"):
+                    fd = _open_checked(path, os.O_WRONLY)
                 break
             except OSError as exc:
                 if exc.errno != errno.ENXIO:
@@ -224,7 +239,7 @@ async def serve_address(
     max_size: int = DEFAULT_MAX_SIZE,
     mode: int = 0o600,
 ) -> Server:
-    fifo = await create(address.path, mode)
+    fifo = await create(address.path, mode=mode)
     try:
         reader = await fifo.open_reader(persistent=True)
     except BaseException:

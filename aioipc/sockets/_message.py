@@ -24,7 +24,7 @@ import anyio
 import anyio.lowlevel
 
 from .._core.attributes import IPCAttribute, PeerCredentials
-from .._core.errors import FrameTooLarge, map_os_errors
+from .._core.errors import FrameTooLarge, map_exceptions
 from .._core.framing import DEFAULT_MAX_SIZE
 from .._core.streams import Buffer, MessageStream, ResourceGuard
 from ._base import SocketHandle, close_fds, fds_from_ancillary, peer_credentials, socket_extra
@@ -122,7 +122,7 @@ class MessageSocket(MessageStream):
                             lambda _fd: recvmsg_into([buffer], ancsize, _RECV_FLAGS), self._keep
                         )
                 except OSError:
-                    with map_os_errors():
+                    with map_exceptions():
                         raise
             size, ancdata, flags, address = result
             if ancdata:
@@ -178,12 +178,10 @@ class MessageSocket(MessageStream):
                 except BlockingIOError:
                     await handle.wait_writable()
                     self._check_send(0)
-                except ConnectionRefusedError as exc:
-                    if address is not None:
-                        raise
-                    raise anyio.BrokenResourceError("the peer socket is gone (ECONNREFUSED)") from exc
-                except OSError:
-                    with map_os_errors():
+                except OSError as exc:
+                    if address is not None and exc.errno == errno.ECONNREFUSED:
+                        raise  # nobody at that address: the caller's error, not a broken socket
+                    with map_exceptions():  # connected: ECONNREFUSED means the peer is gone
                         raise
 
     async def send(self, item: Buffer) -> None:

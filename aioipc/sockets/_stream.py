@@ -14,7 +14,7 @@ from typing import Any
 
 import anyio
 
-from .._core.errors import ProtocolError, map_os_errors
+from .._core.errors import FdsTruncated, map_exceptions
 from .._core.fdstreams import FdByteStream, FdReceiveStream, FdSendStream
 from .._core.streams import Buffer
 from ._base import SocketHandle, close_fds, fds_from_ancillary, socket_extra
@@ -22,18 +22,6 @@ from ._base import SocketHandle, close_fds, fds_from_ancillary, socket_extra
 __all__ = ["FdsTruncated", "SocketReceiveStream", "SocketSendStream", "SocketStream"]
 
 DEFAULT_MAX_FDS = 16
-
-
-class FdsTruncated(ProtocolError):
-    """The peer sent more file descriptors than ``max_fds``.
-
-    The ones that arrived were closed and the kernel dropped the rest, so
-    none leaked; the bytes that came with them are in :attr:`data`.
-    """
-
-    def __init__(self, max_fds: int, data: bytes) -> None:
-        super().__init__(f"the peer sent more than max_fds={max_fds} file descriptors; all were closed")
-        self.data = data
 
 
 def check_fds(fds: Sequence[int]) -> array.array[int]:
@@ -95,7 +83,7 @@ class SocketReceiveStream(FdReceiveStream):
                 if handle.fd < 0:
                     raise anyio.ClosedResourceError
                 try:
-                    with map_os_errors():
+                    with map_exceptions():
                         data, ancdata, flags, _ = self._sock.recvmsg(
                             max_bytes, socket.CMSG_SPACE(max_fds * 4), socket.MSG_CMSG_CLOEXEC
                         )
@@ -138,7 +126,7 @@ class SocketSendStream(FdSendStream):
             handle = self._handle
             while True:
                 try:
-                    with map_os_errors():
+                    with map_exceptions():
                         sent = self._sock.sendmsg([view], rights)
                     break
                 except BlockingIOError:
