@@ -84,8 +84,8 @@ __all__ = [
 
 
 def __getattr__(name: str) -> object:
-    # aioipc.sysv and aioipc.dbus need optional extras: import them on first use only.
-    if name in ("dbus", "sysv"):
+    # aioipc.sysv and aioipc.dbus need optional extras: import them (and pubsub) on first use only.
+    if name in ("dbus", "pubsub", "sysv"):
         import importlib
 
         return importlib.import_module(f".{name}", __name__)
