@@ -194,19 +194,21 @@ async def test_garbage_from_a_subscriber_ends_only_its_connection(
     tmp_ipc_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     address = f"unix:{tmp_ipc_dir / 'events.sock'}"
-    async with await aioipc.pubsub.publisher(address) as pub:
-        async with await aioipc.pubsub.subscribe(address, "a") as good:
-            with caplog.at_level(logging.WARNING, logger="aioipc"), anyio.fail_after(20):
-                for junk in (b"GET / HTTP/1.0\r\n\r\n", b"\x00\x00\x00\x05Sa..b", b"\x00\x00\x00\x02Xy"):
-                    socat = await anyio.run_process(
-                        ["socat", "-t", "5", "-", f"UNIX-CONNECT:{tmp_ipc_dir / 'events.sock'}"],
-                        input=junk,
-                        check=False,
-                    )
-                    assert socat.stdout == b""  # nothing published reached it
-                await pub.publish("a", b"still here")
-                assert await good.receive() == ("a", b"still here")
-                await until(lambda: sum("garbage" in r.getMessage() for r in caplog.records) == 3)
+    async with (
+        await aioipc.pubsub.publisher(address) as pub,
+        await aioipc.pubsub.subscribe(address, "a") as good,
+    ):
+        with caplog.at_level(logging.WARNING, logger="aioipc"), anyio.fail_after(20):
+            for junk in (b"GET / HTTP/1.0\r\n\r\n", b"\x00\x00\x00\x05Sa..b", b"\x00\x00\x00\x02Xy"):
+                socat = await anyio.run_process(
+                    ["socat", "-t", "5", "-", f"UNIX-CONNECT:{tmp_ipc_dir / 'events.sock'}"],
+                    input=junk,
+                    check=False,
+                )
+                assert socat.stdout == b""  # nothing published reached it
+            await pub.publish("a", b"still here")
+            assert await good.receive() == ("a", b"still here")
+            await until(lambda: sum("garbage" in r.getMessage() for r in caplog.records) == 3)
 
 
 # ---------------------------------------------------------------- slow subscribers
@@ -270,23 +272,25 @@ async def test_a_subscriber_may_ask_to_be_disconnected(tmp_ipc_dir: Path) -> Non
 async def test_block_policy_makes_publish_wait(tmp_ipc_dir: Path) -> None:
     address = f"unix:{tmp_ipc_dir / 'events.sock'}"
     total = 3000
-    async with await aioipc.pubsub.publisher(address, policy="block", queue_size=4) as pub:
-        async with await aioipc.pubsub.subscribe(address, "n") as sub:
-            sent = 0
-            with anyio.move_on_after(0.5):  # nobody reads: publish() ends up waiting
-                while sent < total:
-                    await pub.publish("n", b"%06d" % sent + b"x" * 1000)
-                    sent += 1
-            assert 0 < sent < total
-            with anyio.fail_after(20):
-                async with anyio.create_task_group() as tg:
+    async with (
+        await aioipc.pubsub.publisher(address, policy="block", queue_size=4) as pub,
+        await aioipc.pubsub.subscribe(address, "n") as sub,
+    ):
+        sent = 0
+        with anyio.move_on_after(0.5):  # nobody reads: publish() ends up waiting
+            while sent < total:
+                await pub.publish("n", b"%06d" % sent + b"x" * 1000)
+                sent += 1
+        assert 0 < sent < total
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as tg:
 
-                    async def rest() -> None:
-                        for i in range(sent, total):
-                            await pub.publish("n", b"%06d" % i + b"x" * 1000)
+                async def rest() -> None:
+                    for i in range(sent, total):
+                        await pub.publish("n", b"%06d" % i + b"x" * 1000)
 
-                    tg.start_soon(rest)
-                    got = [int((await sub.receive())[1][:6]) for _ in range(total)]
+                tg.start_soon(rest)
+                got = [int((await sub.receive())[1][:6]) for _ in range(total)]
     assert got == list(range(total))
     assert sub.dropped == 0
 

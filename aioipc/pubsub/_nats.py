@@ -45,21 +45,25 @@ async def _connect(url: str, timeout: float | None, on_closed: Any = None) -> An
         if on_closed is not None:
             on_closed()
 
+    errors: list[Exception] = []
+
     async def error(exc: Exception) -> None:
-        pass  # the closed callback reports what matters: a lost connection
+        errors[:] = [exc]  # kept to explain a failed connect; once connected, closed() reports
 
     try:
         return await nats.connect(
             url,
             allow_reconnect=False,
-            max_reconnect_attempts=0,
+            max_reconnect_attempts=1,  # nats-py counts the first attempt too: two tries ...
+            reconnect_time_wait=0.1,  # ... 0.1 s apart, then NoServersError
             connect_timeout=2 if timeout is None else timeout,
             closed_cb=closed,
             error_cb=error,
             name="aioipc",
         )
     except (TimeoutError, OSError, nats.errors.Error) as exc:
-        raise IPCError(f"cannot reach the NATS server at {url}: {exc or type(exc).__name__}") from exc
+        why = errors[-1] if errors else exc
+        raise IPCError(f"cannot reach the NATS server at {url}: {why or type(why).__name__}") from exc
 
 
 class NatsSubscription(Subscription):
