@@ -78,6 +78,7 @@ __all__ = [
     "Subscription",
     "check_pattern",
     "check_subject",
+    "is_nats",
     "matches",
     "publisher",
     "subscribe",
