@@ -7,9 +7,10 @@ pending), *gone* (left, vanished, disconnected for being slow, or sent
 garbage: removed, and nothing else notices).
 
 Rule 1: ``publish()`` never waits for a subscriber (save ``policy="block"``):
-a message goes straight into the subscriber's socket buffer when that has
-room, else into its queue of at most ``queue_size`` messages, which the
-subscriber's writer task drains.
+it appends the message to each matching subscriber's queue (at most
+``queue_size`` messages) and wakes that subscriber's writer task, which
+sends what queued up as one write. The publisher yields to the loop every
+``YIELD_EVERY`` messages, so a burst costs one write per subscriber.
 Rule 2: a drop is counted when it happens and reported (a ``D`` frame) just
 before the next message the writer sends. A queue that dropped is not
 empty until that message went out, so a subscriber that read everything
@@ -24,14 +25,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import anyio
 import anyio.abc
 
-from .. import ByteSendStream, FrameTooLarge, IPCError, ProtocolError, connect, framed, parse_address, serve
+from .. import FrameTooLarge, IPCError, ProtocolError, connect, framed, parse_address, serve
 from .._framing import HEADER
+from .._streams import FramedReceiveStream
 from ._base import Policy, Publisher, Subscription, check_policy
 from ._subjects import check_subject, pattern_matcher
 
@@ -44,13 +46,14 @@ Parts = tuple[Buffer, ...]
 
 SCHEMES = ("unix", "tcp")
 CONTROL_MAX_SIZE = 64 * 1024  # the largest frame a subscriber may send (its patterns)
-YIELD_EVERY = 64  # publish() lets the loop run (writers, flushes) once per this many messages
+YIELD_EVERY = 256  # publish() lets the loop run (writers, flushes) once per this many messages
 ROUTE_CACHE_SIZE = 4096  # subjects whose matching subscribers are remembered
+BATCH_SIZE = 256 * 1024  # a subscriber's writer joins queued frames up to about this many bytes
 
 _ACK: Parts = (HEADER.pack(1) + b"A",)
-_END: Parts = (HEADER.pack(1) + b"E",)
+_END_FRAME = HEADER.pack(1) + b"E"
+_END: Parts = (_END_FRAME,)
 _DROPS_HEADER = HEADER.pack(9) + b"D"
-_M, _D, _E, _A = b"MDEA"
 
 
 def check_scheme(address: str) -> None:
@@ -67,10 +70,6 @@ def check_scheme(address: str) -> None:
         )
 
 
-def _never(parts: Sequence[Buffer]) -> bool:
-    return False
-
-
 class _Subscriber:
     """One subscriber's connection, queue and counters, in the publisher."""
 
@@ -84,10 +83,8 @@ class _Subscriber:
         "policy",
         "queue",
         "queue_size",
-        "send_parts",
         "stream",
         "tasks",
-        "try_send",
         "wants",
     )
 
@@ -104,30 +101,18 @@ class _Subscriber:
         self._unreported = 0
         self._wake: asyncio.Future[None] | None = None
         self._space: list[asyncio.Future[None]] = []
-        self.try_send: Callable[[Sequence[Buffer]], bool] = _never
-        self.send_parts: Callable[[Sequence[Buffer]], Awaitable[None]]
-        if isinstance(stream, ByteSendStream):
-            self.try_send = stream.try_send_parts
-            self.send_parts = stream.send_parts
-        else:
-            self.send_parts = lambda parts: stream.send(b"".join(parts))
 
     def offer(self, parts: Parts) -> bool:
-        """Take ``parts`` (one frame) now; ``False`` means wait for room (policy "block")."""
+        """Queue ``parts`` (one frame); ``False`` means wait for room (policy "block")."""
         queue = self.queue
-        if self.gone:
-            return True
-        if not queue:
-            try:
-                if self.try_send(parts):
-                    return True
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                self.disconnect()  # it vanished: its own handler logs nothing more
-                return True
-            self._enqueue(parts)
-            return True
         if len(queue) < self.queue_size:
-            queue.append(parts)
+            if not self.gone:
+                queue.append(parts)
+                wake = self._wake
+                if wake is not None and not wake.done():
+                    wake.set_result(None)
+            return True
+        if self.gone:
             return True
         if self.policy == "drop_oldest":
             if queue.popleft() is not _ACK:
@@ -152,14 +137,11 @@ class _Subscriber:
             self._space.append(waiter)
             await waiter
 
-    def _enqueue(self, parts: Parts) -> None:
-        self.queue.append(parts)
-        if self._wake is not None and not self._wake.done():
-            self._wake.set_result(None)
-
     def finish(self) -> None:
         """Queue the end frame after everything pending, whatever the policy."""
-        self._enqueue(_END)
+        self.queue.append(_END)
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
 
     def disconnect(self) -> None:
         self.gone = True
@@ -175,7 +157,7 @@ class _Subscriber:
         self._space.clear()
 
     async def write_loop(self) -> None:
-        """Drain the queue into the socket until the end frame went out."""
+        """Drain the queue into the socket, a batch of frames per write, until the end frame went out."""
         queue = self.queue
         loop = asyncio.get_running_loop()
         while True:
@@ -183,17 +165,27 @@ class _Subscriber:
                 self._wake = loop.create_future()
                 await self._wake
                 continue
-            parts = queue.popleft()
+            batch: list[Buffer] = []
+            if self._unreported:  # Rule 2
+                batch.append(_DROPS_HEADER + self._unreported.to_bytes(8, "big"))
+                self._unreported = 0
+            size = 0
+            end = False
+            while queue and size < BATCH_SIZE:
+                parts = queue.popleft()
+                if parts is _END:
+                    end = True
+                    break
+                batch += parts
+                size += len(parts[-1])
             if self._space:
                 self._wake_space()
-            if parts is _END:
-                await self.send_parts(parts)
+            if batch:
+                await self.stream.send(b"".join(batch))
+            if end:
+                await self.stream.send(_END_FRAME)
                 await self.stream.send_eof()
                 return
-            if self._unreported:
-                parts = (_DROPS_HEADER + self._unreported.to_bytes(8, "big"), *parts)
-                self._unreported = 0
-            await self.send_parts(parts)
 
 
 class LocalPublisher(Publisher):
@@ -253,8 +245,9 @@ class LocalPublisher(Publisher):
                 raise FrameTooLarge(size, self._max_size)
             parts = (HEADER.pack(size) + prefix, payload)
             for sub in targets:
-                while not sub.offer(parts) and not sub.gone:
-                    await sub.wait_for_room()
+                if not sub.offer(parts):
+                    while not sub.gone and not sub.offer(parts):
+                        await sub.wait_for_room()
         self._since_yield += 1
         if self._since_yield >= YIELD_EVERY:
             self._since_yield = 0
@@ -352,25 +345,38 @@ async def open_publisher(
 class LocalSubscription(Subscription):
     """A subscription to a socket publisher; see :func:`aioipc.pubsub.subscribe`."""
 
-    def __init__(self, msgs: Any, address: str, patterns: tuple[str, ...], first: bytes | None) -> None:
+    def __init__(
+        self, stream: anyio.abc.ByteStream, address: str, patterns: tuple[str, ...], max_size: int
+    ) -> None:
         self.patterns = patterns
         self.dropped = 0
-        self._msgs = msgs
+        self._stream = stream
+        self._receive = FramedReceiveStream(stream, max_size).receive
         self._address = address
-        self._first = first
+        self._first: bytes | None = None
         self._ended = False
         self._subjects: dict[bytes, str] = {}
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self._address} {' '.join(self.patterns)} dropped={self.dropped}>"
 
+    async def _accept(self, hello: bytes) -> None:
+        """Send the subscriber's frames; wait for the publisher's first frame (Rule 3)."""
+        await self._stream.send(hello)
+        try:
+            first = await self._receive()
+        except anyio.EndOfStream:
+            raise ProtocolError(
+                f"the publisher at {self._address} closed the connection before accepting the subscription"
+            ) from None
+        if first != b"A":
+            self._first = first
+
     async def receive(self) -> tuple[str, bytes]:
         while True:
-            if self._first is not None:
-                frame, self._first = self._first, None
-            else:
+            if self._first is None:
                 try:
-                    frame = await self._msgs.receive()
+                    frame = await self._receive()
                 except anyio.EndOfStream:
                     if self._ended:
                         raise
@@ -378,27 +384,40 @@ class LocalSubscription(Subscription):
                         f"the publisher at {self._address} went away without closing: it died, "
                         "or disconnected this subscriber for reading too slowly"
                     ) from None
-            kind = frame[0] if frame else 0
-            if kind == _M and len(frame) >= 3:
+            else:
+                frame, self._first = self._first, None
+            if frame[:1] == b"M" and len(frame) >= 3:
                 end = 3 + ((frame[1] << 8) | frame[2])
                 raw = frame[3:end]
                 subject = self._subjects.get(raw)
                 if subject is None:
-                    subject = raw.decode()
-                    if len(self._subjects) >= ROUTE_CACHE_SIZE:
-                        self._subjects.clear()
-                    self._subjects[raw] = subject
+                    subject = self._subject(raw)
                 return subject, frame[end:]
-            if kind == _D and len(frame) == 9:
-                self.dropped += int.from_bytes(frame[1:9], "big")
-            elif kind == _E and len(frame) == 1:
-                self._ended = True
-                raise anyio.EndOfStream
-            elif kind != _A or len(frame) != 1:
-                raise ProtocolError(f"unexpected frame from the publisher at {self._address}: {frame[:32]!r}")
+            self._control(frame)
+
+    def _subject(self, raw: bytes) -> str:
+        subject = raw.decode()
+        if len(self._subjects) >= ROUTE_CACHE_SIZE:
+            self._subjects.clear()
+        self._subjects[raw] = subject
+        return subject
+
+    def _control(self, frame: bytes) -> None:
+        """Take a frame other than a message: count drops, or see the end."""
+        if frame[:1] == b"D" and len(frame) == 9:
+            self.dropped += int.from_bytes(frame[1:9], "big")
+        elif frame == b"E":
+            self._ended = True
+            raise anyio.EndOfStream
+        elif frame != b"A":
+            raise ProtocolError(f"unexpected frame from the publisher at {self._address}: {frame[:32]!r}")
 
     async def aclose(self) -> None:
-        await self._msgs.aclose()
+        await self._stream.aclose()
+
+
+def _frame(body: bytes) -> bytes:
+    return HEADER.pack(len(body)) + body
 
 
 async def open_subscription(
@@ -414,19 +433,13 @@ async def open_subscription(
     hello = b"S" + " ".join(checked).encode()
     if len(hello) > CONTROL_MAX_SIZE:
         raise ValueError(f"the patterns take more than {CONTROL_MAX_SIZE} bytes together")
+    hello = _frame(hello) if policy is None else _frame(b"P" + check_policy(policy).encode()) + _frame(hello)
     with anyio.fail_after(timeout):
-        msgs = await connect(address, max_size=max_size + 3 + 65535, **options)
+        stream = await connect(address, framing=None, **options)
+        sub = LocalSubscription(stream, address, checked, max_size + 3 + 65535)
         try:
-            if policy is not None:
-                await msgs.send(b"P" + check_policy(policy).encode())
-            await msgs.send(hello)
-            try:
-                first = await msgs.receive()
-            except anyio.EndOfStream:
-                raise ProtocolError(
-                    f"the publisher at {address} closed the connection instead of accepting the subscription"
-                ) from None
+            await sub._accept(hello)
         except BaseException:
-            await anyio.aclose_forcefully(msgs)
+            await anyio.aclose_forcefully(stream)
             raise
-    return LocalSubscription(msgs, address, checked, None if first == b"A" else first)
+    return sub
