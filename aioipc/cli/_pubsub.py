@@ -4,8 +4,8 @@ A ``unix:`` or ``tcp:`` publisher exists only while a program binds it, so
 ``aioipc pub`` binds one for the time of the command: it waits for
 ``--wait-subscribers N`` subscribers, publishes, lets them take the
 messages (``--linger``), and exits. With a ``nats://`` address it only
-publishes: the NATS server delivers. ``aioipc sub --wait S`` retries for up
-to S seconds while nobody binds the address yet::
+publishes: the NATS server delivers. ``aioipc sub --wait S`` waits up to S
+seconds for a publisher to bind the address::
 
     aioipc pub unix:/tmp/ev.sock orders.created '{"id": 1}' &
     aioipc sub unix:/tmp/ev.sock 'orders.>' --count 1 --wait 5
@@ -22,29 +22,10 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import anyio
-
 from .. import graceful_shutdown, pubsub, run
 from ..pubsub import POLICIES, LocalPublisher
 
 __all__ = ["add_commands"]
-
-_RETRY_FIRST = 0.01  # seconds before the first retry of ``sub --wait``; doubled up to ...
-_RETRY_MAX = 0.5  # ... this
-
-
-async def _subscribe(args: argparse.Namespace) -> pubsub.Subscription:
-    """Subscribe, retrying for ``--wait`` seconds while nothing is bound at the address."""
-    deadline = anyio.current_time() + args.wait
-    delay = _RETRY_FIRST
-    while True:
-        try:
-            return await pubsub.subscribe(args.address, *args.subjects)
-        except (FileNotFoundError, ConnectionRefusedError):
-            if anyio.current_time() + delay > deadline:
-                raise
-        await anyio.sleep(delay)
-        delay = min(delay * 2, _RETRY_MAX)
 
 
 async def _stdin_lines() -> AsyncIterator[bytes]:
@@ -80,7 +61,10 @@ async def _stdin_lines() -> AsyncIterator[bytes]:
 
 
 async def _sub(args: argparse.Namespace) -> int:
-    async with graceful_shutdown(timeout=5) as sd, await _subscribe(args) as sub:
+    async with (
+        graceful_shutdown(timeout=5) as sd,
+        await pubsub.subscribe(args.address, *args.subjects, timeout=args.wait) as sub,
+    ):
         print(f"subscribed at {args.address}: {' '.join(sub.patterns)}", file=sys.stderr, flush=True)
         remaining = args.count
         out = sys.stdout.buffer
@@ -158,7 +142,7 @@ def add_commands(commands: Any) -> dict[str, Callable[[argparse.Namespace], int]
     sub.add_argument("subjects", metavar="SUBJECT", nargs="+")
     sub.add_argument("--count", type=int, default=None, metavar="N", help="stop after N messages")
     sub.add_argument(
-        "--wait", type=_seconds, default=0.0, metavar="SECONDS", help="retry while no publisher is bound yet"
+        "--wait", type=_seconds, default=None, metavar="SECONDS", help="wait for a publisher to appear"
     )
     pub = commands.add_parser(
         "pub",

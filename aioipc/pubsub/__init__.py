@@ -63,7 +63,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .._framing import DEFAULT_MAX_SIZE
+from .._core.framing import DEFAULT_MAX_SIZE
 from ._base import POLICIES, Policy, Publisher, Subscription, check_policy
 from ._local import LocalPublisher, open_publisher, open_subscription
 from ._nats import NatsPublisher, is_nats, open_nats_publisher, open_nats_subscription

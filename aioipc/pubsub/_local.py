@@ -32,8 +32,8 @@ import anyio
 import anyio.abc
 
 from .. import FrameTooLarge, IPCError, ProtocolError, connect, framed, parse_address, serve
-from .._framing import HEADER
-from .._streams import FramedReceiveStream
+from .._core.framing import HEADER
+from .._core.streams import FramedReceiveStream
 from ._base import Policy, Publisher, Subscription, check_policy
 from ._subjects import check_subject, pattern_matcher
 
@@ -435,7 +435,7 @@ async def open_subscription(
         raise ValueError(f"the patterns take more than {CONTROL_MAX_SIZE} bytes together")
     hello = _frame(hello) if policy is None else _frame(b"P" + check_policy(policy).encode()) + _frame(hello)
     with anyio.fail_after(timeout):
-        stream = await connect(address, framing=None, **options)
+        stream = await connect(address, framing=None, timeout=timeout, **options)
         sub = LocalSubscription(stream, address, checked, max_size + 3 + 65535)
         try:
             await sub._accept(hello)
