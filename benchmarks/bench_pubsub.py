@@ -9,7 +9,10 @@
 - ``aioipc-unix``: ``bench_sockets.py``'s framed unix stream, one sender and one receiver, the
   baseline, measured in the same run.
 
-Workload: one way throughput of 64 B messages (msgs/s). Example::
+Workload: one way throughput of 64 B messages (msgs/s). With fewer than five CPUs the four
+subscribers and the publisher share them, and every subscriber spends about what the stream's one
+receiver does per message: the fan-out then measures CPU per message more than the pipeline, and
+0.5x is out of reach on two CPUs. Example::
 
     python benchmarks/bench_pubsub.py --quick --loop uvloop
 """
