@@ -320,6 +320,25 @@ async def test_clear_errors(tmp_ipc_dir: Path, unique_name: str) -> None:
         await pub.publish("a", b"")
 
 
+async def test_subscribe_waits_for_the_publisher_up_to_its_timeout(tmp_ipc_dir: Path) -> None:
+    address = f"unix:{tmp_ipc_dir / 'events.sock'}"
+    with pytest.raises(TimeoutError):
+        await aioipc.pubsub.subscribe(address, "a", timeout=0.1)
+    subscribed = anyio.Event()
+    with anyio.fail_after(20):
+
+        async def subscriber() -> None:
+            async with await aioipc.pubsub.subscribe(address, "a", timeout=20) as sub:
+                subscribed.set()
+                assert await sub.receive() == ("a", b"late")
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(subscriber)
+            async with await aioipc.pubsub.publisher(address) as pub:
+                await subscribed.wait()
+                await pub.publish("a", b"late")
+
+
 def test_importing_aioipc_needs_no_nats() -> None:
     code = (
         "import sys; sys.modules['nats'] = None\n"
