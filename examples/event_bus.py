@@ -62,7 +62,9 @@ async def publisher(address: str) -> int:
                 channel=False,
                 stdout=aioipc.process.PIPE,
             )
-            sd.add_hook(child.aclose)  # on Ctrl-C / SIGTERM, stop the subscribers too
+            # on Ctrl-C / SIGTERM, stop the subscribers too (hooks run last-in first-out):
+            sd.add_hook(child.aclose)  # ... then close our ends of their pipes
+            sd.add_hook(child.terminate)  # first SIGTERM, while they can still print
             assert child.stdout is not None
             lines = BufferedByteReceiveStream(child.stdout)
             assert await lines.receive_until(b"\n", 100) == b"subscribed"
