@@ -92,5 +92,5 @@ async def test_drop_oldest_over_nats_counts_exactly(nats_server: NatsServer) -> 
         ):
             for i in range(10):  # nobody reads
                 await pub.publish("n", b"%d" % i)
-            await until(lambda: sub.dropped == 7)
+            await until(lambda: sub.dropped == 7, timeout=20)
             assert [await sub.receive() for _ in range(3)] == [("n", b"7"), ("n", b"8"), ("n", b"9")]

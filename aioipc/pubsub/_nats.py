@@ -23,6 +23,8 @@ from ._subjects import check_subject, pattern_matcher
 
 __all__ = ["NatsPublisher", "NatsSubscription", "is_nats", "open_nats_publisher", "open_nats_subscription"]
 
+DEFAULT_TIMEOUT = 10.0  # seconds for a connect or a round trip to the server when no timeout is given
+
 
 def is_nats(address: object) -> bool:
     """Whether ``address`` names a NATS server (``nats://host:port``)."""
@@ -56,7 +58,7 @@ async def _connect(url: str, timeout: float | None, on_closed: Any = None) -> An
             allow_reconnect=False,
             max_reconnect_attempts=1,  # nats-py counts the first attempt too: two tries ...
             reconnect_time_wait=0.1,  # ... 0.1 s apart, then NoServersError
-            connect_timeout=2 if timeout is None else timeout,
+            connect_timeout=DEFAULT_TIMEOUT if timeout is None else timeout,
             closed_cb=closed,
             error_cb=error,
             name="aioipc",
@@ -133,7 +135,8 @@ async def open_nats_subscription(
     try:
         for pattern in checked:
             await sub._client.subscribe(pattern, cb=sub._on_message)
-        await sub._client.flush(timeout=2 if timeout is None else timeout)  # the server has them
+        # a round trip: the server has the subscriptions when this returns
+        await sub._client.flush(timeout=DEFAULT_TIMEOUT if timeout is None else timeout)
     except BaseException:
         await sub.aclose()
         raise
@@ -165,7 +168,7 @@ class NatsPublisher(Publisher):
         if client.is_closed:
             return
         try:
-            await client.flush(timeout=2)
+            await client.flush(timeout=DEFAULT_TIMEOUT)
         except (TimeoutError, _nats().errors.Error):
             pass  # the server is gone: nothing more can be delivered
         finally:
