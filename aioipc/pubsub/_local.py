@@ -31,9 +31,10 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from .. import FrameTooLarge, IPCError, ProtocolError, connect, framed, parse_address, serve
+from .._core.errors import FrameTooLarge, IPCError, ProtocolError
 from .._core.framing import HEADER
-from .._core.streams import FramedReceiveStream
+from .._core.schemes import connect, parse_address, serve
+from .._core.streams import FramedReceiveStream, framed
 from ._base import Policy, Publisher, Subscription, check_policy
 from ._subjects import check_subject, pattern_matcher
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import anyio
 
-from .. import IPCError
+from .._core.errors import IPCError
 from ._base import Policy, Publisher, Subscription, check_policy
 from ._subjects import check_subject, pattern_matcher
 
