@@ -245,6 +245,7 @@ PUBLIC_MODULES = [
     "aioipc.files",
     "aioipc.spool",
     "aioipc.rpc",
+    "aioipc.pubsub",
 ]
 
 
