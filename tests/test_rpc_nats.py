@@ -181,4 +181,4 @@ except ImportError as exc:
 def test_without_the_extra_aioipc_imports_and_nats_addresses_name_it() -> None:
     proc = subprocess.run([sys.executable, "-c", WITHOUT_NATS], capture_output=True, text=True, timeout=60)
     assert (proc.returncode, proc.stderr) == (0, "")
-    assert proc.stdout == "rpc over NATS needs the extra: pip install 'aioipc[nats]'\n"
+    assert proc.stdout == "nats:// addresses need nats-py: pip install 'aioipc[nats]'\n"

@@ -11,37 +11,25 @@ the subscription's own bounded queue; that queue, not nats-py's, drops
 from __future__ import annotations
 
 import asyncio
-import importlib
 from collections import deque
 from typing import Any
 
 import anyio
 
 from .._core.errors import IPCError
+from .._core.nats import import_nats, is_nats_address
 from ._base import Policy, Publisher, Subscription, check_policy
 from ._subjects import check_subject, pattern_matcher
 
 __all__ = ["NatsPublisher", "NatsSubscription", "is_nats", "open_nats_publisher", "open_nats_subscription"]
 
+is_nats = is_nats_address
+
 DEFAULT_TIMEOUT = 10.0  # seconds for a connect or a round trip to the server when no timeout is given
 
 
-def is_nats(address: object) -> bool:
-    """Whether ``address`` names a NATS server (``nats://host:port``)."""
-    return isinstance(address, str) and address.startswith("nats://")
-
-
-def _nats() -> Any:
-    try:
-        return importlib.import_module("nats")
-    except ImportError as exc:
-        raise ImportError(
-            "nats:// addresses need nats-py: install the extra with pip install 'aioipc[nats]'"
-        ) from exc
-
-
 async def _connect(url: str, timeout: float | None, on_closed: Any = None) -> Any:
-    nats = _nats()
+    nats = import_nats()
 
     async def closed() -> None:
         if on_closed is not None:
@@ -159,7 +147,7 @@ class NatsPublisher(Publisher):
             raise anyio.ClosedResourceError
         try:
             await self._client.publish(subject, bytes(payload))
-        except _nats().errors.ConnectionClosedError as exc:
+        except import_nats().errors.ConnectionClosedError as exc:
             raise anyio.BrokenResourceError(f"the connection to {self.address} was lost") from exc
 
     async def aclose(self) -> None:
@@ -169,7 +157,7 @@ class NatsPublisher(Publisher):
             return
         try:
             await client.flush(timeout=DEFAULT_TIMEOUT)
-        except (TimeoutError, _nats().errors.Error):
+        except (TimeoutError, import_nats().errors.Error):
             pass  # the server is gone: nothing more can be delivered
         finally:
             await client.close()

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 import anyio
 
+from .._core.nats import import_nats, is_nats_address
 from .._core.objects import Codec
 from .._core.server import Server
 from ._protocol import Caller, Dispatcher
@@ -34,10 +35,6 @@ logger = logging.getLogger("aioipc")
 _NO_RESPONDERS = "503"
 
 
-def is_nats_address(address: object) -> bool:
-    return isinstance(address, str) and address.startswith("nats://")
-
-
 def _split(address: str) -> tuple[str, str]:
     """``nats://host:port/svc.math`` → (``nats://host:port``, ``svc.math``)."""
     parts = urlsplit(address)
@@ -45,14 +42,6 @@ def _split(address: str) -> tuple[str, str]:
     if not parts.netloc or not subject or " " in subject or "/" in subject:
         raise ValueError(f"bad NATS rpc address {address!r}: expected nats://host:port/SUBJECT")
     return f"{parts.scheme}://{parts.netloc}", subject
-
-
-def _nats() -> Any:
-    try:
-        import nats
-    except ImportError:
-        raise ImportError("rpc over NATS needs the extra: pip install 'aioipc[nats]'") from None
-    return nats
 
 
 async def _quiet(exc: Exception) -> None:
@@ -75,7 +64,7 @@ class NatsClient(Caller):
     async def _start(self, **options: Any) -> None:
         options.setdefault("allow_reconnect", False)
         options.setdefault("error_cb", _quiet)
-        self._nc = await _nats().connect(
+        self._nc = await import_nats().connect(
             self._url, disconnected_cb=self._disconnected, closed_cb=self._disconnected, **options
         )
         self._inbox = self._nc.new_inbox()
@@ -144,7 +133,7 @@ class NatsServer(Server):
 
     async def _start(self, url: str, subject: str, queue: str, **options: Any) -> None:
         options.setdefault("error_cb", _quiet)
-        self._nc = await _nats().connect(url, closed_cb=self._connection_closed, **options)
+        self._nc = await import_nats().connect(url, closed_cb=self._connection_closed, **options)
         try:
             self._subscription = await self._nc.subscribe(subject, queue=queue, cb=self._on_request)
             await self._nc.flush()  # the server knows the subscription: serving from now on
