@@ -17,24 +17,31 @@ Caveats:
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import stat
 import warnings
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import anyio
 import anyio.abc
 
 from ._core.attributes import IPCAttribute
+from ._core.errors import IPCError
 from ._core.fdstreams import FdHandle, FdReceiveStream, FdSendStream
 from ._core.framing import DEFAULT_MAX_SIZE
 from ._core.naming import Kind, create_or_open, open_existing
 from ._core.schemes import Address, Framing
-from ._core.server import Server
-from ._core.streams import ByteStream, MessageReceiveStream, as_two_way, framed
+from ._core.server import Handler, Server
+from ._core.streams import ByteStream, FramingName, MessageReceiveStream, as_two_way, framed
 
 __all__ = ["Fifo", "FifoReceiveStream", "FifoSendStream", "create", "open_reader", "open_writer"]
 
+logger = logging.getLogger("aioipc")
+
 _MAX_BACKOFF = 0.05
+_DISCARD_CHUNKS = 16  # at most 1 MiB thrown away per bad frame, then the loop gets a turn
 
 
 def _check_path(path: str) -> str:
@@ -231,9 +238,55 @@ async def connect_address(
     return as_two_way(await open_writer(address.path, timeout=timeout))
 
 
+class _ServedFifo(MessageReceiveStream):
+    """The messages a FIFO server hands its handler: a bad frame costs only its own writer.
+
+    A frame the framer refuses (over ``max_size``, or a shell's unframed
+    ``echo hi``) is logged; what is buffered and what the pipe holds at
+    that moment (the rest of that writer's bytes) are discarded, and
+    reading goes on with a fresh framer. The persistent reader stays, so
+    the next writer's ``open`` never blocks. Writers' boundaries are not
+    visible through a persistent reader: garbage shorter than a header
+    waits for the next bytes and spoils (at most) the next writer's first
+    frame. Shell writers should use ``framing="lines"``.
+    """
+
+    def __init__(self, reader: FifoReceiveStream, max_size: int, framing: FramingName, name: str) -> None:
+        self._reader = reader
+        self._max_size = max_size
+        self._framing: FramingName = framing
+        self._name = name
+        self._messages = framed(reader, max_size, framing=framing)
+
+    async def receive(self) -> bytes:
+        while True:
+            try:
+                return await self._messages.receive()
+            except IPCError as exc:
+                logger.warning("%s: discarded a bad frame and what followed it: %s", self._name, exc)
+                self._discard_pending()
+                self._messages = framed(self._reader, self._max_size, framing=self._framing)
+
+    def _discard_pending(self) -> None:
+        fd = self._reader.extra(IPCAttribute.fd)
+        for _ in range(_DISCARD_CHUNKS):
+            try:
+                if not os.read(fd, 65536):
+                    return
+            except OSError:  # BlockingIOError: the pipe is empty
+                return
+
+    async def aclose(self) -> None:
+        await self._reader.aclose()
+
+    @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        return self._reader.extra_attributes
+
+
 async def serve_address(
     address: Address,
-    handler: object,
+    handler: Handler,
     *,
     framing: Framing,
     max_size: int = DEFAULT_MAX_SIZE,
@@ -245,7 +298,5 @@ async def serve_address(
     except BaseException:
         await fifo.aclose()
         raise
-    stream: MessageReceiveStream | FifoReceiveStream = (
-        reader if framing is None else framed(reader, max_size, framing=framing)
-    )
-    return Server.single(str(address), handler, stream, on_close=fifo.aclose)  # type: ignore[arg-type]
+    stream = reader if framing is None else _ServedFifo(reader, max_size, framing, str(address))
+    return Server.single(str(address), handler, stream, on_close=fifo.aclose)
