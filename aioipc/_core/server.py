@@ -76,7 +76,12 @@ class Server:
 
     @classmethod
     def single(
-        cls, address: str, handler: Handler, stream: anyio.abc.AsyncResource, *, on_close: Closer | None = None
+        cls,
+        address: str,
+        handler: Handler,
+        stream: anyio.abc.AsyncResource,
+        *,
+        on_close: Closer | None = None,
     ) -> Server:
         """A server for an object with one receiving side (a FIFO, a queue, a ring, a datagram socket).
 
@@ -147,7 +152,7 @@ class Server:
                 self._closed.set()
 
     async def serve_forever(self) -> None:
-        """Wait until the server is closed (by :meth:`close`, the ``async with`` block, or its handler ending)."""
+        """Wait until the server is closed (:meth:`close`, the ``async with`` block, or its handler ended)."""
         await self._closed.wait()
 
     async def close(self, grace: float = 0) -> None:

@@ -45,6 +45,7 @@ __all__ = [
 
 _UCRED = struct.Struct("3i")
 _MAX_BACKOFF = 0.05
+_LOCK_BACKOFF = 0.002  # the lock is held for a few syscalls
 
 #: the socket type of each Unix socket kind
 KINDS = {"stream": socket.SOCK_STREAM, "dgram": socket.SOCK_DGRAM, "seqpacket": socket.SOCK_SEQPACKET}
@@ -193,6 +194,10 @@ class UnixPath:
             pass
 
 
+def _open_directory_of(path: str) -> int:
+    return os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+
 @asynccontextmanager
 async def _reclaim_lock(path: str) -> AsyncIterator[None]:
     """Serialize binding in ``path``'s directory among aioipc processes (``flock`` on the directory).
@@ -202,7 +207,7 @@ async def _reclaim_lock(path: str) -> AsyncIterator[None]:
     refuse, and look stale). Not taken where the directory cannot be opened.
     """
     try:
-        fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        fd = _open_directory_of(path)
     except OSError:
         yield
         return
@@ -214,7 +219,7 @@ async def _reclaim_lock(path: str) -> AsyncIterator[None]:
                 break
             except BlockingIOError:
                 await anyio.sleep(delay)
-                delay = min(delay * 2, _MAX_BACKOFF)
+                delay = min(delay * 2, _LOCK_BACKOFF)
         yield
     finally:
         os.close(fd)  # releases the lock
@@ -231,7 +236,9 @@ def _bind_abstract(sock: socket.socket, path: str, backlog: int | None) -> None:
         sock.listen(backlog)
 
 
-async def bind_unix(sock: socket.socket, path: str, mode: int = 0o600, *, backlog: int | None = None) -> UnixPath | None:
+async def bind_unix(
+    sock: socket.socket, path: str, mode: int = 0o600, *, backlog: int | None = None
+) -> UnixPath | None:
     """Bind a Unix socket to ``path`` (or an abstract ``@name``), replacing only a stale file.
 
     The file gets exactly ``mode`` and is never looser, not even briefly:
@@ -251,7 +258,7 @@ async def bind_unix(sock: socket.socket, path: str, mode: int = 0o600, *, backlo
         _bind_abstract(sock, path, backlog)
         return None
     os.fchmod(sock.fileno(), mode)
-    async with _reclaim_lock(os.path.abspath(path)):
+    async with _reclaim_lock(path):
         try:
             sock.bind(path)
         except OSError as exc:

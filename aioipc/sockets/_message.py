@@ -339,12 +339,16 @@ class DatagramStream(MessageSocket):
             return
         try:
             if self._last_sender is None:
-                raise OSError(errno.EDESTADDRREQ, "no destination: the sender is unnamed, or nothing was received")
+                raise OSError(
+                    errno.EDESTADDRREQ, "no destination: the sender is unnamed, or nothing was received"
+                )
             await self._send((item,), [], self._last_sender)
         except OSError as exc:
             if not self._serving or exc.errno not in _UNREACHABLE:
                 raise
-            logger.warning("%s: dropped a reply to %r: %s", self._name(), self._last_sender, exc.strerror or exc)
+            logger.warning(
+                "%s: dropped a reply to %r: %s", self._name(), self._last_sender, exc.strerror or exc
+            )
 
     async def send_to(self, item: Buffer, address: Any) -> None:
         """Send one message to ``address`` (as ``receive_from()`` gives it).

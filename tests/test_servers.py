@@ -1,0 +1,261 @@
+"""Servers against hostile and careless peers, between real processes: shell and socat
+senders, clients that leave, many concurrent starts on one path, idle clients."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from helpers import loop_name, until
+
+import aioipc
+import aioipc.sockets
+
+pytestmark = pytest.mark.skipif(not os.path.exists("/usr/bin/socat"), reason="socat is not installed")
+
+
+async def _sh(command: str, *args: str, timeout: float = 10) -> None:
+    """Run a shell command line (``$1`` ... are ``args``); it must exit 0 within ``timeout``."""
+    proc = await asyncio.create_subprocess_exec(
+        "sh", "-c", command, "sh", *args, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    with anyio.fail_after(timeout):
+        _, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+
+
+async def _echo(msgs: Any) -> None:
+    async for message in msgs:
+        await msgs.send(message)
+
+
+# -- one sender never kills a single-handler server ---------------------------------------
+
+
+async def test_dgram_server_survives_an_unnamed_sender(
+    tmp_ipc_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_ipc_dir / "d.sock"
+    async with await aioipc.serve(f"unix+dgram:{path}", _echo) as server:
+        for _ in range(2):  # socat sends from an unnamed socket: there is nobody to answer
+            await _sh('echo hi | socat - "UNIX-SENDTO:$1"', str(path))
+        async with await aioipc.connect(server.address) as client:
+            with anyio.fail_after(10):
+                await client.send(b"still there?")
+                assert await client.receive() == b"still there?"
+        assert server.is_serving()
+    assert "dropped a reply" in caplog.text
+
+
+async def test_dgram_server_survives_a_client_that_left_before_its_reply(
+    tmp_ipc_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_ipc_dir / "d.sock"
+    gone = tmp_ipc_dir / "gone.sock"
+    leave = anyio.Event()
+
+    async def slow_echo(msgs: Any) -> None:
+        async for message in msgs:
+            if message == b"wait for me":
+                await leave.wait()
+            await msgs.send(message)
+
+    async with await aioipc.serve(f"unix+dgram:{path}", slow_echo) as server:
+        # A named client in another process sends, then exits before the reply.
+        client = """
+            import socket, sys
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            s.bind(sys.argv[1])
+            s.sendto(b"wait for me", sys.argv[2])
+        """
+        await _sh('"$1" -c "$2" "$3" "$4"', sys.executable, textwrap.dedent(client), str(gone), str(path))
+        leave.set()  # the reply goes to a socket file nobody reads: ECONNREFUSED
+        async with await aioipc.connect(server.address) as again:
+            with anyio.fail_after(10):
+                await again.send(b"next")
+                assert await again.receive() == b"next"
+        assert server.is_serving()
+    assert "dropped a reply" in caplog.text
+
+
+async def test_fifo_server_survives_unframed_shell_writers(
+    tmp_ipc_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_ipc_dir / "f.fifo"
+    received: list[bytes] = []
+
+    async def collect(msgs: Any) -> None:
+        async for message in msgs:
+            received.append(message)
+
+    async with await aioipc.serve(f"fifo:{path}", collect) as server:
+        for _ in range(3):  # none blocks: the server keeps its reader through bad frames
+            await _sh('echo hi > "$1"', str(path))
+        # The third echo is shorter than a header: it spoils (at most) what is read with the
+        # next bytes. A framed writer then gets through within a few tries.
+        for _ in range(3):
+            async with await aioipc.connect(server.address) as writer:
+                await writer.send(b"framed")
+            with anyio.move_on_after(2):
+                await until(lambda: b"framed" in received)
+            if received:
+                break
+        assert received == [b"framed"]
+        assert server.is_serving()
+    assert "discarded a bad frame" in caplog.text
+
+
+async def test_single_handler_server_closes_when_its_handler_ends(tmp_ipc_dir: Path) -> None:
+    path = tmp_ipc_dir / "f.fifo"
+
+    async def take_one(msgs: Any) -> None:
+        await msgs.receive()
+
+    server = await aioipc.serve(f"fifo:{path}", take_one)
+    async with await aioipc.connect(server.address) as writer:
+        await writer.send(b"one")
+    with anyio.fail_after(10):
+        await server.serve_forever()
+    assert not server.is_serving()
+    assert not path.exists()
+    await server.close()
+
+
+# -- bind without a race --------------------------------------------------------------------
+
+_RACER = """
+import asyncio, sys, aioipc
+
+async def main(path, count):
+    async def echo(msgs):
+        async for m in msgs:
+            await msgs.send(m)
+
+    async def start():
+        try:
+            return await aioipc.serve("unix:" + path, echo)
+        except aioipc.AddressInUse:
+            return None
+
+    await asyncio.to_thread(sys.stdin.readline)  # every racer starts at once
+    servers = await asyncio.gather(*(start() for _ in range(count)))
+    won = [s for s in servers if s is not None]
+    print(len(won), count - len(won), flush=True)
+    await asyncio.to_thread(sys.stdin.readline)  # a winner serves until told to stop
+    for s in won:
+        await s.close()
+
+aioipc.run(main(sys.argv[2], int(sys.argv[3])), loop=sys.argv[1])
+"""
+
+
+async def test_concurrent_starts_on_one_path_elect_exactly_one_server(tmp_ipc_dir: Path) -> None:
+    path = tmp_ipc_dir / "race.sock"
+    procs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable, "-c", _RACER, loop_name(), str(path), "25",
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        )
+        for _ in range(4)
+    ]  # fmt: skip
+    try:
+        for proc in procs:
+            assert proc.stdin is not None
+            proc.stdin.write(b"go\n")
+        won = lost = 0
+        with anyio.fail_after(60):
+            for proc in procs:
+                assert proc.stdout is not None
+                w, lose = map(int, (await proc.stdout.readline()).split())
+                won, lost = won + w, lost + lose
+        assert (won, lost) == (1, 99)
+        # The winner's socket file was never unlinked: the path still reaches a live server.
+        async with await aioipc.connect(f"unix:{path}") as msgs:
+            with anyio.fail_after(10):
+                await msgs.send(b"who")
+                assert await msgs.receive() == b"who"
+    finally:
+        for proc in procs:
+            assert proc.stdin is not None
+            proc.stdin.write(b"stop\n")
+        with anyio.fail_after(30):
+            for proc in procs:
+                assert await proc.wait() == 0
+    assert not path.exists()
+
+
+# -- idle_timeout ---------------------------------------------------------------------------
+
+_IDLE_CLIENTS = """
+import socket, sys
+held = []
+for _ in range(int(sys.argv[2])):
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(sys.argv[1])
+    held.append(s)
+print("connected", flush=True)
+sys.stdin.readline()
+"""
+
+
+async def test_idle_clients_cannot_hold_every_slot(
+    tmp_ipc_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, "aioipc")
+    path = tmp_ipc_dir / "s.sock"
+    async with await aioipc.serve(f"unix:{path}", _echo, max_connections=5, idle_timeout=0.3) as server:
+        idle = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", _IDLE_CLIENTS, str(path), "5", stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
+        try:
+            assert idle.stdout is not None
+            with anyio.fail_after(10):
+                assert await idle.stdout.readline() == b"connected\n"
+                await until(lambda: server.connections == 5)
+            async with await aioipc.connect(server.address) as late:
+                with anyio.fail_after(10):  # served once the idle ones are closed
+                    await late.send(b"let me in")
+                    assert await late.receive() == b"let me in"
+                    for i in range(8):  # traffic keeps a connection open past the timeout
+                        await anyio.sleep(0.1)
+                        await late.send(b"%d" % i)
+                        assert await late.receive() == b"%d" % i
+        finally:
+            assert idle.stdin is not None
+            idle.stdin.close()
+            with anyio.fail_after(10):
+                await idle.wait()
+    assert caplog.text.count("idle_timeout") == 5
+
+
+async def test_idle_timeout_must_be_positive(tmp_ipc_dir: Path) -> None:
+    with pytest.raises(ValueError, match="idle_timeout"):
+        await aioipc.serve(f"unix:{tmp_ipc_dir}/s.sock", _echo, idle_timeout=0)
+    assert not (tmp_ipc_dir / "s.sock").exists()
+
+
+async def test_a_server_serves_a_socket_it_did_not_bind(tmp_ipc_dir: Path) -> None:
+    """Socket activation: a listening socket handed over is served as is."""
+    from aioipc.sockets._server import Listening, serve_listener
+
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(tmp_ipc_dir / "given.sock"))
+    sock.listen()
+    server = serve_listener(
+        Listening(sock, f"unix:{tmp_ipc_dir}/given.sock"), _echo, framing="length", max_size=1024
+    )
+    async with server, await aioipc.connect(server.address) as msgs:
+        with anyio.fail_after(10):
+            await msgs.send(b"activated")
+            assert await msgs.receive() == b"activated"
+    assert (tmp_ipc_dir / "given.sock").exists()  # not ours to remove
+    os.unlink(tmp_ipc_dir / "given.sock")
