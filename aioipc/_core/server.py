@@ -124,8 +124,8 @@ class Server:
             logger.exception("%s: a handler raised; closing its stream", self.address)
         finally:
             self._connections -= 1
-            with anyio.CancelScope(shield=True):
-                await anyio.aclose_forcefully(stream)
+            with anyio.CancelScope(shield=True):  # not aclose_forcefully: its cancel() formats a repr
+                await stream.aclose()
 
     async def _run(self, body: Body) -> None:
         try:

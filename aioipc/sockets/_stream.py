@@ -22,6 +22,7 @@ from ._base import SocketHandle, close_fds, fds_from_ancillary, socket_extra
 __all__ = ["FdsTruncated", "SocketReceiveStream", "SocketSendStream", "SocketStream"]
 
 DEFAULT_MAX_FDS = 16
+_DISCARDED = bytearray(65536)  # where closing sockets drop what arrived unread (never read back)
 
 
 def check_fds(fds: Sequence[int]) -> array.array[int]:
@@ -179,10 +180,9 @@ class SocketStream(FdByteStream):
         sock = self.receiver._sock
         if self.receiver.fileno() < 0:
             return
-        scratch = bytearray(65536)
         for _ in range(limit):
             try:
-                if not sock.recv_into(scratch):
+                if not sock.recv_into(_DISCARDED):
                     return
             except OSError:  # BlockingIOError: nothing more; anything else: closing anyway
                 return
