@@ -259,3 +259,70 @@ async def test_a_server_serves_a_socket_it_did_not_bind(tmp_ipc_dir: Path) -> No
             assert await msgs.receive() == b"activated"
     assert (tmp_ipc_dir / "given.sock").exists()  # not ours to remove
     os.unlink(tmp_ipc_dir / "given.sock")
+
+
+# -- send_fds on the default framed unix stream ---------------------------------------------
+
+_FD_SENDER = """
+import os, sys, tempfile, aioipc
+
+async def main(address):
+    files = []
+    for text in (b"one", b"two", b"three"):
+        f = tempfile.TemporaryFile()
+        f.write(text)
+        f.seek(0)
+        files.append(f)
+    async with await aioipc.connect(address) as msgs:
+        for round in range(20):  # bursts: plain and fd-carrying frames share reads
+            await msgs.send(b"plain")
+            await msgs.send_fds(b"one", [files[0].fileno()])
+            await msgs.send_fds(b"two+three", [files[1].fileno(), files[2].fileno()])
+            await msgs.send(b"x" * 100_000)  # spans many reads
+            await msgs.send_fds(b"y" * 100_000, [files[0].fileno()])
+        await msgs.send(b"done")
+        data, fds = await msgs.receive_fds()
+        with open(fds[0], "rb") as f:
+            print(data.decode(), f.read().decode(), flush=True)
+
+aioipc.run(main(sys.argv[2]), loop=sys.argv[1])
+"""
+
+
+async def test_fds_travel_with_their_frame_on_the_default_unix_stream(tmp_ipc_dir: Path) -> None:
+    seen: list[tuple[bytes, list[bytes]]] = []
+    finished = anyio.Event()
+
+    async def handler(msgs: Any) -> None:
+        while True:
+            message, fds = await msgs.receive_fds()
+            contents = []
+            for fd in fds:
+                with open(fd, "rb") as f:
+                    contents.append(f.read())  # duplicates share the offset: only the first read has it
+            seen.append((message[:10], contents))
+            if message == b"done":
+                break
+        read, write = os.pipe()
+        os.write(write, b"from the server")
+        os.close(write)
+        await msgs.send_fds(b"reply", [read])
+        os.close(read)
+        finished.set()
+        await msgs.receive()  # until the client closes
+
+    async with await aioipc.serve(f"unix:{tmp_ipc_dir}/fds.sock", handler) as server:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", _FD_SENDER, loop_name(), server.address, stdout=subprocess.PIPE
+        )
+        with anyio.fail_after(30):
+            out, _ = await proc.communicate()
+            await finished.wait()
+    assert proc.returncode == 0
+    assert out == b"reply from the server\n"
+    assert len(seen) == 101
+    for i in range(20):
+        chunk = seen[i * 5 : i * 5 + 5]
+        assert [message for message, _ in chunk] == [b"plain", b"one", b"two+three", b"x" * 10, b"y" * 10]
+        assert [len(contents) for _, contents in chunk] == [0, 1, 2, 0, 1]
+    assert [contents for _, contents in seen[:3]] == [[], [b"one"], [b"two", b"three"]]

@@ -335,7 +335,9 @@ def framed(
             assert await rx.receive() == b"hello"
     """
     if isinstance(stream, anyio.abc.ByteStream):
-        return FramedStream(stream, max_size, framing)
+        # A transport with more to carry than bytes (a Unix socket: fds) frames itself.
+        own = getattr(stream, "framed_stream", None) if framing == "length" else None
+        return (own and own(max_size)) or FramedStream(stream, max_size, framing)
     if isinstance(stream, anyio.abc.ByteReceiveStream):
         return FramedReceiveStream(stream, max_size, framing)
     if isinstance(stream, anyio.abc.ByteSendStream):

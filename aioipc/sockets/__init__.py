@@ -50,6 +50,7 @@ from .._core.framing import DEFAULT_MAX_SIZE
 from .._core.schemes import Address, Framing
 from .._core.server import Server
 from ._base import KINDS, SocketHandle, connect_socket, format_unix, unix_sockaddr
+from ._framed import FramedUnixStream
 from ._message import DatagramStream, SeqpacketStream
 from ._server import Handler, serve_connections, serve_datagram
 from ._stream import FdsTruncated, SocketReceiveStream, SocketSendStream, SocketStream
@@ -57,6 +58,7 @@ from ._stream import FdsTruncated, SocketReceiveStream, SocketSendStream, Socket
 __all__ = [
     "DatagramStream",
     "FdsTruncated",
+    "FramedUnixStream",
     "Kind",
     "SeqpacketStream",
     "SocketReceiveStream",
