@@ -422,5 +422,5 @@ def frame_connected(
 ) -> MessageStream:
     """A connected byte stream (or its sending half alone) as a two-way message stream."""
     if isinstance(stream, anyio.abc.ByteStream):
-        return FramedStream(stream, max_size, framing)
+        return framed(stream, max_size, framing=framing)
     return SendOnlyMessageStream(FramedSendStream(stream, max_size, framing))
