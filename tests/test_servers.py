@@ -38,6 +38,15 @@ async def _echo(msgs: Any) -> None:
         await msgs.send(message)
 
 
+async def _still_serving(server: aioipc.Server) -> None:
+    """A new client of ``server`` gets its echo, and the server says it is serving."""
+    async with await aioipc.connect(server.address) as client:
+        with anyio.fail_after(10):
+            await client.send(b"still there?")
+            assert await client.receive() == b"still there?"
+    assert server.is_serving()
+
+
 # -- one sender never kills a single-handler server ---------------------------------------
 
 
@@ -48,11 +57,7 @@ async def test_dgram_server_survives_an_unnamed_sender(
     async with await aioipc.serve(f"unix+dgram:{path}", _echo) as server:
         for _ in range(2):  # socat sends from an unnamed socket: there is nobody to answer
             await _sh('echo hi | socat - "UNIX-SENDTO:$1"', str(path))
-        async with await aioipc.connect(server.address) as client:
-            with anyio.fail_after(10):
-                await client.send(b"still there?")
-                assert await client.receive() == b"still there?"
-        assert server.is_serving()
+        await _still_serving(server)
     assert "dropped a reply" in caplog.text
 
 
@@ -79,11 +84,7 @@ async def test_dgram_server_survives_a_client_that_left_before_its_reply(
         """
         await _sh('"$1" -c "$2" "$3" "$4"', sys.executable, textwrap.dedent(client), str(gone), str(path))
         leave.set()  # the reply goes to a socket file nobody reads: ECONNREFUSED
-        async with await aioipc.connect(server.address) as again:
-            with anyio.fail_after(10):
-                await again.send(b"next")
-                assert await again.receive() == b"next"
-        assert server.is_serving()
+        await _still_serving(server)
     assert "dropped a reply" in caplog.text
 
 
