@@ -15,22 +15,12 @@ from typing import Any
 
 import anyio
 import pytest
-from helpers import loop_name, until
+from helpers import loop_name, run_tool, until
 
 import aioipc
 import aioipc.sockets
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/usr/bin/socat"), reason="socat is not installed")
-
-
-async def _sh(command: str, *args: str, timeout: float = 10) -> None:
-    """Run a shell command line (``$1`` ... are ``args``); it must exit 0 within ``timeout``."""
-    proc = await asyncio.create_subprocess_exec(
-        "sh", "-c", command, "sh", *args, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    with anyio.fail_after(timeout):
-        _, err = await proc.communicate()
-    assert proc.returncode == 0, err.decode()
 
 
 async def _echo(msgs: Any) -> None:
@@ -56,7 +46,7 @@ async def test_dgram_server_survives_an_unnamed_sender(
     path = tmp_ipc_dir / "d.sock"
     async with await aioipc.serve(f"unix+dgram:{path}", _echo) as server:
         for _ in range(2):  # socat sends from an unnamed socket: there is nobody to answer
-            await _sh('echo hi | socat - "UNIX-SENDTO:$1"', str(path))
+            await run_tool("sh", "-c", 'echo hi | socat - "UNIX-SENDTO:$1"', "sh", str(path))
         await _still_serving(server)
     assert "dropped a reply" in caplog.text
 
@@ -82,7 +72,16 @@ async def test_dgram_server_survives_a_client_that_left_before_its_reply(
             s.bind(sys.argv[1])
             s.sendto(b"wait for me", sys.argv[2])
         """
-        await _sh('"$1" -c "$2" "$3" "$4"', sys.executable, textwrap.dedent(client), str(gone), str(path))
+        await run_tool(
+            "sh",
+            "-c",
+            '"$1" -c "$2" "$3" "$4"',
+            "sh",
+            sys.executable,
+            textwrap.dedent(client),
+            str(gone),
+            str(path),
+        )
         leave.set()  # the reply goes to a socket file nobody reads: ECONNREFUSED
         await _still_serving(server)
     assert "dropped a reply" in caplog.text
@@ -100,7 +99,7 @@ async def test_fifo_server_survives_unframed_shell_writers(
 
     async with await aioipc.serve(f"fifo:{path}", collect) as server:
         for _ in range(3):  # none blocks: the server keeps its reader through bad frames
-            await _sh('echo hi > "$1"', str(path))
+            await run_tool("sh", "-c", 'echo hi > "$1"', "sh", str(path))
         # The third echo is shorter than a header: it spoils (at most) what is read with the
         # next bytes. A framed writer then gets through within a few tries.
         for _ in range(3):
