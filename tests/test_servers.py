@@ -135,54 +135,56 @@ async def test_single_handler_server_closes_when_its_handler_ends(tmp_ipc_dir: P
 _RACER = """
 import asyncio, sys, aioipc
 
-async def main(path, count):
+async def main(directory, rounds):
     async def echo(msgs):
         async for m in msgs:
             await msgs.send(m)
 
-    async def start():
-        try:
-            return await aioipc.serve("unix:" + path, echo)
-        except aioipc.AddressInUse:
-            return None
-
+    won = []
     await asyncio.to_thread(sys.stdin.readline)  # every racer starts at once
-    servers = await asyncio.gather(*(start() for _ in range(count)))
-    won = [s for s in servers if s is not None]
-    print(len(won), count - len(won), flush=True)
+    for i in range(rounds):  # each round a new path, raced by every process
+        try:
+            won.append((i, await aioipc.serve(f"unix:{directory}/race{i}.sock", echo)))
+        except aioipc.AddressInUse:
+            pass
+    print(" ".join(str(i) for i, _ in won), flush=True)
     await asyncio.to_thread(sys.stdin.readline)  # a winner serves until told to stop
-    for s in won:
-        await s.close()
+    for _, server in won:
+        await server.close()
 
 aioipc.run(main(sys.argv[2], int(sys.argv[3])), loop=sys.argv[1])
 """
 
 
+def _socket_files(directory: Path) -> list[Path]:
+    return list(directory.glob("*.sock"))
+
+
 async def test_concurrent_starts_on_one_path_elect_exactly_one_server(tmp_ipc_dir: Path) -> None:
-    path = tmp_ipc_dir / "race.sock"
+    rounds, racers = 25, 4  # 100 starts
     procs = [
         await asyncio.create_subprocess_exec(
-            sys.executable, "-c", _RACER, loop_name(), str(path), "25",
+            sys.executable, "-c", _RACER, loop_name(), str(tmp_ipc_dir), str(rounds),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         )
-        for _ in range(4)
+        for _ in range(racers)
     ]  # fmt: skip
     try:
         for proc in procs:
             assert proc.stdin is not None
             proc.stdin.write(b"go\n")
-        won = lost = 0
+        wins: list[int] = []
         with anyio.fail_after(60):
             for proc in procs:
                 assert proc.stdout is not None
-                w, lose = map(int, (await proc.stdout.readline()).split())
-                won, lost = won + w, lost + lose
-        assert (won, lost) == (1, 99)
-        # The winner's socket file was never unlinked: the path still reaches a live server.
-        async with await aioipc.connect(f"unix:{path}") as msgs:
-            with anyio.fail_after(10):
-                await msgs.send(b"who")
-                assert await msgs.receive() == b"who"
+                wins += map(int, (await proc.stdout.readline()).split())
+        assert sorted(wins) == list(range(rounds)), "each path has exactly one winner"
+        # No winner's socket file was unlinked: every path still reaches a live server.
+        for i in range(rounds):
+            async with await aioipc.connect(f"unix:{tmp_ipc_dir}/race{i}.sock") as msgs:
+                with anyio.fail_after(10):
+                    await msgs.send(b"who")
+                    assert await msgs.receive() == b"who"
     finally:
         for proc in procs:
             assert proc.stdin is not None
@@ -190,7 +192,7 @@ async def test_concurrent_starts_on_one_path_elect_exactly_one_server(tmp_ipc_di
         with anyio.fail_after(30):
             for proc in procs:
                 assert await proc.wait() == 0
-    assert not path.exists()
+    assert not _socket_files(tmp_ipc_dir), "every winner removed its own file"
 
 
 # -- idle_timeout ---------------------------------------------------------------------------
