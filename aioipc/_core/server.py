@@ -71,8 +71,21 @@ class Server:
         runs once every handler has ended.
         """
         server = cls(address, on_close=on_close)
-        server._runner = asyncio.get_running_loop().create_task(server._run(body))
+        server.run(body)
         return server
+
+    def run(self, body: Body) -> None:
+        """Start serving: ``body(self)`` runs in the runner task, in the accepting scope.
+
+        For a subclass that set itself up first (``start`` does both for the
+        rest). :meth:`close` cancels ``body``; its ``finally`` stops accepting.
+
+        Raises:
+            RuntimeError: already running.
+        """
+        if self._runner is not None:
+            raise RuntimeError(f"{self!r} is already running")
+        self._runner = asyncio.get_running_loop().create_task(self._run(body))
 
     @classmethod
     def single(

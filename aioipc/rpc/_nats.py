@@ -117,7 +117,7 @@ class NatsServer(Server):
     """
 
     def __init__(self, address: str, dispatcher: Dispatcher, max_concurrency: int) -> None:
-        super().__init__(address, stop_accepting=self._unsubscribe, on_close=self._finish)
+        super().__init__(address, on_close=self._finish)
         self._dispatcher = dispatcher
         self._slots = asyncio.Semaphore(max_concurrency)
         self._running: set[asyncio.Task[None]] = set()
@@ -140,6 +140,15 @@ class NatsServer(Server):
         except BaseException:
             await self._nc.close()
             raise
+        self.run(self._accept)
+
+    async def _accept(self, server: Server) -> None:
+        """The server's body: requests arrive through the subscription until close() cancels this."""
+        try:
+            await anyio.sleep_forever()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._unsubscribe()
 
     async def _connection_closed(self) -> None:
         if not self._closing:
