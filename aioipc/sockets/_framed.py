@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from .._core.errors import FrameTooLarge
 from .._core.framing import DEFAULT_MAX_SIZE, HEADER
-from .._core.streams import Buffer, ByteReceiveStream, FramedReceiveStream, FramedStream
+from .._core.streams import Buffer, ByteReceiveStream, FramedReceiveStream, FramedSendStream, FramedStream
 from ._base import close_fds
 from ._stream import DEFAULT_MAX_FDS, FdsTruncated, SocketReceiveStream, SocketStream
 
@@ -126,8 +126,12 @@ class FramedUnixStream(FramedStream):
     transport_stream: SocketStream
 
     def __init__(self, stream: SocketStream, max_size: int = DEFAULT_MAX_SIZE) -> None:
-        super().__init__(stream, max_size)
+        # Not FramedStream.__init__: it would build (and zero) a receiving framer only to drop it.
+        self.transport_stream = stream
+        self.max_size = max_size
+        self.framing = "length"
         self._receiver = self._fd_messages = _FdMessages(stream.receiver, max_size)
+        self._sender = FramedSendStream(stream, max_size)
 
     async def send_fds(self, message: Buffer, fds: Sequence[int]) -> None:
         """Send one message with duplicates of ``fds`` attached (``SCM_RIGHTS``); yours stay open.
