@@ -16,7 +16,22 @@ Every mechanism is an anyio-compatible stream that you ``await`` and
 
 from __future__ import annotations
 
-from . import fifo, mq, pipes, process, shm, shutdown, signals, sockets, sync, systemd
+from . import (
+    fifo,
+    files,
+    mq,
+    pipes,
+    process,
+    pubsub,
+    rpc,
+    shm,
+    shutdown,
+    signals,
+    sockets,
+    spool,
+    sync,
+    systemd,
+)
 from ._core.attributes import IPCAttribute, PeerCredentials
 from ._core.errors import AddressInUse, FrameTooLarge, IPCError, PeerDied, ProtocolError, TruncatedMessage
 from ._core.objects import Codec, ObjectStream
@@ -60,6 +75,7 @@ __all__ = [
     "available_schemes",
     "connect",
     "fifo",
+    "files",
     "framed",
     "graceful_shutdown",
     "mq",
@@ -68,6 +84,8 @@ __all__ = [
     "pipe",
     "pipes",
     "process",
+    "pubsub",
+    "rpc",
     "run",
     "serve",
     "shm",
@@ -75,6 +93,7 @@ __all__ = [
     "signals",
     "sockets",
     "spawn",
+    "spool",
     "sync",
     "systemd",
 ]

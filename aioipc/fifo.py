@@ -17,23 +17,40 @@ Caveats:
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import stat
 import warnings
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import anyio
 import anyio.abc
 
 from ._core.attributes import IPCAttribute
+from ._core.errors import IPCError
 from ._core.fdstreams import FdHandle, FdReceiveStream, FdSendStream
 from ._core.framing import DEFAULT_MAX_SIZE
+from ._core.naming import Kind, create_or_open, open_existing
 from ._core.schemes import Address, Framing
-from ._core.server import Server
-from ._core.streams import ByteStream, MessageReceiveStream, as_two_way, framed
+from ._core.server import Handler, Server
+from ._core.streams import ByteStream, FramingName, MessageReceiveStream, as_two_way, framed
 
 __all__ = ["Fifo", "FifoReceiveStream", "FifoSendStream", "create", "open_reader", "open_writer"]
 
+logger = logging.getLogger("aioipc")
+
 _MAX_BACKOFF = 0.05
+_DISCARD_CHUNKS = 16  # at most 1 MiB thrown away per bad frame, then the loop gets a turn
+
+
+def _check_path(path: str) -> str:
+    if not path or "\0" in path:
+        raise ValueError(f"bad FIFO path {path!r}")
+    return path
+
+
+_KIND = Kind("FIFO", "fifo", _check_path)
 
 
 class FifoReceiveStream(FdReceiveStream):
@@ -62,9 +79,9 @@ class Fifo(anyio.abc.AsyncResource):
     Use :func:`create` to get one.
     """
 
-    def __init__(self, path: str, *, owned: bool, persist: bool = False) -> None:
+    def __init__(self, path: str, *, owned: bool) -> None:
         self.path = path
-        self.owned = owned and not persist
+        self.owned = owned
         # An O_PATH fd keeps our inode alive, so a FIFO made at the same path
         # later cannot reuse its number and be mistaken for ours.
         self._anchor = os.open(path, os.O_PATH | os.O_CLOEXEC) if self.owned else -1
@@ -110,7 +127,7 @@ class Fifo(anyio.abc.AsyncResource):
 
 
 async def create(
-    path: str | os.PathLike[str], mode: int = 0o600, *, exist_ok: bool = False, persist: bool = False
+    path: str | os.PathLike[str], *, exist_ok: bool = False, mode: int = 0o600, persist: bool = False
 ) -> Fifo:
     """Create a FIFO; the handle removes it on ``aclose()`` unless ``persist=True``.
 
@@ -126,21 +143,25 @@ async def create(
         FileNotFoundError: the directory does not exist.
         PermissionError: the directory is not writable.
     """
-    # first: cancelled here, nothing exists yet to leak
-    await anyio.lowlevel.checkpoint()
-    path = os.fspath(path)
-    try:
+
+    def make(path: str) -> str:
+        # At most the owner's bits (minus umask), so never briefly looser than asked.
         os.mkfifo(path, mode & 0o700)
-    except FileExistsError:
-        if exist_ok and stat.S_ISFIFO(os.stat(path).st_mode):
-            return Fifo(path, owned=False)
-        if exist_ok:
-            raise FileExistsError(errno.EEXIST, "exists and is not a FIFO", path) from None
-        raise
-    # Created with at most the owner's bits (minus umask), so never briefly
-    # looser than asked; now set exactly what was asked.
-    os.chmod(path, mode)
-    return Fifo(path, owned=True, persist=persist)
+        return path
+
+    def existing(path: str) -> str:
+        if not stat.S_ISFIFO(os.lstat(path).st_mode):
+            raise FileExistsError(errno.EEXIST, f"{path} exists and is not a FIFO")
+        return path
+
+    def chmod(path: str) -> None:  # now exactly as asked
+        os.chmod(path, mode)
+
+    name = os.fspath(path)
+    made, owned = await create_or_open(
+        _KIND, name, make, existing, exist_ok=exist_ok, persist=persist, exact_mode=chmod, discard=os.unlink
+    )
+    return Fifo(made, owned=owned)
 
 
 async def open_reader(path: str | os.PathLike[str], *, persistent: bool = False) -> FifoReceiveStream:
@@ -156,10 +177,10 @@ async def open_reader(path: str | os.PathLike[str], *, persistent: bool = False)
         ValueError: the path exists but is not a FIFO.
         PermissionError: no read permission.
     """
-    # first: cancelled here, nothing exists yet to leak
-    await anyio.lowlevel.checkpoint()
     path = os.fspath(path)
-    fd = _open_checked(path, os.O_RDWR if persistent else os.O_RDONLY)
+    fd = await open_existing(
+        _KIND, path, lambda path: _open_checked(path, os.O_RDWR if persistent else os.O_RDONLY)
+    )
     return FifoReceiveStream(FdHandle(fd), extra={IPCAttribute.path: path}, wait_first=not persistent)
 
 
@@ -185,7 +206,8 @@ async def open_writer(
     with anyio.fail_after(timeout):
         while True:
             try:
-                fd = _open_checked(path, os.O_WRONLY)
+                with _KIND.map_errors(path, "open"):
+                    fd = _open_checked(path, os.O_WRONLY)
                 break
             except OSError as exc:
                 if exc.errno != errno.ENXIO:
@@ -216,21 +238,65 @@ async def connect_address(
     return as_two_way(await open_writer(address.path, timeout=timeout))
 
 
+class _ServedFifo(MessageReceiveStream):
+    """The messages a FIFO server hands its handler: a bad frame costs only its own writer.
+
+    A frame the framer refuses (over ``max_size``, or a shell's unframed
+    ``echo hi``) is logged; what is buffered and what the pipe holds at
+    that moment (the rest of that writer's bytes) are discarded, and
+    reading goes on with a fresh framer. The persistent reader stays, so
+    the next writer's ``open`` never blocks. Writers' boundaries are not
+    visible through a persistent reader: garbage shorter than a header
+    waits for the next bytes and spoils (at most) the next writer's first
+    frame. Shell writers should use ``framing="lines"``.
+    """
+
+    def __init__(self, reader: FifoReceiveStream, max_size: int, framing: FramingName, name: str) -> None:
+        self._reader = reader
+        self._max_size = max_size
+        self._framing: FramingName = framing
+        self._name = name
+        self._messages = framed(reader, max_size, framing=framing)
+
+    async def receive(self) -> bytes:
+        while True:
+            try:
+                return await self._messages.receive()
+            except IPCError as exc:
+                logger.warning("%s: discarded a bad frame and what followed it: %s", self._name, exc)
+                self._discard_pending()
+                self._messages = framed(self._reader, self._max_size, framing=self._framing)
+
+    def _discard_pending(self) -> None:
+        fd = self._reader.extra(IPCAttribute.fd)
+        for _ in range(_DISCARD_CHUNKS):
+            try:
+                if not os.read(fd, 65536):
+                    return
+            except OSError:  # BlockingIOError: the pipe is empty
+                return
+
+    async def aclose(self) -> None:
+        await self._reader.aclose()
+
+    @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        return self._reader.extra_attributes
+
+
 async def serve_address(
     address: Address,
-    handler: object,
+    handler: Handler,
     *,
     framing: Framing,
     max_size: int = DEFAULT_MAX_SIZE,
     mode: int = 0o600,
 ) -> Server:
-    fifo = await create(address.path, mode)
+    fifo = await create(address.path, mode=mode)
     try:
         reader = await fifo.open_reader(persistent=True)
     except BaseException:
         await fifo.aclose()
         raise
-    stream: MessageReceiveStream | FifoReceiveStream = (
-        reader if framing is None else framed(reader, max_size, framing=framing)
-    )
-    return Server.single(str(address), handler, stream, on_close=fifo.aclose)  # type: ignore[arg-type]
+    stream = reader if framing is None else _ServedFifo(reader, max_size, framing, str(address))
+    return Server.single(str(address), handler, stream, on_close=fifo.aclose)

@@ -43,6 +43,7 @@ from ._core.attributes import IPCAttribute
 from ._core.errors import FrameTooLarge
 from ._core.fdstreams import FdHandle
 from ._core.framing import DEFAULT_MAX_SIZE
+from ._core.naming import Kind, create_or_open
 from ._core.schemes import Address
 from ._core.server import Server
 from ._core.streams import FAIR_OPS, Buffer, MessageStream, byte_view, fair_yield
@@ -73,6 +74,9 @@ def _check_name(name: str) -> str:
     if "\0" in name:
         raise ValueError(f"bad queue name {name!r}: NUL character")
     return name
+
+
+_KIND = Kind("POSIX queue", "mq", _check_name)
 
 
 def _limit(name: str) -> int | None:
@@ -385,39 +389,33 @@ async def open(
             async for message in q:
                 print(message)
     """
-    # first: cancelled here, nothing exists yet to leak
-    await anyio.lowlevel.checkpoint()
-    _check_name(name)
     if not (read or write):
         raise ValueError("a queue must be opened for reading, writing, or both")
-    flags_rw = {"read": read, "write": write}
-    owned = False
-    try:
-        if create:
-            try:
-                queue = posix_ipc.MessageQueue(
-                    name, posix_ipc.O_CREX, mode & 0o777, max_messages, max_message_size, **flags_rw
-                )
-                owned = True
-            except posix_ipc.ExistentialError:
-                if not exist_ok:
-                    raise FileExistsError(errno.EEXIST, "the queue exists", name) from None
-                queue = posix_ipc.MessageQueue(name, **flags_rw)
-            if owned:
-                # Created with mode minus the umask (never looser); now exactly as asked.
-                os.fchmod(queue.mqd, mode & 0o777)
-        else:
-            try:
-                queue = posix_ipc.MessageQueue(name, **flags_rw)
-            except posix_ipc.ExistentialError:
-                raise FileNotFoundError(errno.ENOENT, "no such queue", name) from None
-    except posix_ipc.PermissionsError:
-        raise PermissionError(errno.EACCES, "permission denied", name) from None
-    except (ValueError, OSError) as exc:
-        if isinstance(exc, FileExistsError | FileNotFoundError | PermissionError):
-            raise
-        raise _explain_create_error(exc, name, max_messages, max_message_size) from None
-    return MessageQueue(queue, name=name, owned=owned and not persist, read=read, write=write)
+
+    def make(name: str) -> posix_ipc.MessageQueue:
+        try:  # created with mode minus the umask (never looser), then set exactly
+            return posix_ipc.MessageQueue(
+                name, posix_ipc.O_CREX, mode & 0o777, max_messages, max_message_size, read=read, write=write
+            )
+        except (ValueError, OSError) as exc:
+            raise _explain_create_error(exc, name, max_messages, max_message_size) from None
+
+    def discard(queue: posix_ipc.MessageQueue) -> None:
+        queue.close()
+        posix_ipc.unlink_message_queue(queue.name)
+
+    queue, owned = await create_or_open(
+        _KIND,
+        name,
+        make,
+        lambda name: posix_ipc.MessageQueue(name, read=read, write=write),
+        create=create,
+        exist_ok=exist_ok,
+        persist=persist,
+        exact_mode=lambda queue: os.fchmod(queue.mqd, mode & 0o777),
+        discard=discard,
+    )
+    return MessageQueue(queue, name=name, owned=owned, read=read, write=write)
 
 
 def unlink(name: str) -> None:
@@ -428,13 +426,8 @@ def unlink(name: str) -> None:
         FileNotFoundError: no such queue.
         PermissionError: it belongs to another user.
     """
-    _check_name(name)
-    try:
+    with _KIND.map_errors(_check_name(name), "remove"):
         posix_ipc.unlink_message_queue(name)
-    except posix_ipc.ExistentialError:
-        raise FileNotFoundError(errno.ENOENT, "no such queue", name) from None
-    except posix_ipc.PermissionsError:
-        raise PermissionError(errno.EACCES, "permission denied", name) from None
 
 
 class QueueInfo(NamedTuple):

@@ -30,7 +30,6 @@ Example::
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import stat
 import warnings
@@ -43,6 +42,7 @@ import posix_ipc
 
 from ._core.bridge import Bridge
 from ._core.locks import AcquireRelease, ofd_lock
+from ._core.naming import Kind, create_or_open, open_file
 from ._core.semaphores import BridgedSemaphore
 from ._core.sysvipc import sysvipc_table
 
@@ -58,6 +58,9 @@ def _check_name(name: str) -> str:
     if not name.startswith("/") or "/" in name[1:] or len(name) < 2 or len(name) > 251 or "\0" in name:
         raise ValueError(f"bad semaphore name {name!r}: one '/' followed by up to 250 other characters")
     return name
+
+
+_KIND = Kind("POSIX semaphore", "sem", _check_name)
 
 
 class Semaphore(BridgedSemaphore):
@@ -91,11 +94,11 @@ class Semaphore(BridgedSemaphore):
     async def open(
         cls,
         name: str,
+        *,
         create: bool = False,
         initial: int = 1,
-        *,
-        mode: int = 0o600,
         exist_ok: bool = False,
+        mode: int = 0o600,
         persist: bool = False,
     ) -> Semaphore:
         """Open the semaphore ``name`` ("/name"), or create it with ``initial`` units.
@@ -112,29 +115,25 @@ class Semaphore(BridgedSemaphore):
             FileExistsError: it exists (``create=True``).
             PermissionError: its mode forbids it.
         """
-        # first: cancelled here, nothing exists yet to leak
-        await anyio.lowlevel.checkpoint()
-        _check_name(name)
         if initial < 0:
             raise ValueError("initial must be >= 0")
-        owned = False
-        try:
-            if create:
-                try:
-                    sem = posix_ipc.Semaphore(name, posix_ipc.O_CREX, mode, initial)
-                    owned = not persist
-                    # sem_open applied the umask to what we asked, never loosening it.
-                    os.chmod(os.path.join(_SHM_DIR, "sem." + name[1:]), mode)
-                except posix_ipc.ExistentialError:
-                    if not exist_ok:
-                        raise FileExistsError(errno.EEXIST, "semaphore exists", name) from None
-                    sem = posix_ipc.Semaphore(name)
-            else:
-                sem = posix_ipc.Semaphore(name)
-        except posix_ipc.ExistentialError:
-            raise FileNotFoundError(errno.ENOENT, "no such semaphore", name) from None
-        except posix_ipc.PermissionsError:
-            raise PermissionError(errno.EACCES, "permission denied", name) from None
+
+        def discard(sem: posix_ipc.Semaphore) -> None:
+            sem.unlink()
+            sem.close()
+
+        sem, owned = await create_or_open(
+            _KIND,
+            name,
+            lambda name: posix_ipc.Semaphore(name, posix_ipc.O_CREX, mode & 0o777, initial),
+            posix_ipc.Semaphore,
+            create=create,
+            exist_ok=exist_ok,
+            persist=persist,
+            # sem_open applied the umask to what we asked, never loosening it; now exactly.
+            exact_mode=lambda sem: os.chmod(os.path.join(_SHM_DIR, "sem." + sem.name[1:]), mode),
+            discard=discard,
+        )
         return cls(sem, owned=owned)
 
     def _try_acquire(self) -> bool:
@@ -169,11 +168,10 @@ def unlink(name: str) -> None:
 
     Raises:
         FileNotFoundError: no such semaphore.
+        PermissionError: it belongs to another user.
     """
-    try:
-        posix_ipc.unlink_semaphore(_check_name(name))
-    except posix_ipc.ExistentialError:
-        raise FileNotFoundError(errno.ENOENT, "no such semaphore", name) from None
+    with _KIND.map_errors(_check_name(name), "remove"):
+        posix_ipc.unlink_semaphore(name)
 
 
 # -- fcntl record locks ----------------------------------------------------------------------
@@ -184,7 +182,7 @@ class FileLock(AcquireRelease):
 
     ``async with FileLock(path):`` acquires and releases. The file is
     opened on the first :meth:`acquire` (created with mode 0600 if missing,
-    never truncated) and closed on :meth:`release`.
+    never truncated, never through a symbolic link) and closed on :meth:`release`.
 
     Args:
         shared: a read lock, which any number of holders share; an exclusive
@@ -220,11 +218,7 @@ class FileLock(AcquireRelease):
         return self._fd >= 0
 
     def _open(self) -> int:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
-            raise ValueError(f"{self.path!r} is not a regular file")
-        return fd
+        return open_file(self.path)[0]
 
     async def acquire(self, timeout: float | None = None) -> None:
         """Wait (up to ``timeout`` seconds, ``None``: for ever) until this process holds the lock.
@@ -232,7 +226,9 @@ class FileLock(AcquireRelease):
         Raises:
             TimeoutError: another holder kept it for ``timeout`` seconds.
             RuntimeError: this object already holds it.
-            OSError: the file cannot be opened (``PermissionError``, ...).
+            OSError: the file cannot be opened (``PermissionError``; ``ELOOP``:
+                ``path`` is a symbolic link, which is never followed).
+            ValueError: ``path`` is not a regular file.
 
         Cancelling it (or its timeout) ends the kernel wait at once and
         closes the file: no thread, fd or lock is left behind.

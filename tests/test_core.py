@@ -242,6 +242,10 @@ PUBLIC_MODULES = [
     "aioipc.sync",
     "aioipc.dbus",
     "aioipc.systemd",
+    "aioipc.files",
+    "aioipc.spool",
+    "aioipc.rpc",
+    "aioipc.pubsub",
 ]
 
 

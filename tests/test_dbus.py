@@ -406,3 +406,39 @@ async def test_cli_lists_the_names_on_a_bus(daemon: Daemon) -> None:
         out, _ = await proc.communicate()
     assert proc.returncode == 0
     assert "org.freedesktop.DBus" in out.decode().splitlines()
+
+
+async def test_dbus_fast_still_has_the_private_attributes_the_shim_reads(daemon: Daemon) -> None:
+    """Fails loudly when a dbus-fast upgrade renames or retypes what aioipc/dbus/_shim.py touches."""
+    from aioipc.dbus._shim import PRIVATE_ATTRIBUTES
+
+    async with await aioipc.dbus.connect(daemon.address) as bus:
+        for name, kind in PRIVATE_ATTRIBUTES.items():
+            value = getattr(bus.message_bus, name, AttributeError)
+            assert isinstance(value, kind), (
+                f"dbus-fast's MessageBus.{name} is now {value!r}, not a {kind.__name__}: "
+                "update aioipc/dbus/_shim.py for this dbus-fast version"
+            )
+        assert bus.message_bus._disconnected is False
+
+
+def test_dbus_error_is_dbus_fasts_too_and_importing_aioipc_does_not_import_dbus_fast() -> None:
+    import dbus_fast
+
+    error = DBusError("org.example.Test.Error.Nope", "nope")
+    assert isinstance(error, dbus_fast.DBusError)
+    assert isinstance(error, aioipc.IPCError)
+    assert (error.name, error.text, str(error)) == (
+        "org.example.Test.Error.Nope",
+        "nope",
+        "org.example.Test.Error.Nope: nope",
+    )
+    assert DBusError is aioipc._core.errors.DBusError  # one exception tree; the public path re-exports it
+    code = (
+        "import sys, aioipc, aioipc.mq, aioipc.sync, aioipc.sysv\n"
+        "print(sorted(m for m in sys.modules if m.startswith('dbus_fast')))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=TIMEOUT, check=True
+    )
+    assert proc.stdout.strip() == "[]"

@@ -277,3 +277,55 @@ async def test_thousands_of_round_trips_lose_no_wake_up(ring_name: str, tmp_path
                 assert await ring.receive() == b"R%d" % i
             await ring.send_eof()
             assert await proc.wait() == 0
+
+
+PERSISTER = textwrap.dedent(
+    """
+    import os, signal, sys, aioipc
+    from aioipc.shm import Ring
+
+    async def main():
+        ring = await Ring.create(sys.argv[1], 8192, persist=True)
+        await ring.send_many([b"one", b"two", b"three"])
+        if sys.argv[3] == "close":
+            await ring.aclose()
+        else:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    aioipc.run(main(), loop=sys.argv[2])
+    """
+)
+
+
+async def _run_persister(tmp_path: Path, ring_name: str, how: str) -> int:
+    script = tmp_path / "persister.py"
+    script.write_text(PERSISTER)
+    proc = await asyncio.create_subprocess_exec(sys.executable, str(script), ring_name, _loop_name(), how)
+    with anyio.fail_after(20):
+        return await proc.wait()
+
+
+async def test_persisted_ring_is_drained_after_its_creator_closed(ring_name: str, tmp_path: Path) -> None:
+    assert await _run_persister(tmp_path, ring_name, "close") == 0
+    try:
+        with anyio.fail_after(10):
+            async with await Ring.attach(ring_name) as ring:
+                assert [message async for message in ring] == [b"one", b"two", b"three"]
+                with pytest.raises(anyio.EndOfStream):
+                    await ring.receive()
+                with pytest.raises(anyio.BrokenResourceError):
+                    await ring.send(b"nobody reads this")
+    finally:
+        aioipc.shm.unlink(ring_name)
+    assert _ring_files(ring_name) == []
+
+
+async def test_persisted_ring_of_a_dead_creator_is_peer_died(ring_name: str, tmp_path: Path) -> None:
+    assert await _run_persister(tmp_path, ring_name, "kill") == -signal.SIGKILL
+    try:
+        with pytest.raises(
+            aioipc.PeerDied, match=f"died; remove what it left with `aioipc rm shm:{ring_name}`"
+        ):
+            await Ring.attach(ring_name)
+    finally:
+        aioipc.shm.unlink(ring_name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import stat
 import sys
@@ -108,3 +109,28 @@ async def test_mapped_file_shared_with_a_child(tmp_path: Path) -> None:
         await map_file(tmp_path / "fifo")
     with pytest.raises(IsADirectoryError):
         await map_file(tmp_path)
+
+
+async def test_map_file_never_follows_a_planted_symlink(tmp_path: Path) -> None:
+    link, target = tmp_path / "counters", tmp_path / "victim"
+    proc = await asyncio.create_subprocess_exec("ln", "-s", str(target), str(link))
+    with anyio.fail_after(10):
+        assert await proc.wait() == 0  # planted by another program
+    with pytest.raises(OSError, match="symbolic link") as info:
+        await map_file(link, 4096)
+    assert info.value.errno == errno.ELOOP
+    assert not target.exists()  # neither created nor extended to 4096 bytes
+    target.write_bytes(b"precious")
+    with pytest.raises(OSError, match="symbolic link"):
+        await map_file(link, 4096)
+    assert target.read_bytes() == b"precious"
+
+
+async def test_map_file_creates_with_exactly_the_mode(tmp_path: Path) -> None:
+    path = tmp_path / "shared"
+    old = os.umask(0o077)
+    try:
+        async with await map_file(path, 16, mode=0o640):
+            assert stat.S_IMODE(os.stat(path).st_mode) == 0o640
+    finally:
+        os.umask(old)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import signal
 import stat
@@ -289,3 +290,23 @@ async def test_tasks_of_one_handle_wait_in_turn(unique_name: str) -> None:
         with anyio.fail_after(20):
             await asyncio.gather(*waiting)
         assert sem.value == 0
+
+
+async def _plant_symlink(target: Path, link: Path) -> None:
+    """``ln -s target link``, by another program, as an attacker sharing the directory would."""
+    proc = await asyncio.create_subprocess_exec("ln", "-s", str(target), str(link))
+    with anyio.fail_after(10):
+        assert await proc.wait() == 0
+
+
+async def test_file_lock_never_follows_a_planted_symlink(tmp_path: Path) -> None:
+    link, target = tmp_path / "state.lock", tmp_path / "victim"
+    await _plant_symlink(target, link)
+    with pytest.raises(OSError, match="symbolic link") as info:
+        await FileLock(link).acquire(timeout=0)
+    assert info.value.errno == errno.ELOOP
+    assert not target.exists()  # a dangling link's target is not created
+    target.write_bytes(b"precious")
+    with pytest.raises(OSError, match="symbolic link"):
+        await FileLock(link).acquire()
+    assert target.read_bytes() == b"precious"

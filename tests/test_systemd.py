@@ -50,13 +50,14 @@ ECHO_SERVICE = """
                 except ValueError as exc:
                     print("error:", exc, flush=True)
             framing = None if framing == "raw" else "length"
-            async with await aioipc.serve("sd-listen:" + name, echo, framing=framing):
-                pass  # a server closed at once: the inherited socket stays ours, and its file stays
             server = await aioipc.serve("sd-listen:" + name, echo, framing=framing)
             sd.add_hook(server.close)
             print("serving", server.address, flush=True)
             sd.ready(status="serving " + server.address)
             await server.serve_forever()
+        # the inherited socket stays ours once its server closed: it serves again, and its file stays
+        async with await aioipc.serve("sd-listen:" + name, echo, framing=framing):
+            pass
         print("stopped", sd.exit_status, flush=True)
 
     aioipc.run(main(), loop=sys.argv[1])

@@ -27,13 +27,13 @@ import os
 import select
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 import anyio
 import anyio.lowlevel
 
 from .attributes import IPCAttribute
-from .errors import map_os_errors
+from .errors import broken, map_exceptions
 from .fdio import FdHandle, check_fd_kind
 from .streams import (
     FAIR_OPS,
@@ -202,7 +202,7 @@ class FdReceiveStream(ByteReceiveStream):
         except BlockingIOError:
             return 0
         except OSError:
-            with map_os_errors():
+            with map_exceptions():
                 raise
         if not n:
             raise anyio.EndOfStream
@@ -224,7 +224,7 @@ class FdReceiveStream(ByteReceiveStream):
         try:
             result = await handle.read(op, keep, *args)
         except OSError:
-            with map_os_errors():
+            with map_exceptions():
                 raise
         if result:
             return result
@@ -326,11 +326,7 @@ class FdSendStream(ByteSendStream):
         if self._closed or self._handle.closed:
             raise anyio.ClosedResourceError
         if self._error is not None:
-            self._raise_broken(self._error)
-
-    @staticmethod
-    def _raise_broken(error: OSError) -> NoReturn:
-        raise anyio.BrokenResourceError(f"{error.strerror} (errno {error.errno})") from error
+            raise broken(self._error) from self._error
 
     async def send(self, item: Buffer) -> None:
         await self.send_parts((byte_view(item),))
@@ -370,7 +366,7 @@ class FdSendStream(ByteSendStream):
             written = 0
         except OSError as exc:
             self._error = exc
-            self._raise_broken(exc)
+            raise broken(exc) from exc
         if written < size:
             for view in _skip(parts, written):
                 pending += view
@@ -417,7 +413,7 @@ class FdSendStream(ByteSendStream):
         handle = self._handle
         while True:
             try:
-                with map_os_errors():
+                with map_exceptions():
                     written = os.writev(handle.fd, parts)
                 break
             except BlockingIOError:

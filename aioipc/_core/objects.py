@@ -10,7 +10,7 @@ import anyio.abc
 
 from .errors import ProtocolError
 
-__all__ = ["Codec", "ObjectStream"]
+__all__ = ["Codec", "ObjectStream", "resolve_codec"]
 
 
 class Codec(Protocol):
@@ -25,13 +25,14 @@ class _Json:
 
     def __init__(self) -> None:
         self._encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
-        self._decode = json.loads
+        self._decode = json.JSONDecoder().decode
 
     def encode(self, obj: Any) -> bytes:
         return self._encoder.encode(obj).encode()
 
     def decode(self, data: bytes) -> Any:
-        return self._decode(data)
+        # JSON between programs is UTF-8 (RFC 8259): no encoding sniffing, as json.loads(bytes) does
+        return self._decode(str(data, "utf-8"))
 
 
 class _Msgpack:
@@ -72,6 +73,24 @@ class _Pickle:
 _CODECS: dict[str, Callable[[], Codec]] = {"json": _Json, "msgpack": _Msgpack, "pickle": _Pickle}
 
 
+def resolve_codec(codec: str | Codec) -> Codec:
+    """The codec named ``codec`` (``"json"``, ``"msgpack"``, ``"pickle"``), or ``codec`` itself.
+
+    Raises:
+        ValueError: an unknown name.
+        ImportError: ``"msgpack"`` without its extra.
+    """
+    if not isinstance(codec, str):
+        return codec
+    try:
+        factory = _CODECS[codec]
+    except KeyError:
+        raise ValueError(
+            f"unknown codec {codec!r}; use one of {', '.join(_CODECS)} or a codec object"
+        ) from None
+    return factory()
+
+
 class ObjectStream(anyio.abc.ObjectStream[Any]):
     """Objects over a message stream, one message each.
 
@@ -96,16 +115,8 @@ class ObjectStream(anyio.abc.ObjectStream[Any]):
     """
 
     def __init__(self, stream: Any, codec: str | Codec = "json") -> None:
-        if isinstance(codec, str):
-            try:
-                factory = _CODECS[codec]
-            except KeyError:
-                raise ValueError(
-                    f"unknown codec {codec!r}; use one of {', '.join(_CODECS)} or a codec object"
-                ) from None
-            codec = factory()
         self.transport_stream = stream
-        self.codec = codec
+        self.codec = resolve_codec(codec)
 
     async def send(self, item: Any) -> None:
         await self.transport_stream.send(self.codec.encode(item))

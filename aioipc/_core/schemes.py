@@ -259,6 +259,10 @@ SCHEMES: Mapping[str, Scheme] = _table(
         messages=True, parse=_parse_name, serve_options=frozenset({"capacity", "mode"}), removable=True,
     ),
     Scheme(
+        "spool", "spool:/dir", "durable queue in a directory (maildir): connect sends, serve receives",
+        "aioipc.spool", messages=True, connect_options=frozenset({"sync"}),
+    ),
+    Scheme(
         "sd-listen", "sd-listen: | sd-listen:NAME",
         "a listening socket systemd passed (LISTEN_FDS; NAME: FileDescriptorName); serve only",
         "aioipc.systemd", messages=False, connect_options=None, bare=True,
@@ -333,16 +337,27 @@ def _check_options(
         )
 
 
-def _check_framing(scheme: Scheme, framing: object, explicit: bool) -> None:
-    if framing not in ("length", "lines", None):
+_DEFAULT: Any = object()  # tells an explicit framing="length" from the default
+
+
+def _prepare(
+    address: str | Address, framing: Framing, call: Literal["connect", "serve"], options: Mapping[str, Any]
+) -> tuple[Address, Scheme, Framing, Any]:
+    """What connect() and serve() do first: parse, check framing and options, import the mechanism."""
+    addr = parse_address(address)
+    scheme = SCHEMES[addr.scheme]
+    if framing is _DEFAULT:
+        framing = "length"
+    elif framing not in ("length", "lines", None):
         raise ValueError(f"framing must be 'length', 'lines' or None, not {framing!r}")
-    if scheme.messages and explicit and framing != "length":
+    elif scheme.messages and framing != "length":
         raise ValueError(
             f"{scheme.name}: carries whole messages itself; framing={framing!r} does not apply to it"
         )
-
-
-_DEFAULT: Any = object()  # tells an explicit framing="length" from the default
+    _check_options(
+        scheme, call, scheme.connect_options if call == "connect" else scheme.serve_options, options
+    )
+    return addr, scheme, framing, scheme.functions()
 
 
 @overload
@@ -397,13 +412,7 @@ async def connect(
         async with await aioipc.connect("unix:/run/app.sock", timeout=5) as msgs:
             await msgs.send(b"ping")
     """
-    addr = parse_address(address)
-    scheme = SCHEMES[addr.scheme]
-    explicit = framing is not _DEFAULT
-    framing = "length" if not explicit else framing
-    _check_framing(scheme, framing, explicit)
-    _check_options(scheme, "connect", scheme.connect_options, options)
-    module = scheme.functions()
+    addr, scheme, framing, module = _prepare(address, framing, "connect", options)
     if timeout is None:
         stream = await module.connect_address(addr, max_size=max_size, timeout=None, **options)
     else:
@@ -466,12 +475,6 @@ async def serve(
         async with await aioipc.serve("unix:/tmp/echo.sock", handler) as server:
             await server.serve_forever()
     """
-    addr = parse_address(address)
-    scheme = SCHEMES[addr.scheme]
-    explicit = framing is not _DEFAULT
-    framing = "length" if not explicit else framing
-    _check_framing(scheme, framing, explicit)
-    _check_options(scheme, "serve", scheme.serve_options, options)
-    module = scheme.functions()
+    addr, _, framing, module = _prepare(address, framing, "serve", options)
     server: Server = await module.serve_address(addr, handler, framing=framing, max_size=max_size, **options)
     return server

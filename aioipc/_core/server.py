@@ -1,4 +1,17 @@
-"""The server object that ``aioipc.serve()`` returns, whatever the mechanism."""
+"""The server object that ``aioipc.serve()`` returns, whatever the mechanism.
+
+Rule 1: every handler runs in one task group the server owns, hosted by one
+runner task (anyio's ``Listener.serve(handler, task_group)`` is the model).
+The caller's cancellations never reach a handler or the cleanup, so closing
+needs no shielding tricks: it asks the runner and waits for it.
+Rule 2: a handler that raises is logged on the ``aioipc`` logger and ends
+only its own stream; the server and every other handler go on.
+
+States: *serving* (accepting, or its single handler running) -> *closing*
+(:meth:`Server.close` was called, or the body ended: no new handlers;
+running ones get the grace period, then are cancelled) -> *closed* (every
+handler ended and ``on_close`` ran; :meth:`Server.serve_forever` returns).
+"""
 
 from __future__ import annotations
 
@@ -16,46 +29,84 @@ __all__ = ["Server"]
 logger = logging.getLogger("aioipc")
 
 Closer = Callable[[], Awaitable[object]]
-
-
-async def _close_despite_cancellation(stream: anyio.abc.AsyncResource) -> None:
-    """Close ``stream`` at once (forcefully) and to the end, even if this task is cancelled meanwhile.
-
-    A native ``task.cancel()`` reaches through anyio's shielded scopes on
-    asyncio, so the close runs in its own task; a cancellation that arrived
-    is raised again once the stream is closed.
-    """
-    closing = asyncio.ensure_future(anyio.aclose_forcefully(stream))
-    interrupted = False
-    while not closing.done():
-        try:
-            await asyncio.shield(closing)
-        except asyncio.CancelledError:
-            interrupted = True
-    closing.result()
-    if interrupted:
-        raise asyncio.CancelledError
+Handler = Callable[[Any], Awaitable[object]]
+# What the runner task runs inside the task group: an accept loop, or the start of one handler.
+Body = Callable[["Server"], Awaitable[object]]
 
 
 class Server:
-    """Runs one handler task per connection (or one for a FIFO or queue).
+    """Runs one handler per connection (or one for a FIFO, queue, ring or datagram socket).
 
     ``async with server:`` closes it at the end of the block. A handler that
     raises is logged on the ``aioipc`` logger and closes only its own stream.
+    A single-handler server closes itself when its handler returns.
 
     Attributes:
         address: the bound address in address syntax (the real port for ``:0``).
+
+    Example::
+
+        async with await aioipc.serve("unix:/tmp/echo.sock", handler) as server:
+            await server.serve_forever()
     """
 
-    def __init__(
-        self, address: str, *, stop_accepting: Closer | None = None, on_close: Closer | None = None
-    ) -> None:
+    def __init__(self, address: str, *, on_close: Closer | None = None) -> None:
         self.address = address
-        self._stop_accepting = stop_accepting
         self._on_close = on_close
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._closed = asyncio.Event()
+        self._connections = 0
         self._closing = False
+        self._accepting = anyio.CancelScope()
+        self._handlers = anyio.CancelScope()
+        self._task_group: anyio.abc.TaskGroup | None = None
+        self._drained = anyio.Event()  # every handler has ended
+        self._closed = anyio.Event()  # ... and on_close ran
+        self._runner: asyncio.Task[None] | None = None
+
+    @classmethod
+    def start(cls, address: str, body: Body, *, on_close: Closer | None = None) -> Server:
+        """A running server: ``body(server)`` runs in the server's runner task.
+
+        ``body`` starts handlers with :meth:`start_handler`; for a listener
+        it is the accept loop, which :meth:`close` cancels. ``on_close``
+        runs once every handler has ended.
+        """
+        server = cls(address, on_close=on_close)
+        server.run(body)
+        return server
+
+    def run(self, body: Body) -> None:
+        """Start serving: ``body(self)`` runs in the runner task, in the accepting scope.
+
+        For a subclass that set itself up first (``start`` does both for the
+        rest). :meth:`close` cancels ``body``; its ``finally`` stops accepting.
+
+        Raises:
+            RuntimeError: already running.
+        """
+        if self._runner is not None:
+            raise RuntimeError(f"{self!r} is already running")
+        self._runner = asyncio.get_running_loop().create_task(self._run(body))
+
+    @classmethod
+    def single(
+        cls,
+        address: str,
+        handler: Handler,
+        stream: anyio.abc.AsyncResource,
+        *,
+        on_close: Closer | None = None,
+    ) -> Server:
+        """A server for an object with one receiving side (a FIFO, a queue, a ring, a datagram socket).
+
+        ``handler(stream)`` runs once, at once; when it ends (or the server
+        is closed) ``on_close`` runs (by default ``stream.aclose``, which
+        removes what the stream created).
+        """
+
+        async def body(server: Server) -> None:
+            server.start_handler(handler, stream)
+
+        return cls.start(address, body, on_close=on_close or stream.aclose)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.address} connections={self.connections}>"
@@ -63,76 +114,80 @@ class Server:
     @property
     def connections(self) -> int:
         """Handlers running now (live connections)."""
-        return len(self._tasks)
+        return self._connections
 
     def is_serving(self) -> bool:
+        """``True`` until the server is closing (a single-handler server: until its handler ended)."""
         return not self._closing
 
-    @classmethod
-    def single(
-        cls,
-        address: str,
-        handler: Callable[[Any], Awaitable[object]],
-        stream: anyio.abc.AsyncResource,
-        *,
-        on_close: Closer | None = None,
-    ) -> Server:
-        """A server for an object with one receiving side (a FIFO, a queue, a ring).
+    def start_handler(self, handler: Handler, stream: anyio.abc.AsyncResource) -> None:
+        """Run ``handler(stream)`` in the server's task group; the stream is closed when it returns.
 
-        ``handler(stream)`` runs once, at once; closing the server runs
-        ``on_close`` (by default ``stream.aclose``, which removes what the
-        stream created).
+        Only from the server's body (its task group exists while the body runs).
         """
-        server = cls(address, on_close=on_close or stream.aclose)
-        server.start_handler(handler, stream)
-        return server
+        if self._task_group is None:
+            raise RuntimeError("start_handler() is for the server's body")
+        self._connections += 1
+        self._task_group.start_soon(self._run_handler, handler, stream)
 
-    def start_handler(
-        self, handler: Callable[[Any], Awaitable[object]], stream: anyio.abc.AsyncResource
-    ) -> None:
-        """Run ``handler(stream)`` in its own task; the stream is closed when it returns."""
-        task = asyncio.get_running_loop().create_task(self._run_handler(handler, stream))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _run_handler(
-        self, handler: Callable[[Any], Awaitable[object]], stream: anyio.abc.AsyncResource
-    ) -> None:
+    async def _run_handler(self, handler: Handler, stream: anyio.abc.AsyncResource) -> None:
         try:
             await handler(stream)
-        except asyncio.CancelledError:
-            raise
         except Exception:
-            logger.exception("handler for %s raised; closing its stream", self.address)
+            logger.exception("%s: a handler raised; closing its stream", self.address)
         finally:
-            await _close_despite_cancellation(stream)
+            self._connections -= 1
+            with anyio.CancelScope(shield=True):  # not aclose_forcefully: its cancel() formats a repr
+                await stream.aclose()
+
+    async def _run(self, body: Body) -> None:
+        try:
+            with self._handlers:
+                async with anyio.create_task_group() as task_group:
+                    self._task_group = task_group
+                    with self._accepting:
+                        try:
+                            await body(self)
+                        except Exception:
+                            self._closing = True
+                            logger.exception("%s: stopped accepting after an error", self.address)
+        finally:
+            self._closing = True
+            self._task_group = None
+            self._drained.set()
+            try:
+                if self._on_close is not None:
+                    with anyio.CancelScope(shield=True):
+                        await self._on_close()
+            except Exception:
+                logger.exception("%s: cleaning up after the server failed", self.address)
+            finally:
+                self._closed.set()
 
     async def serve_forever(self) -> None:
-        """Wait until the server is closed (by :meth:`close` or the ``async with`` block)."""
+        """Wait until the server is closed (:meth:`close`, the ``async with`` block, or its handler ended)."""
         await self._closed.wait()
 
     async def close(self, grace: float = 0) -> None:
         """Stop accepting, give handlers ``grace`` seconds to finish, cancel the rest, clean up.
 
-        Idempotent; a second call waits for the first to finish.
+        Idempotent; a second call waits for the first to finish. A caller
+        cancelled while waiting leaves the cleanup running to its end.
         """
-        if self._closing:
-            await self._closed.wait()
-            return
-        self._closing = True
-        try:
-            if self._stop_accepting is not None:
-                await self._stop_accepting()
-            if self._tasks and grace > 0:
-                await asyncio.wait(set(self._tasks), timeout=grace)
-            for task in self._tasks:
-                task.cancel()
-            if self._tasks:
-                await asyncio.wait(set(self._tasks))
-        finally:
-            if self._on_close is not None:
-                await self._on_close()
-            self._closed.set()
+        if not self._closing:
+            self._closing = True
+            self._accepting.cancel()
+            try:
+                if grace > 0:
+                    with anyio.move_on_after(grace):
+                        await self._drained.wait()
+            finally:
+                self._handlers.cancel()
+        await self._closed.wait()
+
+    async def aclose(self) -> None:
+        """Close at once: the same as ``close(grace=0)``."""
+        await self.close()
 
     async def __aenter__(self) -> Server:
         return self

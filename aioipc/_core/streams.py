@@ -405,7 +405,9 @@ def framed(
             assert await rx.receive() == b"hello"
     """
     if isinstance(stream, anyio.abc.ByteStream):
-        return FramedStream(stream, max_size, framing)
+        # A transport with more to carry than bytes (a Unix socket: fds) frames itself.
+        own = getattr(stream, "framed_stream", None) if framing == "length" else None
+        return (own and own(max_size)) or FramedStream(stream, max_size, framing)
     if isinstance(stream, anyio.abc.ByteReceiveStream):
         return FramedReceiveStream(stream, max_size, framing)
     if isinstance(stream, anyio.abc.ByteSendStream):
@@ -413,12 +415,31 @@ def framed(
     raise ValueError(f"framed() needs a byte stream, not {type(stream).__name__}")
 
 
-class SendOnlyMessageStream(MessageStream):
+class _SendOnly(anyio.abc.AsyncResource):
+    """What a stream over a sending half alone does besides sending: its end and its attributes."""
+
+    sender: anyio.abc.AsyncResource
+
+    async def send_eof(self) -> None:
+        await self.sender.aclose()
+
+    async def aclose(self) -> None:
+        await self.sender.aclose()
+
+    @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        attrs: Mapping[Any, Callable[[], Any]] = getattr(self.sender, "extra_attributes", {})
+        return attrs
+
+
+class SendOnlyMessageStream(_SendOnly, MessageStream):
     """A message stream over a sending half alone (a FIFO's writing end): ``receive()`` ends at once.
 
     Raises:
         anyio.EndOfStream: from ``receive()``: nothing ever comes back this way.
     """
+
+    sender: anyio.abc.ObjectSendStream[bytes]
 
     def __init__(self, sender: anyio.abc.ObjectSendStream[bytes]) -> None:
         self.sender = sender
@@ -429,22 +450,14 @@ class SendOnlyMessageStream(MessageStream):
     async def send(self, item: bytes) -> None:
         await self.sender.send(item)
 
-    async def send_eof(self) -> None:
-        await self.sender.aclose()
 
-    async def aclose(self) -> None:
-        await self.sender.aclose()
-
-    @property
-    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
-        return self.sender.extra_attributes
-
-
-class SendOnlyByteStream(ByteStream):
+class SendOnlyByteStream(_SendOnly, ByteStream):
     """A byte stream over a sending half alone: ``receive()`` ends at once.
 
     See :class:`SendOnlyMessageStream`.
     """
+
+    sender: anyio.abc.ByteSendStream
 
     def __init__(self, sender: anyio.abc.ByteSendStream) -> None:
         self.sender = sender
@@ -464,16 +477,6 @@ class SendOnlyByteStream(ByteStream):
     def try_send_parts(self, parts: Sequence[Buffer]) -> bool:
         return isinstance(self.sender, ByteSendStream) and self.sender.try_send_parts(parts)
 
-    async def send_eof(self) -> None:
-        await self.sender.aclose()
-
-    async def aclose(self) -> None:
-        await self.sender.aclose()
-
-    @property
-    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
-        return self.sender.extra_attributes
-
 
 def as_two_way(stream: anyio.abc.ByteStream | anyio.abc.ByteSendStream) -> ByteStream:
     """``stream`` as a two-way :class:`ByteStream` (a sending half gets a receive that ends at once)."""
@@ -489,5 +492,5 @@ def frame_connected(
 ) -> MessageStream:
     """A connected byte stream (or its sending half alone) as a two-way message stream."""
     if isinstance(stream, anyio.abc.ByteStream):
-        return FramedStream(stream, max_size, framing)
+        return framed(stream, max_size, framing=framing)
     return SendOnlyMessageStream(FramedSendStream(stream, max_size, framing))

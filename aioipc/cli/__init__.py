@@ -6,7 +6,10 @@ Examples::
     aioipc send unix:/tmp/app.sock hello
     echo hi | aioipc send fifo:/tmp/app.fifo -      # one message per line
     aioipc relay tcp:127.0.0.1:9000 unix:/tmp/app.sock
+    aioipc pub unix:/tmp/ev.sock orders.new hi &    # bind, wait for a subscriber, publish
+    aioipc sub unix:/tmp/ev.sock 'orders.>' --count 1 --wait 5
     aioipc ls                                       # queues, segments, rings, semaphores
+    aioipc ls spool:/var/spool/app                  # the depth of a spool
     aioipc rm mq:/jobs sysvmq:0x1234 --stale
 
 Exit status: 0 on success, 1 on an IPC error (the message says which), 2 on
@@ -30,6 +33,8 @@ from .._core.runner import run
 from .._core.schemes import SCHEMES, Framing, available_schemes, connect, parse_address, serve
 from ..shutdown import graceful_shutdown
 from ._inventory import add_commands
+from ._pubsub import add_commands as add_pubsub_commands
+from ._rpc import add_commands as add_rpc_commands
 
 _SYNC_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
@@ -87,6 +92,8 @@ def _parser() -> argparse.ArgumentParser:
 
     commands.add_parser("schemes", help="list the address schemes this installation handles")
     _SYNC_COMMANDS.update(add_commands(commands))
+    _SYNC_COMMANDS.update(add_rpc_commands(commands))
+    _SYNC_COMMANDS.update(add_pubsub_commands(commands))
     return parser
 
 

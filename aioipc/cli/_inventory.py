@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from .. import mq, shm, sync
+from .. import mq, shm, spool, sync
 from .._core.schemes import SCHEMES, parse_address
 
 __all__ = ["add_commands", "list_objects", "remove"]
@@ -105,6 +105,22 @@ def _semaphores(notes: list[str]) -> list[Row]:
     ]
 
 
+def _spools(paths: list[str], notes: list[str]) -> list[Row]:
+    """The spools named as ``spool:DIR`` (a spool is a directory: found only where named)."""
+    rows = []
+    for target in paths:
+        address = parse_address(target if target.startswith("spool:") else f"spool:{target}")
+        try:
+            depth = spool.info(address.path)
+            st = os.stat(address.path)
+        except OSError as exc:
+            notes.append(f"{address}: {exc.strerror or exc}")
+            continue
+        detail = f"{depth.waiting} waiting, {depth.claimed} claimed by {depth.consumers} consumers"
+        rows.append(Row("spool", str(address), st.st_uid, st.st_mode & 0o7777, "", detail))
+    return rows
+
+
 def list_objects() -> tuple[list[Row], list[str]]:
     """Every queue, segment, ring and semaphore visible here, and notes on what could not be listed."""
     notes: list[str] = []
@@ -150,8 +166,12 @@ def remove(target: str) -> None:
 
 
 def _ls(args: argparse.Namespace) -> int:
-    rows, notes = list_objects()
-    if not args.all:
+    if args.spools:
+        notes: list[str] = []
+        rows = _spools(args.spools, notes)
+    else:
+        rows, notes = list_objects()
+    if not args.all and not args.spools:
         rows = [row for row in rows if row.uid == os.getuid()]
     print(f"{'KIND':<10} {'OWNER':<10} {'MODE':<5} {'SIZE':>10}  {'NAME':<34} DETAIL")
     for row in sorted(rows):
@@ -160,7 +180,7 @@ def _ls(args: argparse.Namespace) -> int:
         )
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
-    return 0
+    return 1 if args.spools and notes else 0  # a spool named but not there is an error
 
 
 def _rm(args: argparse.Namespace) -> int:
@@ -187,10 +207,12 @@ def add_commands(commands: Any) -> dict[str, Callable[[argparse.Namespace], int]
         description=(
             "List POSIX and System V message queues, shared-memory segments and rings, and semaphores, "
             "with owner, mode and size. Only yours unless --all. "
+            "With spool:DIR arguments, the depth of those spools instead. "
             "With --dbus, list the names on a bus instead."
         ),
     )
     ls.add_argument("--all", action="store_true", help="include other users' objects")
+    ls.add_argument("spools", nargs="*", metavar="spool:DIR", help="show the depth of these spools")
     ls.add_argument(
         "--dbus",
         nargs="?",

@@ -36,7 +36,7 @@ from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
 try:
-    import dbus_fast
+    import dbus_fast  # noqa: F401  # only to name the extra when it is missing
 except ModuleNotFoundError as exc:  # pragma: no cover - exercised in a subprocess by the tests
     if exc.name != "dbus_fast":
         raise
@@ -46,13 +46,15 @@ except ModuleNotFoundError as exc:  # pragma: no cover - exercised in a subproce
 
 import anyio
 import anyio.abc
-from dbus_fast import BusType, Message, MessageFlag, MessageType, RequestNameReply, Variant
+from dbus_fast import BusType, Message, MessageType, RequestNameReply, Variant
 from dbus_fast import introspection as intr
 from dbus_fast.aio import MessageBus
 from dbus_fast.service import ServiceInterface, dbus_method, dbus_property, dbus_signal
 from dbus_fast.signature import get_signature_tree
 
-from .._core.errors import AddressInUse, IPCError
+from .._core.errors import AddressInUse, DBusError
+from ._connection import Connection
+from ._shim import QuietMessageBus
 from ._signals import DEFAULT_MAX_BUFFER, Signal, SignalStream, match_rule
 
 __all__ = [
@@ -73,54 +75,12 @@ __all__ = [
     "signals",
 ]
 
-_DAEMON = "org.freedesktop.DBus"
-_DAEMON_PATH = "/org/freedesktop/DBus"
 _PROPERTIES = "org.freedesktop.DBus.Properties"
 
 # RequestName flags and replies (D-Bus specification, "org.freedesktop.DBus.RequestName").
 _ALLOW_REPLACEMENT = 0x1
 _REPLACE_EXISTING = 0x2
 _DO_NOT_QUEUE = 0x4
-
-
-class DBusError(IPCError, dbus_fast.DBusError):
-    """A D-Bus error reply, e.g. ``org.freedesktop.DBus.Error.ServiceUnknown``.
-
-    Raise it from a method of an exported object to answer the caller with
-    that error name and text.
-
-    Attributes:
-        name: the D-Bus error name.
-        text: the human-readable message the error carried (may be empty).
-    """
-
-    def __init__(self, name: str, text: str = "", reply: Message | None = None) -> None:
-        super().__init__(name, text, reply)
-        self.name = name
-
-    def __str__(self) -> str:
-        return f"{self.name}: {self.text}" if self.text else self.name
-
-    @classmethod
-    def from_reply(cls, reply: Message) -> DBusError:
-        """The error carried by an ``ERROR`` reply message."""
-        text = reply.body[0] if reply.body and isinstance(reply.body[0], str) else ""
-        return cls(reply.error_name or "org.freedesktop.DBus.Error.Failed", text, reply)
-
-
-class _MessageBus(MessageBus):
-    """dbus-fast's bus, made quiet about messages sent after the connection ended."""
-
-    __slots__ = ()
-
-    def send(self, msg: Message) -> asyncio.Future[None]:  # type: ignore[override]  # as dbus-fast's aio bus
-        if self._disconnected:
-            # A reply from an exported method that finishes after the connection ended: drop it,
-            # instead of writing to the closed socket and raising from a loop callback.
-            dropped: asyncio.Future[None] = self._loop.create_future()
-            dropped.set_result(None)
-            return dropped
-        return super().send(msg)
 
 
 class Bus(anyio.abc.AsyncResource):
@@ -139,22 +99,16 @@ class Bus(anyio.abc.AsyncResource):
     def __init__(self, message_bus: MessageBus) -> None:
         self.message_bus = message_bus
         self.unique_name: str = message_bus.unique_name or ""
-        self._streams: set[SignalStream] = set()
-        self._closing = False
-        self._lost: BaseException | None = None
-        self._watcher = asyncio.get_running_loop().create_task(self._watch())
-        message_bus.add_message_handler(self._dispatch)
+        self._connection = Connection(message_bus)
 
     def __repr__(self) -> str:
-        state = "closed" if self._closing else "lost" if self._lost else "open"
+        connection = self._connection
+        state = "closed" if connection.closing else "lost" if connection.lost else "open"
         return f"<aioipc.dbus.Bus {self.unique_name} {state}>"
 
     async def aclose(self) -> None:
         """Disconnect from the bus; idempotent. Exported objects and names go with the connection."""
-        if not self._closing:
-            self._closing = True
-            self.message_bus.disconnect()
-        await asyncio.shield(self._watcher)
+        await self._connection.close()
 
     # -- method calls ---------------------------------------------------------------------------
 
@@ -194,7 +148,7 @@ class Bus(anyio.abc.AsyncResource):
             body=_checked_body(signature, body),
             serial=self.message_bus.next_serial(),
         )
-        return await self._send_call(msg, timeout)
+        return await self._connection.send_call(msg, timeout)
 
     async def proxy(
         self, destination: str, path: str, interface: str, *, timeout: float | None = None
@@ -245,7 +199,9 @@ class Bus(anyio.abc.AsyncResource):
             | (_REPLACE_EXISTING if replace else 0)
             | (_ALLOW_REPLACEMENT if allow_replacement else 0)
         )
-        [reply] = await self._send_call(self._daemon_message("RequestName", "su", [name, flags]), None)
+        [reply] = await self._connection.send_call(
+            self._connection.daemon_message("RequestName", "su", [name, flags]), None
+        )
         result = RequestNameReply(reply)
         if result is RequestNameReply.EXISTS:
             raise AddressInUse(f"dbus name {name}")
@@ -253,7 +209,7 @@ class Bus(anyio.abc.AsyncResource):
 
     async def release_name(self, name: str) -> None:
         """Give up the well-known ``name`` (nothing happens if we do not own it)."""
-        await self._send_call(self._daemon_message("ReleaseName", "s", [name]), None)
+        await self._connection.send_call(self._connection.daemon_message("ReleaseName", "s", [name]), None)
 
     # -- exporting and emitting -----------------------------------------------------------------
 
@@ -269,7 +225,7 @@ class Bus(anyio.abc.AsyncResource):
             ValueError: an interface of that name is already exported at ``path``.
             TypeError: ``path`` is not a valid object path, or ``obj`` is not a ``ServiceInterface``.
         """
-        self._check_usable()
+        self._connection.check_usable()
         self.message_bus.export(path, obj)
 
     def unexport(self, path: str, obj: ServiceInterface | str | None = None) -> None:
@@ -294,7 +250,6 @@ class Bus(anyio.abc.AsyncResource):
             TypeError / ValueError: bad names, or a body that does not match ``signature``.
             anyio.BrokenResourceError / anyio.ClosedResourceError: as :meth:`call`.
         """
-        self._check_usable()
         msg = Message(
             message_type=MessageType.SIGNAL,
             destination=destination,
@@ -304,10 +259,7 @@ class Bus(anyio.abc.AsyncResource):
             signature=signature,
             body=_checked_body(signature, body),
         )
-        try:
-            await self.message_bus.send(msg)
-        except (EOFError, OSError) as exc:
-            raise self._connection_error(exc) from (None if self._closing else exc)
+        await self._connection.send(msg)
 
     # -- signals --------------------------------------------------------------------------------
 
@@ -333,86 +285,13 @@ class Bus(anyio.abc.AsyncResource):
             ValueError: ``max_buffer`` is below 1.
         """
         return SignalStream(
-            self, sender=sender, path=path, interface=interface, member=member, max_buffer=max_buffer
-        )
-
-    # -- internals shared with SignalStream and Proxy -------------------------------------------
-
-    def _usable(self) -> bool:
-        return not self._closing and self._lost is None and self.message_bus.connected
-
-    def _check_usable(self) -> None:
-        if self._closing:
-            raise anyio.ClosedResourceError
-        if not self._usable():
-            raise anyio.BrokenResourceError("the D-Bus connection was lost") from self._lost
-
-    def _daemon_message(
-        self, member: str, signature: str, body: list[Any], flags: MessageFlag = MessageFlag.NONE
-    ) -> Message:
-        return Message(
-            destination=_DAEMON,
-            path=_DAEMON_PATH,
-            interface=_DAEMON,
+            self._connection,
+            sender=sender,
+            path=path,
+            interface=interface,
             member=member,
-            signature=signature,
-            body=body,
-            flags=flags,
-            serial=self.message_bus.next_serial(),
+            max_buffer=max_buffer,
         )
-
-    def _connection_error(
-        self, exc: EOFError | OSError
-    ) -> anyio.ClosedResourceError | anyio.BrokenResourceError:
-        """What the error dbus-fast hands to pending calls when the connection ends means to a caller."""
-        if self._closing:
-            return anyio.ClosedResourceError()
-        return anyio.BrokenResourceError(f"the D-Bus connection was lost ({exc!r})")
-
-    def _send_no_reply(self, msg: Message) -> None:
-        """Queue ``msg`` without waiting for it to be written (nor for a reply)."""
-        written = self.message_bus.send(msg)
-        # A write that fails because the connection died is reported by the bus itself.
-        written.add_done_callback(lambda fut: fut.cancelled() or fut.exception())
-
-    async def _send_call(
-        self, msg: Message, timeout: float | None, *, raise_errors: bool = True
-    ) -> list[Any]:
-        self._check_usable()
-        try:
-            if timeout is None:
-                reply = await self.message_bus.call(msg)
-            else:
-                async with asyncio.timeout(timeout):
-                    reply = await self.message_bus.call(msg)
-        except BaseException as exc:
-            # Nobody waits for this reply any more: forget its handler now rather than when
-            # (or if) the reply comes.
-            self.message_bus._method_return_handlers.pop(msg.serial, None)
-            if isinstance(exc, EOFError | OSError) and not isinstance(exc, TimeoutError):
-                raise self._connection_error(exc) from (None if self._closing else exc)
-            raise
-        if reply.message_type is MessageType.ERROR and raise_errors:
-            raise DBusError.from_reply(reply)
-        return list(reply.body)
-
-    def _dispatch(self, msg: Message) -> None:
-        for stream in tuple(self._streams):
-            stream._on_message(msg)
-
-    def _attach(self, stream: SignalStream) -> None:
-        self._streams.add(stream)
-
-    def _detach(self, stream: SignalStream) -> None:
-        self._streams.discard(stream)
-
-    async def _watch(self) -> None:
-        try:
-            await self.message_bus.wait_for_disconnect()  # type: ignore[no-untyped-call]
-        except Exception as exc:
-            self._lost = exc
-        for stream in tuple(self._streams):
-            stream._bus_ended(self._lost)
 
 
 def _checked_body(signature: str, body: Iterable[Any]) -> list[Any]:
@@ -513,11 +392,11 @@ async def connect(bus: str = "session", *, timeout: float | None = None) -> Bus:
             print(bus.unique_name)
     """
     if bus == "session":
-        message_bus = _MessageBus(bus_type=BusType.SESSION)
+        message_bus = QuietMessageBus(bus_type=BusType.SESSION)
     elif bus == "system":
-        message_bus = _MessageBus(bus_type=BusType.SYSTEM)
+        message_bus = QuietMessageBus(bus_type=BusType.SYSTEM)
     else:
-        message_bus = _MessageBus(bus_address=bus)
+        message_bus = QuietMessageBus(bus_address=bus)
     async with asyncio.timeout(timeout):
         await message_bus.connect()
     return Bus(message_bus)
@@ -541,7 +420,7 @@ async def list_names(bus: Bus, *, activatable: bool = False) -> list[str]:
 
     ``activatable=True`` lists the names the bus can start on demand instead.
     """
-    [names] = await bus._send_call(
-        bus._daemon_message("ListActivatableNames" if activatable else "ListNames", "", []), None
+    [names] = await bus._connection.send_call(
+        bus._connection.daemon_message("ListActivatableNames" if activatable else "ListNames", "", []), None
     )
     return sorted(names, key=lambda name: (name.startswith(":"), name))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import anyio
 import anyio.abc
@@ -26,10 +26,7 @@ from dbus_fast.validators import (
 
 from .._core.streams import ResourceGuard
 
-if TYPE_CHECKING:
-    from . import Bus
-
-__all__ = ["DEFAULT_MAX_BUFFER", "Signal", "SignalStream", "match_rule"]
+__all__ = ["DEFAULT_MAX_BUFFER", "Signal", "SignalSource", "SignalStream", "match_rule"]
 
 DEFAULT_MAX_BUFFER = 1024
 
@@ -79,6 +76,33 @@ def match_rule(
     return ",".join(["type='signal'", *(f"{key}='{value}'" for key, value in fields.items() if value)])
 
 
+class SignalSource(Protocol):
+    """What a :class:`SignalStream` needs from its bus connection, and all it uses of it."""
+
+    def check_usable(self) -> None:
+        """Raise ``ClosedResourceError``/``BrokenResourceError`` if the connection cannot be used."""
+
+    def usable(self) -> bool:
+        """Whether the connection is open."""
+
+    def attach(self, subscriber: SignalStream) -> None:
+        """Start calling ``subscriber._on_message`` with every message, and ``_bus_ended`` at the end."""
+
+    def detach(self, subscriber: SignalStream) -> None:
+        """Stop calling ``subscriber``."""
+
+    def daemon_message(
+        self, member: str, signature: str, body: list[Any], flags: MessageFlag = MessageFlag.NONE
+    ) -> Message:
+        """A call of the bus daemon's ``member``, with its serial assigned."""
+
+    async def send_call(self, msg: Message, timeout: float | None, *, raise_errors: bool = True) -> list[Any]:
+        """Send a call and wait for its reply's body."""
+
+    def send_no_reply(self, msg: Message) -> None:
+        """Queue a message; wait for nothing."""
+
+
 class SignalStream(anyio.abc.ObjectReceiveStream[Signal]):
     """Signals that match a rule, as an anyio ``ObjectReceiveStream[Signal]``.
 
@@ -99,7 +123,7 @@ class SignalStream(anyio.abc.ObjectReceiveStream[Signal]):
 
     def __init__(
         self,
-        bus: Bus,
+        source: SignalSource,
         *,
         sender: str | None = None,
         path: str | None = None,
@@ -110,7 +134,7 @@ class SignalStream(anyio.abc.ObjectReceiveStream[Signal]):
         if max_buffer < 1:
             raise ValueError(f"max_buffer must be at least 1, not {max_buffer}")
         self._rule = match_rule(sender=sender, path=path, interface=interface, member=member)
-        self._bus = bus
+        self._source = source
         self.sender = sender
         self.path = path
         self.interface = interface
@@ -136,18 +160,18 @@ class SignalStream(anyio.abc.ObjectReceiveStream[Signal]):
     async def __aenter__(self) -> SignalStream:
         if self._state != "new":
             raise RuntimeError("a SignalStream can be entered only once")
-        self._bus._check_usable()
+        self._source.check_usable()
         self._state = "open"
-        self._bus._attach(self)
+        self._source.attach(self)
         try:
             if self._follows:
                 assert self.sender is not None
                 await self._add_rule(match_rule(sender=_DAEMON, member="NameOwnerChanged", arg0=self.sender))
-                query = self._bus._daemon_message("GetNameOwner", "s", [self.sender])
+                query = self._source.daemon_message("GetNameOwner", "s", [self.sender])
                 self._owner_serial = query.serial
                 # The owner is recorded by _on_message, in bus order with NameOwnerChanged;
                 # an error reply (NameHasNoOwner) leaves it unknown.
-                await self._bus._send_call(query, None, raise_errors=False)
+                await self._source.send_call(query, None, raise_errors=False)
             await self._add_rule(self._rule)
         except BaseException:
             self._unsubscribe()
@@ -155,18 +179,18 @@ class SignalStream(anyio.abc.ObjectReceiveStream[Signal]):
         return self
 
     async def _add_rule(self, rule: str) -> None:
-        await self._bus._send_call(self._bus._daemon_message("AddMatch", "s", [rule]), None)
+        await self._source.send_call(self._source.daemon_message("AddMatch", "s", [rule]), None)
         self._rules.append(rule)
 
     def _unsubscribe(self) -> None:
         self._state = "closed"
-        self._bus._detach(self)
-        if self._bus._usable():
+        self._source.detach(self)
+        if self._source.usable():
             for rule in self._rules:
                 # Fire and forget, so leaving the block never waits and is safe under cancellation;
                 # the bus handles messages from one connection in order.
-                self._bus._send_no_reply(
-                    self._bus._daemon_message("RemoveMatch", "s", [rule], MessageFlag.NO_REPLY_EXPECTED)
+                self._source.send_no_reply(
+                    self._source.daemon_message("RemoveMatch", "s", [rule], MessageFlag.NO_REPLY_EXPECTED)
                 )
         self._rules.clear()
         self._wake()

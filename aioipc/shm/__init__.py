@@ -34,10 +34,12 @@ import anyio.lowlevel
 
 from .._core.framing import DEFAULT_MAX_SIZE
 from .._core.locks import ofd_locked
+from .._core.naming import Kind, create_or_open, open_existing, open_file
 from .._core.schemes import Address
 from .._core.server import Server
 from .._core.sysvipc import sysvipc_table
-from ._ring import DEFAULT_CAPACITY, Ring, RingInUse, is_ring, ring_files, ring_is_stale, segment_path
+from ._ring import DEFAULT_CAPACITY, Ring, RingInUse
+from ._segment import check_name, is_ring, ring_files, ring_is_stale, segment_path
 
 __all__ = [
     "MappedMemory",
@@ -102,6 +104,24 @@ class MappedMemory(anyio.abc.AsyncResource):
         await anyio.lowlevel.checkpoint()
 
 
+_KIND = Kind("shared-memory segment", "shm", check_name)
+_FLAGS = os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW
+
+
+def _open_segment(name: str) -> int:
+    fd = os.open(segment_path(name), _FLAGS)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ValueError(f"{name!r} is not a shared-memory segment")
+    return fd
+
+
+def _discard(fd: int, name: str) -> None:
+    """Close and remove a segment this call created."""
+    os.close(fd)
+    os.unlink(segment_path(name))
+
+
 class SharedMemory(MappedMemory):
     """A POSIX shared-memory segment; get one with :meth:`create` or :meth:`attach`.
 
@@ -119,7 +139,7 @@ class SharedMemory(MappedMemory):
 
     @classmethod
     async def create(
-        cls, name: str, size: int, mode: int = 0o600, *, exist_ok: bool = False, persist: bool = False
+        cls, name: str, size: int, *, exist_ok: bool = False, mode: int = 0o600, persist: bool = False
     ) -> SharedMemory:
         """Create segment ``name`` of ``size`` bytes (zeroed), with exactly ``mode``.
 
@@ -132,30 +152,35 @@ class SharedMemory(MappedMemory):
             FileExistsError: it exists (and not ``exist_ok``).
             ValueError: bad name, negative size, or an existing segment that is too small.
         """
-        # first: cancelled here, nothing exists yet to leak
-        await anyio.lowlevel.checkpoint()
-        path = segment_path(name)
         if size < 0:
             raise ValueError("size must be >= 0")
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-        except FileExistsError:
-            if not exist_ok:
+
+        def make(name: str) -> int:
+            fd = os.open(segment_path(name), _FLAGS | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                os.ftruncate(fd, size)
+            except BaseException:
+                _discard(fd, name)
                 raise
-            shm = await cls.attach(name)
-            if shm.size < size:
-                await shm.aclose()
-                raise ValueError(f"segment {name!r} exists with {shm.size} bytes, under {size}") from None
-            return shm
-        try:
+            return fd
+
+        def existing(name: str) -> int:
+            fd = _open_segment(name)
+            if (found := os.fstat(fd).st_size) < size:
+                os.close(fd)
+                raise ValueError(f"segment {name!r} exists with {found} bytes, under {size}")
+            return fd
+
+        def chmod(fd: int) -> None:  # now exactly as asked
             os.fchmod(fd, mode)
-            os.ftruncate(fd, size)
-            shm = cls(name, fd, size, owned=not persist)
-        except BaseException:
-            os.close(fd)
-            os.unlink(path)
-            raise
-        return shm
+
+        def discard(fd: int) -> None:
+            _discard(fd, name)
+
+        fd, owned = await create_or_open(
+            _KIND, name, make, existing, exist_ok=exist_ok, persist=persist, exact_mode=chmod, discard=discard
+        )
+        return cls._of(name, fd, owned=owned)
 
     @classmethod
     async def attach(cls, name: str) -> SharedMemory:
@@ -165,18 +190,19 @@ class SharedMemory(MappedMemory):
             FileNotFoundError: no such segment.
             PermissionError: its mode forbids it.
         """
-        # first: cancelled here, nothing exists yet to leak
-        await anyio.lowlevel.checkpoint()
-        fd = os.open(segment_path(name), os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+        return cls._of(name, await open_existing(_KIND, name, _open_segment), owned=False)
+
+    @classmethod
+    def _of(cls, name: str, fd: int, *, owned: bool) -> SharedMemory:
+        """The handle of the open segment ``fd``, mapped whole (the fd is closed either way)."""
         try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise ValueError(f"{name!r} is not a shared-memory segment")
-            shm = cls(name, fd, st.st_size, owned=False)
+            return cls(name, fd, os.fstat(fd).st_size, owned=owned)
         except BaseException:
-            os.close(fd)
+            if owned:
+                _discard(fd, name)
+            else:
+                os.close(fd)
             raise
-        return shm
 
     def __repr__(self) -> str:
         return f"<SharedMemory {self.name!r} size={self.size} owned={self.owned}>"
@@ -190,11 +216,12 @@ async def map_file(
     Args:
         size: bytes to map; a shorter file is extended with zeros (never
             shrunk). ``None`` maps the file as it is.
-        mode: permission bits when the file is created.
+        mode: permission bits when the file is created (exactly; it is created with ``O_EXCL``).
 
     Raises:
         ValueError: ``path`` is not a regular file, or ``size`` is negative.
-        OSError: as ``open()`` raises it.
+        OSError: as ``open()`` raises it; ``ELOOP``: ``path`` is a symbolic
+            link, which is never followed.
 
     Caveats:
         The handle never removes the file. Another process that truncates
@@ -210,14 +237,12 @@ async def map_file(
     path = os.fspath(path)
     if size is not None and size < 0:
         raise ValueError("size must be >= 0")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, mode)
+    fd, _ = open_file(path, mode=mode)
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise ValueError(f"{path!r} is not a regular file")
+        current = os.fstat(fd).st_size
         if size is None:
-            size = st.st_size
-        elif st.st_size < size:
+            size = current
+        elif current < size:
             os.ftruncate(fd, size)
         memory = MappedMemory(path, fd, size, owned=False)
     except BaseException:

@@ -2,8 +2,8 @@
 
 Layout of the segment (``/dev/shm/NAME``)::
 
-    page 0     header: magic, version, lane capacity, pids, and per lane the
-               producer's line (head, eof, waiting) and the consumer's line
+    page 0     header: magic, version, lane capacity, pids, attached and
+               closed flags, and per lane the producer's line (head, eof, waiting) and the consumer's line
                (tail, gone, sleeping), each on its own cache line
     lane 0     capacity bytes: creator -> attacher
     lane 1     capacity bytes: attacher -> creator
@@ -29,21 +29,23 @@ kernel drops both: the peer's doorbell hangs up, which wakes it at once,
 and ``PeerDied`` is raised once the committed messages are read. A clean
 close sets the lane's ``eof`` flag first, so the hang-up reads as
 ``EndOfStream`` instead.
-Rule 4 (fair): a side that never has to wait still yields to the loop once
-its budget (``FAIR_OPS``: a unit per message and per 4 KiB) is spent, so a
-flooded ring leaves timeouts and other tasks their turn.
+Rule 4 (persist): a creator that closes cleanly also sets the header's
+``closed`` flag before dropping its lock. A ring created with ``persist=True``
+whose creator is gone can still be attached when that flag is set: the
+peer drains what is left, then sees ``EndOfStream``. Without the flag, the
+creator died: ``PeerDied``.
+Rule 5 (fair): a side that never has to wait still yields to the loop once
+its budget (``FAIR_OPS``: a unit per message and per 4 KiB, more for a
+doorbell write) is spent, so a flooded ring leaves timeouts and other tasks
+their turn.
 """
 
 from __future__ import annotations
 
-import asyncio
-import errno
 import mmap
 import os
-import platform
 import struct
 import threading
-import uuid
 import warnings
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -53,57 +55,38 @@ import anyio
 import anyio.lowlevel
 
 from .._core.attributes import IPCAttribute
-from .._core.errors import FrameTooLarge, IPCError, PeerDied
-from .._core.fdio import FdHandle
-from .._core.locks import ofd_lock, ofd_locked
+from .._core.errors import FrameTooLarge, PeerDied, RingInUse
+from .._core.naming import create_or_open, open_existing
 from .._core.streams import FAIR_OPS, FAIR_SHIFT, Buffer, MessageStream, byte_view, fair_yield
+from ._segment import (
+    HEADER,
+    KIND,
+    W_CAPACITY,
+    W_CLOSED,
+    Doorbell,
+    attach_ring,
+    check_machine,
+    make_ring,
+    ring_files,
+)
 
-__all__ = [
-    "DEFAULT_CAPACITY",
-    "Ring",
-    "RingInUse",
-    "is_ring",
-    "ring_files",
-    "ring_is_stale",
-    "segment_path",
-]
+__all__ = ["DEFAULT_CAPACITY", "Ring", "RingInUse"]
 
 DEFAULT_CAPACITY = 4 * 2**20
-_SHM_DIR = "/dev/shm"
-_MAGIC = int.from_bytes(b"aioipcR1", "little")
-_VERSION = 1
-_HEADER = 4096
 _RECORD = struct.Struct("<II")
 _WRAP = 0xFFFFFFFF
 _BELL_BYTES = b"\x00"
+_RING_UNITS = 4  # budget units a doorbell write costs (measured: 4-5 us against ~1 us a message)
 
-# header words (uint64)
-_W_MAGIC, _W_VERSION, _W_CAPACITY, _W_CREATOR, _W_ATTACHER, _W_ATTACHED = range(6)
 # per lane, from the lane's base word: producer line, consumer line, then the two flags
 _HEAD, _EOF, _TAIL, _GONE, _SLEEPING, _WAITING = 0, 1, 8, 9, 16, 24
-_LOCK_CREATOR, _LOCK_ATTACHER = 0, 1
-_RING_UNITS = 4  # budget units a doorbell write costs (measured: 4-5 us against ~1 us a message)
 
 
 def _lane_base(lane: int) -> int:
     return 8 + 32 * lane
 
 
-class RingInUse(IPCError):
-    """The ring already has (or had) its one attached peer; a ring links exactly two processes."""
-
-
 # -- memory ordering --------------------------------------------------------------------------
-
-
-def _check_machine() -> None:
-    """Refuse other machines: the ring relies on x86-64's ordering of plain loads and stores.
-
-    Raises:
-        NotImplementedError: not x86-64.
-    """
-    if platform.machine() not in ("x86_64", "AMD64"):
-        raise NotImplementedError("shared-memory rings need an x86-64 machine")
 
 
 def _make_fence() -> Callable[[], None]:
@@ -123,105 +106,6 @@ def _make_fence() -> Callable[[], None]:
         release()
 
     return fence
-
-
-# -- files --------------------------------------------------------------------------------------
-
-
-def segment_path(name: str) -> str:
-    """``/name`` -> the file backing the POSIX shared-memory object.
-
-    Raises:
-        ValueError: not one '/' followed by other characters.
-    """
-    if not name.startswith("/") or "/" in name[1:] or len(name) < 2 or len(name) > 240 or "\0" in name:
-        raise ValueError(f"bad shared-memory name {name!r}: one '/' followed by up to 239 other characters")
-    return _SHM_DIR + name
-
-
-def ring_files(name: str) -> tuple[str, str, str]:
-    """The segment and the two doorbell FIFOs of ring ``name``: (segment, creator's bell, attacher's bell)."""
-    path = segment_path(name)
-    return path, path + ".bell-c", path + ".bell-a"
-
-
-def is_ring(fd: int) -> bool:
-    """Whether the open segment ``fd`` holds an aioipc ring."""
-    head = os.pread(fd, 16, 0)
-    return len(head) == 16 and struct.unpack("<QQ", head) == (_MAGIC, _VERSION)
-
-
-def ring_is_stale(fd: int) -> bool:
-    """Whether no live process holds either side of the open ring segment ``fd``."""
-    return not ofd_locked(fd, _LOCK_CREATOR, 2)
-
-
-# -- the doorbell ---------------------------------------------------------------------------
-
-
-def _wake_all(waiters: list[asyncio.Future[None]], error: BaseException | None = None) -> None:
-    for waiter in waiters:
-        if not waiter.done():
-            if error is None:
-                waiter.set_result(None)
-            else:
-                waiter.set_exception(error)
-
-
-class _Doorbell:
-    """The read end of this side's doorbell FIFO; any number of tasks may wait on it.
-
-    Watched through its :class:`FdHandle` from the first wait on (not per
-    wait: the peer rings only while we sleep) until it hangs up.
-    """
-
-    def __init__(self, fd: int) -> None:
-        self._handle = FdHandle(fd)
-        self.hung_up = False
-        self._watched = False
-        self._waiters: list[asyncio.Future[None]] = []
-
-    def _on_readable(self) -> None:
-        fd = self._handle.fd
-        while True:
-            try:
-                data = os.read(fd, 4096)
-            except BlockingIOError:
-                break
-            if len(data) == 4096:
-                continue  # maybe more
-            if not data:
-                self.hung_up = True
-                self._handle.watch_readable(None)
-            break
-        waiters, self._waiters = self._waiters, []
-        _wake_all(waiters)
-
-    async def wait(self) -> None:
-        """Park until the bell rings or hangs up (returns at once if it hung up)."""
-        handle = self._handle
-        if handle.closed:
-            raise anyio.ClosedResourceError
-        if self.hung_up:
-            await anyio.lowlevel.checkpoint()
-            return
-        if not self._watched:
-            handle.watch_readable(self._on_readable)
-            self._watched = True
-        waiter: asyncio.Future[None] = handle.loop().create_future()
-        self._waiters.append(waiter)
-        try:
-            await waiter
-        finally:
-            if waiter in self._waiters:
-                self._waiters.remove(waiter)
-
-    def close(self) -> None:
-        if self._handle.closed:
-            return
-        self._handle.close()
-        waiters, self._waiters = self._waiters, []
-        _wake_all(waiters, anyio.ClosedResourceError())
 
 
 # -- the ring -------------------------------------------------------------------------------
@@ -281,15 +165,15 @@ class Ring(MessageStream):
         self.side = side
         self._fd = fd
         self._mmap = memory
-        _check_machine()
+        check_machine()
         self._fence = _make_fence()
         base = memoryview(memory)
-        header = base[:_HEADER]
+        header = base[:HEADER]
         self._h = header.cast("Q")
-        self.capacity = capacity = self._h[_W_CAPACITY]
+        self.capacity = capacity = self._h[W_CAPACITY]
         tx_lane, rx_lane = side, 1 - side
-        self._tx = base[_HEADER + tx_lane * capacity : _HEADER + (tx_lane + 1) * capacity]
-        self._rx = base[_HEADER + rx_lane * capacity : _HEADER + (rx_lane + 1) * capacity]
+        self._tx = base[HEADER + tx_lane * capacity : HEADER + (tx_lane + 1) * capacity]
+        self._rx = base[HEADER + rx_lane * capacity : HEADER + (rx_lane + 1) * capacity]
         self._views = [self._tx, self._rx, self._h, header, base]
         tx, rx = _lane_base(tx_lane), _lane_base(rx_lane)
         self._tx_head, self._tx_eof, self._tx_tail = tx + _HEAD, tx + _EOF, tx + _TAIL
@@ -301,7 +185,7 @@ class Ring(MessageStream):
         self._tail_seen = 0  # the peer's tail when our last write found the lane full
         limit = capacity // 2 - _RECORD.size
         self.max_size = limit if max_size is None else min(max_size, limit)
-        self._bell = _Doorbell(bell)
+        self._bell = Doorbell(bell)
         self._peer_bell = peer_bell
         self._owned_files = owned_files
         self._receiving = False
@@ -345,53 +229,23 @@ class Ring(MessageStream):
             FileExistsError: a ring or segment of that name exists.
             ValueError: bad name, or ``capacity`` under one page.
         """
-        # first: cancelled here, nothing exists yet to leak
-        await anyio.lowlevel.checkpoint()
-        _check_machine()
+        check_machine()
         if capacity < mmap.PAGESIZE:
             raise ValueError(f"capacity must be at least {mmap.PAGESIZE} bytes")
         capacity = -(-capacity // mmap.PAGESIZE) * mmap.PAGESIZE
-        path, bell_c, bell_a = ring_files(name)
-        made: list[str] = []
-        fds: list[int] = []
-        try:
-            for bell in (bell_c, bell_a):
-                os.mkfifo(bell, 0o600)
-                made.append(bell)
-                os.chmod(bell, mode)
-            temporary = f"{_SHM_DIR}/.{name[1:]}.{uuid.uuid4().hex}.tmp"
-            fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            fds.append(fd)
-            made.append(temporary)
-            os.fchmod(fd, mode)
-            os.ftruncate(fd, _HEADER + 2 * capacity)
-            os.pwrite(fd, struct.pack("<6Q", _MAGIC, _VERSION, capacity, os.getpid(), 0, 0), 0)
-            ofd_lock(fd, _LOCK_CREATOR, 1, exclusive=True, wait=False)
-            bell_fd = os.open(bell_c, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-            fds.append(bell_fd)
-            # Read-write: we hold a writer of the peer's bell from the start, so
-            # the peer's read end hangs up exactly when we are gone.
-            peer_fd = os.open(bell_a, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
-            fds.append(peer_fd)
-            memory = mmap.mmap(fd, _HEADER + 2 * capacity)
-            try:
-                os.link(temporary, path)  # publish, exclusively
-            except BaseException:
-                memory.close()
-                raise
-            os.unlink(temporary)
-        except BaseException:
-            for fd in fds:
-                os.close(fd)
-            for file in made:
-                try:
-                    os.unlink(file)
-                except FileNotFoundError:
-                    pass
-            raise
-        owned = () if persist else (path, bell_c, bell_a)
+        (fd, memory, bell_fd, peer_fd), owned = await create_or_open(
+            KIND, name, lambda name: make_ring(name, capacity, mode), None, persist=persist
+        )
+        owned_files = ring_files(name) if owned else ()
         ring = cls(
-            name, fd, memory, side=0, bell=bell_fd, peer_bell=peer_fd, owned_files=owned, max_size=max_size
+            name,
+            fd,
+            memory,
+            side=0,
+            bell=bell_fd,
+            peer_bell=peer_fd,
+            owned_files=owned_files,
+            max_size=max_size,
         )
         return ring
 
@@ -399,54 +253,18 @@ class Ring(MessageStream):
     async def attach(cls, name: str, *, max_size: int | None = None) -> Ring:
         """Attach to ring ``name`` as its one peer.
 
+        A ring created with ``persist=True`` can be attached after its
+        creator closed it: the peer receives what is left, then
+        ``EndOfStream``; its sends raise ``BrokenResourceError``.
+
         Raises:
             FileNotFoundError: no such ring.
             ValueError: ``name`` is a shared-memory segment but not a ring.
             RingInUse: another process attached already (now or before).
-            PeerDied: the creator is gone.
+            PeerDied: the creator died (it did not close the ring).
         """
-        # first: cancelled here, nothing exists yet to leak
-        await anyio.lowlevel.checkpoint()
-        _check_machine()
-        path, bell_c, bell_a = ring_files(name)
-        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-        fds = [fd]
-        try:
-            if not is_ring(fd):
-                raise ValueError(f"{name!r} is not an aioipc ring")
-            capacity = struct.unpack("<Q", os.pread(fd, 8, 8 * _W_CAPACITY))[0]
-            size = _HEADER + 2 * capacity
-            if os.fstat(fd).st_size != size:
-                raise ValueError(f"{name!r} is a damaged ring (size does not match its header)")
-            if not ofd_lock(fd, _LOCK_ATTACHER, 1, exclusive=True, wait=False):
-                raise RingInUse(f"ring {name!r} already has its peer attached")
-            memory = mmap.mmap(fd, size)
-            words = memoryview(memory)[:_HEADER].cast("Q")
-            try:
-                if words[_W_ATTACHED]:
-                    raise RingInUse(f"ring {name!r} was attached before; a ring links one pair only")
-                if not ofd_locked(fd, _LOCK_CREATOR, 1):
-                    raise PeerDied(f"the creator of ring {name!r} is gone")
-                bell_fd = os.open(bell_a, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-                fds.append(bell_fd)
-                try:
-                    peer_fd = os.open(bell_c, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-                except OSError as exc:
-                    if exc.errno != errno.ENXIO:
-                        raise
-                    raise PeerDied(f"the creator of ring {name!r} is gone") from None
-                fds.append(peer_fd)
-                words[_W_ATTACHER] = os.getpid()
-                words[_W_ATTACHED] = 1
-            except BaseException:
-                words.release()
-                memory.close()
-                raise
-            words.release()
-        except BaseException:
-            for each in fds:
-                os.close(each)
-            raise
+        check_machine()
+        fd, memory, bell_fd, peer_fd = await open_existing(KIND, name, attach_ring)
         ring = cls(
             name, fd, memory, side=1, bell=bell_fd, peer_bell=peer_fd, owned_files=(), max_size=max_size
         )
@@ -456,6 +274,8 @@ class Ring(MessageStream):
 
     def _ring_peer(self) -> None:
         self._budget -= _RING_UNITS  # a syscall: worth several plain operations of the budget
+        if self._peer_bell < 0:
+            return  # the peer closed before we attached (Rule 4)
         try:
             os.write(self._peer_bell, _BELL_BYTES)
         except (BlockingIOError, BrokenPipeError):
@@ -738,7 +558,8 @@ class Ring(MessageStream):
             self._closed = True
             self._bell.close()
             for fd in (self._peer_bell, self._fd):
-                os.close(fd)
+                if fd >= 0:
+                    os.close(fd)
 
     async def aclose(self) -> None:
         """Close this side (idempotent): the peer reads what was sent, then ``EndOfStream``.
@@ -751,9 +572,12 @@ class Ring(MessageStream):
         h = self._h
         h[self._tx_eof] = 1
         h[self._rx_gone] = 1
+        if self.side == 0:
+            h[W_CLOSED] = 1  # Rule 4: set while our lock still says we are alive
         self._closed = True
         self._bell.close()
-        os.close(self._peer_bell)
+        if self._peer_bell >= 0:
+            os.close(self._peer_bell)
         for view in self._views:
             view.release()
         try:

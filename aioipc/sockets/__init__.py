@@ -7,6 +7,10 @@ Through the front door::
     raw = await aioipc.connect("tcp:127.0.0.1:8080", framing=None)
     server = await aioipc.serve("unix+seqpacket:@app", handler, max_connections=100)
 
+The default ``unix:`` stream (a :class:`FramedUnixStream`) carries file
+descriptors with messages: ``await msgs.send_fds(b"log", [fd])`` on one
+side, ``message, fds = await msgs.receive_fds()`` on the other.
+
 Or directly, with typed results::
 
     stream = await aioipc.sockets.connect_unix("/run/app.sock")      # SocketStream
@@ -17,6 +21,8 @@ Or directly, with typed results::
 
 - ``mode=0o600``: the socket file's permissions, set before it is reachable.
 - ``max_connections``: live handlers at most; more clients wait in the backlog.
+- ``idle_timeout``: seconds without a receive or send after which a
+  connection is closed (logged on the ``aioipc`` logger). Default ``None``.
 - ``allowed_uids``: Unix only; other users' connections are closed at once.
 - ``ssl``: an ``ssl.SSLContext`` (tcp only): each connection is TLS
   (``handshake_timeout`` seconds to complete the handshake).
@@ -24,11 +30,22 @@ Or directly, with typed results::
 - ``persist=False``: keep the socket file after close when ``True``.
 - ``backlog``: the listen backlog.
 
+What the defaults protect against: with no ``max_connections``, idle
+clients cannot lock anyone out; each costs the server an fd and some
+memory (``benchmarks/bench_idle.py`` measures it), and accepting stops
+only at the process's fd limit (then ``accept`` is retried every 0.1 s).
+With ``max_connections`` set, that many clients that connect and never
+send hold every slot for as long as they stay, so set ``idle_timeout``
+with it. A handler that raises, a bad frame, or a
+TLS handshake slower than ``handshake_timeout`` ends only that connection.
+
 Caveats:
     A socket file already present is probed: if nobody accepts there it is
     stale and replaced, if a server answers, ``AddressInUse`` (it is never
     stolen). The server removes its socket file on close only while it is
-    still the file it bound. Abstract names need no cleanup and have no
+    still the file it bound. Concurrent starts on one path in one
+    directory are serialized (``flock`` on the directory), so exactly one
+    wins even among many processes. Abstract names need no cleanup and have no
     permissions: any local process may connect (check credentials with
     ``allowed_uids``). Linux only.
 """
@@ -50,6 +67,7 @@ from .._core.framing import DEFAULT_MAX_SIZE
 from .._core.schemes import Address, Framing
 from .._core.server import Server
 from ._base import KINDS, SocketHandle, connect_socket, format_unix, unix_sockaddr
+from ._framed import FramedUnixStream
 from ._message import DatagramStream, SeqpacketStream
 from ._server import Handler, serve_connections, serve_datagram
 from ._stream import FdsTruncated, SocketReceiveStream, SocketSendStream, SocketStream
@@ -57,6 +75,7 @@ from ._stream import FdsTruncated, SocketReceiveStream, SocketSendStream, Socket
 __all__ = [
     "DatagramStream",
     "FdsTruncated",
+    "FramedUnixStream",
     "Kind",
     "SeqpacketStream",
     "SocketReceiveStream",

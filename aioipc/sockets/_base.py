@@ -5,17 +5,22 @@ Rule 1: a socket file is never reachable with looser permissions than asked:
 the mode is set on the socket inode (``fchmod``) before ``bind`` creates the file.
 Rule 2: an address in use is probed, never blindly unlinked: a refused
 connect means a stale file (replaced), anything else a live server (``AddressInUse``).
+Rule 3: bind, probe, reclaim and listen happen under one ``flock`` on the
+socket's directory, so a probe never mistakes a server that has bound but
+not yet listened for a stale file: of many concurrent starts, one wins.
 """
 
 from __future__ import annotations
 
 import array
 import errno
+import fcntl
 import os
 import socket
 import stat
 import struct
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
@@ -40,6 +45,7 @@ __all__ = [
 
 _UCRED = struct.Struct("3i")
 _MAX_BACKOFF = 0.05
+_LOCK_BACKOFF = 0.002  # the lock is held for a few syscalls
 
 #: the socket type of each Unix socket kind
 KINDS = {"stream": socket.SOCK_STREAM, "dgram": socket.SOCK_DGRAM, "seqpacket": socket.SOCK_SEQPACKET}
@@ -188,12 +194,58 @@ class UnixPath:
             pass
 
 
-def bind_unix(sock: socket.socket, path: str, mode: int = 0o600) -> UnixPath | None:
+def _open_directory_of(path: str) -> int:
+    return os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+
+@asynccontextmanager
+async def _reclaim_lock(path: str) -> AsyncIterator[None]:
+    """Serialize binding in ``path``'s directory among aioipc processes (``flock`` on the directory).
+
+    Held from ``bind`` to ``listen``, so that a probe under the lock never
+    sees another server's socket bound but not yet listening (which would
+    refuse, and look stale). Not taken where the directory cannot be opened.
+    """
+    try:
+        fd = _open_directory_of(path)
+    except OSError:
+        yield
+        return
+    try:
+        delay = 0.0005
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                await anyio.sleep(delay)
+                delay = min(delay * 2, _LOCK_BACKOFF)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _bind_abstract(sock: socket.socket, path: str, backlog: int | None) -> None:
+    try:
+        sock.bind(unix_sockaddr(path))
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise AddressInUse(f"unix:{path}") from None
+        raise
+    if backlog is not None:
+        sock.listen(backlog)
+
+
+async def bind_unix(
+    sock: socket.socket, path: str, mode: int = 0o600, *, backlog: int | None = None
+) -> UnixPath | None:
     """Bind a Unix socket to ``path`` (or an abstract ``@name``), replacing only a stale file.
 
     The file gets exactly ``mode`` and is never looser, not even briefly:
     the mode is set on the socket before ``bind`` creates the file (the
-    umask may make it stricter for an instant, never looser).
+    umask may make it stricter for an instant, never looser). With
+    ``backlog``, the socket also listens before the directory lock is
+    released, so concurrent starts on one path elect exactly one server.
 
     Returns:
         the bound file (to remove on close), or ``None`` for an abstract name.
@@ -203,35 +255,41 @@ def bind_unix(sock: socket.socket, path: str, mode: int = 0o600) -> UnixPath | N
         FileExistsError: ``path`` exists and is not a socket.
     """
     if path.startswith("@"):
-        try:
-            sock.bind(unix_sockaddr(path))
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                raise AddressInUse(f"unix:{path}") from None
-            raise
+        _bind_abstract(sock, path, backlog)
         return None
     os.fchmod(sock.fileno(), mode)
-    for attempt in range(2):
+    async with _reclaim_lock(path):
         try:
             sock.bind(path)
-            break
         except OSError as exc:
             if exc.errno != errno.EADDRINUSE:
                 raise
             try:
                 st = os.lstat(path)
             except FileNotFoundError:
-                continue  # it went away meanwhile: bind again
-            if not stat.S_ISSOCK(st.st_mode):
-                raise FileExistsError(errno.EEXIST, "exists and is not a socket", path) from None
-            if attempt or _live(path, sock.type):
-                raise AddressInUse(f"unix:{path}") from None
+                st = None  # it went away meanwhile: bind again
+            if st is not None:
+                if not stat.S_ISSOCK(st.st_mode):
+                    raise FileExistsError(errno.EEXIST, "exists and is not a socket", path) from None
+                if _live(path, sock.type):
+                    raise AddressInUse(f"unix:{path}") from None
+                try:
+                    os.unlink(path)  # stale: nobody accepts there
+                except FileNotFoundError:
+                    pass
             try:
-                os.unlink(path)  # stale: nobody accepts there
-            except FileNotFoundError:
-                pass
-    else:
-        raise AddressInUse(f"unix:{path}")
-    if stat.S_IMODE(os.stat(path).st_mode) != mode:
-        os.chmod(path, mode)  # the umask made it stricter than asked
-    return UnixPath(path)
+                sock.bind(path)
+            except OSError as again:
+                if again.errno == errno.EADDRINUSE:  # a server that binds without the lock
+                    raise AddressInUse(f"unix:{path}") from None
+                raise
+        owned = UnixPath(path)
+        try:
+            if stat.S_IMODE(os.stat(path).st_mode) != mode:
+                os.chmod(path, mode)  # the umask made it stricter than asked
+            if backlog is not None:
+                sock.listen(backlog)
+        except BaseException:
+            owned.remove()
+            raise
+    return owned

@@ -18,6 +18,7 @@ operations, so a peer that keeps it full cannot starve the program.
 from __future__ import annotations
 
 import errno
+import logging
 import mmap
 import socket
 import struct
@@ -28,13 +29,17 @@ import anyio
 import anyio.lowlevel
 
 from .._core.attributes import IPCAttribute, PeerCredentials
-from .._core.errors import FrameTooLarge, map_os_errors
+from .._core.errors import FrameTooLarge, map_exceptions
 from .._core.framing import DEFAULT_MAX_SIZE
 from .._core.streams import FAIR_OPS, FAIR_SHIFT, Buffer, MessageStream, ResourceGuard, byte_view, fair_yield
 from ._base import SocketHandle, close_fds, fds_from_ancillary, peer_credentials, socket_extra
 from ._stream import DEFAULT_MAX_FDS, check_fds, rights_message
 
 __all__ = ["DatagramStream", "MessageSocket", "SeqpacketStream"]
+
+logger = logging.getLogger("aioipc")
+# A reply that cannot reach its sender: unnamed (nothing to answer), gone, or not ours to reach.
+_UNREACHABLE = frozenset({errno.ECONNREFUSED, errno.ENOENT, errno.EACCES, errno.EPERM, errno.EDESTADDRREQ})
 
 _UCRED = struct.Struct("3i")
 _CREDS_SPACE = socket.CMSG_SPACE(_UCRED.size)
@@ -128,7 +133,7 @@ class MessageSocket(MessageStream):
                             lambda _fd: recvmsg_into([buffer], ancsize, _RECV_FLAGS), self._keep
                         )
                 except OSError:
-                    with map_os_errors():
+                    with map_exceptions():
                         raise
             size, ancdata, flags, address = result
             self._budget -= size >> FAIR_SHIFT
@@ -196,12 +201,10 @@ class MessageSocket(MessageStream):
                 except BlockingIOError:
                     await handle.wait_writable()
                     self._check_send(0)
-                except ConnectionRefusedError as exc:
-                    if address is not None:
-                        raise
-                    raise anyio.BrokenResourceError("the peer socket is gone (ECONNREFUSED)") from exc
-                except OSError:
-                    with map_os_errors():
+                except OSError as exc:
+                    if address is not None and exc.errno == errno.ECONNREFUSED:
+                        raise  # nobody at that address: the caller's error, not a broken socket
+                    with map_exceptions():  # connected: ECONNREFUSED means the peer is gone
                         raise
 
     async def send(self, item: Buffer) -> None:
@@ -289,6 +292,13 @@ class DatagramStream(MessageSocket):
         default), a UDP one by 65507 bytes. On Unix sockets,
         ``extra(aioipc.PeerCredentials)`` is the sender of the last message
         received (or the socketpair peer before any).
+
+        The stream a ``unix+dgram:`` or ``udp:`` server hands its handler is
+        a *serving* one: one sender cannot end the handler's loop. A
+        datagram over ``max_size`` is logged and skipped, and a reply with
+        ``send()`` that cannot reach its sender (an unnamed sender such as
+        ``socat - UNIX-SENDTO:``, or one that left) is logged and dropped.
+        ``send_to()`` always raises.
     """
 
     def __init__(
@@ -298,9 +308,11 @@ class DatagramStream(MessageSocket):
         max_size: int = DEFAULT_MAX_SIZE,
         path: str | None = None,
         connected: bool = True,
+        serving: bool = False,
     ) -> None:
         super().__init__(handle, max_size=max_size, path=path)
         self._connected = connected
+        self._serving = serving
         self._last_sender: Any = None
 
     async def receive(self) -> bytes:
@@ -310,20 +322,51 @@ class DatagramStream(MessageSocket):
     async def receive_from(self) -> tuple[bytes, Any]:
         """The next message and its sender's address (a path, ``b"\\0name"``, or ``(host, port)``).
 
+        The address is ``None`` for an unnamed sender (a Unix socket that
+        never bound): there is nobody to answer.
+
         Raises:
-            FrameTooLarge: the message was over ``max_size``; it was discarded.
+            FrameTooLarge: the message was over ``max_size``; it was discarded
+                (a serving stream logs it and receives the next one instead).
         """
-        data, _, address = await self._receive(0)
-        self._last_sender = address
-        return data, address
+        while True:
+            try:
+                data, _, address = await self._receive(0)
+            except FrameTooLarge as exc:
+                if not self._serving:
+                    raise
+                logger.warning("%s: dropped a datagram: %s", self._name(), exc)
+                continue
+            self._last_sender = address
+            return data, address
+
+    def _name(self) -> str:
+        path = self._extra.get(IPCAttribute.path)
+        return f"datagram socket {path()}" if path is not None else repr(self)
 
     async def send(self, item: Buffer) -> None:
+        """Send to the peer (connected), or answer the sender of the last message received.
+
+        Raises:
+            OSError: ``EDESTADDRREQ`` answering an unnamed sender, or before any
+                message arrived; ``ConnectionRefusedError`` when the sender left.
+                A serving stream logs these and drops the reply.
+        """
         if self._connected:
             await self._send((item,), [], None)
             return
-        if self._last_sender is None:
-            raise OSError(errno.EDESTADDRREQ, "no destination: use send_to(), or receive a message first")
-        await self._send((item,), [], self._last_sender)
+        try:
+            if self._last_sender is None:
+                raise OSError(
+                    errno.EDESTADDRREQ, "no destination: the sender is unnamed, or nothing was received"
+                )
+            await self._send((item,), [], self._last_sender)
+        except OSError as exc:
+            if not self._serving or exc.errno not in _UNREACHABLE:
+                raise
+            logger.warning(
+                "%s: dropped a reply to %r: %s", self._name(), self._last_sender, exc.strerror or exc
+            )
 
     async def send_to(self, item: Buffer, address: Any) -> None:
         """Send one message to ``address`` (as ``receive_from()`` gives it).

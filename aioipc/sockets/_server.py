@@ -1,11 +1,19 @@
-"""Socket servers behind ``aioipc.serve()``: accept loops for stream and
-seqpacket sockets, one handler call for a datagram socket.
+"""Socket servers behind ``aioipc.serve()``: an accept loop for stream and
+seqpacket listeners, one handler call for a datagram socket.
+
+Binding (:func:`listen`) and serving a listening socket (:func:`serve_listener`)
+are separate steps, so a socket that arrives already listening (socket
+activation) is served the same way.
 
 Rule 1: the accept loop never calls ``accept()`` beyond ``max_connections``
 live handlers: extra clients wait in the kernel's backlog, not in memory.
-Rule 2: everything a connection needs before its handler runs (credential
-check, TLS handshake, framing) happens in its own task or is a plain
-syscall, so a slow or hostile client cannot stall the accept loop.
+Rule 2: everything a connection needs before its handler runs (TLS
+handshake, framing) happens in the connection's own task, or is a plain
+syscall (credential check), so a slow or hostile client cannot stall the
+accept loop.
+Rule 3: a connection costs what its handler holds and no more: one task,
+the socket's stream, and the handler's frame (no per-connection closures,
+timers only with ``idle_timeout``).
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import logging
 import socket
 import ssl as _ssl
 from collections.abc import Awaitable, Callable, Collection
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -25,11 +34,12 @@ from anyio.streams.tls import TLSStream
 from .._core.schemes import Address, Framing
 from .._core.server import Server
 from .._core.streams import framed
-from ._base import KINDS, SocketHandle, UnixPath, bind_unix, format_unix, peer_credentials
-from ._message import DatagramStream, MessageSocket, SeqpacketStream
+from ._base import KINDS, SocketHandle, UnixPath, bind_unix, peer_credentials
+from ._idle import IdleWatch
+from ._message import DatagramStream, SeqpacketStream
 from ._stream import SocketStream
 
-__all__ = ["serve_datagram", "serve_connections", "tcp_address"]
+__all__ = ["Listening", "listen", "serve_connections", "serve_datagram", "serve_listener", "tcp_address"]
 
 logger = logging.getLogger("aioipc")
 
@@ -62,13 +72,164 @@ async def _bind_inet(address: Address, kind: int) -> socket.socket:
     return sock
 
 
-def _bind_unix(address: Address, kind: int, mode: int) -> tuple[socket.socket, UnixPath | None]:
+async def _bind_unix(
+    address: Address, kind: int, mode: int, backlog: int | None
+) -> tuple[socket.socket, UnixPath | None]:
     sock = socket.socket(socket.AF_UNIX, kind | socket.SOCK_CLOEXEC)
     try:
-        return sock, bind_unix(sock, address.path, mode)
+        return sock, await bind_unix(sock, address.path, mode, backlog=backlog)
     except BaseException:
         sock.close()
         raise
+
+
+class Listening:
+    """A bound, listening socket, and the socket file it created (removed on :meth:`close`).
+
+    Attributes:
+        handle: owns the listening socket.
+        address: in address syntax (the real port for ``tcp:HOST:0``).
+    """
+
+    def __init__(self, sock: socket.socket, address: str, owned: UnixPath | None = None) -> None:
+        self.handle = SocketHandle(sock)
+        self.address = address
+        self._owned = owned
+
+    def close(self) -> None:
+        """Stop listening (idempotent); remove the socket file if this process created it."""
+        self.handle.close()
+        owned, self._owned = self._owned, None
+        if owned is not None:
+            owned.remove()
+
+
+async def listen(
+    address: Address, *, mode: int = 0o600, backlog: int = socket.SOMAXCONN, persist: bool = False
+) -> Listening:
+    """Bind ``address`` (``unix:``, ``unix+seqpacket:`` or ``tcp:``) and listen.
+
+    Raises:
+        AddressInUse: a live server owns the address (never stolen).
+    """
+    if address.scheme == "tcp":
+        sock = await _bind_inet(address, socket.SOCK_STREAM)
+        try:
+            sock.listen(backlog)
+        except BaseException:
+            sock.close()
+            raise
+        return Listening(sock, tcp_address("tcp", sock.getsockname()))
+    kind = KINDS["seqpacket" if address.scheme == "unix+seqpacket" else "stream"]
+    sock, owned = await _bind_unix(address, kind, mode, backlog)
+    return Listening(sock, str(address), None if persist else owned)
+
+
+@dataclass
+class _Acceptor:
+    """The accept loop of one listener and the setup of each connection (the server's body)."""
+
+    listening: Listening
+    handler: Handler
+    framing: Framing
+    max_size: int
+    slots: anyio.Semaphore | None
+    allowed_uids: frozenset[int] | None
+    ssl: _ssl.SSLContext | None
+    handshake_timeout: float
+    nodelay: bool
+    idle_timeout: float | None
+
+    async def serve(self, server: Server) -> None:
+        """Accept until cancelled (:meth:`Server.close`), starting a handler per connection."""
+        try:
+            while True:
+                if self.slots is not None:
+                    await self.slots.acquire()
+                conn = await self._accept()
+                try:
+                    stream = self._admit(conn)
+                except Exception:
+                    logger.exception("%s: could not start a connection", self.listening.address)
+                    stream = None
+                if stream is None:
+                    self._release()
+                else:
+                    server.start_handler(self._run, stream)
+        finally:
+            self.listening.close()
+
+    async def _accept(self) -> socket.socket:
+        listener = self.listening.handle
+        while True:
+            try:
+                conn, _ = listener.sock.accept()
+                return conn
+            except BlockingIOError:
+                await listener.wait_readable()
+            except OSError as exc:
+                if exc.errno in _RETRY_ACCEPT:
+                    continue
+                if exc.errno not in _OUT_OF_RESOURCES:
+                    raise
+                logger.warning(
+                    "%s: accept failed (%s); retrying in 0.1 s", self.listening.address, exc.strerror
+                )
+                await anyio.sleep(0.1)
+
+    def _admit(self, conn: socket.socket) -> SocketStream | SeqpacketStream | None:
+        """The stream of an accepted connection, or ``None`` when its peer is refused (closed)."""
+        try:
+            if self.allowed_uids is not None:
+                try:
+                    uid = peer_credentials(conn).uid
+                except anyio.TypedAttributeLookupError:
+                    uid = -1
+                if uid not in self.allowed_uids:
+                    logger.warning(
+                        "%s: refused a connection from uid %d (not in allowed_uids)",
+                        self.listening.address,
+                        uid,
+                    )
+                    conn.close()
+                    return None
+            if conn.family != socket.AF_UNIX:
+                if self.nodelay:
+                    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                return SocketStream(SocketHandle(conn))
+            path = self.listening.address.partition(":")[2]
+            if conn.type == socket.SOCK_SEQPACKET:
+                return SeqpacketStream(SocketHandle(conn), max_size=self.max_size, path=path)
+            return SocketStream(SocketHandle(conn), path=path)
+        except BaseException:
+            conn.close()
+            raise
+
+    def _release(self) -> None:
+        if self.slots is not None:
+            self.slots.release()
+
+    async def _run(self, raw: SocketStream | SeqpacketStream) -> None:
+        """TLS, framing and the idle watch around one handler call (in the connection's task)."""
+        stream: Any = raw
+        try:
+            if self.ssl is not None:
+                with anyio.fail_after(self.handshake_timeout):
+                    stream = await TLSStream.wrap(
+                        raw, server_side=True, ssl_context=self.ssl, standard_compatible=False
+                    )
+            if self.framing is not None and isinstance(raw, SocketStream):
+                stream = framed(stream, self.max_size, framing=self.framing)
+            if self.idle_timeout is None:
+                await self.handler(stream)
+            else:
+                with IdleWatch(stream, self.idle_timeout, self.listening.address) as watched:
+                    await self.handler(watched)
+        finally:
+            self._release()
+            if stream is not raw:
+                with anyio.CancelScope(shield=True):
+                    await stream.aclose()  # TLS: not standard-compatible, so it does not wait for the peer
 
 
 def _check_options(address: Address, *, allowed_uids: object, ssl: object) -> None:
@@ -78,21 +239,58 @@ def _check_options(address: Address, *, allowed_uids: object, ssl: object) -> No
         raise ValueError("ssl is only for tcp: addresses")
 
 
-async def serve_connections(
-    address: Address,
+def serve_listener(
+    listening: Listening,
     handler: Handler,
     *,
     framing: Framing,
     max_size: int,
-    mode: int = 0o600,
     max_connections: int | None = None,
     allowed_uids: Collection[int] | None = None,
-    backlog: int = socket.SOMAXCONN,
     ssl: _ssl.SSLContext | None = None,
     handshake_timeout: float = 30,
     nodelay: bool = True,
+    idle_timeout: float | None = None,
+) -> Server:
+    """Serve each connection of a listening socket with ``handler``; the server owns ``listening``.
+
+    Raises:
+        ValueError: ``max_connections`` or ``idle_timeout`` out of range.
+    """
+    if max_connections is not None and max_connections < 1:
+        raise ValueError("max_connections must be at least 1")
+    if idle_timeout is not None and not idle_timeout > 0:
+        raise ValueError("idle_timeout must be a positive number of seconds (or None)")
+    acceptor = _Acceptor(
+        listening,
+        handler,
+        framing=framing,
+        max_size=max_size,
+        slots=None if max_connections is None else anyio.Semaphore(max_connections),
+        allowed_uids=None if allowed_uids is None else frozenset(allowed_uids),
+        ssl=ssl,
+        handshake_timeout=handshake_timeout,
+        nodelay=nodelay,
+        idle_timeout=idle_timeout,
+    )
+
+    async def stop_listening() -> None:  # in case the server closed before its body ran
+        listening.close()
+
+    return Server.start(listening.address, acceptor.serve, on_close=stop_listening)
+
+
+async def serve_connections(
+    address: Address,
+    handler: Handler,
+    *,
+    mode: int = 0o600,
+    backlog: int = socket.SOMAXCONN,
     persist: bool = False,
+    allowed_uids: Collection[int] | None = None,
+    ssl: _ssl.SSLContext | None = None,
     sock: socket.socket | None = None,
+    **options: Any,
 ) -> Server:
     """Listen on a ``unix:``, ``unix+seqpacket:`` or ``tcp:`` address and serve each connection.
 
@@ -100,116 +298,16 @@ async def serve_connections(
     nothing is bound: that socket is served, and no file is removed on close.
     """
     _check_options(address, allowed_uids=allowed_uids, ssl=ssl)
-    if max_connections is not None and max_connections < 1:
-        raise ValueError("max_connections must be at least 1")
-    uids = None if allowed_uids is None else frozenset(allowed_uids)
-    seqpacket = address.scheme == "unix+seqpacket"
-    tcp = address.scheme == "tcp"
-    owned: UnixPath | None = None
-    inherited = sock is not None
-    if sock is None and tcp:
-        sock = await _bind_inet(address, socket.SOCK_STREAM)
-    elif sock is None:
-        sock, owned = _bind_unix(address, KINDS["seqpacket" if seqpacket else "stream"], mode)
-    listener = SocketHandle(sock)
+    if sock is not None:
+        bound = tcp_address("tcp", sock.getsockname()) if address.scheme == "tcp" else str(address)
+        listening = Listening(sock, bound)
+    else:
+        listening = await listen(address, mode=mode, backlog=backlog, persist=persist)
     try:
-        if not inherited:
-            sock.listen(backlog)
-        bound = tcp_address("tcp", sock.getsockname()) if tcp else str(address)
+        return serve_listener(listening, handler, allowed_uids=allowed_uids, ssl=ssl, **options)
     except BaseException:
-        listener.close()
-        if owned is not None:
-            owned.remove()
+        listening.close()
         raise
-    path = None if tcp else format_unix(sock.getsockname())
-    slots = asyncio.Semaphore(max_connections) if max_connections is not None else None
-
-    async def run_connection(raw: SocketStream | SeqpacketStream) -> None:
-        try:
-            stream: Any = raw
-            if ssl is not None:
-                with anyio.fail_after(handshake_timeout):
-                    stream = await TLSStream.wrap(
-                        raw, server_side=True, ssl_context=ssl, standard_compatible=False
-                    )
-            if framing is not None and not seqpacket:
-                stream = framed(stream, max_size, framing=framing)
-            try:
-                await handler(stream)
-            finally:
-                if stream is not raw:
-                    with anyio.CancelScope(shield=True):
-                        await anyio.aclose_forcefully(stream)
-        finally:
-            if slots is not None:
-                slots.release()
-
-    def start(conn: socket.socket) -> None:
-        try:
-            if uids is not None:
-                try:
-                    uid = peer_credentials(conn).uid
-                except anyio.TypedAttributeLookupError:
-                    uid = -1
-                if uid not in uids:
-                    logger.warning("%s: refused a connection from uid %d (not in allowed_uids)", bound, uid)
-                    conn.close()
-                    if slots is not None:
-                        slots.release()
-                    return
-            if tcp and nodelay:
-                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            handle = SocketHandle(conn)
-        except BaseException:
-            conn.close()
-            if slots is not None:
-                slots.release()
-            raise
-        raw: SocketStream | SeqpacketStream = (
-            SeqpacketStream(handle, max_size=max_size, path=path)
-            if seqpacket
-            else SocketStream(handle, path=path)
-        )
-        server.start_handler(run_connection, raw)
-
-    async def accept_loop() -> None:
-        while True:
-            if slots is not None:
-                await slots.acquire()
-            while True:
-                try:
-                    conn, _ = sock.accept()
-                    break
-                except BlockingIOError:
-                    await listener.wait_readable()
-                except OSError as exc:
-                    if exc.errno in _RETRY_ACCEPT:
-                        continue
-                    if exc.errno not in _OUT_OF_RESOURCES:
-                        raise
-                    logger.warning("%s: accept failed (%s); retrying in 0.1 s", bound, exc.strerror)
-                    await anyio.sleep(0.1)
-            try:
-                start(conn)
-            except Exception:
-                logger.exception("%s: could not start a connection", bound)
-
-    async def stop_accepting() -> None:
-        accepting.cancel()
-        try:
-            await accepting
-        except asyncio.CancelledError:
-            pass
-        except Exception:
-            logger.exception("%s: the accept loop failed", bound)
-        finally:
-            listener.close()
-            if owned is not None and not persist:
-                owned.remove()
-
-    server = Server(bound, stop_accepting=stop_accepting)
-    accepting = asyncio.get_running_loop().create_task(accept_loop())
-    return server
 
 
 async def serve_datagram(
@@ -226,6 +324,10 @@ async def serve_datagram(
 
     With ``sock``, a socket already bound at ``address``, that socket is
     served, and no file is removed on close.
+
+    The handler's stream is a serving one: a reply that cannot reach its
+    sender and a datagram over ``max_size`` are logged and dropped, so one
+    sender cannot end the server.
     """
     del framing  # datagrams keep their own boundaries
     owned: UnixPath | None = None
@@ -236,15 +338,13 @@ async def serve_datagram(
         path = None
     else:
         if sock is None:
-            sock, owned = _bind_unix(address, socket.SOCK_DGRAM, mode)
+            sock, owned = await _bind_unix(address, socket.SOCK_DGRAM, mode, None)
         bound, path = str(address), address.path
-    stream: MessageSocket = DatagramStream(SocketHandle(sock), max_size=max_size, path=path, connected=False)
+    stream = DatagramStream(SocketHandle(sock), max_size=max_size, path=path, connected=False, serving=True)
 
     async def on_close() -> None:
         await stream.aclose()
         if owned is not None and not persist:
             owned.remove()
 
-    server = Server(bound, on_close=on_close)
-    server.start_handler(handler, stream)
-    return server
+    return Server.single(bound, handler, stream, on_close=on_close)

@@ -14,9 +14,9 @@ from typing import Any
 
 import anyio
 
-from .._core.errors import ProtocolError, map_os_errors
+from .._core.errors import FdsTruncated, map_exceptions
 from .._core.fdstreams import FdByteStream, FdReceiveStream, FdSendStream
-from .._core.streams import Buffer
+from .._core.streams import Buffer, FramedStream
 from ._base import SocketHandle, close_fds, fds_from_ancillary, socket_extra
 
 __all__ = ["FdsTruncated", "SocketReceiveStream", "SocketSendStream", "SocketStream"]
@@ -24,16 +24,32 @@ __all__ = ["FdsTruncated", "SocketReceiveStream", "SocketSendStream", "SocketStr
 DEFAULT_MAX_FDS = 16
 
 
-class FdsTruncated(ProtocolError):
-    """The peer sent more file descriptors than ``max_fds``.
+_ANCSIZE = socket.CMSG_SPACE(DEFAULT_MAX_FDS * 4)
+_CMSG_CLOEXEC = int(socket.MSG_CMSG_CLOEXEC)
 
-    The ones that arrived were closed and the kernel dropped the rest, so
-    none leaked; the bytes that came with them are in :attr:`data`.
-    """
 
-    def __init__(self, max_fds: int, data: bytes) -> None:
-        super().__init__(f"the peer sent more than max_fds={max_fds} file descriptors; all were closed")
-        self.data = data
+def _rights(
+    buffer: memoryview, n: int, ancdata: list[tuple[int, int, bytes]], flags: int, max_fds: int
+) -> list[int]:
+    if ancdata or flags & _CTRUNC:
+        return rights_message(bytes(buffer[:n]), ancdata, flags, max_fds)
+    return []
+
+
+class _Received(tuple[int, list[tuple[int, int, bytes]], int, Any]):
+    """What ``recvmsg_into`` returns; true (not end of stream) when it carried bytes or fds."""
+
+    __slots__ = ()
+
+    def __new__(cls, n: int, ancdata: list[tuple[int, int, bytes]], flags: int, address: Any) -> _Received:
+        return super().__new__(cls, (n, ancdata, flags, address))
+
+    def __bool__(self) -> bool:
+        return bool(self[0] or self[1])
+
+
+_CTRUNC = int(socket.MSG_CTRUNC)
+_DISCARDED = bytearray(65536)  # where closing sockets drop what arrived unread (never read back)
 
 
 def check_fds(fds: Sequence[int]) -> array.array[int]:
@@ -65,6 +81,7 @@ class SocketReceiveStream(FdReceiveStream):
         super().__init__(handle)
         self._extra.update(extra or {})
         self._sock = handle.sock
+        self._unclaimed_fds: list[int] = []  # fds a cancelled receive_into_fds() had taken
 
     async def receive_fds(
         self, max_bytes: int = 65536, max_fds: int = DEFAULT_MAX_FDS
@@ -84,28 +101,59 @@ class SocketReceiveStream(FdReceiveStream):
             data, fds = await stream.receive_fds(max_fds=1)
             with open(fds[0], "rb") as f: ...
         """
+        buffer = bytearray(max_bytes)
+        n, fds = await self.receive_into_fds(memoryview(buffer), max_fds)
+        return bytes(buffer[:n]), fds
+
+    async def receive_into_fds(
+        self, buffer: memoryview, max_fds: int = DEFAULT_MAX_FDS
+    ) -> tuple[int, list[int]]:
+        """:meth:`receive_fds` into ``buffer``: how many bytes arrived, and the fds that came with them.
+
+        The kernel ends a read right after the bytes that carried fds, so
+        those bytes are the last ones in ``buffer``.
+        """
         if max_fds < 1:
             raise ValueError("max_fds must be at least 1")
-        with self._guard:
-            if self._unclaimed:  # bytes a cancelled receive() had read: they come first
-                data, self._unclaimed = self._unclaimed[:max_bytes], self._unclaimed[max_bytes:]
-                return data, []
-            handle = self._handle
-            while True:
-                if handle.fd < 0:
-                    raise anyio.ClosedResourceError
-                try:
-                    with map_os_errors():
-                        data, ancdata, flags, _ = self._sock.recvmsg(
-                            max_bytes, socket.CMSG_SPACE(max_fds * 4), socket.MSG_CMSG_CLOEXEC
-                        )
-                except BlockingIOError:
-                    await handle.wait_readable()
-                    continue
-                fds = rights_message(data, ancdata, flags, max_fds)
-                if not data and not fds:
+        ancsize = _ANCSIZE if max_fds == DEFAULT_MAX_FDS else socket.CMSG_SPACE(max_fds * 4)
+        sock = self._sock
+        handle = self._handle
+        if not (
+            handle._reader_armed
+            or self._unclaimed
+            or self._unclaimed_fds
+            or self._guard.busy
+            or handle.fd < 0
+        ):
+            # The common case of a reader that keeps up with no wait: read now.
+            try:
+                n, ancdata, flags, _ = sock.recvmsg_into([buffer], ancsize, _CMSG_CLOEXEC)
+            except BlockingIOError:
+                pass
+            except OSError:
+                with map_exceptions():
+                    raise
+            else:
+                if not (n or ancdata):
                     raise anyio.EndOfStream
-                return data, fds
+                return n, _rights(buffer, n, ancdata, flags, max_fds)
+        with self._guard:
+            if self._unclaimed or self._unclaimed_fds:  # what a cancelled receive had read comes first
+                n = min(len(buffer), len(self._unclaimed))
+                buffer[:n] = self._unclaimed[:n]
+                self._unclaimed = self._unclaimed[n:]
+                fds, self._unclaimed_fds = self._unclaimed_fds, []
+                return n, fds
+
+            def read(_fd: int) -> _Received:
+                return _Received(*sock.recvmsg_into([buffer], ancsize, _CMSG_CLOEXEC))
+
+            def keep(result: tuple[int, list[tuple[int, int, bytes]], int, Any]) -> None:
+                self._keep_unclaimed(bytes(buffer[: result[0]]))
+                self._unclaimed_fds += fds_from_ancillary(result[1])
+
+            n, ancdata, flags, _ = await self._read(read, keep)
+            return n, _rights(buffer, n, ancdata, flags, max_fds)
 
 
 class SocketSendStream(FdSendStream):
@@ -138,7 +186,7 @@ class SocketSendStream(FdSendStream):
             handle = self._handle
             while True:
                 try:
-                    with map_os_errors():
+                    with map_exceptions():
                         sent = self._sock.sendmsg([view], rights)
                     break
                 except BlockingIOError:
@@ -176,6 +224,15 @@ class SocketStream(FdByteStream):
     def fileno(self) -> int:
         return self.receiver.fileno()
 
+    def framed_stream(self, max_size: int) -> FramedStream | None:
+        """What ``aioipc.framed(stream)`` gives with length framing: on a Unix socket, a
+        :class:`~aioipc.sockets.FramedUnixStream` (fds travel with messages); else ``None``."""
+        if self.receiver._sock.family != socket.AF_UNIX:
+            return None
+        from ._framed import FramedUnixStream  # built on this module
+
+        return FramedUnixStream(self, max_size)
+
     async def aclose(self) -> None:
         """Close the socket, first discarding what arrived unread.
 
@@ -191,10 +248,9 @@ class SocketStream(FdByteStream):
         sock = self.receiver._sock
         if self.receiver.fileno() < 0:
             return
-        scratch = bytearray(65536)
         for _ in range(limit):
             try:
-                if not sock.recv_into(scratch):
+                if not sock.recv_into(_DISCARDED):
                     return
             except OSError:  # BlockingIOError: nothing more; anything else: closing anyway
                 return

@@ -23,8 +23,8 @@ from __future__ import annotations
 import errno
 import os
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -36,6 +36,7 @@ from anyio import TypedAttributeSet, typed_attribute
 from .._core.bridge import Bridge
 from .._core.errors import FrameTooLarge
 from .._core.framing import DEFAULT_MAX_SIZE
+from .._core.naming import Kind, create_or_open
 from .._core.schemes import Address
 from .._core.server import Server
 from .._core.streams import FAIR_OPS, Buffer, MessageStream, fair_yield
@@ -84,19 +85,12 @@ def _interrupted(exc: BaseException) -> bool:
     return type(exc) is sysv_ipc.Error
 
 
-@contextmanager
-def _map_errors(key: int) -> Iterator[None]:
-    try:
-        yield
-    except sysv_ipc.ExistentialError as exc:
-        raise anyio.BrokenResourceError(f"the System V queue {key:#x} was removed") from exc
-    except sysv_ipc.PermissionsError as exc:
-        raise PermissionError(errno.EACCES, f"no permission for the System V queue {key:#x}") from exc
-    except OSError as exc:
-        # Sizes and types are checked before each call, so EINVAL means a stale queue id.
-        if exc.errno == errno.EINVAL:
-            raise anyio.BrokenResourceError(f"the System V queue {key:#x} was removed") from exc
-        raise
+_KIND = Kind("System V queue", "sysvmq", check_key)
+
+
+def _map_errors(key: int) -> AbstractContextManager[None]:
+    # Sizes and types are checked before each call, so EINVAL means a stale queue id.
+    return _KIND.map_errors(key, "use")
 
 
 class SysVQueueAttribute(TypedAttributeSet):
@@ -198,30 +192,18 @@ class MessageQueue(MessageStream):
             OSError: ``ENOSPC``: the system's queue limit (``kernel.msgmni``) is reached.
             ValueError: ``key`` is 0 (``IPC_PRIVATE``) or not a 32-bit number.
         """
-        # first: cancelled here, nothing exists yet to leak
-        await anyio.lowlevel.checkpoint()
-        key = check_key(key)
         size = _read_limit("msgmax", 8192)
-        owned = False
-        try:
-            if create:
-                try:
-                    queue = sysv_ipc.MessageQueue(key, sysv_ipc.IPC_CREX, mode, size)
-                    owned = True
-                except sysv_ipc.ExistentialError:
-                    if not exist_ok:
-                        raise FileExistsError(
-                            errno.EEXIST, f"a System V queue with key {key:#x} exists"
-                        ) from None
-                    queue = sysv_ipc.MessageQueue(key, 0, mode, size)
-            else:
-                try:
-                    queue = sysv_ipc.MessageQueue(key, 0, mode, size)
-                except sysv_ipc.ExistentialError:
-                    raise FileNotFoundError(errno.ENOENT, f"no System V queue has key {key:#x}") from None
-        except sysv_ipc.PermissionsError as exc:
-            raise PermissionError(errno.EACCES, f"no permission for the System V queue {key:#x}") from exc
-        return cls(queue, owned=owned and not persist)
+
+        def make(key: int) -> sysv_ipc.MessageQueue:  # System V ignores the umask: exactly ``mode``
+            return sysv_ipc.MessageQueue(key, sysv_ipc.IPC_CREX, mode, size)
+
+        def existing(key: int) -> sysv_ipc.MessageQueue:
+            return sysv_ipc.MessageQueue(key, 0, mode, size)
+
+        queue, owned = await create_or_open(
+            _KIND, key, make, existing, create=create, exist_ok=exist_ok, persist=persist
+        )
+        return cls(queue, owned=owned)
 
     # -- receiving -----------------------------------------------------------------------
 

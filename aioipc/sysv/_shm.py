@@ -29,6 +29,7 @@ import anyio.lowlevel
 import sysv_ipc
 
 from .._core.bridge import Bridge
+from .._core.naming import Kind, create_or_open, open_existing
 from .._core.semaphores import BridgedSemaphore
 from .._core.sysvipc import check_key
 
@@ -71,12 +72,8 @@ def _interrupted(exc: BaseException) -> bool:
     return isinstance(exc, InterruptedError)
 
 
-def _not_found(kind: str, key: int) -> FileNotFoundError:
-    return FileNotFoundError(errno.ENOENT, f"no System V {kind} with key {key & 0xFFFFFFFF:#010x}")
-
-
-def _exists(kind: str, key: int) -> FileExistsError:
-    return FileExistsError(errno.EEXIST, f"a System V {kind} with key {key & 0xFFFFFFFF:#010x} exists")
+_SEGMENT = Kind("System V segment", "sysvshm", check_key)
+_SEMAPHORE = Kind("System V semaphore", "sysvsem", check_key)
 
 
 class SharedMemory(anyio.abc.AsyncResource):
@@ -106,27 +103,28 @@ class SharedMemory(anyio.abc.AsyncResource):
 
     @classmethod
     async def create(
-        cls, key: int, size: int, mode: int = 0o600, *, exist_ok: bool = False, persist: bool = False
+        cls, key: int, size: int, *, exist_ok: bool = False, mode: int = 0o600, persist: bool = False
     ) -> SharedMemory:
         """Create the segment ``key`` of ``size`` bytes (zeroed) with permission bits ``mode``.
+
+        Args:
+            exist_ok: attach an existing segment instead of failing (it is then not removed on close).
+            persist: leave the segment after ``aclose()``.
 
         Raises:
             FileExistsError: a segment with that key exists (and not ``exist_ok``).
             ValueError: bad key or size (``size`` over the system's ``shmmax``).
         """
-        # first: cancelled here, nothing exists yet to leak
-        await anyio.lowlevel.checkpoint()
-        key = check_key(key)
         if size <= 0:
             raise ValueError("size must be > 0")
-        try:
-            segment = sysv_ipc.SharedMemory(key, sysv_ipc.IPC_CREX, mode, size, init_character=b"\0")
-        except sysv_ipc.ExistentialError:
-            if not exist_ok:
-                raise _exists("segment", key) from None
-            return await cls.attach(key)
-        shm = cls(segment, owned=not persist)
-        return shm
+
+        def make(key: int) -> sysv_ipc.SharedMemory:  # System V ignores the umask: exactly ``mode``
+            return sysv_ipc.SharedMemory(key, sysv_ipc.IPC_CREX, mode, size, init_character=b"\0")
+
+        segment, owned = await create_or_open(
+            _SEGMENT, key, make, sysv_ipc.SharedMemory, create=True, exist_ok=exist_ok, persist=persist
+        )
+        return cls(segment, owned=owned)
 
     @classmethod
     async def attach(cls, key: int) -> SharedMemory:
@@ -136,17 +134,7 @@ class SharedMemory(anyio.abc.AsyncResource):
             FileNotFoundError: no segment with that key.
             PermissionError: its mode forbids it.
         """
-        # first: cancelled here, nothing exists yet to leak
-        await anyio.lowlevel.checkpoint()
-        key = check_key(key)
-        try:
-            segment = sysv_ipc.SharedMemory(key)
-        except sysv_ipc.ExistentialError:
-            raise _not_found("segment", key) from None
-        except sysv_ipc.PermissionsError:
-            raise PermissionError(errno.EACCES, "permission denied") from None
-        shm = cls(segment, owned=False)
-        return shm
+        return cls(await open_existing(_SEGMENT, key, sysv_ipc.SharedMemory), owned=False)
 
     @property
     def attached(self) -> int:
@@ -211,11 +199,11 @@ class Semaphore(BridgedSemaphore):
     async def open(
         cls,
         key: int,
+        *,
         create: bool = False,
         initial: int = 1,
-        *,
-        mode: int = 0o600,
         exist_ok: bool = False,
+        mode: int = 0o600,
         persist: bool = False,
         undo: bool = True,
     ) -> Semaphore:
@@ -227,27 +215,17 @@ class Semaphore(BridgedSemaphore):
             PermissionError: its mode forbids it.
             ValueError: bad key or negative ``initial``.
         """
-        # first: cancelled here, nothing exists yet to leak
-        await anyio.lowlevel.checkpoint()
-        key = check_key(key)
         if initial < 0:
             raise ValueError("initial must be >= 0")
-        owned = False
-        try:
-            if create:
-                try:
-                    semaphore = sysv_ipc.Semaphore(key, sysv_ipc.IPC_CREX, mode, initial)
-                    owned = not persist
-                except sysv_ipc.ExistentialError:
-                    if not exist_ok:
-                        raise _exists("semaphore", key) from None
-                    semaphore = sysv_ipc.Semaphore(key)
-            else:
-                semaphore = sysv_ipc.Semaphore(key)
-        except sysv_ipc.ExistentialError:
-            raise _not_found("semaphore", key) from None
-        except sysv_ipc.PermissionsError:
-            raise PermissionError(errno.EACCES, "permission denied") from None
+        semaphore, owned = await create_or_open(
+            _SEMAPHORE,
+            key,
+            lambda key: sysv_ipc.Semaphore(key, sysv_ipc.IPC_CREX, mode, initial),
+            sysv_ipc.Semaphore,
+            create=create,
+            exist_ok=exist_ok,
+            persist=persist,
+        )
         return cls(semaphore, owned=owned, undo=undo)
 
     def _try_acquire(self) -> bool:

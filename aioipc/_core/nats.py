@@ -1,0 +1,29 @@
+"""NATS, shared by the patterns that reach past one machine (``aioipc.rpc``, ``aioipc.pubsub``).
+
+One place says what a NATS address looks like and imports nats-py (the
+``nats`` extra) on first use, so ``import aioipc`` never needs it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__all__ = ["import_nats", "is_nats_address"]
+
+
+def is_nats_address(address: object) -> bool:
+    """Whether ``address`` names a NATS server (``nats://host:port``, with a subject path for rpc)."""
+    return isinstance(address, str) and address.startswith("nats://")
+
+
+def import_nats() -> Any:
+    """The ``nats`` module of nats-py.
+
+    Raises:
+        ImportError: nats-py is not installed; the message names the extra.
+    """
+    try:
+        return importlib.import_module("nats")
+    except ImportError as exc:
+        raise ImportError("nats:// addresses need nats-py: pip install 'aioipc[nats]'") from exc
