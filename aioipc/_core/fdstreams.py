@@ -162,10 +162,11 @@ class FdReceiveStream(ByteReceiveStream):
             guard.busy = False
 
     async def fill(self, sink: BufferSink) -> None:
-        n = self._read_now(sink.get_buffer())
-        if n:
-            sink.buffer_updated(n)
-            return
+        if not self._handle._reader_armed:  # armed: the fd was empty; take no buffer to find out
+            n = self._read_now(sink.get_buffer())
+            if n:
+                sink.buffer_updated(n)
+                return
         if self._unclaimed:  # what a cancelled receive() had read: handed over like any receive_into
             sink.buffer_updated(await self.receive_into(sink.get_buffer(len(self._unclaimed))))
             return
