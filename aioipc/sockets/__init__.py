@@ -63,6 +63,7 @@ from typing import Any, Literal
 
 from anyio.streams.tls import TLSStream
 
+from .._core import leftovers
 from .._core.framing import DEFAULT_MAX_SIZE
 from .._core.schemes import Address, Framing
 from .._core.server import Server
@@ -284,6 +285,7 @@ def remove_address(address: Address) -> None:
     if not stat.S_ISSOCK(os.lstat(address.path).st_mode):
         raise ValueError(f"{address.path} is not a socket; left alone")
     os.unlink(address.path)
+    leftovers.forget("unix", address.path)
 
 
 _UNIX_SCHEMES: dict[int, str] = {
