@@ -229,7 +229,7 @@ async def map_file(
 
     Example::
 
-        async with await aioipc.shm.map_file("/var/lib/app/counters", 4096) as m:
+        async with await aioipc.shm.map_file("counters.bin", 4096) as m:  # created if missing
             m.buf[0] += 1
     """
     # first: cancelled here, nothing exists yet to leak
