@@ -163,6 +163,21 @@ def test_ls_lists_what_a_killed_receiver_left_and_rm_removes_it(tmp_ipc_dir: Pat
     (tmp_ipc_dir / "aioipc").rmdir()
 
 
+def test_rm_stale_removes_the_doorbells_of_a_ring_whose_creator_died(unique_name: str) -> None:
+    bells = [Path(f"/dev/shm/{unique_name}.bell-{side}") for side in "ca"]
+    for bell in bells:  # what a process killed inside Ring.create() leaves
+        os.mkfifo(bell, 0o600)
+        os.utime(bell, (time.time() - 60, time.time() - 60))
+    try:
+        code, out, err = run_cli_once("rm", "--stale")
+        assert code == 0, err
+        assert f"shm:/{unique_name}.bell-c" in out
+        assert not any(bell.exists() for bell in bells)
+    finally:
+        for bell in bells:
+            bell.unlink(missing_ok=True)
+
+
 async def test_ls_shows_a_posix_queue_aioipc_created_and_notes_the_mount_once(unique_name: str) -> None:
     mounted = os.path.ismount(aioipc.mq.MOUNT_POINT)  # noqa: ASYNC240 (one stat)
     async with await aioipc.mq.open(f"/{unique_name}", create=True, max_messages=1, max_message_size=64):

@@ -231,7 +231,12 @@ def _rm(args: argparse.Namespace) -> int:
     status = 0
     if args.stale:
         for name in shm.remove_stale_rings():
-            print(f"removed stale ring shm:{name}")
+            what = (
+                "doorbell FIFO of a ring never created"
+                if name.endswith(".bell-c") or name.endswith(".bell-a")
+                else "stale ring"
+            )
+            print(f"removed {what} shm:{name}")
     for target in args.targets:
         try:
             remove(target)

@@ -24,6 +24,8 @@ Or directly, with typed results::
 - ``idle_timeout``: seconds without a receive or send after which a
   connection is closed (logged on the ``aioipc`` logger). Default ``None``.
 - ``allowed_uids``: Unix only; other users' connections are closed at once.
+  Without it an abstract ``@name``, which has no file and so no mode,
+  accepts a connection from every local uid.
 - ``ssl``: an ``ssl.SSLContext`` (tcp only): each connection is TLS
   (``handshake_timeout`` seconds to complete the handshake).
 - ``nodelay=True``: ``TCP_NODELAY`` on TCP connections.
