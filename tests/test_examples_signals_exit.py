@@ -1,15 +1,16 @@
 """Every long-running example stops quietly and cleanly on Ctrl-C (SIGINT) and on a plain ``kill`` (SIGTERM).
 
 Quietly: exit status 0 or 128+signum and nothing on stderr (no traceback).
-Cleanly: the object it announced (the last word of its ready line, an
-address) is gone afterwards. A new long-running example is one line in
+Cleanly: the object it announced (the first address in its ready line)
+is gone afterwards. A new long-running example is one line in
 ``LONG_RUNNING``: its script, its arguments, and the start of the line it
-prints once ready, ending in the address of what it created.
+prints once ready, naming the address of what it created.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -21,7 +22,7 @@ import pytest
 from helpers import EXAMPLES
 
 import aioipc.sysv
-from aioipc._core.schemes import parse_address
+from aioipc._core.schemes import SCHEMES, parse_address
 
 _PROJ = os.getpid() % 200 + 50  # ftok project ids no other test of this run uses
 
@@ -32,7 +33,12 @@ LONG_RUNNING = [
     ("fifo_log_collector.py", ["--forever"], "collecting from "),
     ("unix_echo_server.py", ["{tmp}/echo.sock"], "serving on "),
     ("tcp_echo.py", ["server", "127.0.0.1:0"], "echo server on "),
+    ("rpc_service.py", ["unix:{tmp}/math.sock"], "serving on "),
+    ("spool_worker.py", ["{tmp}/spool"], "serving spool:"),  # a spool is durable: it stays, by design
 ]
+
+
+_ADDRESS = re.compile(r"\b(?:" + "|".join(map(re.escape, SCHEMES)) + r"):[^\s;,]+")
 
 
 def exists(address: str) -> bool:
@@ -69,7 +75,8 @@ def start(script: str, args: list[str], ready: str) -> tuple[subprocess.Popen[st
     finally:
         watchdog.cancel()
     assert line.startswith(ready), (line, proc.stderr.read() if proc.stderr else "")
-    return proc, line.split()[-1]
+    [address] = _ADDRESS.findall(line)[:1]
+    return proc, address
 
 
 @pytest.mark.parametrize("how", ["SIGINT", "SIGTERM"])
