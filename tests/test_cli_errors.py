@@ -200,7 +200,9 @@ def test_an_existing_fifo_names_the_cleanup_command(tmp_ipc_dir: Path) -> None:
     os.mkfifo(path, 0o600)
     code, _, err = run_cli_once("recv", f"fifo:{path}")
     assert code == 1
-    assert f"aioipc rm fifo:{path}" in one_error_line(err)
+    line = one_error_line(err)
+    assert f"aioipc rm fifo:{path}" in line
+    assert "exist_ok" not in line
 
 
 @pytest.mark.parametrize(

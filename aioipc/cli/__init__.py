@@ -171,7 +171,7 @@ def _explain(address: str, exc: OSError, creating: bool) -> str:
     """``exc`` (raised at ``address``) as one line: where, what, and what to do about it."""
     if isinstance(exc, TimeoutError | IPCError):
         return str(exc)  # these name the address already
-    what = exc.strerror or str(exc)
+    what = (exc.strerror or str(exc)).replace(", or pass exist_ok=True to use it", "")  # not for a shell
     scheme = SCHEMES[parse_address(address).scheme]
     if isinstance(exc, FileExistsError) and scheme.removable and "aioipc rm" not in what:
         what += f"; if no process uses it any more, remove it with `aioipc rm {address}`"
