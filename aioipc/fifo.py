@@ -27,6 +27,7 @@ from typing import Any
 import anyio
 import anyio.abc
 
+from ._core import leftovers
 from ._core.attributes import IPCAttribute
 from ._core.errors import IPCError
 from ._core.fdstreams import FdHandle, FdReceiveStream, FdSendStream
@@ -110,6 +111,7 @@ class Fifo(anyio.abc.AsyncResource):
                 mine, now = os.fstat(self._anchor), os.stat(self.path)
                 if (mine.st_dev, mine.st_ino) == (now.st_dev, now.st_ino):
                     os.unlink(self.path)
+                    leftovers.forget("fifo", self.path)
             except FileNotFoundError:
                 pass
             finally:
@@ -147,6 +149,7 @@ async def create(
     def make(path: str) -> str:
         # At most the owner's bits (minus umask), so never briefly looser than asked.
         os.mkfifo(path, mode & 0o700)
+        leftovers.note("fifo", path)  # for `aioipc ls`, should a crash leave it
         return path
 
     def existing(path: str) -> str:
@@ -229,6 +232,7 @@ def remove_address(address: Address) -> None:
     if not stat.S_ISFIFO(os.lstat(address.path).st_mode):
         raise ValueError(f"{address.path} is not a FIFO; left alone")
     os.unlink(address.path)
+    leftovers.forget("fifo", address.path)
 
 
 async def connect_address(

@@ -39,6 +39,7 @@ import anyio.lowlevel
 import posix_ipc
 from anyio import TypedAttributeSet, typed_attribute
 
+from ._core import leftovers
 from ._core.attributes import IPCAttribute
 from ._core.errors import FrameTooLarge
 from ._core.fdstreams import FdHandle
@@ -335,6 +336,7 @@ class MessageQueue(MessageStream):
                     posix_ipc.unlink_message_queue(self.name)
                 except posix_ipc.ExistentialError:
                     pass
+                leftovers.forget("mq", self.name)
         await anyio.lowlevel.checkpoint()
 
     @property
@@ -394,11 +396,13 @@ async def open(
 
     def make(name: str) -> posix_ipc.MessageQueue:
         try:  # created with mode minus the umask (never looser), then set exactly
-            return posix_ipc.MessageQueue(
+            queue = posix_ipc.MessageQueue(
                 name, posix_ipc.O_CREX, mode & 0o777, max_messages, max_message_size, read=read, write=write
             )
         except (ValueError, OSError) as exc:
             raise _explain_create_error(exc, name, max_messages, max_message_size) from None
+        leftovers.note("mq", name)  # for `aioipc ls` without /dev/mqueue, should a crash leave it
+        return queue
 
     def discard(queue: posix_ipc.MessageQueue) -> None:
         queue.close()
@@ -427,6 +431,7 @@ def unlink(name: str) -> None:
         PermissionError: it belongs to another user.
     """
     with _KIND.map_errors(_check_name(name), "remove"):
+        leftovers.forget("mq", name)
         posix_ipc.unlink_message_queue(name)
 
 

@@ -281,6 +281,8 @@ class GracefulShutdown:
             try:
                 overran = await _call(fn, args, kwargs, remaining)
             except Exception as exc:
+                if isinstance(exc.__context__, asyncio.CancelledError):
+                    exc.__suppress_context__ = True  # the shutdown's own cancellation: noise in the log
                 self.failures.append((fn, exc))
                 logger.exception("shutdown hook %s failed", _describe(fn))
                 continue

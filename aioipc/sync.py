@@ -17,13 +17,19 @@ kernel wait behind; a unit or lock got at that very moment is given back.
 Rule 2: the kernel object (semaphore handle, lock fd) is closed only after
 its waiting thread has returned, so a close never pulls it from under a waiter.
 
+On a semaphore ``async with sem:`` holds a unit (acquire ... release), as
+on an ``asyncio.Semaphore``; it does not close the handle. Say which you
+mean: ``async with sem.hold():`` for a unit, ``async with sem.closing():``
+(or ``await sem.aclose()``) for the handle.
+
 Example::
 
-    async with await aioipc.sync.Semaphore.open("/jobs", create=True, initial=4) as sem:
-        async with sem:                      # acquire ... release
+    sem = await aioipc.sync.Semaphore.open("/jobs", create=True, initial=4)
+    async with sem.closing():                # the handle: closed, and "/jobs" removed (we created it)
+        async with sem.hold():               # one unit: acquire ... release
             await do_the_work()
 
-    async with aioipc.sync.FileLock("/var/lib/app/state.lock"):
+    async with aioipc.sync.FileLock("state.lock"):   # created if missing; released if we die
         update_the_state_file()
 """
 

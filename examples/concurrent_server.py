@@ -54,4 +54,4 @@ async def main(clients: int, limit: int) -> None:
 
 if __name__ == "__main__":
     args = [int(arg) for arg in sys.argv[1:3]]
-    aioipc.run(main(*(args + [50, 25][len(args) :])))
+    aioipc.run(main(*(args + [50, 25][len(args) :])), exit_quietly=True)

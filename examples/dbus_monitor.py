@@ -57,4 +57,4 @@ if __name__ == "__main__":
     parser.add_argument("--member")
     parser.add_argument("--count", type=int, default=6)
     parser.add_argument("--seconds", type=float, default=30)
-    aioipc.run(main(parser.parse_args()))
+    aioipc.run(main(parser.parse_args()), exit_quietly=True)

@@ -71,4 +71,4 @@ async def main(args: argparse.Namespace) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--serve", type=float, metavar="SECONDS", help="only serve, for this long")
-    aioipc.run(main(parser.parse_args()))
+    aioipc.run(main(parser.parse_args()), exit_quietly=True)

@@ -44,6 +44,6 @@ async def parent() -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) == 2:
-        aioipc.run(child(int(sys.argv[1])))
+        aioipc.run(child(int(sys.argv[1])), exit_quietly=True)
     else:
-        aioipc.run(parent())
+        aioipc.run(parent(), exit_quietly=True)

@@ -23,7 +23,7 @@ async def main(forever: bool) -> None:
     path = os.path.join(tempfile.mkdtemp(prefix="aioipc-"), "log.fifo")
     try:
         async with await aioipc.fifo.create(path) as fifo, await fifo.open_reader(persistent=True) as reader:
-            print(f"collecting from {path}", flush=True)
+            print(f"collecting from fifo:{path}", flush=True)
             writers = None
             if not forever:
                 script = 'for i in $(seq 1 20); do echo "job $i done" > "$0"; done'
@@ -43,4 +43,4 @@ async def main(forever: bool) -> None:
 
 
 if __name__ == "__main__":
-    aioipc.run(main("--forever" in sys.argv))
+    aioipc.run(main("--forever" in sys.argv), exit_quietly=True)

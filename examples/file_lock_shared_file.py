@@ -52,4 +52,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    aioipc.run(writer(sys.argv[1]) if len(sys.argv) == 2 else main())
+    aioipc.run(writer(sys.argv[1]) if len(sys.argv) == 2 else main(), exit_quietly=True)

@@ -73,4 +73,4 @@ async def master() -> None:
 
 
 if __name__ == "__main__":
-    aioipc.run(worker() if sys.argv[1:] == ["worker"] else master())
+    aioipc.run(worker() if sys.argv[1:] == ["worker"] else master(), exit_quietly=True)

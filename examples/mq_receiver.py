@@ -1,6 +1,7 @@
 """The classic POSIX message-queue receiver: print every message until "exit".
 
-It creates the queue (0600, removed again when it exits) and, unless told
+It creates the queue (0600, removed again when it exits, on Ctrl-C and
+``kill`` too) and, unless told
 ``--alone``, starts ``mq_sender.py`` itself so that it finishes on its own::
 
     python examples/mq_receiver.py
@@ -20,7 +21,12 @@ import aioipc.mq
 
 
 async def main(name: str, alone: bool) -> None:
-    async with await aioipc.mq.open(name, create=True, max_message_size=1024) as queue:
+    try:
+        queue = await aioipc.mq.open(name, create=True, max_message_size=1024)
+    except FileExistsError:
+        sys.exit(f"the queue mq:{name} exists: if no receiver runs, remove it: aioipc rm mq:{name}")
+    async with queue:
+        print(f"receiving on mq:{name}", flush=True)
         sender = None
         if not alone:
             script = Path(__file__).with_name("mq_sender.py")
@@ -42,4 +48,4 @@ if __name__ == "__main__":
     parser.add_argument("--name", default="/aioipc-example", help="queue name (default: %(default)s)")
     parser.add_argument("--alone", action="store_true", help="do not start the sender")
     args = parser.parse_args()
-    aioipc.run(main(args.name, args.alone))
+    aioipc.run(main(args.name, args.alone), exit_quietly=True)

@@ -43,6 +43,6 @@ async def main() -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) == 2:
-        aioipc.run(client(sys.argv[1]))
+        aioipc.run(client(sys.argv[1]), exit_quietly=True)
     else:
-        aioipc.run(main())
+        aioipc.run(main(), exit_quietly=True)

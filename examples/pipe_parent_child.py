@@ -40,6 +40,6 @@ async def parent() -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) == 3:
-        aioipc.run(child(int(sys.argv[1]), int(sys.argv[2])))
+        aioipc.run(child(int(sys.argv[1]), int(sys.argv[2])), exit_quietly=True)
     else:
-        aioipc.run(parent())
+        aioipc.run(parent(), exit_quietly=True)

@@ -70,4 +70,4 @@ async def demo() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(aioipc.run(client(sys.argv[1]) if len(sys.argv) == 2 else demo()))
+    sys.exit(aioipc.run(client(sys.argv[1]) if len(sys.argv) == 2 else demo(), exit_quietly=True))

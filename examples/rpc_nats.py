@@ -46,4 +46,4 @@ async def main(url: str) -> int:
 if __name__ == "__main__":
     if len(sys.argv) != 2:
         sys.exit(f"usage: {sys.argv[0]} nats://HOST:PORT")
-    sys.exit(aioipc.run(main(sys.argv[1])))
+    sys.exit(aioipc.run(main(sys.argv[1]), exit_quietly=True))

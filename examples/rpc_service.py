@@ -58,4 +58,4 @@ async def main(address: str, lines: bool) -> int:
 if __name__ == "__main__":
     if len(sys.argv) not in (2, 3) or sys.argv[2:] not in ([], ["--lines"]):
         sys.exit(f"usage: {sys.argv[0]} ADDRESS [--lines]")
-    sys.exit(aioipc.run(main(sys.argv[1], lines=sys.argv[2:] == ["--lines"])))
+    sys.exit(aioipc.run(main(sys.argv[1], lines=sys.argv[2:] == ["--lines"]), exit_quietly=True))

@@ -48,4 +48,4 @@ async def parent() -> None:
 
 
 if __name__ == "__main__":
-    aioipc.run(child(sys.argv[1]) if len(sys.argv) == 2 else parent())
+    aioipc.run(child(sys.argv[1]) if len(sys.argv) == 2 else parent(), exit_quietly=True)

@@ -58,4 +58,4 @@ async def writer() -> None:
 
 
 if __name__ == "__main__":
-    aioipc.run(reader(sys.argv[1]) if len(sys.argv) == 2 else writer())
+    aioipc.run(reader(sys.argv[1]) if len(sys.argv) == 2 else writer(), exit_quietly=True)

@@ -44,4 +44,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    aioipc.run(main())
+    aioipc.run(main(), exit_quietly=True)

@@ -27,4 +27,4 @@ async def main(pid: int, count: int) -> None:
 
 
 if __name__ == "__main__":
-    aioipc.run(main(int(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 3))
+    aioipc.run(main(int(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 3), exit_quietly=True)

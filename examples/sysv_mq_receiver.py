@@ -1,7 +1,7 @@
 """The classic System V message-queue receiver: print every message until "exit".
 
 The key comes from ``ftok()`` on this script's own path, as C programs
-would compute it. It creates the queue (0600, removed again when it exits)
+would compute it. It creates the queue (0600, removed again when it exits, on Ctrl-C and ``kill`` too)
 and, unless told ``--alone``, starts ``sysv_mq_sender.py`` itself::
 
     python examples/sysv_mq_receiver.py
@@ -28,7 +28,14 @@ PROJ = 1
 
 async def main(proj: int, alone: bool) -> None:
     key = aioipc.sysv.ftok(__file__, proj)
-    async with await aioipc.sysv.MessageQueue.open(key, create=True) as queue:
+    try:
+        queue = await aioipc.sysv.MessageQueue.open(key, create=True)
+    except FileExistsError:
+        sys.exit(
+            f"the queue sysvmq:{key:#x} exists: if no receiver runs, remove it: aioipc rm sysvmq:{key:#x}"
+        )
+    async with queue:
+        print(f"receiving on sysvmq:{key:#x}", flush=True)
         sender = None
         if not alone:
             script = Path(__file__).with_name("sysv_mq_sender.py")
@@ -51,4 +58,4 @@ if __name__ == "__main__":
     )
     parser.add_argument("--alone", action="store_true", help="do not start the sender")
     args = parser.parse_args()
-    aioipc.run(main(args.proj, args.alone))
+    aioipc.run(main(args.proj, args.alone), exit_quietly=True)

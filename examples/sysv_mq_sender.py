@@ -11,25 +11,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import anyio
-
 import aioipc
 import aioipc.sysv
 
 RECEIVER = Path(__file__).with_name("sysv_mq_receiver.py")
 
 
-async def open_when_created(key: int) -> aioipc.sysv.MessageQueue:
-    with anyio.fail_after(10):
-        while True:
-            try:
-                return await aioipc.sysv.MessageQueue.open(key)
-            except FileNotFoundError:
-                await anyio.sleep(0.05)  # the receiver has not created it yet
-
-
 async def main(proj: int, words: list[str]) -> None:
-    async with await open_when_created(aioipc.sysv.ftok(RECEIVER, proj)) as queue:
+    # waits for the receiver to create the queue: TimeoutError naming it after 10 s
+    async with await aioipc.connect(f"sysvmq:{RECEIVER}#{proj}", timeout=10) as queue:
+        assert isinstance(queue, aioipc.sysv.MessageQueue)  # for its typed send(type=...)
         for word in words:
             await queue.send(word.encode(), type=1)
         await queue.send(b"exit", type=2)
@@ -40,4 +31,4 @@ if __name__ == "__main__":
     parser.add_argument("--proj", type=int, default=1, help="ftok project id, 1-255 (default: %(default)s)")
     parser.add_argument("words", nargs="*", default=["hello", "world"])
     args = parser.parse_args()
-    aioipc.run(main(args.proj, args.words))
+    aioipc.run(main(args.proj, args.words), exit_quietly=True)

@@ -45,11 +45,8 @@ async def demo() -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) >= 3 and sys.argv[1] == "client":
-        aioipc.run(client(f"tcp:{sys.argv[2]}", sys.argv[3:]))
+        aioipc.run(client(f"tcp:{sys.argv[2]}", sys.argv[3:]), exit_quietly=True)
     elif len(sys.argv) == 3 and sys.argv[1] == "server":
-        try:
-            aioipc.run(server(sys.argv[2]))
-        except KeyboardInterrupt:
-            pass
+        aioipc.run(server(sys.argv[2]), exit_quietly=True)
     else:
-        aioipc.run(demo())
+        aioipc.run(demo(), exit_quietly=True)

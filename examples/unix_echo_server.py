@@ -60,5 +60,5 @@ async def demo() -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) == 2:
-        sys.exit(aioipc.run(server(sys.argv[1])))
-    aioipc.run(demo())
+        sys.exit(aioipc.run(server(sys.argv[1]), exit_quietly=True))
+    aioipc.run(demo(), exit_quietly=True)

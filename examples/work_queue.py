@@ -85,6 +85,9 @@ if __name__ == "__main__":
     parser.add_argument("--consumer", metavar="BASE", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.consumer:
-        aioipc.run(consumer_process(args.consumer + "-jobs", args.consumer + "-results", args.tasks))
+        aioipc.run(
+            consumer_process(args.consumer + "-jobs", args.consumer + "-results", args.tasks),
+            exit_quietly=True,
+        )
     else:
-        aioipc.run(producer(args.jobs, args.processes, args.tasks))
+        aioipc.run(producer(args.jobs, args.processes, args.tasks), exit_quietly=True)

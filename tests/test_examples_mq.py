@@ -13,6 +13,7 @@ import aioipc.sysv
 
 def test_posix_sender_and_receiver(unique_name: str) -> None:
     assert run_example("mq_receiver.py", "--name", "/" + unique_name) == [
+        f"receiving on mq:/{unique_name}",
         "received 'hello' (priority 0)",
         "received 'from' (priority 0)",
         "received 'another' (priority 0)",
@@ -27,7 +28,9 @@ def test_posix_sender_and_receiver(unique_name: str) -> None:
 def test_system_v_sender_and_receiver() -> None:
     # proj = our pid's low byte: parallel runs of the suite do not share a key
     proj = str(os.getpid() % 255 + 1)
+    key = aioipc.sysv.ftok(EXAMPLES / "sysv_mq_receiver.py", int(proj))
     assert run_example("sysv_mq_receiver.py", "--proj", proj) == [
+        f"receiving on sysvmq:{key:#x}",
         "received 'hello' (type 1)",
         "received 'from' (type 1)",
         "received 'another' (type 1)",
@@ -35,7 +38,6 @@ def test_system_v_sender_and_receiver() -> None:
         "received 'exit' (type 2)",
         "sender exited with 0",
     ]
-    key = aioipc.sysv.ftok(EXAMPLES / "sysv_mq_receiver.py", int(proj))
     assert key not in [q.key for q in aioipc.sysv.list_message_queues()]
 
 

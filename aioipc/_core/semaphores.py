@@ -13,8 +13,9 @@ a close never pulls the memory from under a waiting thread.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Self
 
 import anyio
 import anyio.lowlevel
@@ -104,6 +105,42 @@ class BridgedSemaphore(AcquireRelease):
                 await self._bridge.run(self._wait, orphan=self._give_back)
         except TimeoutError:
             raise TimeoutError(f"{self._label} not acquired within {timeout} s") from None
+
+    @contextlib.asynccontextmanager
+    async def hold(self, timeout: float | None = None) -> AsyncIterator[Self]:
+        """Hold one unit for the block: ``acquire(timeout)`` on entry, ``release()`` on exit.
+
+        The same as ``async with sem:``, said unambiguously, and with a timeout.
+
+        Raises:
+            TimeoutError: no unit came within ``timeout`` (the block does not run).
+            anyio.ClosedResourceError: this handle is closed.
+
+        Example::
+
+            async with sem.hold(timeout=5):
+                await do_the_work()
+        """
+        await self.acquire(timeout)
+        try:
+            yield self
+        finally:
+            self.release()
+
+    def closing(self) -> contextlib.aclosing[Self]:
+        """Close the handle when the block ends (``aclose()``), holding no unit.
+
+        ``async with sem:`` means acquire/release on a semaphore, unlike on
+        other handles; ``async with sem.closing():`` is the one that closes it.
+
+        Example::
+
+            sem = await aioipc.sync.Semaphore.open("/jobs", create=True, initial=4)
+            async with sem.closing():        # closed (and removed: we created it) at the end
+                async with sem.hold():       # one unit, released at the end
+                    await do_the_work()
+        """
+        return contextlib.aclosing(self)
 
     def release(self) -> None:
         """Give one unit back (to whichever process waits first).

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
+import importlib.metadata
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -40,16 +42,53 @@ _SYNC_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
 __all__ = ["main"]
 
-_SCHEMES_HELP = "; ".join(scheme.syntax for scheme in SCHEMES.values())
+_SCHEMES_HELP = "\n".join(f"  {scheme.syntax}" for scheme in SCHEMES.values())
+
+
+class _Failure(Exception):
+    """An error worded for the user: what failed, where, and what to do about it."""
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("aioipc")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+_GLOBAL_FLAGS = ("--loop",)  # each takes one value
+
+
+def _hoist_global_flags(argv: Sequence[str]) -> list[str]:
+    """``argv`` with the global flags moved before the command, so they may be written after it too."""
+    hoisted: list[str] = []
+    rest: list[str] = []
+    items = iter(argv)
+    for item in items:
+        if item == "--":
+            rest += [item, *items]
+        elif item in _GLOBAL_FLAGS:
+            hoisted += [item, next(items, "")]
+        elif item.split("=", 1)[0] in _GLOBAL_FLAGS:
+            hoisted.append(item)
+        else:
+            rest.append(item)
+    return hoisted + rest
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aioipc",
         description="Send, receive and relay messages over Linux IPC.",
-        epilog=f"Addresses: {_SCHEMES_HELP}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto", help="event loop")
+    parser.add_argument(
+        "--loop",
+        choices=("auto", "asyncio", "uvloop"),
+        default="auto",
+        help="event loop (default: auto); like every global flag, it may also follow the command",
+    )
+    parser.add_argument("--version", action="version", version=f"aioipc {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     send = commands.add_parser(
@@ -58,6 +97,7 @@ def _parser() -> argparse.ArgumentParser:
         description=(
             "Connect to ADDR and send MESSAGE, or each line of standard input with '-' (the default)."
         ),
+        epilog="example: aioipc send --timeout 5 unix:/tmp/app.sock hello",
     )
     send.add_argument("address", metavar="ADDR")
     send.add_argument(
@@ -73,9 +113,12 @@ def _parser() -> argparse.ArgumentParser:
             "Create ADDR (listen on a socket, make a FIFO) and print each message received, one per line. "
             "With --connect, open an existing object (a server, a queue) instead."
         ),
+        epilog="example: aioipc recv --lines fifo:/tmp/app.fifo --count 2   # then: echo hi > /tmp/app.fifo",
     )
     recv.add_argument("address", metavar="ADDR")
-    recv.add_argument("--count", type=int, default=None, metavar="N", help="stop after N messages")
+    recv.add_argument(
+        "--count", type=int, default=None, metavar="N", help="stop after N messages (not with --raw)"
+    )
     recv.add_argument("--connect", action="store_true", help="connect to ADDR instead of creating it")
     _add_framing_flags(recv)
 
@@ -85,15 +128,23 @@ def _parser() -> argparse.ArgumentParser:
         description=(
             "Serve FROM; for each connection, connect to TO and copy messages both ways (socat-like)."
         ),
+        epilog="example: aioipc relay tcp:127.0.0.1:9000 unix:/tmp/app.sock",
     )
     relay.add_argument("source", metavar="FROM")
     relay.add_argument("target", metavar="TO")
     _add_framing_flags(relay)
 
-    commands.add_parser("schemes", help="list the address schemes this installation handles")
+    commands.add_parser(
+        "schemes", help="list the address schemes this installation handles", epilog="example: aioipc schemes"
+    )
     _SYNC_COMMANDS.update(add_commands(commands))
     _SYNC_COMMANDS.update(add_rpc_commands(commands))
     _SYNC_COMMANDS.update(add_pubsub_commands(commands))
+    examples = []
+    for command in commands.choices.values():
+        command.formatter_class = argparse.RawDescriptionHelpFormatter
+        examples += [f"  {line.removeprefix('example: ')}" for line in (command.epilog or "").splitlines()]
+    parser.epilog = "examples:\n" + "\n".join(examples) + f"\n\naddresses:\n{_SCHEMES_HELP}"
     return parser
 
 
@@ -116,9 +167,40 @@ def _framing(args: argparse.Namespace, address: str) -> Framing:
     return None if args.raw else "lines" if args.lines else "length"
 
 
+def _explain(address: str, exc: OSError, creating: bool) -> str:
+    """``exc`` (raised at ``address``) as one line: where, what, and what to do about it."""
+    if isinstance(exc, TimeoutError | IPCError):
+        return str(exc)  # these name the address already
+    what = (exc.strerror or str(exc)).replace(", or pass exist_ok=True to use it", "")  # not for a shell
+    scheme = SCHEMES[parse_address(address).scheme]
+    if isinstance(exc, FileExistsError) and scheme.removable and "aioipc rm" not in what:
+        what += f"; if no process uses it any more, remove it with `aioipc rm {address}`"
+    elif exc.errno in (errno.ENOENT, errno.ECONNREFUSED) and not creating:
+        what += f"; start the receiver first (aioipc recv {address}), or wait for it with --timeout SECONDS"
+    elif exc.errno == errno.ENOENT:
+        what += "; the directory must exist"
+    return f"{address}: {what}"
+
+
+async def _open(address: str, args: argparse.Namespace, **options: Any) -> Any:
+    """``connect(address)``, its errors worded for the user."""
+    try:
+        return await connect(address, framing=_framing(args, address), **options)
+    except OSError as exc:
+        raise _Failure(_explain(address, exc, creating=False)) from None
+
+
+async def _serve(address: str, handler: Any, args: argparse.Namespace) -> Any:
+    """``serve(address)``, its errors worded for the user."""
+    try:
+        return await serve(address, handler, framing=_framing(args, address))
+    except OSError as exc:
+        raise _Failure(_explain(address, exc, creating=True)) from None
+
+
 async def _send(args: argparse.Namespace) -> int:
     options: dict[str, Any] = {} if args.timeout is None else {"timeout": args.timeout}
-    async with await connect(args.address, framing=_framing(args, args.address), **options) as stream:
+    async with await _open(args.address, args, **options) as stream:
         if args.message != "-":
             await stream.send(args.message.encode())
         elif args.raw:
@@ -151,14 +233,13 @@ async def _recv(args: argparse.Namespace) -> int:
                     done.set()
                     return
 
+    if args.count is not None and _framing(args, args.address) is None:
+        raise _Failure("--count counts messages, and --raw bytes have none: use --lines (or no flag)")
     if args.connect:
-        async with await connect(args.address, framing=_framing(args, args.address)) as stream:
+        async with await _open(args.address, args) as stream:
             await consume(stream)
         return 0
-    async with (
-        graceful_shutdown(timeout=5) as sd,
-        await serve(args.address, consume, framing=_framing(args, args.address)) as server,
-    ):
+    async with graceful_shutdown(timeout=5) as sd, await _serve(args.address, consume, args) as server:
         print(f"receiving at {server.address}", file=sys.stderr, flush=True)
         await done.wait()
     return sd.exit_status
@@ -179,20 +260,14 @@ async def _pump(source: Any, target: Any) -> None:
 
 async def _relay(args: argparse.Namespace) -> int:
     async def bridge(incoming: Any) -> None:
-        async with (
-            await connect(args.target, framing=_framing(args, args.target)) as outgoing,
-            anyio.create_task_group() as tg,
-        ):
+        async with await _open(args.target, args) as outgoing, anyio.create_task_group() as tg:
             if hasattr(incoming, "receive"):
                 tg.start_soon(_pump, incoming, outgoing)
             if hasattr(outgoing, "receive") and hasattr(incoming, "send"):
                 tg.start_soon(_pump, outgoing, incoming)
 
     parse_address(args.target)
-    async with (
-        graceful_shutdown(timeout=5) as sd,
-        await serve(args.source, bridge, framing=_framing(args, args.source)) as server,
-    ):
+    async with graceful_shutdown(timeout=5) as sd, await _serve(args.source, bridge, args) as server:
         print(f"relaying {server.address} -> {args.target}", file=sys.stderr, flush=True)
         await server.serve_forever()
     return sd.exit_status
@@ -203,7 +278,14 @@ async def _list_bus_names(bus_name: str) -> int:
         from .. import dbus
     except ImportError as exc:
         raise ValueError(str(exc)) from None
-    async with await dbus.connect(bus_name, timeout=10) as bus:
+    try:
+        bus = await dbus.connect(bus_name, timeout=10)
+    except OSError as exc:
+        raise _Failure(
+            f"cannot reach the D-Bus {bus_name} bus ({exc.strerror or exc}): is a bus daemon running "
+            "here? Try --dbus session, or a bus address such as unix:path=/run/dbus/system_bus_socket"
+        ) from None
+    async with bus:
         for name in await dbus.list_names(bus):
             print(name)
     return 0
@@ -227,13 +309,20 @@ async def _dispatch(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``aioipc`` command; returns the exit status."""
-    args = _parser().parse_args(argv)
+    args = _parser().parse_args(_hoist_global_flags(sys.argv[1:] if argv is None else argv))
     try:
         if args.command in _SYNC_COMMANDS and not getattr(args, "dbus", None):
             return _SYNC_COMMANDS[args.command](args)
         return run(_dispatch(args), loop=args.loop)
     except KeyboardInterrupt:
         return 130
-    except (OSError, ValueError, IPCError, anyio.BrokenResourceError, TimeoutError) as exc:
-        print(f"aioipc: error: {str(exc) or type(exc).__name__}", file=sys.stderr)
+    except (_Failure, OSError, ValueError, TypeError, IPCError, anyio.BrokenResourceError) as exc:
+        print(f"aioipc: error: {_one_line(exc)}", file=sys.stderr)
         return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        text = f"{os.fsdecode(exc.filename).replace(chr(0), '@', 1)}: {exc.strerror}"
+    return text

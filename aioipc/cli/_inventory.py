@@ -6,11 +6,15 @@ import argparse
 import importlib
 import os
 import pwd
+import stat
 import sys
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import posix_ipc
+
 from .. import mq, shm, spool, sync
+from .._core import leftovers
 from .._core.schemes import SCHEMES, parse_address
 
 __all__ = ["add_commands", "list_objects", "remove"]
@@ -43,8 +47,12 @@ def _sysv() -> Any:
 def _posix_queues(notes: list[str]) -> list[Row]:
     try:
         queues = mq.list_queues()
-    except FileNotFoundError as exc:
-        notes.append(str(exc))
+    except FileNotFoundError:
+        point = mq.MOUNT_POINT
+        notes.append(
+            f"POSIX queues: only those aioipc created are listed, as {point} is not mounted; "
+            f"to list all, as root: mkdir -p {point} && mount -t mqueue none {point}"
+        )
         return []
     return [
         Row(
@@ -121,12 +129,48 @@ def _spools(paths: list[str], notes: list[str]) -> list[Row]:
     return rows
 
 
+def _noted_row(address: str, listed: set[str]) -> Row | None:
+    """The row for one object aioipc noted creating (FIFO, socket file, queue), if it still exists."""
+    kind, _, name = address.partition(":")
+    if kind == "mq":
+        if address in listed:
+            return None
+        try:
+            queue = posix_ipc.MessageQueue(name, read=True, write=False)
+        except (posix_ipc.Error, OSError, ValueError):
+            return None
+        try:
+            st = os.fstat(queue.mqd)
+            return Row(
+                "posix mq", address, st.st_uid, st.st_mode & 0o777, "", f"{queue.current_messages} messages"
+            )
+        finally:
+            queue.close()
+    try:
+        st = os.lstat(name)
+    except OSError:
+        return None
+    if kind == "fifo" and stat.S_ISFIFO(st.st_mode):
+        return Row("fifo", address, st.st_uid, st.st_mode & 0o777, "", "")
+    if kind == "unix" and stat.S_ISSOCK(st.st_mode):
+        return Row("socket", address, st.st_uid, st.st_mode & 0o777, "", "")
+    return None
+
+
 def list_objects() -> tuple[list[Row], list[str]]:
-    """Every queue, segment, ring and semaphore visible here, and notes on what could not be listed."""
+    """Every queue, segment, ring and semaphore visible here, the FIFOs and socket files aioipc
+    created (see :mod:`aioipc._core.leftovers`), and notes on what could not be listed."""
     notes: list[str] = []
     rows: list[Row] = []
     for lister in (_posix_queues, _sysv_queues, _segments, _semaphores):
         rows.extend(lister(notes))
+    listed = {row.name for row in rows}
+    for address in leftovers.noted():
+        row = _noted_row(address, listed)
+        if row is None:
+            leftovers.forget(*address.split(":", 1))  # removed by something other than aioipc
+        else:
+            rows.append(row)
     return rows, notes
 
 
@@ -187,7 +231,12 @@ def _rm(args: argparse.Namespace) -> int:
     status = 0
     if args.stale:
         for name in shm.remove_stale_rings():
-            print(f"removed stale ring shm:{name}")
+            what = (
+                "doorbell FIFO of a ring never created"
+                if name.endswith(".bell-c") or name.endswith(".bell-a")
+                else "stale ring"
+            )
+            print(f"removed {what} shm:{name}")
     for target in args.targets:
         try:
             remove(target)
@@ -203,13 +252,15 @@ def add_commands(commands: Any) -> dict[str, Callable[[argparse.Namespace], int]
     """Add ``ls`` and ``rm`` to the CLI's sub-parsers; return their runners by name."""
     ls = commands.add_parser(
         "ls",
-        help="list queues, shared memory, rings and semaphores",
+        help="list queues, shared memory, rings, semaphores, FIFOs and socket files",
         description=(
-            "List POSIX and System V message queues, shared-memory segments and rings, and semaphores, "
-            "with owner, mode and size. Only yours unless --all. "
+            "List POSIX and System V message queues, shared-memory segments and rings, semaphores, "
+            "and the FIFOs and Unix socket files aioipc created (noted in $XDG_RUNTIME_DIR/aioipc, "
+            "else /tmp/aioipc-$UID), with owner, mode and size. Only yours unless --all. "
             "With spool:DIR arguments, the depth of those spools instead. "
             "With --dbus, list the names on a bus instead."
         ),
+        epilog="example: aioipc ls\nexample: aioipc ls --dbus session",
     )
     ls.add_argument("--all", action="store_true", help="include other users' objects")
     ls.add_argument("spools", nargs="*", metavar="spool:DIR", help="show the depth of these spools")
@@ -226,6 +277,7 @@ def add_commands(commands: Any) -> dict[str, Callable[[argparse.Namespace], int]
         description="Remove objects named as `aioipc ls` shows them "
         "(mq:/name, sysvmq:KEY, shm:/name, sysvshm:KEY, sem:/name, sysvsem:KEY, "
         "fifo:/path, unix:/path).",
+        epilog="example: aioipc rm mq:/jobs fifo:/tmp/app.fifo --stale",
     )
     rm.add_argument("targets", nargs="*", metavar="NAME")
     rm.add_argument("--stale", action="store_true", help="also remove rings whose processes are all dead")

@@ -25,6 +25,7 @@ from __future__ import annotations
 import mmap
 import os
 import stat
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -229,7 +230,7 @@ async def map_file(
 
     Example::
 
-        async with await aioipc.shm.map_file("/var/lib/app/counters", 4096) as m:
+        async with await aioipc.shm.map_file("counters.bin", 4096) as m:  # created if missing
             m.buf[0] += 1
     """
     # first: cancelled here, nothing exists yet to leak
@@ -359,7 +360,8 @@ def remove_stale_rings() -> list[str]:
 
     A ring counts as stale when no process holds either side's lock (the
     kernel drops them when a process dies). Rings of other users that this
-    user cannot open are left alone.
+    user cannot open are left alone. Doorbell FIFOs whose segment is gone
+    (a process killed inside ``Ring.create()``) go too, once 10 s old.
     """
     removed = []
     for info in list_segments():
@@ -379,6 +381,31 @@ def remove_stale_rings() -> list[str]:
             except (FileNotFoundError, PermissionError):
                 continue
             removed.append(info.name)
+    return removed + _remove_orphan_bells()
+
+
+_ORPHAN_AGE = 10  # seconds: a Ring.create() in progress makes its doorbells just before its segment
+
+
+def _remove_orphan_bells() -> list[str]:
+    """Remove the doorbell FIFOs of this user's rings whose segment is gone (a crash inside
+    ``Ring.create()``); return them as ``/name.bell-c``."""
+    shm_dir = os.path.dirname(segment_path("/x"))
+    removed = []
+    for entry in sorted(os.listdir(shm_dir)):
+        if not entry.endswith((".bell-c", ".bell-a")) or os.path.exists(os.path.join(shm_dir, entry[:-7])):
+            continue
+        path = os.path.join(shm_dir, entry)
+        try:
+            st = os.lstat(path)
+            if not stat.S_ISFIFO(st.st_mode) or st.st_uid != os.getuid():
+                continue
+            if st.st_mtime > time.time() - _ORPHAN_AGE:
+                continue
+            os.unlink(path)
+        except (FileNotFoundError, PermissionError):
+            continue
+        removed.append("/" + entry)
     return removed
 
 

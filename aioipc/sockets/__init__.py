@@ -24,6 +24,8 @@ Or directly, with typed results::
 - ``idle_timeout``: seconds without a receive or send after which a
   connection is closed (logged on the ``aioipc`` logger). Default ``None``.
 - ``allowed_uids``: Unix only; other users' connections are closed at once.
+  Without it an abstract ``@name``, which has no file and so no mode,
+  accepts a connection from every local uid.
 - ``ssl``: an ``ssl.SSLContext`` (tcp only): each connection is TLS
   (``handshake_timeout`` seconds to complete the handshake).
 - ``nodelay=True``: ``TCP_NODELAY`` on TCP connections.
@@ -63,6 +65,7 @@ from typing import Any, Literal
 
 from anyio.streams.tls import TLSStream
 
+from .._core import leftovers
 from .._core.framing import DEFAULT_MAX_SIZE
 from .._core.schemes import Address, Framing
 from .._core.server import Server
@@ -284,6 +287,7 @@ def remove_address(address: Address) -> None:
     if not stat.S_ISSOCK(os.lstat(address.path).st_mode):
         raise ValueError(f"{address.path} is not a socket; left alone")
     os.unlink(address.path)
+    leftovers.forget("unix", address.path)
 
 
 _UNIX_SCHEMES: dict[int, str] = {

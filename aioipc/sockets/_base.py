@@ -25,6 +25,7 @@ from typing import Any
 
 import anyio
 
+from .._core import leftovers
 from .._core.attributes import IPCAttribute, PeerCredentials
 from .._core.errors import AddressInUse
 from .._core.fdstreams import FdHandle
@@ -161,7 +162,8 @@ async def connect_socket(sock: socket.socket, sockaddr: Any, timeout: float | No
                     if code == 0:
                         return handle
                 if code != errno.EAGAIN:
-                    raise OSError(code, f"{os.strerror(code)}: {sockaddr!r}")
+                    shown = format_unix(sockaddr) if isinstance(sockaddr, str | bytes) else sockaddr
+                    raise OSError(code, os.strerror(code), shown)  # abstract names shown as @name
                 await anyio.sleep(delay)
                 delay = min(delay * 2, _MAX_BACKOFF)
     except BaseException:
@@ -190,6 +192,7 @@ class UnixPath:
             st = os.stat(self.path)
             if (st.st_dev, st.st_ino) == self._identity:
                 os.unlink(self.path)
+                leftovers.forget("unix", self.path)
         except FileNotFoundError:
             pass
 
@@ -284,6 +287,7 @@ async def bind_unix(
                     raise AddressInUse(f"unix:{path}") from None
                 raise
         owned = UnixPath(path)
+        leftovers.note("unix", owned.path)  # for `aioipc ls`, should a crash leave it
         try:
             if stat.S_IMODE(os.stat(path).st_mode) != mode:
                 os.chmod(path, mode)  # the umask made it stricter than asked

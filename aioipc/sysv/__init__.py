@@ -7,7 +7,7 @@ and wake the loop when something happens.
 
 Example::
 
-    key = aioipc.sysv.ftok("/srv/app", 1)
+    key = aioipc.sysv.ftok(".", 1)         # any path that exists, as C computes it
     async with await aioipc.sysv.MessageQueue.open(key, create=True) as q:
         async for message in q:
             ...

@@ -7,7 +7,7 @@ thread (no polling); cancelling it ends that wait at once and never leaks a unit
 
 Example::
 
-    key = aioipc.sysv.ftok("/srv/app", 1)
+    key = aioipc.sysv.ftok(".", 1)         # any path that exists, as C computes it
     async with await aioipc.sysv.SharedMemory.create(key, 4096) as shm:
         # a signal from one process to another: no undo, or our exit would take it back
         sem = await aioipc.sysv.Semaphore.open(key, create=True, initial=0, undo=False)
