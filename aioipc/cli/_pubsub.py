@@ -137,6 +137,7 @@ def add_commands(commands: Any) -> dict[str, Callable[[argparse.Namespace], int]
             "(nats://host:port) and print each message as one line: the subject, a space, the payload. "
             "SUBJECT follows NATS rules: '*' matches one token, '>' the rest."
         ),
+        epilog="example: aioipc sub unix:/tmp/events.sock 'orders.>' --count 1",
     )
     sub.add_argument("address", metavar="ADDR")
     sub.add_argument("subjects", metavar="SUBJECT", nargs="+")
@@ -153,6 +154,7 @@ def add_commands(commands: Any) -> dict[str, Callable[[argparse.Namespace], int]
             "subscribers, publish, give them --linger seconds to take it all, exit. For nats:// just "
             "publish through the NATS server."
         ),
+        epilog="example: aioipc pub unix:/tmp/events.sock orders.created '{\"id\": 1}'",
     )
     pub.add_argument("address", metavar="ADDR")
     pub.add_argument("subject", metavar="SUBJECT")

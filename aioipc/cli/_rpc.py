@@ -54,6 +54,7 @@ def add_commands(commands: Any) -> dict[str, Callable[[argparse.Namespace], int]
             "when it can be (1, true, [1,2], '\"text\"'), else taken as a string. "
             "A remote error is printed with its code; the exit status is then 1."
         ),
+        epilog="example: aioipc call unix:/tmp/math.sock add 1 2",
     )
     call.add_argument("address", metavar="ADDR")
     call.add_argument("method", metavar="METHOD")
