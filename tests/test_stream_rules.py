@@ -154,20 +154,7 @@ def idle_pair(kind: str) -> tuple[int, aioipc.MessageStream | aioipc.MessageRece
     return theirs.detach(), aioipc.framed(aioipc.sockets.from_socket(ours))
 
 
-@pytest.mark.parametrize(
-    "kind",
-    [
-        "pipe",
-        pytest.param(
-            "unix",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="FramedUnixStream (send_fds) reads through receive_into_fds, "
-                "which takes its buffer before it waits: not lazy yet",
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("kind", ["pipe", "unix"])
 async def test_idle_framed_streams_hold_no_read_buffer(kind: str) -> None:
     count = 200
     pairs = [idle_pair(kind) for _ in range(count)]

@@ -17,7 +17,14 @@ from collections.abc import Sequence
 
 from .._core.errors import FrameTooLarge
 from .._core.framing import DEFAULT_MAX_SIZE, HEADER
-from .._core.streams import Buffer, ByteReceiveStream, FramedReceiveStream, FramedSendStream, FramedStream
+from .._core.streams import (
+    Buffer,
+    BufferSink,
+    ByteReceiveStream,
+    FramedReceiveStream,
+    FramedSendStream,
+    FramedStream,
+)
 from ._base import close_fds
 from ._stream import DEFAULT_MAX_FDS, FdsTruncated, SocketReceiveStream, SocketStream
 
@@ -30,6 +37,18 @@ class _FdReads(ByteReceiveStream):
     def __init__(self, receiver: SocketReceiveStream, messages: _FdMessages) -> None:
         self._receiver = receiver
         self._messages = messages
+
+    async def fill(self, sink: BufferSink) -> None:
+        # What the framed receive calls: lazy, no buffer held while the socket is idle.
+        if self._messages.unsettled is not None:  # a read again: nothing completed since the last one
+            self._messages.settle(completed=0)
+        try:
+            fds = await self._receiver.fill_fds(sink, DEFAULT_MAX_FDS)
+        except FdsTruncated:  # the fds were closed; the bytes went to the framer all the same
+            self._messages.arrived(None)
+            return
+        if fds:
+            self._messages.arrived(fds)
 
     async def receive_into(self, buffer: memoryview) -> int:
         if self._messages.unsettled is not None:  # a read again: nothing completed since the last one

@@ -16,7 +16,7 @@ import anyio
 
 from .._core.errors import FdsTruncated, map_exceptions
 from .._core.fdstreams import FdByteStream, FdReceiveStream, FdSendStream
-from .._core.streams import Buffer, FramedStream
+from .._core.streams import Buffer, BufferSink, FramedStream
 from ._base import SocketHandle, close_fds, fds_from_ancillary, socket_extra
 
 __all__ = ["FdsTruncated", "SocketReceiveStream", "SocketSendStream", "SocketStream"]
@@ -104,6 +104,71 @@ class SocketReceiveStream(FdReceiveStream):
         buffer = bytearray(max_bytes)
         n, fds = await self.receive_into_fds(memoryview(buffer), max_fds)
         return bytes(buffer[:n]), fds
+
+    async def fill_fds(self, sink: BufferSink, max_fds: int = DEFAULT_MAX_FDS) -> list[int]:
+        """:meth:`fill` with fds: read once into ``sink``; return the fds that came with the bytes.
+
+        Like :meth:`fill`, it holds no buffer while it waits: the sink's
+        buffer is given back (``release()``) and taken again in the loop
+        callback that reads, so an idle connection costs no read buffer.
+
+        Raises:
+            FdsTruncated: more than ``max_fds`` came; all were closed (the bytes went to ``sink``).
+            anyio.EndOfStream: the peer closed its end.
+        """
+        if self._unclaimed or self._unclaimed_fds:  # what a cancelled read had taken comes first
+            n, fds = await self.receive_into_fds(sink.get_buffer(max(len(self._unclaimed), 1)), max_fds)
+            sink.buffer_updated(n)
+            return fds
+        ancsize = _ANCSIZE if max_fds == DEFAULT_MAX_FDS else socket.CMSG_SPACE(max_fds * 4)
+        sock = self._sock
+        handle = self._handle
+        if not handle._reader_armed and self._budget > 0 and not self._guard.busy and handle.fd >= 0:
+            # The common case of a reader that keeps up with no wait: read now.
+            self._budget -= 1
+            buffer = sink.get_buffer()
+            try:
+                received = _Received(*sock.recvmsg_into([buffer], ancsize, _CMSG_CLOEXEC))
+            except BlockingIOError:
+                sink.release()
+                del buffer  # or this frame keeps the released buffer alive while it waits
+            except OSError:
+                with map_exceptions():
+                    raise
+            else:
+                return self._settle(sink, buffer, received, max_fds)
+        with self._guard:
+            if self._budget <= 0:
+                await self._yield_fairly()
+            self._budget -= 1
+            sink.release()  # no buffer while parked: one is taken when data comes
+
+            def read(_fd: int) -> tuple[_Received, memoryview]:
+                buffer = sink.get_buffer()
+                try:
+                    return _Received(*sock.recvmsg_into([buffer], ancsize, _CMSG_CLOEXEC)), buffer
+                except BlockingIOError:
+                    sink.release()
+                    raise
+
+            def keep(result: tuple[_Received, memoryview]) -> None:
+                # cancelled after the read: the bytes go to the sink, the fds wait for the next read
+                sink.buffer_updated(result[0][0])
+                received = result[0]
+                self._unclaimed_fds += fds_from_ancillary(received[1])
+
+            received, buffer = await self._read(read, keep)
+            return self._settle(sink, buffer, received, max_fds)
+
+    @staticmethod
+    def _settle(sink: BufferSink, buffer: memoryview, received: _Received, max_fds: int) -> list[int]:
+        """Hand the bytes of a read to ``sink``, then return its fds (``FdsTruncated`` if too many)."""
+        n, ancdata, flags, _ = received
+        if not received:
+            sink.release()
+            raise anyio.EndOfStream
+        sink.buffer_updated(n)
+        return _rights(buffer, n, ancdata, flags, max_fds)
 
     async def receive_into_fds(
         self, buffer: memoryview, max_fds: int = DEFAULT_MAX_FDS
