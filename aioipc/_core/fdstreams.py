@@ -92,7 +92,27 @@ def _nothing(result: object) -> None:
     pass
 
 
-class FdReceiveStream(ByteReceiveStream):
+class _FdOwner:
+    """What every stream half that owns an :class:`FdHandle` offers: its fd, and handing it over."""
+
+    _handle: FdHandle
+
+    def fileno(self) -> int:
+        return self._handle.fd
+
+    def detach(self, *, blocking: bool = True) -> int:
+        """Return the fd and stop owning it, e.g. to hand it to a program that expects a blocking fd.
+
+        Caveats:
+            ``blocking`` changes the open file description, which other copies
+            of the fd share.
+        """
+        fd = self._handle.detach()
+        os.set_blocking(fd, blocking)
+        return fd
+
+
+class FdReceiveStream(_FdOwner, ByteReceiveStream):
     """Receive bytes from a non-blocking fd (pipe, FIFO, socket).
 
     Raises:
@@ -115,20 +135,6 @@ class FdReceiveStream(ByteReceiveStream):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} fd={self._handle.fd}>"
-
-    def fileno(self) -> int:
-        return self._handle.fd
-
-    def detach(self, *, blocking: bool = True) -> int:
-        """Return the fd and stop owning it, e.g. to hand it to a program that expects a blocking fd.
-
-        Caveats:
-            ``blocking`` changes the open file description, which other copies
-            of the fd share.
-        """
-        fd = self._handle.detach()
-        os.set_blocking(fd, blocking)
-        return fd
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
         with self._guard:
@@ -244,7 +250,7 @@ class FdReceiveStream(ByteReceiveStream):
         return self._extra
 
 
-class FdSendStream(ByteSendStream):
+class FdSendStream(_FdOwner, ByteSendStream):
     """Send bytes to a non-blocking fd, coalescing small sends.
 
     ``send()`` returns once the data is either written or queued in a
@@ -303,21 +309,16 @@ class FdSendStream(ByteSendStream):
     def __repr__(self) -> str:
         return f"<{type(self).__name__} fd={self._handle.fd} pending={len(self._pending)}>"
 
-    def fileno(self) -> int:
-        return self._handle.fd
-
     def detach(self, *, blocking: bool = True) -> int:
-        """Return the fd and stop owning it (see :meth:`FdReceiveStream.detach`).
+        """Return the fd and stop owning it (see :meth:`_FdOwner.detach`).
 
         Raises:
             anyio.BusyResourceError: data is still pending; ``await flush()`` first.
         """
         if self._pending:
             raise anyio.BusyResourceError("detaching with unsent data; await flush() first")
-        fd = self._handle.detach()
         self._closed = True
-        os.set_blocking(fd, blocking)
-        return fd
+        return super().detach(blocking=blocking)
 
     @property
     def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import anyio.abc
 
 from .errors import ProtocolError
+from .streams import OverTransport
 
 __all__ = ["Codec", "ObjectStream", "resolve_codec"]
 
@@ -91,7 +92,7 @@ def resolve_codec(codec: str | Codec) -> Codec:
     return factory()
 
 
-class ObjectStream(anyio.abc.ObjectStream[Any]):
+class ObjectStream(OverTransport, anyio.abc.ObjectStream[Any]):
     """Objects over a message stream, one message each.
 
     Args:
@@ -127,14 +128,3 @@ class ObjectStream(anyio.abc.ObjectStream[Any]):
             return self.codec.decode(data)
         except Exception as exc:
             raise ProtocolError(f"cannot decode a message with {type(self.codec).__name__}: {exc}") from exc
-
-    async def send_eof(self) -> None:
-        await self.transport_stream.send_eof()
-
-    async def aclose(self) -> None:
-        await self.transport_stream.aclose()
-
-    @property
-    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
-        attrs: Mapping[Any, Callable[[], Any]] = self.transport_stream.extra_attributes
-        return attrs

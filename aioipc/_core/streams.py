@@ -37,6 +37,7 @@ __all__ = [
     "MessageReceiveStream",
     "MessageSendStream",
     "MessageStream",
+    "OverTransport",
     "ResourceGuard",
     "SendOnlyByteStream",
     "SendOnlyMessageStream",
@@ -191,13 +192,39 @@ def _check_max_size(max_size: int) -> int:
     return max_size
 
 
+class OverTransport:
+    """A stream layered on ``transport_stream``: its end, its close and its attributes are the transport's."""
+
+    transport_stream: Any
+
+    async def send_eof(self) -> None:
+        await self.transport_stream.send_eof()
+
+    async def aclose(self) -> None:
+        await self.transport_stream.aclose()
+
+    @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        attrs: Mapping[Any, Callable[[], Any]] = self.transport_stream.extra_attributes
+        return attrs
+
+
+class _Framed(OverTransport):
+    """What a framed stream (or either half) is over its byte stream: ``max_size`` and ``framing``."""
+
+    def __init__(self, stream: Any, max_size: int, framing: FramingName) -> None:
+        self.transport_stream = stream
+        self.max_size = _check_max_size(max_size)
+        self.framing = _check_framing(framing)
+
+
 def _check_framing(framing: str) -> str:
     if framing not in ("length", "lines"):
         raise ValueError(f"framing must be 'length' or 'lines', not {framing!r}")
     return framing
 
 
-class FramedReceiveStream(MessageReceiveStream):
+class FramedReceiveStream(_Framed, MessageReceiveStream):
     """Messages decoded from a byte stream's length-prefixed frames (or lines, ``framing="lines"``).
 
     Every complete frame in a received chunk is parsed in one pass; the
@@ -218,9 +245,7 @@ class FramedReceiveStream(MessageReceiveStream):
         max_size: int = DEFAULT_MAX_SIZE,
         framing: FramingName = "length",
     ) -> None:
-        self.transport_stream = stream
-        self.max_size = _check_max_size(max_size)
-        self.framing = _check_framing(framing)
+        super().__init__(stream, max_size, framing)
         self._framer: Framer | LineFramer = Framer(max_size) if framing == "length" else LineFramer(max_size)
         self._parsed = self._framer.parsed
         self._guard = ResourceGuard("receiving")
@@ -272,15 +297,8 @@ class FramedReceiveStream(MessageReceiveStream):
         finally:
             guard.busy = False
 
-    async def aclose(self) -> None:
-        await self.transport_stream.aclose()
 
-    @property
-    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
-        return self.transport_stream.extra_attributes
-
-
-class FramedSendStream(MessageSendStream):
+class FramedSendStream(_Framed, MessageSendStream):
     """Messages sent as length-prefixed frames over a byte stream (or lines, ``framing="lines"``).
 
     Raises:
@@ -294,9 +312,7 @@ class FramedSendStream(MessageSendStream):
         max_size: int = DEFAULT_MAX_SIZE,
         framing: FramingName = "length",
     ) -> None:
-        self.transport_stream = stream
-        self.max_size = _check_max_size(max_size)
-        self.framing = _check_framing(framing)
+        super().__init__(stream, max_size, framing)
         self._lines = framing == "lines"
         self._send_parts: Callable[[Sequence[Buffer]], Awaitable[None]] | None = None
         self._try_send_parts: Callable[[Sequence[Buffer]], bool] = _never
@@ -323,23 +339,14 @@ class FramedSendStream(MessageSendStream):
         else:
             await self.transport_stream.send(b"".join(parts))
 
-    async def aclose(self) -> None:
-        await self.transport_stream.aclose()
 
-    @property
-    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
-        return self.transport_stream.extra_attributes
-
-
-class FramedStream(MessageStream):
+class FramedStream(_Framed, MessageStream):
     """A two-way message stream over a two-way byte stream."""
 
     def __init__(
         self, stream: anyio.abc.ByteStream, max_size: int = DEFAULT_MAX_SIZE, framing: FramingName = "length"
     ) -> None:
-        self.transport_stream = stream
-        self.max_size = max_size
-        self.framing = framing
+        super().__init__(stream, max_size, framing)
         self._receiver = FramedReceiveStream(stream, max_size, framing)
         self._sender = FramedSendStream(stream, max_size, framing)
 
@@ -348,16 +355,6 @@ class FramedStream(MessageStream):
 
     async def send(self, item: bytes) -> None:
         await self._sender.send(item)
-
-    async def send_eof(self) -> None:
-        await self.transport_stream.send_eof()
-
-    async def aclose(self) -> None:
-        await self.transport_stream.aclose()
-
-    @property
-    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
-        return self.transport_stream.extra_attributes
 
 
 @overload
