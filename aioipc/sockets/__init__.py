@@ -70,10 +70,9 @@ from .._core.framing import DEFAULT_MAX_SIZE
 from .._core.schemes import Address, Framing
 from .._core.server import Server
 from ._base import KINDS, SocketHandle, connect_socket, format_unix, unix_sockaddr
-from ._framed import FramedUnixStream
 from ._message import DatagramStream, SeqpacketStream
 from ._server import Handler, serve_connections, serve_datagram
-from ._stream import FdsTruncated, SocketReceiveStream, SocketSendStream, SocketStream
+from ._stream import FdsTruncated, FramedUnixStream, SocketReceiveStream, SocketSendStream, SocketStream
 
 __all__ = [
     "DatagramStream",
