@@ -16,13 +16,16 @@ Rule 1 (crash safety): the producer writes whole records, then stores
 ``head`` once; the consumer never reads past ``head``. A producer killed
 mid-write leaves its half-written record invisible. There is no lock in the
 segment that a dead process could hold.
-Rule 2 (wake-ups only for sleepers): each side sleeps on its own doorbell, a
-FIFO next to the segment (``NAME.bell-c``, ``NAME.bell-a``) registered with
-the loop. A reader with data waiting makes no system call. A side about to
-sleep sets its flag, runs a full memory barrier and checks again; the peer,
-after each commit (or each read that frees room), runs a full barrier and
-rings the doorbell (writes a byte) only if the flag is set. With a barrier
-on both sides, one of the two always sees the other: no lost wake-up.
+Rule 2 (wake-ups only for sleepers, once per loop iteration): each side
+sleeps on its own doorbell, a FIFO next to the segment (``NAME.bell-c``,
+``NAME.bell-a``) registered with the loop. A reader with data waiting makes
+no system call. A side about to sleep sets its flag, runs a full memory
+barrier and checks again; the peer, after its commits (or reads that free
+room), runs a full barrier and rings the doorbell (writes a byte) only if
+the flag is set. With a barrier on both sides, one of the two always sees
+the other: no lost wake-up. The first commit or read of a loop iteration
+runs the barrier at once; the others share one more in a loop callback (or
+every ``FLUSH_EVERY`` messages), and a side runs it before it waits itself.
 Rule 3 (end of life): each side holds an fcntl lock on one byte of the
 segment, and the write end of its peer's doorbell. When a process dies the
 kernel drops both: the peer's doorbell hangs up, which wakes it at once,
@@ -34,18 +37,16 @@ Rule 4 (persist): a creator that closes cleanly also sets the header's
 whose creator is gone can still be attached when that flag is set: the
 peer drains what is left, then sees ``EndOfStream``. Without the flag, the
 creator died: ``PeerDied``.
-Rule 5 (fair): a side that never has to wait still yields to the loop once
-its budget (``FAIR_OPS``: a unit per message and per 4 KiB, more for a
-doorbell write) is spent, so a flooded ring leaves timeouts and other tasks
-their turn.
+Rule 5 (spin, then sleep): a receiver with nothing to read first watches
+the peer's ``head`` for a short, self-tuned while (``Spinner``), giving its
+CPU and the loop their turn every few microseconds, and only then sleeps on
+its doorbell.
 """
 
 from __future__ import annotations
 
 import mmap
 import os
-import struct
-import threading
 import warnings
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -54,64 +55,21 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 
-from .._core.attributes import IPCAttribute
-from .._core.errors import FrameTooLarge, PeerDied, RingInUse
+from .._core.errors import FrameTooLarge, RingInUse
 from .._core.naming import create_or_open, open_existing
-from .._core.streams import FAIR_OPS, FAIR_SHIFT, Buffer, MessageStream, byte_view, fair_yield
-from ._segment import (
-    HEADER,
-    KIND,
-    W_CAPACITY,
-    W_CLOSED,
-    Doorbell,
-    attach_ring,
-    check_machine,
-    make_ring,
-    ring_files,
-)
+from .._core.streams import Buffer, MessageStream
+from ._lanes import DEFAULT_SPIN, FLUSH_EVERY, RECORD, WRAP, Lanes, Spinner
+from ._segment import KIND, W_CLOSED, attach_ring, check_machine, make_ring, ring_files
+
+_pack, _unpack = RECORD.pack_into, RECORD.unpack_from
 
 __all__ = ["DEFAULT_CAPACITY", "Ring", "RingInUse"]
 
 DEFAULT_CAPACITY = 4 * 2**20
-_RECORD = struct.Struct("<II")
-_WRAP = 0xFFFFFFFF
-_BELL_BYTES = b"\x00"
-_RING_UNITS = 4  # budget units a doorbell write costs (measured: 4-5 us against ~1 us a message)
-
-# per lane, from the lane's base word: producer line, consumer line, then the two flags
-_HEAD, _EOF, _TAIL, _GONE, _SLEEPING, _WAITING = 0, 1, 8, 9, 16, 24
-
-
-def _lane_base(lane: int) -> int:
-    return 8 + 32 * lane
-
-
-# -- memory ordering --------------------------------------------------------------------------
-
-
-def _make_fence() -> Callable[[], None]:
-    """A full memory barrier for one ring (one lock per ring, so it is never contended).
-
-    x86-64 keeps plain stores in order and plain loads in order, but may let
-    a load pass an earlier store; the wake-up handshake (store my flag, load
-    the peer's counter, and the mirror image on the other side) needs a full
-    barrier between the two. An uncontended lock's acquire and release are
-    locked instructions, which are full barriers, at a fraction of a syscall's cost.
-    """
-    lock = threading.Lock()
-    acquire, release = lock.acquire, lock.release
-
-    def fence() -> None:
-        acquire()
-        release()
-
-    return fence
-
-
 # -- the ring -------------------------------------------------------------------------------
 
 
-class Ring(MessageStream):
+class Ring(Lanes, MessageStream):
     """A duplex message channel in shared memory between its creator and one attached process.
 
     Get one with :meth:`create` (the creator; removes the ring on close
@@ -149,52 +107,6 @@ class Ring(MessageStream):
                 await ring.send(b"done: " + job)
     """
 
-    def __init__(
-        self,
-        name: str,
-        fd: int,
-        memory: mmap.mmap,
-        *,
-        side: int,
-        bell: int,
-        peer_bell: int,
-        owned_files: Sequence[str],
-        max_size: int | None,
-    ) -> None:
-        self.name = name
-        self.side = side
-        self._fd = fd
-        self._mmap = memory
-        check_machine()
-        self._fence = _make_fence()
-        base = memoryview(memory)
-        header = base[:HEADER]
-        self._h = header.cast("Q")
-        self.capacity = capacity = self._h[W_CAPACITY]
-        tx_lane, rx_lane = side, 1 - side
-        self._tx = base[HEADER + tx_lane * capacity : HEADER + (tx_lane + 1) * capacity]
-        self._rx = base[HEADER + rx_lane * capacity : HEADER + (rx_lane + 1) * capacity]
-        self._views = [self._tx, self._rx, self._h, header, base]
-        tx, rx = _lane_base(tx_lane), _lane_base(rx_lane)
-        self._tx_head, self._tx_eof, self._tx_tail = tx + _HEAD, tx + _EOF, tx + _TAIL
-        self._tx_gone, self._tx_sleeping, self._tx_waiting = tx + _GONE, tx + _SLEEPING, tx + _WAITING
-        self._rx_head, self._rx_eof, self._rx_tail = rx + _HEAD, rx + _EOF, rx + _TAIL
-        self._rx_gone, self._rx_sleeping, self._rx_waiting = rx + _GONE, rx + _SLEEPING, rx + _WAITING
-        self._head = self._h[self._tx_head]  # our own counters, cached: only we write them
-        self._tail = self._h[self._rx_tail]
-        self._tail_seen = 0  # the peer's tail when our last write found the lane full
-        limit = capacity // 2 - _RECORD.size
-        self.max_size = limit if max_size is None else min(max_size, limit)
-        self._bell = Doorbell(bell)
-        self._peer_bell = peer_bell
-        self._owned_files = owned_files
-        self._receiving = False
-        self._sending = False
-        self._budget = FAIR_OPS  # fairness: operations left before a yield to the loop
-        self._closed = False
-        self._eof_sent = False
-        self._extra: dict[Any, Callable[[], Any]] = {IPCAttribute.path: lambda: self.name}
-
     def __repr__(self) -> str:
         role = "creator" if self.side == 0 else "attached"
         return f"<Ring {self.name!r} {role} capacity={self.capacity}{' closed' if self._closed else ''}>"
@@ -214,6 +126,7 @@ class Ring(MessageStream):
         mode: int = 0o600,
         persist: bool = False,
         max_size: int | None = None,
+        spin: float = DEFAULT_SPIN,
     ) -> Ring:
         """Create ring ``name`` ("/name") with ``capacity`` bytes per direction.
 
@@ -224,12 +137,15 @@ class Ring(MessageStream):
             persist: keep the files after ``aclose()`` (``remove_stale_rings()``
                 finds them once both processes are gone).
             max_size: refuse larger messages (``FrameTooLarge``), below the lane's own limit.
+            spin: at most this many seconds a receive with nothing to read
+                watches the lane before it sleeps (0: never); see the class.
 
         Raises:
             FileExistsError: a ring or segment of that name exists.
-            ValueError: bad name, or ``capacity`` under one page.
+            ValueError: bad name, ``capacity`` under one page, or ``spin`` outside 0 to 0.1.
         """
         check_machine()
+        spinner = Spinner(spin)
         if capacity < mmap.PAGESIZE:
             raise ValueError(f"capacity must be at least {mmap.PAGESIZE} bytes")
         capacity = -(-capacity // mmap.PAGESIZE) * mmap.PAGESIZE
@@ -246,12 +162,13 @@ class Ring(MessageStream):
             peer_bell=peer_fd,
             owned_files=owned_files,
             max_size=max_size,
+            spinner=spinner,
         )
         return ring
 
     @classmethod
-    async def attach(cls, name: str, *, max_size: int | None = None) -> Ring:
-        """Attach to ring ``name`` as its one peer.
+    async def attach(cls, name: str, *, max_size: int | None = None, spin: float = DEFAULT_SPIN) -> Ring:
+        """Attach to ring ``name`` as its one peer (``max_size``, ``spin``: as :meth:`create`).
 
         A ring created with ``persist=True`` can be attached after its
         creator closed it: the peer receives what is left, then
@@ -259,109 +176,34 @@ class Ring(MessageStream):
 
         Raises:
             FileNotFoundError: no such ring.
-            ValueError: ``name`` is a shared-memory segment but not a ring.
+            ValueError: ``name`` is a shared-memory segment but not a ring, or a bad ``spin``.
             RingInUse: another process attached already (now or before).
             PeerDied: the creator died (it did not close the ring).
         """
         check_machine()
+        spinner = Spinner(spin)
         fd, memory, bell_fd, peer_fd = await open_existing(KIND, name, attach_ring)
         ring = cls(
-            name, fd, memory, side=1, bell=bell_fd, peer_bell=peer_fd, owned_files=(), max_size=max_size
+            name,
+            fd,
+            memory,
+            side=1,
+            bell=bell_fd,
+            peer_bell=peer_fd,
+            owned_files=(),
+            max_size=max_size,
+            spinner=spinner,
         )
         return ring
 
     # -- sending ---------------------------------------------------------------------------
 
-    def _ring_peer(self) -> None:
-        self._budget -= _RING_UNITS  # a syscall: worth several plain operations of the budget
-        if self._peer_bell < 0:
-            return  # the peer closed before we attached (Rule 4)
-        try:
-            os.write(self._peer_bell, _BELL_BYTES)
-        except (BlockingIOError, BrokenPipeError):
-            pass  # already ringing / the peer is gone, which its hang-up reports
-
-    def _check_send(self) -> None:
-        if self._closed or self._eof_sent:
-            raise anyio.ClosedResourceError
-        if self._h[self._tx_gone]:
-            raise anyio.BrokenResourceError(f"the peer of ring {self.name!r} closed its receiving side")
-
-    def _write(self, messages: Sequence[Buffer], sizes: Sequence[int], first: int) -> int:
-        """Write as many whole records as fit, commit them with one store; return the next index."""
-        h, tx, capacity, pack = self._h, self._tx, self.capacity, _RECORD.pack_into
-        head = self._head
-        free_until = h[self._tx_tail] + capacity
-        index, count = first, len(messages)
-        while index < count:
-            size = sizes[index]
-            end = head + 8 + ((size + 7) & -8)
-            position = head % capacity
-            if position + end - head > capacity:  # continue at offset 0
-                end += capacity - position
-                if end > free_until:
-                    break
-                pack(tx, position, _WRAP, 0)
-                position = 0
-            elif end > free_until:
-                break
-            pack(tx, position, size, 0)
-            tx[position + 8 : position + 8 + size] = messages[index]
-            head = end
-            index += 1
-        if index != count:
-            self._tail_seen = free_until - capacity
-        if index != first:
-            h[self._tx_head] = self._head = head  # the commit
-            self._fence()
-            if h[self._tx_sleeping]:
-                self._ring_peer()
-        return index
-
-    async def _wait_for_space(self) -> None:
-        h = self._h
-        h[self._tx_waiting] = 1
-        try:
-            self._fence()
-            if h[self._tx_tail] != self._tail_seen or h[self._tx_gone]:
-                return
-            if self._bell.hung_up:
-                raise PeerDied(f"the peer of ring {self.name!r} died")
-            await self._bell.wait()
-        finally:
-            if not self._closed:
-                h[self._tx_waiting] = 0
-
-    def _measure(self, message: Buffer) -> tuple[Buffer, int]:
-        """The message as bytes-like of unsigned bytes, and its size; ``FrameTooLarge`` if too big."""
-        if type(message) is not bytes:
-            message = byte_view(message)
-        size = len(message)
-        if size > self.max_size:
-            raise FrameTooLarge(size, self.max_size)
-        return message, size
-
-    async def _send(self, messages: Sequence[Buffer], sizes: Sequence[int]) -> None:
-        # A flag rather than ResourceGuard: this is the hot path.
-        if self._sending:
-            raise anyio.BusyResourceError("sending")
-        self._sending = True
-        try:
-            self._budget -= len(messages) + (sum(sizes) >> FAIR_SHIFT)
-            if self._budget <= 0:
-                await fair_yield()
-                self._budget = FAIR_OPS
-            self._check_send()
-            index = self._write(messages, sizes, 0)
-            while index < len(messages):
-                await self._wait_for_space()
-                self._check_send()
-                index = self._write(messages, sizes, index)
-        finally:
-            self._sending = False
-
     async def send(self, item: Buffer) -> None:
         """Send one message; wait while the lane is full.
+
+        A send that finds room copies the message into the lane and commits
+        it without waiting for anything; the doorbell, if the peer sleeps,
+        rings once per loop iteration for all of them.
 
         Raises:
             FrameTooLarge: over ``max_size``; nothing was sent.
@@ -370,8 +212,32 @@ class Ring(MessageStream):
             anyio.ClosedResourceError: this side closed (or sent EOF).
             anyio.BusyResourceError: another task is sending.
         """
-        item, size = self._measure(item)
-        await self._send((item,), (size,))
+        if type(item) is bytes and len(item) <= self.max_size:
+            size = len(item)
+        else:
+            item, size = self._measure(item)
+        head = self._head
+        end = head + 8 + ((size + 7) & -8)
+        position = head % self.capacity
+        h = self._h
+        if (
+            end > self._room_until
+            or position + end - head > self.capacity
+            or self._sending
+            or self._closed
+            or self._eof_sent
+            or h[self._tx_gone]
+        ):
+            await self._send((item,), (size,))  # waits, wraps, or raises
+            return
+        _pack(self._tx, position, size, 0)
+        self._tx[position + 8 : position + 8 + size] = item
+        h[self._tx_head] = self._head = end  # the commit
+        sent = self._sent = self._sent + 1
+        if sent == 1:
+            self._did()
+        elif sent >= FLUSH_EVERY:
+            self._flush()
 
     async def send_many(self, messages: Sequence[Buffer]) -> None:
         """Send several messages with one commit and at most one wake-up per lane-full.
@@ -400,54 +266,11 @@ class Ring(MessageStream):
             return
         self._eof_sent = True
         self._h[self._tx_eof] = 1
-        self._fence()
-        if self._h[self._tx_sleeping]:
-            self._ring_peer()
+        self._sent += 1
+        self._flush()
         await anyio.lowlevel.checkpoint()
 
     # -- receiving -------------------------------------------------------------------------
-
-    def _peek(self) -> tuple[int, int, int] | None:
-        """(payload offset, length, tail after it) of the next committed record, or None."""
-        tail = self._tail
-        if self._h[self._rx_head] == tail:
-            return None
-        capacity = self.capacity
-        position = tail % capacity
-        size = _RECORD.unpack_from(self._rx, position)[0]
-        if size == _WRAP:
-            tail += capacity - position
-            position = 0
-            size = _RECORD.unpack_from(self._rx, 0)[0]
-        return position + 8, size, tail + 8 + ((size + 7) & ~7)
-
-    def _advance(self, tail: int) -> None:
-        h = self._h
-        h[self._rx_tail] = self._tail = tail
-        self._fence()
-        if h[self._rx_waiting]:
-            self._ring_peer()
-
-    async def _next(self) -> tuple[int, int, int]:
-        h = self._h
-        while True:
-            if self._closed:
-                raise anyio.ClosedResourceError
-            record = self._peek()
-            if record is not None:
-                return record
-            if h[self._rx_eof]:
-                raise anyio.EndOfStream
-            if self._bell.hung_up:
-                raise PeerDied(f"the peer of ring {self.name!r} died")
-            h[self._rx_sleeping] = 1
-            try:
-                self._fence()
-                if h[self._rx_head] == self._tail and not h[self._rx_eof]:
-                    await self._bell.wait()
-            finally:
-                if not self._closed:
-                    h[self._rx_sleeping] = 0
 
     async def receive(self) -> bytes:
         """Receive the next message (a copy); wait while the lane is empty.
@@ -460,22 +283,32 @@ class Ring(MessageStream):
         """
         if self._receiving:  # a flag rather than ResourceGuard: this is the hot path
             raise anyio.BusyResourceError("receiving")
-        self._receiving = True
-        try:
-            self._budget -= 1
-            if self._budget <= 0:
-                await fair_yield()
-                self._budget = FAIR_OPS
-            record = None if self._closed else self._peek()
-            if record is None:
-                record = await self._next()
-            start, size, tail = record
-            self._budget -= size >> FAIR_SHIFT
-            data = self._rx[start : start + size].tobytes()
-            self._advance(tail)
-            return data
-        finally:
-            self._receiving = False
+        tail = self._tail
+        if self._closed or (tail == self._head_seen and self._see_head() == tail):
+            self._receiving = True
+            try:
+                position, size, tail = await self._next()
+            finally:
+                self._receiving = False
+        else:
+            capacity = self.capacity
+            position = tail % capacity
+            size = _unpack(self._rx, position)[0]
+            if size == WRAP:
+                tail += capacity - position
+                position = 0
+                size = _unpack(self._rx, 0)[0]
+            position += 8
+            tail += 8 + ((size + 7) & -8)
+        position += self._rx_base
+        data = self._mmap[position : position + size]
+        self._h[self._rx_tail] = self._tail = tail
+        read = self._read = self._read + 1
+        if read == 1:
+            self._did()
+        elif read >= FLUSH_EVERY:
+            self._flush()
+        return data
 
     async def receive_many(self, max_messages: int = 1024) -> list[bytes]:
         """Wait for at least one message, then return every waiting one (up to ``max_messages``).
@@ -493,20 +326,20 @@ class Ring(MessageStream):
                 await fair_yield()
                 self._budget = FAIR_OPS
             start, size, tail = await self._next()
-            rx, capacity, unpack = self._rx, self.capacity, _RECORD.unpack_from
-            messages = [rx[start : start + size].tobytes()]
-            head = self._h[self._rx_head]
+            rx, capacity, unpack, memory, base = self._rx, self.capacity, _unpack, self._mmap, self._rx_base
+            messages = [memory[base + start : base + start + size]]
+            head = self._see_head()
             while tail != head and len(messages) < max_messages:
                 position = tail % capacity
                 size = unpack(rx, position)[0]
-                if size == _WRAP:
+                if size == WRAP:
                     tail += capacity - position
                     position = 0
                     size = unpack(rx, 0)[0]
-                messages.append(rx[position + 8 : position + 8 + size].tobytes())
+                position += base + 8
+                messages.append(memory[position : position + size])
                 tail += 8 + ((size + 7) & -8)
-            self._budget -= len(messages)
-            self._advance(tail)
+            self._advance(tail, len(messages))
             return messages
         finally:
             self._receiving = False
