@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import textwrap
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -111,7 +112,8 @@ ECHO = textwrap.dedent(
     import sys, aioipc
 
     async def main():
-        async with await aioipc.connect(sys.argv[1]) as ring:
+        spin = float(sys.argv[3]) if len(sys.argv) > 3 else 100e-6
+        async with await aioipc.connect(sys.argv[1], spin=spin) as ring:
             async for message in ring:
                 await ring.send(message.upper())
 
@@ -264,13 +266,16 @@ async def test_bad_names() -> None:
         await aioipc.connect("shm:relative")
 
 
-async def test_thousands_of_round_trips_lose_no_wake_up(ring_name: str, tmp_path: Path) -> None:
-    """Each side sleeps between messages: a lost wake-up would hang here (bounded by the timeout)."""
+@pytest.mark.parametrize("spin", [0.0, 100e-6])
+async def test_thousands_of_round_trips_lose_no_wake_up(ring_name: str, tmp_path: Path, spin: float) -> None:
+    """Without spin each side sleeps between messages: a lost wake-up would hang here (bounded)."""
     script = tmp_path / "echo.py"
     script.write_text(ECHO)
-    async with await Ring.create(ring_name, 8192) as ring:
+    async with await Ring.create(ring_name, 8192, spin=spin) as ring:
         address = f"shm:{ring_name}"
-        proc = await asyncio.create_subprocess_exec(sys.executable, str(script), address, _loop_name())
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, str(script), address, _loop_name(), str(spin)
+        )
         with anyio.fail_after(30):
             for i in range(3000):
                 await ring.send(b"r%d" % i)
@@ -329,3 +334,37 @@ async def test_persisted_ring_of_a_dead_creator_is_peer_died(ring_name: str, tmp
             await Ring.attach(ring_name)
     finally:
         aioipc.shm.unlink(ring_name)
+
+
+async def test_an_idle_receiver_stops_spinning(ring_name: str, tmp_path: Path) -> None:
+    """A receive the peer never answers spins at most ``spin`` seconds, then sleeps: no CPU burnt."""
+    script = tmp_path / "echo.py"
+    script.write_text(ECHO)
+    async with await Ring.create(ring_name, 8192, spin=0.005) as ring:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, str(script), f"shm:{ring_name}", _loop_name()
+        )
+        with anyio.fail_after(20):
+            await ring.send(b"up?")
+            assert await ring.receive() == b"UP?"  # the peer attached and answers
+        cpu = time.thread_time()
+        for _ in range(3):
+            with anyio.move_on_after(0.2):
+                await ring.receive()  # nothing comes
+        # 0.6 s of waiting; the spin windows (5 ms, then less) are a small part of it
+        assert time.thread_time() - cpu < 0.1
+        await ring.send_eof()
+        with anyio.fail_after(20):
+            assert await proc.wait() == 0
+
+
+async def test_spin_is_checked_before_anything_exists(ring_name: str) -> None:
+    for spin in (-1.0, 1.0):
+        with pytest.raises(ValueError, match="spin"):
+            await Ring.create(ring_name, 8192, spin=spin)
+        assert _ring_files(ring_name) == []
+    async with await Ring.create(ring_name, 8192, spin=0):
+        with pytest.raises(ValueError, match="spin"):
+            await Ring.attach(ring_name, spin=-1.0)
+        async with await Ring.attach(ring_name, spin=0):
+            pass

@@ -256,7 +256,8 @@ SCHEMES: Mapping[str, Scheme] = _table(
     ),
     Scheme(
         "shm", "shm:/name", "shared-memory ring between two processes", "aioipc.shm",
-        messages=True, parse=_parse_name, serve_options=frozenset({"capacity", "mode"}), removable=True,
+        messages=True, parse=_parse_name, connect_options=frozenset({"spin"}),
+        serve_options=frozenset({"capacity", "mode", "spin"}), removable=True,
     ),
     Scheme(
         "spool", "spool:/dir", "durable queue in a directory (maildir): connect sends, serve receives",

@@ -39,6 +39,7 @@ from .._core.naming import Kind, create_or_open, open_existing, open_file
 from .._core.schemes import Address
 from .._core.server import Server
 from .._core.sysvipc import sysvipc_table
+from ._lanes import DEFAULT_SPIN
 from ._ring import DEFAULT_CAPACITY, Ring, RingInUse
 from ._segment import check_name, is_ring, ring_files, ring_is_stale, segment_path
 
@@ -432,7 +433,8 @@ async def serve_address(
     max_size: int = DEFAULT_MAX_SIZE,
     capacity: int = DEFAULT_CAPACITY,
     mode: int = 0o600,
+    spin: float = DEFAULT_SPIN,
 ) -> Server:
     """``serve("shm:/name", handler)``: create the ring and call ``handler(ring)`` at once."""
-    ring = await Ring.create(address.path, capacity, mode=mode, max_size=max_size)
+    ring = await Ring.create(address.path, capacity, mode=mode, max_size=max_size, spin=spin)
     return Server.single(str(address), handler, ring)

@@ -94,6 +94,21 @@ class Ring(Lanes, MessageStream):
         attached, another ``attach()`` raises :class:`RingInUse`, also after
         the peer left.
 
+        Sends are committed at once, but a sleeping peer is woken once per
+        loop iteration (the first send of an iteration wakes it at once):
+        a task that blocks its loop after several sends delays their delivery
+        to a sleeping peer until the loop turns again, as a stream's
+        coalesced writes do.
+
+        The spin costs CPU: a receive with nothing to read keeps one core
+        busy for up to ``spin`` seconds (default 100 µs; 0 on a one-CPU
+        machine) before it sleeps, yielding the CPU (``sched_yield``) and the
+        loop every few microseconds. Each time the peer takes longer than
+        that, the window halves, down to none, so an idle ring costs no CPU;
+        the first answer that comes within ``spin`` seconds brings it back.
+        ``spin=0`` always sleeps at once (round trips then cost a doorbell
+        wake-up each, about a unix socket's).
+
     Example::
 
         # process A
