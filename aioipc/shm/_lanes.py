@@ -64,10 +64,12 @@ def _make_fence() -> Callable[[], None]:
 class Spinner:
     """The self-tuned spin window of one receiving side, in seconds (Rule 5).
 
-    It starts at ``limit``. A wait the spin ended keeps it; a sleep that
-    lasted longer than ``limit`` halves it (an idle peer soon costs nothing:
-    under a 32nd of ``limit`` it is 0); a sleep shorter than ``limit`` sets
-    it to twice that sleep, as spinning would have caught it.
+    It starts at ``limit``. A wait the spin ended in time keeps it; a sleep
+    that lasted longer than ``limit``, or a spin that ended later than that
+    (the CPU went to other processes when it yielded), halves it (an idle
+    peer soon costs nothing: under a 32nd of ``limit`` it is 0); a sleep
+    shorter than ``limit`` sets it to twice that sleep, as spinning would
+    have caught it.
 
     Raises:
         ValueError: ``limit`` is not between 0 and 0.1 seconds.
@@ -81,14 +83,22 @@ class Spinner:
         self.limit = limit
         self.window = limit
 
+    def spun(self, seconds: float) -> None:
+        """Tune after a spin that saw a message after ``seconds``: late means CPUs are scarce."""
+        if seconds > self.limit:
+            self._shrink()
+
+    def _shrink(self) -> None:
+        window = self.window / 2
+        self.window = window if window >= self.limit / 32 else 0.0
+
     def slept(self, seconds: float) -> None:
         """Tune after a sleep on the doorbell that lasted ``seconds``."""
         limit = self.limit
         if seconds < limit:
             self.window = min(limit, 2 * seconds)
         else:
-            window = self.window / 2
-            self.window = window if window >= limit / 32 else 0.0
+            self._shrink()
 
 
 class Lanes:
@@ -279,7 +289,7 @@ class Lanes:
             self._flush()
 
     async def _spin(self) -> bool:
-        """Watch the peer's head for the spin window; whether a record came (rule 4).
+        """Watch the peer's head for the spin window; whether a record came (Rule 5).
 
         The loop gets its turn every ``_SPIN_CHECKS`` reads, so other tasks
         run (and this one can be cancelled) while it spins.
@@ -288,10 +298,12 @@ class Lanes:
         if not window:
             return False
         h, index, tail, clock = self._h, self._rx_head, self._tail, time.perf_counter
-        deadline = clock() + window
+        start = clock()
+        deadline = start + window
         while not self._closed:
             for _ in range(_SPIN_CHECKS):
                 if h[index] != tail:
+                    self._spinner.spun(clock() - start)
                     return True
             if clock() > deadline or h[self._rx_eof] or self._bell.hung_up:
                 break
