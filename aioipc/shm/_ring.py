@@ -37,7 +37,11 @@ Rule 4 (persist): a creator that closes cleanly also sets the header's
 whose creator is gone can still be attached when that flag is set: the
 peer drains what is left, then sees ``EndOfStream``. Without the flag, the
 creator died: ``PeerDied``.
-Rule 5 (spin, then sleep): a receiver with nothing to read first watches
+Rule 5 (fair): a side that never has to wait still yields to the loop once
+its budget (``FAIR_OPS``: a unit per message and per 4 KiB, more for a
+doorbell write) is spent, so a flooded ring leaves timeouts and other tasks
+their turn.
+Rule 6 (spin, then sleep): a receiver with nothing to read first watches
 the peer's ``head`` for a short, self-tuned while (``Spinner``), giving its
 CPU and the loop their turn every few microseconds, and only then sleeps on
 its doorbell.
@@ -57,7 +61,7 @@ import anyio.lowlevel
 
 from .._core.errors import FrameTooLarge, RingInUse
 from .._core.naming import create_or_open, open_existing
-from .._core.streams import Buffer, MessageStream
+from .._core.streams import FAIR_OPS, FAIR_SHIFT, Buffer, MessageStream, fair_yield
 from ._lanes import DEFAULT_SPIN, FLUSH_EVERY, RECORD, WRAP, Lanes, Spinner
 from ._segment import KIND, W_CLOSED, attach_ring, check_machine, make_ring, ring_files
 
@@ -239,6 +243,7 @@ class Ring(Lanes, MessageStream):
             end > self._room_until
             or position + end - head > self.capacity
             or self._sending
+            or self._budget <= 0
             or self._closed
             or self._eof_sent
             or h[self._tx_gone]
@@ -248,6 +253,7 @@ class Ring(Lanes, MessageStream):
         _pack(self._tx, position, size, 0)
         self._tx[position + 8 : position + 8 + size] = item
         h[self._tx_head] = self._head = end  # the commit
+        self._budget -= 1 + (size >> FAIR_SHIFT)
         sent = self._sent = self._sent + 1
         if sent == 1:
             self._did()
@@ -298,6 +304,10 @@ class Ring(Lanes, MessageStream):
         """
         if self._receiving:  # a flag rather than ResourceGuard: this is the hot path
             raise anyio.BusyResourceError("receiving")
+        budget = self._budget = self._budget - 1
+        if budget <= 0:
+            await fair_yield()
+            self._budget = FAIR_OPS
         tail = self._tail
         if self._closed or (tail == self._head_seen and self._see_head() == tail):
             self._receiving = True
@@ -317,6 +327,7 @@ class Ring(Lanes, MessageStream):
             tail += 8 + ((size + 7) & -8)
         position += self._rx_base
         data = self._mmap[position : position + size]
+        self._budget -= size >> FAIR_SHIFT
         self._h[self._rx_tail] = self._tail = tail
         read = self._read = self._read + 1
         if read == 1:
@@ -354,6 +365,7 @@ class Ring(Lanes, MessageStream):
                 position += base + 8
                 messages.append(memory[position : position + size])
                 tail += 8 + ((size + 7) & -8)
+            self._budget -= len(messages)
             self._advance(tail, len(messages))
             return messages
         finally:
