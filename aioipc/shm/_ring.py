@@ -304,8 +304,7 @@ class Ring(Lanes, MessageStream):
         """
         if self._receiving:  # a flag rather than ResourceGuard: this is the hot path
             raise anyio.BusyResourceError("receiving")
-        budget = self._budget = self._budget - 1
-        if budget <= 0:
+        if self._budget <= 0:
             await fair_yield()
             self._budget = FAIR_OPS
         tail = self._tail
@@ -327,7 +326,7 @@ class Ring(Lanes, MessageStream):
             tail += 8 + ((size + 7) & -8)
         position += self._rx_base
         data = self._mmap[position : position + size]
-        self._budget -= size >> FAIR_SHIFT
+        self._budget -= 1 + (size >> FAIR_SHIFT)
         self._h[self._rx_tail] = self._tail = tail
         read = self._read = self._read + 1
         if read == 1:
