@@ -90,25 +90,29 @@ async def run(transport: str, seconds: float, loop: str) -> dict[str, float]:
     return result
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> bool:
+    """Print the fairness table for each loop asked for; no target (``run.py`` calls it with its flags)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="0.3 s per transport instead of 2 s")
-    parser.add_argument("--loop", default="asyncio", choices=("asyncio", "uvloop"))
+    parser.add_argument("--loop", default="asyncio,uvloop", help="asyncio, uvloop, or both, comma-separated")
     parser.add_argument("--transport", default=",".join(TRANSPORTS))
     parser.add_argument("--flood", nargs=2, metavar=("TRANSPORT", "WHERE"), help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args, _ = parser.parse_known_args(argv)  # run.py passes the shared flags of every benchmark
     if args.flood:
         aioipc.run(flood(*args.flood), loop=args.loop)
-        return
+        return True
     seconds = 0.3 if args.quick else 2.0
-    print(f"FAIR_OPS = {FAIR_OPS}; loop {args.loop}; {seconds} s per transport; 64 B messages")
-    print(f"{'transport':10} {'msgs/s':>10} {'turns/10k':>10} {'longest ms':>11} {'work/yield ms':>14}")
-    for transport in args.transport.split(","):
-        r = aioipc.run(run(transport, seconds, args.loop), loop=args.loop)
-        print(
-            f"{transport:10} {r['msgs/s']:10.0f} {r['turns/10k']:10.1f} "
-            f"{r['longest ms']:11.2f} {r['work/yield ms']:14.3f}"
-        )
+    transports = [t for t in args.transport.split(",") if t in TRANSPORTS] or list(TRANSPORTS)
+    for loop in args.loop.split(","):
+        print(f"\nfairness: FAIR_OPS = {FAIR_OPS}; loop {loop}; {seconds} s per transport; 64 B messages")
+        print(f"{'transport':10} {'msgs/s':>10} {'turns/10k':>10} {'longest ms':>11} {'work/yield ms':>14}")
+        for transport in transports:
+            r = aioipc.run(run(transport, seconds, loop), loop=loop)
+            print(
+                f"{transport:10} {r['msgs/s']:10.0f} {r['turns/10k']:10.1f} "
+                f"{r['longest ms']:11.2f} {r['work/yield ms']:14.3f}"
+            )
+    return True
 
 
 if __name__ == "__main__":
