@@ -107,10 +107,15 @@ async def shell_kill(signame: str, pid: int) -> None:
 
 
 async def until(condition: Callable[[], object], timeout: float = 10) -> None:
-    """Yield to the loop until ``condition()`` is true; ``TimeoutError`` after ``timeout`` seconds."""
+    """Check ``condition()`` about every millisecond until it is true; ``TimeoutError`` after ``timeout`` s.
+
+    For a state another process or thread changes with no event to wait on. It
+    sleeps between checks rather than spinning on ``sleep(0)``, which would
+    take a whole CPU from the peers under test on a small machine.
+    """
     with anyio.fail_after(timeout):
         while not condition():
-            await asyncio.sleep(0)
+            await asyncio.sleep(0.001)
 
 
 def threads_and_fds() -> tuple[int, int]:

@@ -9,7 +9,9 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["import_nats", "is_nats_address"]
+import anyio
+
+__all__ = ["close_nats", "import_nats", "is_nats_address"]
 
 
 def is_nats_address(address: object) -> bool:
@@ -27,3 +29,15 @@ def import_nats() -> Any:
         return importlib.import_module("nats")
     except ImportError as exc:
         raise ImportError("nats:// addresses need nats-py: pip install 'aioipc[nats]'") from exc
+
+
+async def close_nats(client: Any, timeout: float = 5) -> None:
+    """Close a nats-py client to the end, even while the caller is being cancelled (at most ``timeout`` s).
+
+    A close cut short by a cancellation leaves nats-py's transport open, and
+    an event loop then waits for it forever when it closes (uvloop does).
+    """
+    if client is None or client.is_closed:
+        return
+    with anyio.CancelScope(shield=True), anyio.move_on_after(timeout):
+        await client.close()

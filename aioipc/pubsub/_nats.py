@@ -17,7 +17,7 @@ from typing import Any
 import anyio
 
 from .._core.errors import IPCError
-from .._core.nats import import_nats, is_nats_address
+from .._core.nats import close_nats, import_nats, is_nats_address
 from ._base import Policy, Publisher, Subscription, check_policy
 from ._subjects import check_subject, pattern_matcher
 
@@ -107,8 +107,7 @@ class NatsSubscription(Subscription):
     async def aclose(self) -> None:
         client, self._client = self._client, None
         self._fail(anyio.ClosedResourceError())
-        if client is not None and not client.is_closed:
-            await client.close()
+        await close_nats(client)
 
 
 async def open_nats_subscription(
@@ -160,7 +159,7 @@ class NatsPublisher(Publisher):
         except (TimeoutError, import_nats().errors.Error):
             pass  # the server is gone: nothing more can be delivered
         finally:
-            await client.close()
+            await close_nats(client)
 
 
 async def open_nats_publisher(url: str, policy: Policy, timeout: float | None) -> NatsPublisher:

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 import anyio
 
-from .._core.nats import import_nats, is_nats_address
+from .._core.nats import close_nats, import_nats, is_nats_address
 from .._core.objects import Codec
 from .._core.server import Server
 from ._protocol import Caller, Dispatcher
@@ -90,8 +90,7 @@ class NatsClient(Caller):
     async def aclose(self) -> None:
         """Close the NATS connection; pending calls raise ``anyio.ClosedResourceError``. Idempotent."""
         self._fail_all(anyio.ClosedResourceError())
-        if self._nc is not None and not self._nc.is_closed:
-            await self._nc.close()
+        await close_nats(self._nc)
 
     async def __aenter__(self) -> NatsClient:
         return self
@@ -138,7 +137,7 @@ class NatsServer(Server):
             self._subscription = await self._nc.subscribe(subject, queue=queue, cb=self._on_request)
             await self._nc.flush()  # the server knows the subscription: serving from now on
         except BaseException:
-            await self._nc.close()
+            await close_nats(self._nc)
             raise
         self.run(self._accept)
 
@@ -192,8 +191,7 @@ class NatsServer(Server):
             task.cancel()
         if self._running:
             await asyncio.wait(set(self._running))
-        if not self._nc.is_closed:
-            await self._nc.close()
+        await close_nats(self._nc)
 
     async def close(self, grace: float = 0) -> None:
         self._grace = grace
