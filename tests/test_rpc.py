@@ -261,6 +261,25 @@ async def test_many_callers_with_timeouts_share_one_connection(tmp_path: Path, t
             assert await client.call("add", 1, 2) == 3
 
 
+async def test_a_caller_told_to_read_while_still_sending_gets_its_own_answer(
+    tmp_path: Path, tmp_ipc_dir: Path
+) -> None:
+    # 64 callers of large messages: sends wait for room, and the reader hands over to
+    # callers that are still sending. Each must get its own answer, never the hand-over token.
+    payload = "x" * 60_000
+    async with (
+        rpc_server(tmp_path, f"unix:{tmp_ipc_dir}/rpc.sock") as (_, address),
+        await aioipc.rpc.connect(address) as client,
+    ):
+
+        async def caller(i: int) -> None:
+            for j in range(8):
+                assert await client.call("echo", [i, j, payload], 0) == [i, j, payload]
+
+        with anyio.fail_after(60):
+            await asyncio.gather(*(caller(i) for i in range(64)))
+
+
 async def test_concurrency_is_bounded_per_connection(tmp_path: Path, tmp_ipc_dir: Path) -> None:
     async with (
         rpc_server(tmp_path, f"unix:{tmp_ipc_dir}/rpc.sock", max_concurrency=2) as (_, address),

@@ -139,6 +139,11 @@ class Client(Caller):
 
     async def _response(self, request_id: int, future: asyncio.Future[dict[str, Any]]) -> dict[str, Any]:
         while True:
+            if future.done() and not future.cancelled() and future.result() is _TAKE_OVER:
+                # told to read (perhaps while this call was still sending): its response comes
+                # in the fresh future _hand_over put in _pending
+                future = self._pending[request_id]
+                continue
             if self._lost is not None and not future.done():
                 raise self._lost_error()
             if not self._reading:
