@@ -12,8 +12,6 @@ harness makes (``socketpair`` for Unix, a loopback connection for TCP):
 - ``anyio-unix``: ``anyio`` socket streams with ``BufferedByteReceiveStream``
   framing (what ``anyio.connect_unix`` gives).
 - ``c-unix`` / ``c-tcp``: ``c/pipe_bench.c`` (read/write on the socket fd).
-- ``pyzmq-ipc``: pyzmq's asyncio ``PAIR`` sockets over ``ipc://`` (a Unix
-  socket pyzmq makes itself; bench-only, ``pip install 'aioipc[bench]'``).
 
 Workloads: one way throughput (64 B: msgs/s, 1 MiB: GB/s) and 64 B round
 trips (p50, p99). Example::
@@ -24,10 +22,8 @@ trips (p50, p99). Example::
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import os
 import socket
-import tempfile
 from typing import Any
 
 import _frames as f
@@ -201,40 +197,6 @@ async def anyio_echo(a: h.RoleArgs) -> dict[str, float]:
     return {}
 
 
-# ---------------------------------------------------------------- pyzmq
-
-ZMQ_ENDPOINT = "AIOIPC_BENCH_ZMQ_ENDPOINT"  # the ipc:// endpoint measure() picked, in the environment
-
-
-def _zmq_socket(bind: bool) -> Any:
-    import zmq
-    import zmq.asyncio
-
-    sock = zmq.asyncio.Context.instance().socket(zmq.PAIR)
-    sock.setsockopt(zmq.LINGER, 5000)  # deliver what was queued before close
-    (sock.bind if bind else sock.connect)(os.environ[ZMQ_ENDPOINT])
-    return sock
-
-
-async def zmq_send(a: h.RoleArgs) -> dict[str, float]:
-    _, go_fd = a.fds
-    payload = b"x" * a.size
-    h.wait_go(go_fd)  # connect once the receiver has bound: a connect before the bind loses messages
-    sock = _zmq_socket(bind=False)
-    for _ in range(a.count):
-        await sock.send(payload)
-    sock.close()
-    return {}
-
-
-async def zmq_recv(a: h.RoleArgs) -> dict[str, float]:
-    _, go_fd = a.fds
-    sock = _zmq_socket(bind=True)
-    result = await h.receive_messages(sock.recv, a, go_fd)
-    sock.close()
-    return result
-
-
 # ---------------------------------------------------------------- wiring
 
 
@@ -253,7 +215,7 @@ ROLES: dict[tuple[str, str], h.Role] = {
     for library, (send, recv, ping, echo) in _ROLE_FUNCTIONS.items()
     for family in _FAMILIES[library]
     for key, role in h.roles(f"{library}-{family}", send=send, recv=recv, ping=ping, echo=echo).items()
-} | h.roles("pyzmq-ipc", send=zmq_send, recv=zmq_recv)
+}
 
 LABELS = {
     "aioipc-unix": "aioipc unix stream, framed",
@@ -265,9 +227,8 @@ LABELS = {
     "aioipc-tcp": "aioipc tcp, framed",
     "asyncio-tcp": "asyncio tcp streams + readexactly",
     "c-tcp": "C tcp (gcc -O2)",
-    "pyzmq-ipc": "pyzmq asyncio PAIR, ipc://",
 }
-ASYNC_LIBRARIES = ("aioipc", "asyncio", "anyio", "pyzmq")
+ASYNC_LIBRARIES = ("aioipc", "asyncio", "anyio")
 
 
 def _tcp_pair() -> tuple[socket.socket, socket.socket]:
@@ -289,25 +250,8 @@ def _pair(transport: str) -> tuple[socket.socket, socket.socket]:
     return socket.socketpair(socket.AF_UNIX, kind)
 
 
-def _measure_zmq(contender: h.Contender, workload: h.Workload, cpus: tuple[int, int]) -> dict[str, float]:
-    """pyzmq makes its own socket: pick an endpoint in a private directory, pass it in the environment."""
-    with tempfile.TemporaryDirectory(prefix="aioipc-bench-") as directory:
-        os.environ[ZMQ_ENDPOINT] = f"ipc://{directory}/zmq.sock"
-        go_r, go_w = os.pipe()
-        if workload.kind == "throughput":
-            sides = ("recv", (go_r, go_w)), ("send", (go_w, go_r))
-        else:
-            sides = ("ping", (go_r, go_w)), ("echo", (go_w, go_r))
-        try:
-            return h.run_sides(SCRIPT, contender, workload, cpus, *sides)
-        finally:
-            del os.environ[ZMQ_ENDPOINT]
-
-
 def measure(contender: h.Contender, workload: h.Workload, cpus: tuple[int, int]) -> dict[str, float]:
     """One measurement: a fresh socket pair, the measuring side on ``cpus[0]``, its peer on ``cpus[1]``."""
-    if contender.transport == "pyzmq-ipc":
-        return _measure_zmq(contender, workload, cpus)
     ours, theirs = _pair(contender.transport)
     if contender.transport in MESSAGE_SOCKETS:
         # a message is bounded by SO_SNDBUF (capped by net.core.wmem_max)
@@ -349,22 +293,12 @@ def main(argv: list[str] | None = None) -> bool:
     """Run the socket benchmarks, print the table and the ratios; True when every target is met."""
     args = h.parse_args(__doc__.splitlines()[0], argv)
     has_c = h.build_c("pipe_bench") is not None
-    has_zmq = importlib.util.find_spec("zmq") is not None
-    available = [
-        t for t in LABELS if (has_c or not t.startswith("c-")) and (has_zmq or not t.startswith("pyzmq"))
-    ]
+    available = [t for t in LABELS if has_c or not t.startswith("c-")]
     asynchronous = {t for t in LABELS if t.split("-")[0] in ASYNC_LIBRARIES}
     contenders = h.pick_contenders(args, LABELS, available=available, asynchronous=asynchronous)
     latency_sizes = range(LATENCY_MAX_SIZE)
     workloads = h.make_workloads(args, [64, 2**20], h.stream_count(300_000), latency_sizes=latency_sizes)
-    return h.report(
-        "sockets", measure, contenders, workloads, args.runs, targets_for(contenders), applies=_applies
-    )
-
-
-def _applies(contender: h.Contender, workload: h.Workload) -> bool:
-    # pyzmq: one-way throughput only (a PAIR round trip has no way to tell the echo side to stop)
-    return contender.transport != "pyzmq-ipc" or workload.kind == "throughput"
+    return h.report("sockets", measure, contenders, workloads, args.runs, targets_for(contenders))
 
 
 if __name__ == "__main__":
