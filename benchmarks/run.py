@@ -52,7 +52,7 @@ def write_chart(rows: list[dict[str, Any]], path: Path) -> bool:
     height = max(3.0, 0.32 * max(sum(r["loop"] == loop for r in rows) for loop in loops) + 1.5)
     fig, axes = plt.subplots(1, len(loops), figsize=(9 * len(loops), height), squeeze=False)
     for ax, loop in zip(axes[0], loops, strict=True):
-        mine = [r for r in rows if r["loop"] == loop]
+        mine = [r for r in rows if r["loop"] == loop and r["bound"] > 0]  # bound 0: for information
         # how far from the target, as a factor: above 1 is met whichever way the bound points
         scores = [r["ratio"] / r["bound"] if r["op"] == ">=" else r["bound"] / r["ratio"] for r in mine]
         colors = ["tab:green" if r["met"] else "tab:red" for r in mine]

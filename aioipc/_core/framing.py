@@ -138,7 +138,10 @@ class Framer:
         grown by doubling when the frame in progress does not fit; it never
         grows past the frame in progress (``max_size`` plus a header at most).
         """
-        if len(self._buf) - self._end < size_hint:
+        free = len(self._buf) - self._end
+        # Room enough for the rest of the frame in progress is room enough: making more
+        # would move a large partial frame to the front once per read near its end.
+        if free < size_hint and free < self._need - (self._end - self._start):
             self._make_room(size_hint)
         return self._view[self._end :]
 
