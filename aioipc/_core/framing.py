@@ -44,6 +44,9 @@ A receiver returns to its slow path (and its fairness budget) at least once a ba
 even when a chunk of 64 KiB holds 16,384 empty messages."""
 _POOL_SIZE: Final = 16  # idle read buffers kept for the next stream that gets data
 _POOL: list[bytearray] = []
+_LARGE_SIZE: Final = 4  # grown buffers kept, for streams that carry large frames
+_LARGE_MAX: Final = 4 * 2**20
+_LARGE: list[bytearray] = []
 _NO_BUFFER: Final = bytearray()
 _unpack_header = HEADER.unpack_from
 
@@ -54,8 +57,26 @@ def _take_buffer() -> bytearray:
 
 
 def _give_back(buffer: bytearray) -> None:
-    if len(buffer) == _MIN_READ and len(_POOL) < _POOL_SIZE:
-        _POOL.append(buffer)
+    if len(buffer) == _MIN_READ:
+        if len(_POOL) < _POOL_SIZE:
+            _POOL.append(buffer)
+    elif len(buffer) <= _LARGE_MAX:
+        _LARGE.append(buffer)
+        if len(_LARGE) > _LARGE_SIZE:  # keep the largest
+            _LARGE.remove(min(_LARGE, key=len))
+
+
+def _take_large(size: int) -> bytearray | None:
+    """A grown buffer an idle stream gave back, of at least ``size`` bytes, or ``None``.
+
+    Large frames then cost one buffer instead of a doubling per frame; the pool is
+    bounded for the whole process (``_LARGE_SIZE`` buffers of ``_LARGE_MAX`` at most),
+    and holds only buffers that bytes which really arrived once made grow.
+    """
+    for index, buffer in enumerate(_LARGE):
+        if len(buffer) >= size:
+            return _LARGE.pop(index)
+    return None
 
 
 class _Sentinel(enum.Enum):
@@ -197,8 +218,11 @@ class Framer:
             return
         else:
             # Double, up to the frame in progress: growth follows the bytes that came.
-            new = bytearray(min(2 * capacity, self._need))
+            size = min(2 * capacity, self._need)
+            new = _take_large(size) or bytearray(size)
             new[:pending] = self._view[self._start : self._end]
+            if capacity == _MIN_READ:
+                _give_back(self._buf)  # a pooled read buffer; grown ones in between are dropped
         self._buf = new
         self._view = memoryview(new)
         self._start = 0
