@@ -20,7 +20,6 @@ late), so a ``send()`` that raised never delivers.
 
 from __future__ import annotations
 
-import errno
 import os
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -34,7 +33,7 @@ import sysv_ipc
 from anyio import TypedAttributeSet, typed_attribute
 
 from .._core.bridge import Bridge
-from .._core.errors import FrameTooLarge
+from .._core.errors import FrameTooLarge, map_exceptions
 from .._core.framing import DEFAULT_MAX_SIZE
 from .._core.naming import Kind, create_or_open
 from .._core.schemes import Address
@@ -441,21 +440,12 @@ def remove_message_queue(key: int | None = None, *, queue_id: int | None = None)
     """
     if (key is None) == (queue_id is None):
         raise ValueError("give exactly one of key and queue_id")
-    code = errno.EACCES  # msgget refused: no permission to look at it
-    try:
+    name = f"System V queue {'key ' + hex(key & 0xFFFFFFFF) if key is not None else f'id {queue_id}'}"
+    with map_exceptions(name, op="remove"):
         if key is not None:
             queue_id = sysv_ipc.MessageQueue(check_key(key)).id
         assert queue_id is not None
-        code = errno.EPERM  # IPC_RMID refused: neither its owner nor its creator
         sysv_ipc.remove_message_queue(queue_id)
-    except sysv_ipc.ExistentialError:
-        raise FileNotFoundError(
-            errno.ENOENT,
-            f"no System V queue with {'key' if key is not None else 'id'} "
-            f"{key if key is not None else queue_id}",
-        ) from None
-    except sysv_ipc.PermissionsError as exc:
-        raise PermissionError(code, str(exc)) from exc
 
 
 def _address_key(address: Address) -> int:
