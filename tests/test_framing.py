@@ -121,3 +121,30 @@ def test_a_chunk_of_many_frames_is_parsed_a_batch_at_a_time() -> None:
     framer.feed(Framer.encode(b"") * 5000)
     assert len(framer.parsed) == PARSE_BATCH, "a receiver gets back to its budget every batch"
     assert decode_all(framer) == [b""] * 5000
+
+
+def _feed_in_reads(framer: Framer, wire: bytes, read: int = 65536) -> None:
+    """Feed ``wire`` as a pipe would deliver it: into the framer's own buffer, a read at a time."""
+    view = memoryview(wire)
+    while view:
+        buffer = framer.get_buffer()
+        n = min(len(buffer), len(view), read)
+        buffer[:n] = view[:n]
+        framer.buffer_updated(n)
+        view = view[n:]
+
+
+def test_a_large_frame_grows_the_buffer_once_and_the_next_one_reuses_it() -> None:
+    framer = Framer(max_size=2**21)
+    big = b"x" * 2**20
+    _feed_in_reads(framer, Framer.encode(big))
+    assert framer.next_message() == big
+    framer.release()  # the stream goes idle: the grown buffer goes back to the pool
+    wire = memoryview(Framer.encode(big))
+    framer.get_buffer()[:65536] = wire[:65536]
+    framer.buffer_updated(65536)
+    framer.get_buffer()  # full: it grows, straight to the pooled buffer rather than doubling again
+    assert len(framer._buf) >= len(big) + 4
+    _feed_in_reads(framer, bytes(wire[65536:]))
+    assert framer.next_message() == big
+
