@@ -60,7 +60,6 @@ class FdHandle:
         "_read_op",
         "_read_waiter",
         "_reader_armed",
-        "_watch_reader",
         "_watch_writer",
         "_write_waiter",
         "_writer_armed",
@@ -77,7 +76,6 @@ class FdHandle:
         self._reader_armed = False  # registered with the loop for read()
         self._write_waiter: asyncio.Future[None] | None = None
         self._writer_armed = False  # registered with the loop for writability
-        self._watch_reader: Callable[[], None] | None = None
         self._watch_writer: Callable[[], None] | None = None
 
     def __repr__(self) -> str:
@@ -213,12 +211,10 @@ class FdHandle:
         if self.fd < 0:
             return
         if callback is None:
-            self._watch_reader = None
             self._disarm_reader()
             return
         loop = self._loop or self.loop()
         self._disarm_reader()
-        self._watch_reader = callback
         loop.add_reader(self.fd, callback)
         self._reader_armed = True
 
@@ -264,7 +260,7 @@ class FdHandle:
             raise anyio.BusyResourceError("detaching an fd a task is waiting on")
         self._disarm_reader()
         self._disarm_writer()
-        self._watch_reader = self._watch_writer = None
+        self._watch_writer = None
         self.fd = -1
         return fd
 
@@ -275,7 +271,7 @@ class FdHandle:
             return
         self.fd = -1
         self._reader_armed = self._writer_armed = False
-        self._watch_reader = self._watch_writer = None
+        self._watch_writer = None
         loop = self._loop
         if loop is not None and not loop.is_closed():
             loop.remove_reader(fd)

@@ -163,7 +163,7 @@ class Framer:
         # Room enough for the rest of the frame in progress is room enough: making more
         # would move a large partial frame to the front once per read near its end.
         if free < size_hint and free < self._need - (self._end - self._start):
-            self._make_room(size_hint)
+            self._make_room()
         return self._view[self._end :]
 
     def buffer_updated(self, nbytes: int) -> None:
@@ -203,7 +203,7 @@ class Framer:
             return EOF
         return NEED_DATA
 
-    def _make_room(self, want: int) -> None:
+    def _make_room(self) -> None:
         pending = self._end - self._start
         capacity = len(self._buf)
         if not capacity:

@@ -40,7 +40,6 @@ class IdleWatch:
         self._last = time.monotonic()
         self._scope = anyio.CancelScope()
         self._timer: asyncio.TimerHandle | None = None
-        self.timed_out = False
 
     def __enter__(self) -> IdleWatch:
         self._scope.__enter__()
@@ -64,7 +63,6 @@ class IdleWatch:
             self._arm(left)
             return
         self._timer = None
-        self.timed_out = True
         logger.warning("%s: closing a connection idle for %g s (idle_timeout)", self._name, self._timeout)
         self._scope.cancel()
 
