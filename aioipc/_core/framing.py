@@ -48,6 +48,7 @@ _LARGE_SIZE: Final = 4  # grown buffers kept, for streams that carry large frame
 _LARGE_MAX: Final = 4 * 2**20
 _LARGE: list[bytearray] = []
 _NO_BUFFER: Final = bytearray()
+_NO_VIEW: Final = memoryview(_NO_BUFFER)
 _unpack_header = HEADER.unpack_from
 
 
@@ -109,18 +110,19 @@ class Framer:
         TruncatedMessage: input ends in the middle of a frame.
     """
 
-    __slots__ = ("_buf", "_end", "_eof", "_error", "_need", "_start", "_view", "max_size", "parsed")
+    __slots__ = ("_buf", "_end", "_eof", "_error", "_need", "_start", "_view", "max_size", "parsed", "total")
 
     def __init__(self, max_size: int = DEFAULT_MAX_SIZE) -> None:
         if not 0 <= max_size <= _MAX_WIRE_SIZE:
             raise ValueError(f"max_size must be between 0 and {_MAX_WIRE_SIZE}")
         self.max_size = max_size
         self._buf = _NO_BUFFER  # taken when bytes arrive, given back by release()
-        self._view = memoryview(self._buf)  # the buffer is replaced, never resized in place
+        self._view = _NO_VIEW  # the buffer is replaced, never resized in place
         self._start = 0  # first unparsed byte
         self._end = 0  # end of valid data
         self._need = HEADER.size  # bytes the next frame needs in the buffer
         self.parsed: deque[bytes] = deque()  # messages not yet taken; next_message() pops them
+        self.total = 0  # messages parsed so far: ``total - len(parsed)`` have been taken
         self._eof = False
         self._error: FrameTooLarge | None = None  # raised once ``parsed`` is empty
 
@@ -159,7 +161,12 @@ class Framer:
         grown by doubling when the frame in progress does not fit; it never
         grows past the frame in progress (``max_size`` plus a header at most).
         """
-        free = len(self._buf) - self._end
+        buf = self._buf
+        if not buf:  # idle until now: a pooled buffer, taken inline (this runs once a read)
+            buf = self._buf = _POOL.pop() if _POOL else bytearray(_MIN_READ)
+            view = self._view = memoryview(buf)
+            return view
+        free = len(buf) - self._end
         # Room enough for the rest of the frame in progress is room enough: making more
         # would move a large partial frame to the front once per read near its end.
         if free < size_hint and free < self._need - (self._end - self._start):
@@ -174,10 +181,14 @@ class Framer:
 
     def release(self) -> None:
         """Give the buffer back if no unparsed byte is in it (a stream about to go idle)."""
-        if self._start == self._end and self._buf:
-            _give_back(self._buf)
+        buf = self._buf
+        if self._start == self._end and buf:
+            if len(buf) == _MIN_READ and len(_POOL) < _POOL_SIZE:  # inline: this runs once a wait
+                _POOL.append(buf)
+            else:
+                _give_back(buf)
             self._buf = _NO_BUFFER
-            self._view = memoryview(_NO_BUFFER)
+            self._view = _NO_VIEW
             self._start = self._end = 0
 
     def next_message(self) -> bytes | _Sentinel:
@@ -203,26 +214,32 @@ class Framer:
             return EOF
         return NEED_DATA
 
+    def parse_pending(self) -> None:
+        """Parse every whole frame already received, past the :data:`PARSE_BATCH` limit.
+
+        For a caller that must know where the frames of the last read end
+        (fds attached to a frame): afterwards ``total`` counts them all.
+        """
+        while self._end - self._start >= self._need and self._error is None:
+            self._parse()
+
     def _make_room(self) -> None:
         pending = self._end - self._start
         capacity = len(self._buf)
-        if not capacity:
-            new = _take_buffer()
-        elif self._error is not None:
+        if self._error is not None:
             self._start = self._end = 0  # what follows a bad header is never parsed
             return
-        elif self._need <= capacity:
+        if self._need <= capacity:
             # The frame fits: move what is pending to the front.
             self._buf[:pending] = self._buf[self._start : self._end]
             self._start, self._end = 0, pending
             return
-        else:
-            # Double, up to the frame in progress: growth follows the bytes that came.
-            size = min(2 * capacity, self._need)
-            new = _take_large(size) or bytearray(size)
-            new[:pending] = self._view[self._start : self._end]
-            if capacity == _MIN_READ:
-                _give_back(self._buf)  # a pooled read buffer; grown ones in between are dropped
+        # Double, up to the frame in progress: growth follows the bytes that came.
+        size = min(2 * capacity, self._need)
+        new = _take_large(size) or bytearray(size)
+        new[:pending] = self._view[self._start : self._end]
+        if capacity == _MIN_READ:
+            _give_back(self._buf)  # a pooled read buffer; grown ones in between are dropped
         self._buf = new
         self._view = memoryview(new)
         self._start = 0
@@ -250,6 +267,7 @@ class Framer:
             append(view[start + 4 : stop].tobytes())
             start = stop
             batch -= 1
+        self.total += PARSE_BATCH - batch
         if start == end:
             self._start = self._end = 0
         else:

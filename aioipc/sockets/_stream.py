@@ -17,11 +17,10 @@ import anyio
 
 from .._core.errors import FdsTruncated, FrameTooLarge, map_exceptions
 from .._core.fdstreams import FdByteStream, FdReceiveStream, FdSendStream
-from .._core.framing import DEFAULT_MAX_SIZE, HEADER
+from .._core.framing import DEFAULT_MAX_SIZE, HEADER, Framer
 from .._core.streams import (
     Buffer,
     BufferSink,
-    ByteReceiveStream,
     FramedReceiveStream,
     FramedSendStream,
     FramedStream,
@@ -35,6 +34,7 @@ DEFAULT_MAX_FDS = 16
 
 _ANCSIZE = socket.CMSG_SPACE(DEFAULT_MAX_FDS * 4)
 _CMSG_CLOEXEC = int(socket.MSG_CMSG_CLOEXEC)
+_CTRUNC = int(socket.MSG_CTRUNC)
 
 
 def _rights(
@@ -43,6 +43,34 @@ def _rights(
     if ancdata or flags & _CTRUNC:
         return rights_message(bytes(buffer[:n]), ancdata, flags, max_fds)
     return []
+
+
+_NO_FDS: list[int] = []  # returned, never changed: a read that carried no fds
+
+
+def _fill_with_fds(
+    fd: int, sock: socket.socket, sink: BufferSink, ancsize: int
+) -> int | tuple[bytes, list[tuple[int, int, bytes]], int]:
+    """One ``recvmsg`` into ``sink``, the bytes handed to it at once (a cancelled wait loses none).
+
+    Returns the byte count (0: end of stream) when no ancillary data came,
+    else ``(the bytes, ancdata, flags)`` for :func:`rights_message`.
+    """
+    buffer = sink.get_buffer()
+    try:
+        n, ancdata, flags, _ = sock.recvmsg_into([buffer], ancsize, _CMSG_CLOEXEC)
+    except BlockingIOError:
+        sink.release()
+        raise
+    if not (ancdata or flags & _CTRUNC):
+        if n:
+            sink.buffer_updated(n)
+        else:
+            sink.release()
+        return n
+    data = bytes(buffer[:n])
+    sink.buffer_updated(n)
+    return data, ancdata, flags
 
 
 class _Received(tuple[int, list[tuple[int, int, bytes]], int, Any]):
@@ -57,7 +85,6 @@ class _Received(tuple[int, list[tuple[int, int, bytes]], int, Any]):
         return bool(self[0] or self[1])
 
 
-_CTRUNC = int(socket.MSG_CTRUNC)
 _DISCARDED = bytearray(65536)  # where closing sockets drop what arrived unread (never read back)
 
 
@@ -130,54 +157,49 @@ class SocketReceiveStream(FdReceiveStream):
             sink.buffer_updated(n)
             return fds
         ancsize = _ANCSIZE if max_fds == DEFAULT_MAX_FDS else socket.CMSG_SPACE(max_fds * 4)
-        sock = self._sock
         handle = self._handle
         if not handle._reader_armed and self._budget > 0 and not self._guard.busy and handle.fd >= 0:
             # The common case of a reader that keeps up with no wait: read now.
             self._budget -= 1
-            buffer = sink.get_buffer()
             try:
-                received = _Received(*sock.recvmsg_into([buffer], ancsize, _CMSG_CLOEXEC))
+                got = _fill_with_fds(handle.fd, self._sock, sink, ancsize)
             except BlockingIOError:
-                sink.release()
-                del buffer  # or this frame keeps the released buffer alive while it waits
+                pass
             except OSError:
                 with map_exceptions():
                     raise
             else:
-                return self._settle(sink, buffer, received, max_fds)
-        with self._guard:
+                if isinstance(got, int):
+                    if not got:
+                        raise anyio.EndOfStream
+                    return _NO_FDS
+                return rights_message(*got, max_fds)
+        guard = self._guard  # entered by hand: this runs once a wait
+        if guard.busy:
+            raise anyio.BusyResourceError("receiving")
+        guard.busy = True
+        try:
             if self._budget <= 0:
                 await self._yield_fairly()
             self._budget -= 1
             sink.release()  # no buffer while parked: one is taken when data comes
+            # handle.read, not self._read: a socket never waits first, and this saves a layer
+            got = await handle.read(_fill_with_fds, self._keep_fds, self._sock, sink, ancsize)
+        except OSError:
+            with map_exceptions():
+                raise
+        finally:
+            guard.busy = False
+        if isinstance(got, int):
+            if not got:
+                raise anyio.EndOfStream
+            return _NO_FDS
+        return rights_message(*got, max_fds)
 
-            def read(_fd: int) -> tuple[_Received, memoryview]:
-                buffer = sink.get_buffer()
-                try:
-                    return _Received(*sock.recvmsg_into([buffer], ancsize, _CMSG_CLOEXEC)), buffer
-                except BlockingIOError:
-                    sink.release()
-                    raise
-
-            def keep(result: tuple[_Received, memoryview]) -> None:
-                # cancelled after the read: the bytes go to the sink, the fds wait for the next read
-                sink.buffer_updated(result[0][0])
-                received = result[0]
-                self._unclaimed_fds += fds_from_ancillary(received[1])
-
-            received, buffer = await self._read(read, keep)
-            return self._settle(sink, buffer, received, max_fds)
-
-    @staticmethod
-    def _settle(sink: BufferSink, buffer: memoryview, received: _Received, max_fds: int) -> list[int]:
-        """Hand the bytes of a read to ``sink``, then return its fds (``FdsTruncated`` if too many)."""
-        n, ancdata, flags, _ = received
-        if not received:
-            sink.release()
-            raise anyio.EndOfStream
-        sink.buffer_updated(n)
-        return _rights(buffer, n, ancdata, flags, max_fds)
+    def _keep_fds(self, got: int | tuple[bytes, list[tuple[int, int, bytes]], int]) -> None:
+        # Cancelled after the read: the bytes went to the sink; the fds wait for the next read.
+        if not isinstance(got, int):
+            self._unclaimed_fds += fds_from_ancillary(got[1])
 
     async def receive_into_fds(
         self, buffer: memoryview, max_fds: int = DEFAULT_MAX_FDS
@@ -346,100 +368,62 @@ class SocketStream(FdByteStream):
 # the whole frame in one ``sendmsg`` with the fds on its first byte, so the
 # fds ride on the bytes that start their frame.
 # Rule 2: the kernel ends a read right after bytes that carried fds, so the
-# fds of a read belong to the last frame that *starts* in it: the partial
-# frame left over when the read ends inside a frame, else the last frame it
+# fds of a read belong to the frame holding its last byte: the partial frame
+# left over when the read ends inside a frame, else the last frame it
 # completed. Every read is a ``recvmsg`` with room for fds; fds are never
-# dropped by the kernel, and a plain ``receive()`` closes the ones of its
-# message.
-
-
-class _FdReads(ByteReceiveStream):
-    """The socket's receiving half as the framer's byte source, noting the fds of each read."""
-
-    def __init__(self, receiver: SocketReceiveStream, messages: _FdMessages) -> None:
-        self._receiver = receiver
-        self._messages = messages
-
-    async def fill(self, sink: BufferSink) -> None:
-        # What the framed receive calls: lazy, no buffer held while the socket is idle.
-        if self._messages.unsettled is not None:  # a read again: nothing completed since the last one
-            self._messages.settle(completed=0)
-        try:
-            fds = await self._receiver.fill_fds(sink, DEFAULT_MAX_FDS)
-        except FdsTruncated:  # the fds were closed; the bytes went to the framer all the same
-            self._messages.arrived(None)
-            return
-        if fds:
-            self._messages.arrived(fds)
-
-    async def receive_into(self, buffer: memoryview) -> int:
-        if self._messages.unsettled is not None:  # a read again: nothing completed since the last one
-            self._messages.settle(completed=0)
-        try:
-            n, fds = await self._receiver.receive_into_fds(buffer, DEFAULT_MAX_FDS)
-        except FdsTruncated as exc:  # the fds were closed; the bytes still belong to the frames
-            self._messages.arrived(None)
-            return len(exc.data)
-        if fds:
-            self._messages.arrived(fds)
-        return n
-
-    async def receive(self, max_bytes: int = 65536) -> bytes:
-        buffer = bytearray(max_bytes)
-        n = await self.receive_into(memoryview(buffer))
-        return bytes(buffer[:n])
-
-    async def aclose(self) -> None:
-        await self._receiver.aclose()
+# dropped by the kernel.
+# Rule 3: frames are numbered in arrival order (the framer's ``total``), so
+# no receive counts anything and a plain ``receive()`` is the framed
+# stream's own; the fds of a frame that a plain ``receive()`` took are
+# closed at the next read, or when the stream closes.
 
 
 class _FdMessages(FramedReceiveStream):
-    """Framed receiving that notes which message each read's fds belong to.
-
-    Its ``receive()`` is the plain framed one; the caller counts each
-    message it returns in ``handed`` and takes its fds with :meth:`fds_of`.
-    """
+    """Framed receiving that notes which frame each read's fds belong to (by number, see Rule 3)."""
 
     def __init__(self, receiver: SocketReceiveStream, max_size: int) -> None:
-        super().__init__(_FdReads(receiver, self), max_size)
-        self.handed = 0  # messages returned so far (counted by the caller of receive())
-        # (messages handed out at that read, its fds or None when they were too many)
-        self.unsettled: tuple[int, list[int] | None] | None = None
-        self.fds: dict[int, list[int] | None] = {}  # message number -> its fds
+        super().__init__(receiver, max_size)
+        self._socket = receiver
+        self._fill = self._fill_noting_fds
+        frames = self._framer
+        assert isinstance(frames, Framer)  # length framing: frames are numbered
+        self._frames = frames
+        self.fds: dict[int, list[int] | None] = {}  # frame number -> its fds (None: too many came)
 
-    def arrived(self, fds: list[int] | None) -> None:
-        self.unsettled = (self.handed, fds)
+    async def _fill_noting_fds(self, sink: BufferSink) -> None:
+        if self.fds:
+            self._drop_taken()
+        before = self._frames.total
+        try:
+            fds: list[int] | None = await self._socket.fill_fds(sink, DEFAULT_MAX_FDS)
+            if not fds:
+                return
+        except FdsTruncated:  # the fds were closed; the bytes went to the framer all the same
+            fds = None
+        frames = self._frames
+        frames.parse_pending()  # where this read's frames end must be known now
+        completed = frames.total - before
+        self.fds[before + completed - (1 if completed and not frames.buffered else 0)] = fds
 
-    def settle(self, completed: int) -> None:
-        """Attach unsettled fds once it is known how many frames their read completed."""
-        if self.unsettled is None:
-            return
-        first, fds = self.unsettled
-        self.unsettled = None
-        partial = self._framer.buffered > 0
-        number = first + completed if partial or not completed else first + completed - 1
-        self.fds[number] = fds
-
-    def fds_of(self, number: int) -> list[int] | None:
-        """The fds of message ``number``, just returned (``[]`` if none)."""
-        if self.unsettled is not None:
-            self.settle(completed=1 + len(self._parsed))
-        return self.fds.pop(number, []) if self.fds else []
+    def _drop_taken(self) -> None:
+        """Close the fds of frames a plain ``receive()`` has taken."""
+        taken = self._frames.total - len(self._parsed)
+        for number in [number for number in self.fds if number < taken]:
+            close_fds(self.fds.pop(number) or [])
 
     async def receive_with_fds(self) -> tuple[bytes, list[int]]:
         message = await self.receive()
-        self.handed += 1
-        fds = self.fds_of(self.handed - 1)
+        if not self.fds:
+            return message, []
+        fds = self.fds.pop(self._frames.total - len(self._parsed) - 1, [])
         if fds is None:
             raise FdsTruncated(DEFAULT_MAX_FDS, message)
         return message, fds
 
     async def aclose(self) -> None:
-        unsettled = [] if self.unsettled is None else [self.unsettled[1]]
-        for fds in [*self.fds.values(), *unsettled]:
+        for fds in self.fds.values():
             close_fds(fds or [])
         self.fds.clear()
-        self.unsettled = None
         await super().aclose()
 
 
@@ -450,7 +434,8 @@ class FramedUnixStream(FramedStream):
     handler gets by default. ``send_fds(message, fds)`` sends one message
     with duplicates of ``fds``; the peer's ``receive_fds()`` returns that
     message and its fds (``[]`` for a message sent without). A plain
-    ``receive()`` of a message that carried fds closes them.
+    ``receive()`` of a message that carried fds closes them (at the next
+    read from the socket, or when the stream closes).
 
     Caveats:
         The fds travel with the frame's first byte, so a peer that is not
@@ -496,11 +481,3 @@ class FramedUnixStream(FramedStream):
             FrameTooLarge, TruncatedMessage, anyio.EndOfStream: as for ``receive()``.
         """
         return await self._fd_messages.receive_with_fds()
-
-    async def receive(self) -> bytes:
-        messages = self._fd_messages  # no extra await layer: this is the hot path
-        message = await messages.receive()
-        messages.handed += 1
-        if messages.unsettled is not None or messages.fds:
-            close_fds(messages.fds_of(messages.handed - 1) or [])  # a plain receive drops them
-        return message

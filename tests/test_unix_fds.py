@@ -1,0 +1,113 @@
+"""fds on the default framed unix stream: what a plain receive() takes is closed, too many is FdsTruncated."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import sys
+
+import anyio
+import pytest
+from helpers import loop_name
+
+import aioipc
+import aioipc.sockets
+
+_SENDER = """
+import os, socket, sys
+import aioipc, aioipc.sockets
+
+async def main(fd, count, per_message):
+    sock = socket.socket(fileno=fd)
+    async with aioipc.framed(aioipc.sockets.from_socket(sock)) as msgs:
+        read, write = os.pipe()
+        for i in range(count):
+            await msgs.send_fds(b"with fds %d" % i, [read] * per_message)
+            await msgs.send(b"plain %d" % i)
+        await msgs.send(b"end")
+        assert await msgs.receive() == b"bye"
+
+aioipc.run(main(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])), loop=sys.argv[1])
+"""
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def _sender(
+    ours: socket.socket, theirs: socket.socket, count: int, per_message: int
+) -> asyncio.subprocess.Process:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _SENDER,
+        loop_name(),
+        str(theirs.fileno()),
+        str(count),
+        str(per_message),
+        pass_fds=[theirs.fileno()],
+    )
+    theirs.close()
+    return proc
+
+
+async def test_plain_receive_closes_the_fds_of_its_messages() -> None:
+    ours, theirs = socket.socketpair()
+    before = _open_fds()
+    proc = await _sender(ours, theirs, 100, 3)
+    msgs = aioipc.framed(aioipc.sockets.from_socket(ours))
+    with anyio.fail_after(30):
+        most = 0
+        received = 0
+        while await msgs.receive() != b"end":
+            received += 1
+            most = max(most, _open_fds() - before)
+        # At most the fds of the frame the last read ended in are still open: none piles up.
+        assert most <= 3
+        assert received == 200
+        await msgs.send(b"bye")
+        await msgs.aclose()
+        assert await proc.wait() == 0
+    assert _open_fds() <= before
+
+
+async def test_receive_fds_gets_each_messages_own_fds_after_plain_receives() -> None:
+    ours, theirs = socket.socketpair()
+    proc = await _sender(ours, theirs, 20, 1)
+    msgs = aioipc.framed(aioipc.sockets.from_socket(ours))
+    with anyio.fail_after(30):
+        for i in range(20):
+            if i % 2:
+                assert await msgs.receive() == b"with fds %d" % i  # closed by the stream
+                assert await msgs.receive_fds() == (b"plain %d" % i, [])
+            else:
+                message, fds = await msgs.receive_fds()
+                assert message == b"with fds %d" % i
+                assert len(fds) == 1
+                os.fstat(fds[0])  # open, and ours
+                os.close(fds[0])
+                assert await msgs.receive() == b"plain %d" % i
+        assert await msgs.receive() == b"end"
+        await msgs.send(b"bye")
+        await msgs.aclose()
+        assert await proc.wait() == 0
+
+
+async def test_too_many_fds_is_fds_truncated_and_the_stream_goes_on() -> None:
+    ours, theirs = socket.socketpair()
+    before = _open_fds()
+    proc = await _sender(ours, theirs, 2, 20)  # 20 fds > the 16 a framed unix stream takes
+    msgs = aioipc.framed(aioipc.sockets.from_socket(ours))
+    with anyio.fail_after(30):
+        for i in range(2):
+            with pytest.raises(aioipc.sockets.FdsTruncated) as info:
+                await msgs.receive_fds()
+            assert info.value.data == b"with fds %d" % i
+            assert await msgs.receive_fds() == (b"plain %d" % i, [])
+        assert await msgs.receive() == b"end"
+        await msgs.send(b"bye")
+        await msgs.aclose()
+        assert await proc.wait() == 0
+    assert _open_fds() <= before
