@@ -48,7 +48,7 @@ import posix_ipc
 
 from ._core.bridge import Bridge
 from ._core.locks import AcquireRelease, ofd_lock
-from ._core.naming import Kind, create_or_open, open_file
+from ._core.naming import Kind, open_file
 from ._core.semaphores import BridgedSemaphore
 from ._core.sysvipc import sysvipc_table
 
@@ -66,10 +66,7 @@ def _check_name(name: str) -> str:
     return name
 
 
-_KIND = Kind("POSIX semaphore", "sem", _check_name)
-
-
-class Semaphore(BridgedSemaphore):
+class Semaphore(BridgedSemaphore[str]):
     """A POSIX named semaphore. Get one with :meth:`open`.
 
     ``async with sem:`` acquires a unit and releases it at the end of the
@@ -84,63 +81,27 @@ class Semaphore(BridgedSemaphore):
         :class:`FileLock` or a System V semaphore (``aioipc.sysv``, SEM_UNDO).
     """
 
+    _KIND = Kind("POSIX semaphore", "sem", _check_name)
+
     def __init__(self, sem: posix_ipc.Semaphore, *, owned: bool) -> None:
+        super().__init__(sem, sem.name, owned=owned, wait_call="sem_wait", is_interrupted=_interrupted)
         self.name: str = sem.name
-        self.owned = owned
-        self._sem = sem
-        self._label = f"semaphore {self.name!r}"
-        self._closed = False
-        self._bridge = Bridge("sem_wait", is_interrupted=_interrupted, linger=False)
 
-    def __repr__(self) -> str:
-        state = "closed" if self._closed else f"value={self.value}"
-        return f"<Semaphore {self.name!r} {state} owned={self.owned}>"
+    @staticmethod
+    def _make(name: str, mode: int, initial: int) -> posix_ipc.Semaphore:
+        return posix_ipc.Semaphore(name, posix_ipc.O_CREX, mode & 0o777, initial)
 
-    @classmethod
-    async def open(
-        cls,
-        name: str,
-        *,
-        create: bool = False,
-        initial: int = 1,
-        exist_ok: bool = False,
-        mode: int = 0o600,
-        persist: bool = False,
-    ) -> Semaphore:
-        """Open the semaphore ``name`` ("/name"), or create it with ``initial`` units.
+    _open_existing = staticmethod(posix_ipc.Semaphore)
 
-        Args:
-            create: create it (exclusively: an existing one is ``FileExistsError``
-                unless ``exist_ok=True``, and is then only opened).
-            mode: permission bits of a created semaphore, exactly (0600: only this user).
-            persist: a created semaphore outlives this handle's ``aclose()``.
+    @staticmethod
+    def _set_mode(sem: posix_ipc.Semaphore, mode: int) -> None:
+        # sem_open applied the umask to what we asked, never loosening it; now exactly.
+        os.chmod(os.path.join(_SHM_DIR, "sem." + sem.name[1:]), mode)
 
-        Raises:
-            ValueError: bad name or a negative ``initial``.
-            FileNotFoundError: no such semaphore (``create=False``).
-            FileExistsError: it exists (``create=True``).
-            PermissionError: its mode forbids it.
-        """
-        if initial < 0:
-            raise ValueError("initial must be >= 0")
-
-        def discard(sem: posix_ipc.Semaphore) -> None:
-            sem.unlink()
-            sem.close()
-
-        sem, owned = await create_or_open(
-            _KIND,
-            name,
-            lambda name: posix_ipc.Semaphore(name, posix_ipc.O_CREX, mode & 0o777, initial),
-            posix_ipc.Semaphore,
-            create=create,
-            exist_ok=exist_ok,
-            persist=persist,
-            # sem_open applied the umask to what we asked, never loosening it; now exactly.
-            exact_mode=lambda sem: os.chmod(os.path.join(_SHM_DIR, "sem." + sem.name[1:]), mode),
-            discard=discard,
-        )
-        return cls(sem, owned=owned)
+    @staticmethod
+    def _discard(sem: posix_ipc.Semaphore) -> None:
+        sem.unlink()
+        sem.close()
 
     def _try_acquire(self) -> bool:
         try:
@@ -176,7 +137,7 @@ def unlink(name: str) -> None:
         FileNotFoundError: no such semaphore.
         PermissionError: it belongs to another user.
     """
-    with _KIND.map_errors(_check_name(name), "remove"):
+    with Semaphore._KIND.map_errors(_check_name(name), "remove"):
         posix_ipc.unlink_semaphore(name)
 
 

@@ -22,15 +22,15 @@ import ctypes
 import errno
 import os
 import sys
+from typing import Self, Unpack
 
 import anyio
 import anyio.abc
 import anyio.lowlevel
 import sysv_ipc
 
-from .._core.bridge import Bridge
 from .._core.naming import Kind, create_or_open, open_existing
-from .._core.semaphores import BridgedSemaphore
+from .._core.semaphores import BridgedSemaphore, SemaphoreOptions
 from .._core.sysvipc import check_key
 
 __all__ = ["SharedMemory", "Semaphore"]
@@ -165,7 +165,7 @@ class SharedMemory(anyio.abc.AsyncResource):
         await anyio.lowlevel.checkpoint()
 
 
-class Semaphore(BridgedSemaphore):
+class Semaphore(BridgedSemaphore[int]):
     """A System V semaphore (a set of one) by key. Get one with :meth:`open`.
 
     ``async with sem:`` acquires and releases; ``await sem.aclose()`` closes
@@ -181,33 +181,22 @@ class Semaphore(BridgedSemaphore):
         FileNotFoundError: (from ``acquire()``/``release()``) the set was removed.
     """
 
-    def __init__(self, semaphore: sysv_ipc.Semaphore, *, owned: bool, undo: bool) -> None:
-        self._sem = semaphore
+    _KIND = _SEMAPHORE
+
+    def __init__(self, semaphore: sysv_ipc.Semaphore, *, owned: bool, undo: bool = True) -> None:
+        super().__init__(
+            semaphore, semaphore.key, owned=owned, wait_call="semop", is_interrupted=_interrupted
+        )
         self.undo = undo
         self.key: int = semaphore.key
         self.id: int = semaphore.id
-        self.owned = owned
-        self._label = f"semaphore {self.key & 0xFFFFFFFF:#010x}"
-        self._closed = False
-        self._bridge = Bridge("semop", is_interrupted=_interrupted, linger=False)
-
-    def __repr__(self) -> str:
-        state = "closed" if self._closed else f"value={self._sem.value}"
-        return f"<sysv.Semaphore key={self.key & 0xFFFFFFFF:#010x} {state} owned={self.owned}>"
 
     @classmethod
-    async def open(
-        cls,
-        key: int,
-        *,
-        create: bool = False,
-        initial: int = 1,
-        exist_ok: bool = False,
-        mode: int = 0o600,
-        persist: bool = False,
-        undo: bool = True,
-    ) -> Semaphore:
+    async def open(cls, key: int, *, undo: bool = True, **options: Unpack[SemaphoreOptions]) -> Self:
         """Open the semaphore set ``key``, or create it holding ``initial`` units.
+
+        The options are :meth:`aioipc.sync.Semaphore.open`'s; ``undo`` makes
+        every operation of this handle ``SEM_UNDO`` (see the class).
 
         Raises:
             FileNotFoundError: no set with that key (``create=False``).
@@ -215,18 +204,15 @@ class Semaphore(BridgedSemaphore):
             PermissionError: its mode forbids it.
             ValueError: bad key or negative ``initial``.
         """
-        if initial < 0:
-            raise ValueError("initial must be >= 0")
-        semaphore, owned = await create_or_open(
-            _SEMAPHORE,
-            key,
-            lambda key: sysv_ipc.Semaphore(key, sysv_ipc.IPC_CREX, mode, initial),
-            sysv_ipc.Semaphore,
-            create=create,
-            exist_ok=exist_ok,
-            persist=persist,
-        )
-        return cls(semaphore, owned=owned, undo=undo)
+        semaphore = await super().open(key, **options)
+        semaphore.undo = undo
+        return semaphore
+
+    @staticmethod
+    def _make(key: int, mode: int, initial: int) -> sysv_ipc.Semaphore:
+        return sysv_ipc.Semaphore(key, sysv_ipc.IPC_CREX, mode, initial)  # System V ignores the umask
+
+    _open_existing = staticmethod(sysv_ipc.Semaphore)
 
     def _try_acquire(self) -> bool:
         return _semop(self.id, -1, undo=self.undo, wait=False)
