@@ -35,6 +35,7 @@ import anyio.lowlevel
 
 from .._core.framing import DEFAULT_MAX_SIZE
 from .._core.locks import ofd_locked
+from .._core.memory import MemoryHandle
 from .._core.naming import Kind, create_or_open, open_existing, open_file
 from .._core.schemes import Address
 from .._core.server import Server
@@ -56,7 +57,7 @@ __all__ = [
 ]
 
 
-class MappedMemory(anyio.abc.AsyncResource):
+class MappedMemory(MemoryHandle):
     """Memory mapped from a file; ``.buf`` is a writable ``memoryview`` of it.
 
     ``aclose()`` unmaps it (and removes the file if this handle created it
@@ -70,7 +71,7 @@ class MappedMemory(anyio.abc.AsyncResource):
         self.owned = owned
         self._mmap = mmap.mmap(fd, size) if size else None
         os.close(fd)
-        self.buf = memoryview(self._mmap) if self._mmap is not None else memoryview(b"").toreadonly()
+        self.buf = self._view()
         self._closed = False
 
     def __repr__(self) -> str:
@@ -82,28 +83,18 @@ class MappedMemory(anyio.abc.AsyncResource):
         if self._mmap is not None and not self._closed:
             self._mmap.flush()
 
-    async def aclose(self) -> None:
-        """Unmap (idempotent); remove the file if this handle created it.
+    def _view(self) -> memoryview:
+        return memoryview(self._mmap) if self._mmap is not None else memoryview(b"").toreadonly()
 
-        Raises:
-            BufferError: a memoryview made from ``.buf`` is still alive.
-        """
-        if self._closed:
-            return
-        self.buf.release()
+    def _unmap(self) -> None:
         if self._mmap is not None:
-            try:
-                self._mmap.close()
-            except BufferError:
-                self.buf = memoryview(self._mmap)
-                raise BufferError("release the memoryviews made from .buf before aclose()") from None
-        self._closed = True
-        if self.owned:
-            try:
-                os.unlink(self.path)
-            except FileNotFoundError:
-                pass
-        await anyio.lowlevel.checkpoint()
+            self._mmap.close()  # BufferError while views of it live
+
+    def _remove(self) -> None:
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
 
 
 _KIND = Kind("shared-memory segment", "shm", check_name)

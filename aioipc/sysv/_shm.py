@@ -24,11 +24,9 @@ import os
 import sys
 from typing import Self, Unpack
 
-import anyio
-import anyio.abc
-import anyio.lowlevel
 import sysv_ipc
 
+from .._core.memory import MemoryHandle
 from .._core.naming import Kind, create_or_open, open_existing
 from .._core.semaphores import BridgedSemaphore, SemaphoreOptions
 from .._core.sysvipc import check_key
@@ -76,7 +74,7 @@ _SEGMENT = Kind("System V segment", "sysvshm", check_key)
 _SEMAPHORE = Kind("System V semaphore", "sysvsem", check_key)
 
 
-class SharedMemory(anyio.abc.AsyncResource):
+class SharedMemory(MemoryHandle):
     """A System V shared-memory segment, attached; ``.buf`` is a ``memoryview`` of it.
 
     Get one with :meth:`create` or :meth:`attach`; ``aclose()`` detaches,
@@ -95,7 +93,7 @@ class SharedMemory(anyio.abc.AsyncResource):
         self.id: int = segment.id
         self.size: int = segment.size
         self.owned = owned
-        self.buf = memoryview(segment)
+        self.buf = self._view()
         self._closed = False
 
     def __repr__(self) -> str:
@@ -141,28 +139,21 @@ class SharedMemory(anyio.abc.AsyncResource):
         """How many attachments the segment has now (all processes)."""
         return int(self._segment.number_attached) if not self._closed else 0
 
-    async def aclose(self) -> None:
-        """Detach (idempotent); remove the segment if this handle created it.
+    def _view(self) -> memoryview:
+        return memoryview(self._segment)
 
-        Raises:
-            BufferError: a memoryview made from ``.buf`` is still alive.
-        """
-        if self._closed:
-            return
-        self.buf.release()
+    def _unmap(self) -> None:
         # Views made from .buf keep the segment object referenced; detaching
         # under them would leave them pointing at unmapped memory.
         if sys.getrefcount(self._segment) > 2:
-            self.buf = memoryview(self._segment)
-            raise BufferError("release the memoryviews made from .buf before aclose()")
-        self._closed = True
+            raise BufferError
         self._segment.detach()
-        if self.owned:
-            try:
-                self._segment.remove()
-            except sysv_ipc.ExistentialError:
-                pass
-        await anyio.lowlevel.checkpoint()
+
+    def _remove(self) -> None:
+        try:
+            self._segment.remove()
+        except sysv_ipc.ExistentialError:
+            pass
 
 
 class Semaphore(BridgedSemaphore[int]):
