@@ -40,7 +40,6 @@ import os
 import stat
 import warnings
 from dataclasses import dataclass
-from typing import Literal
 
 import anyio
 import anyio.lowlevel
@@ -50,7 +49,7 @@ from ._core.bridge import Bridge
 from ._core.locks import AcquireRelease, ofd_lock
 from ._core.naming import Kind, open_file
 from ._core.semaphores import BridgedSemaphore
-from ._core.sysvipc import sysvipc_table
+from ._core.sysvipc import ObjectInfo, list_sysv
 
 __all__ = ["FileLock", "Semaphore", "SemaphoreInfo", "list_semaphores", "unlink"]
 
@@ -256,19 +255,13 @@ def _lock_interrupted(exc: BaseException) -> bool:
 
 
 @dataclass(frozen=True)
-class SemaphoreInfo:
+class SemaphoreInfo(ObjectInfo):
     """One semaphore (set) on this machine, as :func:`list_semaphores` reports it.
 
     ``name`` is "/name" for POSIX, the key in hex for System V; ``count`` is
     the current value (POSIX) or the number of semaphores in the set (System V).
     """
 
-    kind: Literal["posix", "sysv"]
-    name: str
-    key: int | None
-    id: int | None
-    uid: int
-    mode: int
     count: int | None
 
 
@@ -300,26 +293,7 @@ def _posix_semaphores() -> list[SemaphoreInfo]:
     return found
 
 
-def _sysv_semaphores() -> list[SemaphoreInfo]:
-    try:
-        rows = sysvipc_table("sem")
-    except FileNotFoundError:
-        return []
-    return [
-        SemaphoreInfo(
-            "sysv",
-            f"{row['key'] & 0xFFFFFFFF:#010x}",
-            row["key"],
-            row["semid"],
-            row["uid"],
-            row["perms"] & 0o777,
-            row["nsems"],
-        )
-        for row in rows
-    ]
-
-
 def list_semaphores() -> list[SemaphoreInfo]:
     """Every POSIX named semaphore (``/dev/shm/sem.*``) and System V semaphore set
     (``/proc/sysvipc/sem``) this process can see, with owner, mode and count."""
-    return _posix_semaphores() + _sysv_semaphores()
+    return _posix_semaphores() + list_sysv("sem", SemaphoreInfo, "nsems")
