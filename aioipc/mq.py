@@ -47,7 +47,7 @@ from ._core.framing import DEFAULT_MAX_SIZE
 from ._core.naming import Kind, create_or_open
 from ._core.schemes import Address
 from ._core.server import Server
-from ._core.streams import FAIR_OPS, Buffer, MessageStream, byte_view, fair_yield
+from ._core.streams import FAIR_OPS, Buffer, QueueStream, byte_view, fair_yield
 
 __all__ = [
     "MOUNT_POINT",
@@ -146,7 +146,7 @@ class QueueAttribute(TypedAttributeSet):
     max_message_size: int = typed_attribute()
 
 
-class MessageQueue(MessageStream):
+class MessageQueue(QueueStream):
     """A POSIX message queue: ``send(data, priority=0)``, ``receive()``, ``async for``.
 
     Higher priorities are received first; equal priorities in order.
@@ -307,11 +307,6 @@ class MessageQueue(MessageStream):
                 return
         finally:
             self._sending = False
-
-    async def send_eof(self) -> None:
-        """Stop sending through this handle (a queue has no end of stream: peers are not told)."""
-        self._send_closed = True
-        await anyio.lowlevel.checkpoint()
 
     async def aclose(self) -> None:
         """Close the descriptor (idempotent); unlink the queue if this handle created it.

@@ -38,7 +38,7 @@ from .._core.framing import DEFAULT_MAX_SIZE
 from .._core.naming import Kind, create_or_open
 from .._core.schemes import Address
 from .._core.server import Server
-from .._core.streams import FAIR_OPS, Buffer, MessageStream, fair_yield
+from .._core.streams import FAIR_OPS, Buffer, QueueStream, fair_yield
 from .._core.sysvipc import check_key, sysvipc_table
 
 __all__ = [
@@ -107,7 +107,7 @@ class SysVQueueAttribute(TypedAttributeSet):
     max_message_size: int = typed_attribute()
 
 
-class MessageQueue(MessageStream):
+class MessageQueue(QueueStream):
     """A System V message queue: ``send(data, type=1)``, ``receive(type=0)``, ``async for``.
 
     Type selection (``msgrcv``): ``type=0`` the oldest message, ``type>0``
@@ -336,11 +336,6 @@ class MessageQueue(MessageStream):
                     await self._sender.run(lambda: self._queue.send(item, True, type), all_or_nothing=True)
         finally:
             self._sending = False
-
-    async def send_eof(self) -> None:
-        """Stop sending through this handle (a queue has no end of stream: peers are not told)."""
-        self._send_closed = True
-        await anyio.lowlevel.checkpoint()
 
     # -- closing -------------------------------------------------------------------------
 
