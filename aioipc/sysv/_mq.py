@@ -37,7 +37,6 @@ from .._core.errors import FrameTooLarge, map_exceptions
 from .._core.framing import DEFAULT_MAX_SIZE
 from .._core.naming import Kind, create_or_open
 from .._core.schemes import Address
-from .._core.server import Server
 from .._core.streams import FAIR_OPS, Buffer, QueueStream, fair_yield
 from .._core.sysvipc import check_key, sysvipc_table
 
@@ -462,18 +461,6 @@ def remove_address(address: Address) -> None:
 async def connect_address(
     address: Address, *, max_size: int = DEFAULT_MAX_SIZE, timeout: float | None = None, **options: Any
 ) -> MessageQueue:
-    """``connect("sysvmq:KEY")``: open the existing queue (the core retries it within ``timeout``)."""
+    """``connect("sysvmq:KEY")``: open the existing queue (the core retries it within ``timeout``);
+    ``serve("sysvmq:KEY", handler)`` creates it through here (``create=True``) and hands it to ``handler``."""
     return await MessageQueue.open(_address_key(address), **options)
-
-
-async def serve_address(
-    address: Address,
-    handler: Callable[[MessageQueue], Any],
-    *,
-    framing: str | None,
-    max_size: int = DEFAULT_MAX_SIZE,
-    **options: Any,
-) -> Server:
-    """``serve("sysvmq:KEY", handler)``: create the queue and call ``handler(queue)`` at once."""
-    queue = await MessageQueue.open(_address_key(address), create=True, **options)
-    return Server.single(str(address), handler, queue)
