@@ -46,8 +46,7 @@ from ._core.fdstreams import FdHandle
 from ._core.framing import DEFAULT_MAX_SIZE
 from ._core.naming import Kind, create_or_open
 from ._core.schemes import Address
-from ._core.server import Server
-from ._core.streams import FAIR_OPS, Buffer, MessageStream, byte_view, fair_yield
+from ._core.streams import FAIR_OPS, Buffer, QueueStream, byte_view, fair_yield
 
 __all__ = [
     "MOUNT_POINT",
@@ -146,7 +145,7 @@ class QueueAttribute(TypedAttributeSet):
     max_message_size: int = typed_attribute()
 
 
-class MessageQueue(MessageStream):
+class MessageQueue(QueueStream):
     """A POSIX message queue: ``send(data, priority=0)``, ``receive()``, ``async for``.
 
     Higher priorities are received first; equal priorities in order.
@@ -307,11 +306,6 @@ class MessageQueue(MessageStream):
                 return
         finally:
             self._sending = False
-
-    async def send_eof(self) -> None:
-        """Stop sending through this handle (a queue has no end of stream: peers are not told)."""
-        self._send_closed = True
-        await anyio.lowlevel.checkpoint()
 
     async def aclose(self) -> None:
         """Close the descriptor (idempotent); unlink the queue if this handle created it.
@@ -495,18 +489,6 @@ def remove_address(address: Address) -> None:
 async def connect_address(
     address: Address, *, max_size: int = DEFAULT_MAX_SIZE, timeout: float | None = None, **options: Any
 ) -> MessageQueue:
-    """``connect("mq:/name")``: open the existing queue (the core retries it within ``timeout``)."""
+    """``connect("mq:/name")``: open the existing queue (the core retries it within ``timeout``);
+    ``serve("mq:/name", handler)`` creates it through here (``create=True``) and hands it to ``handler``."""
     return await open(address.path, **options)
-
-
-async def serve_address(
-    address: Address,
-    handler: Callable[[MessageQueue], Any],
-    *,
-    framing: str | None,
-    max_size: int = DEFAULT_MAX_SIZE,
-    **options: Any,
-) -> Server:
-    """``serve("mq:/name", handler)``: create the queue and call ``handler(queue)`` at once."""
-    queue = await open(address.path, create=True, **options)
-    return Server.single(str(address), handler, queue)

@@ -40,7 +40,6 @@ import os
 import stat
 import warnings
 from dataclasses import dataclass
-from typing import Literal
 
 import anyio
 import anyio.lowlevel
@@ -48,9 +47,9 @@ import posix_ipc
 
 from ._core.bridge import Bridge
 from ._core.locks import AcquireRelease, ofd_lock
-from ._core.naming import Kind, create_or_open, open_file
+from ._core.naming import Kind, open_file
 from ._core.semaphores import BridgedSemaphore
-from ._core.sysvipc import sysvipc_table
+from ._core.sysvipc import ObjectInfo, list_sysv
 
 __all__ = ["FileLock", "Semaphore", "SemaphoreInfo", "list_semaphores", "unlink"]
 
@@ -66,10 +65,7 @@ def _check_name(name: str) -> str:
     return name
 
 
-_KIND = Kind("POSIX semaphore", "sem", _check_name)
-
-
-class Semaphore(BridgedSemaphore):
+class Semaphore(BridgedSemaphore[str]):
     """A POSIX named semaphore. Get one with :meth:`open`.
 
     ``async with sem:`` acquires a unit and releases it at the end of the
@@ -84,63 +80,27 @@ class Semaphore(BridgedSemaphore):
         :class:`FileLock` or a System V semaphore (``aioipc.sysv``, SEM_UNDO).
     """
 
+    _KIND = Kind("POSIX semaphore", "sem", _check_name)
+
     def __init__(self, sem: posix_ipc.Semaphore, *, owned: bool) -> None:
+        super().__init__(sem, sem.name, owned=owned, wait_call="sem_wait", is_interrupted=_interrupted)
         self.name: str = sem.name
-        self.owned = owned
-        self._sem = sem
-        self._label = f"semaphore {self.name!r}"
-        self._closed = False
-        self._bridge = Bridge("sem_wait", is_interrupted=_interrupted, linger=False)
 
-    def __repr__(self) -> str:
-        state = "closed" if self._closed else f"value={self.value}"
-        return f"<Semaphore {self.name!r} {state} owned={self.owned}>"
+    @staticmethod
+    def _make(name: str, mode: int, initial: int) -> posix_ipc.Semaphore:
+        return posix_ipc.Semaphore(name, posix_ipc.O_CREX, mode & 0o777, initial)
 
-    @classmethod
-    async def open(
-        cls,
-        name: str,
-        *,
-        create: bool = False,
-        initial: int = 1,
-        exist_ok: bool = False,
-        mode: int = 0o600,
-        persist: bool = False,
-    ) -> Semaphore:
-        """Open the semaphore ``name`` ("/name"), or create it with ``initial`` units.
+    _open_existing = staticmethod(posix_ipc.Semaphore)
 
-        Args:
-            create: create it (exclusively: an existing one is ``FileExistsError``
-                unless ``exist_ok=True``, and is then only opened).
-            mode: permission bits of a created semaphore, exactly (0600: only this user).
-            persist: a created semaphore outlives this handle's ``aclose()``.
+    @staticmethod
+    def _set_mode(sem: posix_ipc.Semaphore, mode: int) -> None:
+        # sem_open applied the umask to what we asked, never loosening it; now exactly.
+        os.chmod(os.path.join(_SHM_DIR, "sem." + sem.name[1:]), mode)
 
-        Raises:
-            ValueError: bad name or a negative ``initial``.
-            FileNotFoundError: no such semaphore (``create=False``).
-            FileExistsError: it exists (``create=True``).
-            PermissionError: its mode forbids it.
-        """
-        if initial < 0:
-            raise ValueError("initial must be >= 0")
-
-        def discard(sem: posix_ipc.Semaphore) -> None:
-            sem.unlink()
-            sem.close()
-
-        sem, owned = await create_or_open(
-            _KIND,
-            name,
-            lambda name: posix_ipc.Semaphore(name, posix_ipc.O_CREX, mode & 0o777, initial),
-            posix_ipc.Semaphore,
-            create=create,
-            exist_ok=exist_ok,
-            persist=persist,
-            # sem_open applied the umask to what we asked, never loosening it; now exactly.
-            exact_mode=lambda sem: os.chmod(os.path.join(_SHM_DIR, "sem." + sem.name[1:]), mode),
-            discard=discard,
-        )
-        return cls(sem, owned=owned)
+    @staticmethod
+    def _discard(sem: posix_ipc.Semaphore) -> None:
+        sem.unlink()
+        sem.close()
 
     def _try_acquire(self) -> bool:
         try:
@@ -176,7 +136,7 @@ def unlink(name: str) -> None:
         FileNotFoundError: no such semaphore.
         PermissionError: it belongs to another user.
     """
-    with _KIND.map_errors(_check_name(name), "remove"):
+    with Semaphore._KIND.map_errors(_check_name(name), "remove"):
         posix_ipc.unlink_semaphore(name)
 
 
@@ -295,19 +255,13 @@ def _lock_interrupted(exc: BaseException) -> bool:
 
 
 @dataclass(frozen=True)
-class SemaphoreInfo:
+class SemaphoreInfo(ObjectInfo):
     """One semaphore (set) on this machine, as :func:`list_semaphores` reports it.
 
     ``name`` is "/name" for POSIX, the key in hex for System V; ``count`` is
     the current value (POSIX) or the number of semaphores in the set (System V).
     """
 
-    kind: Literal["posix", "sysv"]
-    name: str
-    key: int | None
-    id: int | None
-    uid: int
-    mode: int
     count: int | None
 
 
@@ -339,26 +293,7 @@ def _posix_semaphores() -> list[SemaphoreInfo]:
     return found
 
 
-def _sysv_semaphores() -> list[SemaphoreInfo]:
-    try:
-        rows = sysvipc_table("sem")
-    except FileNotFoundError:
-        return []
-    return [
-        SemaphoreInfo(
-            "sysv",
-            f"{row['key'] & 0xFFFFFFFF:#010x}",
-            row["key"],
-            row["semid"],
-            row["uid"],
-            row["perms"] & 0o777,
-            row["nsems"],
-        )
-        for row in rows
-    ]
-
-
 def list_semaphores() -> list[SemaphoreInfo]:
     """Every POSIX named semaphore (``/dev/shm/sem.*``) and System V semaphore set
     (``/proc/sysvipc/sem``) this process can see, with owner, mode and count."""
-    return _posix_semaphores() + _sysv_semaphores()
+    return _posix_semaphores() + list_sysv("sem", SemaphoreInfo, "nsems")

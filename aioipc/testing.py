@@ -30,7 +30,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from typing import Any
 
 import anyio
@@ -143,29 +143,18 @@ async def _drain_messages(receiver: Any) -> list[bytes]:
     return [message async for message in receiver]
 
 
+@dataclass
 class _Checks:
-    def __init__(
-        self,
-        maker: PairMaker,
-        *,
-        messages: bool,
-        two_way: bool,
-        clog_bytes: int,
-        timeout: float,
-        large_size: int = 1024 * 1024,
-        eof: bool = True,
-        reliable: bool = True,
-        peer_close: bool = True,
-    ) -> None:
-        self.maker = maker
-        self.messages = messages
-        self.two_way = two_way
-        self.clog_bytes = clog_bytes
-        self.timeout = timeout
-        self.large_size = large_size
-        self.has_eof = eof
-        self.is_reliable = reliable
-        self.peer_close = peer_close
+    maker: PairMaker
+    _: KW_ONLY
+    messages: bool
+    two_way: bool
+    clog_bytes: int
+    timeout: float
+    large_size: int = 1024 * 1024
+    has_eof: bool = True
+    is_reliable: bool = True
+    peer_close: bool = True
 
     async def run(self) -> None:
         checks: list[Callable[[Any, Any], Awaitable[None]]] = [
@@ -458,7 +447,7 @@ async def check_message_stream(
         clog_bytes=clog_bytes,
         timeout=timeout,
         large_size=large_size,
-        eof=eof,
-        reliable=reliable,
+        has_eof=eof,
+        is_reliable=reliable,
         peer_close=peer_close,
     ).run()

@@ -48,6 +48,7 @@ import queue
 import signal
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import anyio
@@ -80,21 +81,17 @@ def _install_wake_handler() -> bool:
 _install_wake_handler()
 
 
+@dataclass(slots=True, eq=False)  # eq=False: jobs are kept in a set, by identity
 class _Job(Generic[T]):
-    __slots__ = ("call", "cancelled", "exact", "finished", "future", "orphan", "outcome", "retry", "thread")
-
-    def __init__(
-        self, call: Callable[[], T], future: asyncio.Future[T], orphan: Callable[[T], object] | None
-    ) -> None:
-        self.call = call
-        self.future = future
-        self.orphan = orphan
-        self.cancelled = False
-        self.exact = False  # all_or_nothing: only the outcome decides what the caller gets
-        self.finished = False
-        self.outcome: tuple[bool, Any] | None = None  # (ok, value or exception); None: not run
-        self.retry: asyncio.TimerHandle | None = None
-        self.thread = 0  # the ident of the thread running it
+    call: Callable[[], T]
+    future: asyncio.Future[T]
+    orphan: Callable[[T], object] | None
+    cancelled: bool = False
+    exact: bool = False  # all_or_nothing: only the outcome decides what the caller gets
+    finished: bool = False
+    outcome: tuple[bool, Any] | None = None  # (ok, value or exception); None: not run
+    retry: asyncio.TimerHandle | None = None
+    thread: int = 0  # the ident of the thread running it
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

@@ -13,7 +13,11 @@ A mechanism module provides, for each scheme it serves::
     async def serve_address(address, handler, *, framing, max_size, **options) -> Server
 
 ``connect_address`` returns the raw stream: a byte stream for byte schemes
-(the core frames it here) or a message stream for message schemes.
+(the core frames it here) or a message stream for message schemes. A
+scheme whose object is its own server (a queue: whoever creates it serves)
+is marked ``served_by_creating`` and needs no ``serve_address``: ``serve()``
+creates the object with ``connect_address(address, create=True, ...)`` and
+hands it to one handler call.
 """
 
 from __future__ import annotations
@@ -23,15 +27,13 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, overload
+from typing import Any, Literal, overload
 
 import anyio
 
 from .framing import DEFAULT_MAX_SIZE
+from .server import Server
 from .streams import ByteStream, MessageStream, frame_connected
-
-if TYPE_CHECKING:
-    from .server import Server
 
 __all__ = [
     "SCHEMES",
@@ -177,6 +179,9 @@ class Scheme:
         extra: the pip extra it needs (``pip install 'aioipc[EXTRA]'``), if any.
         removable: ``aioipc rm`` can remove an object at such an address.
         bare: ``NAME:`` alone is a whole address (``sd-listen:``).
+        served_by_creating: ``serve()`` creates the object through the
+            module's ``connect_address(..., create=True)`` and calls the
+            handler once with it (the module has no ``serve_address``).
     """
 
     name: str
@@ -191,6 +196,7 @@ class Scheme:
     extra: str = ""
     removable: bool = False
     bare: bool = False
+    served_by_creating: bool = False
 
     def functions(self) -> Any:
         """The mechanism module, imported now.
@@ -246,13 +252,14 @@ SCHEMES: Mapping[str, Scheme] = _table(
         "mq", "mq:/name", "POSIX message queue", "aioipc.mq",
         messages=True, parse=_parse_name, connect_options=frozenset({"read", "write"}),
         serve_options=frozenset({"max_messages", "max_message_size", "mode", "persist", "exist_ok"}),
-        removable=True,
+        removable=True, served_by_creating=True,
     ),
     Scheme(
         "sysvmq", "sysvmq:KEY | sysvmq:/path#proj",
         "System V message queue (KEY decimal or 0x-hex; proj 1-255)", "aioipc.sysv",
         messages=True, parse=_parse_sysv, format=_format_sysv,
         serve_options=frozenset({"mode", "persist", "exist_ok"}), extra="sysv", removable=True,
+        served_by_creating=True,
     ),
     Scheme(
         "shm", "shm:/name", "shared-memory ring between two processes", "aioipc.shm",
@@ -476,6 +483,9 @@ async def serve(
         async with await aioipc.serve("unix:/tmp/echo.sock", handler) as server:
             await server.serve_forever()
     """
-    addr, _, framing, module = _prepare(address, framing, "serve", options)
+    addr, scheme, framing, module = _prepare(address, framing, "serve", options)
+    if scheme.served_by_creating:
+        stream = await module.connect_address(addr, max_size=max_size, timeout=None, create=True, **options)
+        return Server.single(str(addr), handler, stream)
     server: Server = await module.serve_address(addr, handler, framing=framing, max_size=max_size, **options)
     return server

@@ -15,15 +15,28 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Callable
-from typing import Any, Self
+from typing import Any, ClassVar, Generic, Self, TypedDict, TypeVar
 
 import anyio
 import anyio.lowlevel
 
 from .bridge import Bridge
 from .locks import AcquireRelease
+from .naming import Kind, create_or_open
 
-__all__ = ["BridgedSemaphore", "checkpoint_or_release"]
+__all__ = ["BridgedSemaphore", "SemaphoreOptions", "checkpoint_or_release"]
+
+N = TypeVar("N", str, int)
+
+
+class SemaphoreOptions(TypedDict, total=False):
+    """The keyword arguments of :meth:`BridgedSemaphore.open`, for a subclass that adds its own."""
+
+    create: bool
+    initial: int
+    exist_ok: bool
+    mode: int
+    persist: bool
 
 
 async def checkpoint_or_release(release: Callable[[], None]) -> None:
@@ -35,20 +48,93 @@ async def checkpoint_or_release(release: Callable[[], None]) -> None:
         raise
 
 
-class BridgedSemaphore(AcquireRelease):
-    """The base of semaphore handles: waiting, timeouts, cancellation and end of life.
+class BridgedSemaphore(AcquireRelease, Generic[N]):
+    """The base of semaphore handles: opening, waiting, timeouts, cancellation and end of life.
 
-    A subclass sets ``owned``, ``_sem`` (has ``.value``), ``_label`` (what
-    errors call it), ``_closed = False`` and ``_bridge`` (a ``Bridge`` with
-    ``linger=False`` whose ``is_interrupted`` knows its ``EINTR``), and says
-    how to try, wait for, give back and remove a unit.
+    A subclass names its ``_KIND`` (what errors call it); calls ``__init__``
+    with the kernel call a wait blocks in, and how to tell that a signal
+    interrupted that wait; and says how to make and open the semaphore, and
+    to try, wait for, give back and remove a unit.
     """
 
-    owned: bool
-    _sem: Any  # a posix_ipc or sysv_ipc semaphore: both have ``.value``
-    _label: str  # what errors call it: "semaphore '/name'"
-    _closed: bool
-    _bridge: Bridge
+    _KIND: ClassVar[Kind[Any]]
+
+    def __init__(
+        self,
+        sem: Any,
+        name: N,
+        *,
+        owned: bool,
+        wait_call: str,
+        is_interrupted: Callable[[BaseException], bool],
+    ) -> None:
+        self._sem = sem  # a posix_ipc or sysv_ipc semaphore: both have ``.value``
+        self.owned = owned
+        self._label = self._KIND.describe(name)  # what errors call it: "POSIX semaphore /jobs"
+        self._closed = False
+        self._bridge = Bridge(wait_call, is_interrupted=is_interrupted, linger=False)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"value={self._sem.value}"
+        return f"<{self._label} {state} owned={self.owned}>"
+
+    @classmethod
+    async def open(
+        cls,
+        name: N,
+        *,
+        create: bool = False,
+        initial: int = 1,
+        exist_ok: bool = False,
+        mode: int = 0o600,
+        persist: bool = False,
+    ) -> Self:
+        """Open the semaphore ``name``, or create it holding ``initial`` units.
+
+        Args:
+            name: "/name" for a POSIX semaphore; the key for a System V one.
+            create: create it (exclusively: an existing one is ``FileExistsError``
+                unless ``exist_ok=True``, and is then only opened).
+            mode: permission bits of a created semaphore, exactly (0600: only this user).
+            persist: a created semaphore outlives this handle's ``aclose()``.
+
+        Raises:
+            ValueError: bad name or key, or a negative ``initial``.
+            FileNotFoundError: no such semaphore (``create=False``).
+            FileExistsError: it exists (``create=True`` and not ``exist_ok``).
+            PermissionError: its mode forbids it.
+        """
+        if initial < 0:
+            raise ValueError("initial must be >= 0")
+        sem, owned = await create_or_open(
+            cls._KIND,
+            name,
+            lambda name: cls._make(name, mode, initial),
+            cls._open_existing,
+            create=create,
+            exist_ok=exist_ok,
+            persist=persist,
+            exact_mode=lambda sem: cls._set_mode(sem, mode),
+            discard=cls._discard,
+        )
+        return cls(sem, owned=owned)  # type: ignore[call-arg]  # a subclass takes (sem, owned=)
+
+    @staticmethod
+    def _make(name: Any, mode: int, initial: int) -> Any:
+        """Create the semaphore exclusively (an existing one raises, as :func:`create_or_open` wants)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _open_existing(name: Any) -> Any:
+        raise NotImplementedError
+
+    @staticmethod
+    def _set_mode(sem: Any, mode: int) -> None:
+        """Give a created semaphore exactly ``mode`` where its creation applied the umask."""
+
+    @staticmethod
+    def _discard(sem: Any) -> None:
+        """Remove and close a created semaphore whose mode could not be set."""
 
     def _try_acquire(self) -> bool:
         raise NotImplementedError

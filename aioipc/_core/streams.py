@@ -38,6 +38,7 @@ __all__ = [
     "MessageSendStream",
     "MessageStream",
     "OverTransport",
+    "QueueStream",
     "ResourceGuard",
     "SendOnlyByteStream",
     "SendOnlyMessageStream",
@@ -180,6 +181,22 @@ class MessageSendStream(anyio.abc.ObjectSendStream[bytes]):
 
 class MessageStream(MessageReceiveStream, MessageSendStream, anyio.abc.ObjectStream[bytes]):
     """A two-way message stream."""
+
+
+class QueueStream(MessageStream):
+    """A message stream through a kernel queue (POSIX, System V), which outlives every handle of it.
+
+    A queue has no end of stream: ``send_eof()`` only stops the sends of
+    this handle. A subclass sets ``_send_closed = False`` and refuses to
+    send once it is true.
+    """
+
+    _send_closed: bool
+
+    async def send_eof(self) -> None:
+        """Stop sending through this handle (a queue has no end of stream: peers are not told)."""
+        self._send_closed = True
+        await anyio.lowlevel.checkpoint()
 
 
 def _never(parts: Sequence[Buffer]) -> bool:

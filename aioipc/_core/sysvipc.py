@@ -1,10 +1,31 @@
-"""The kernel's tables of System V objects (``/proc/sysvipc``), read without ``sysv_ipc``."""
+"""The kernel's tables of System V objects (``/proc/sysvipc``), read without ``sysv_ipc``,
+and what ``aioipc ls`` shows of each named object, System V or POSIX."""
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal, TypeVar
 
-__all__ = ["check_key", "sysvipc_table"]
+__all__ = ["ObjectInfo", "check_key", "list_sysv", "sysvipc_table"]
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What every listed kernel object has: its kind, name, key and id (System V), owner and mode.
+
+    ``name`` is "/name" for POSIX and the key in hex for System V.
+    """
+
+    kind: Literal["posix", "sysv"]
+    name: str
+    key: int | None
+    id: int | None
+    uid: int
+    mode: int
+
+
+InfoT = TypeVar("InfoT", bound=ObjectInfo)
 
 
 def sysvipc_table(kind: Literal["msg", "sem", "shm"]) -> list[dict[str, int]]:
@@ -38,3 +59,27 @@ def check_key(key: int) -> int:
     if not isinstance(key, int) or not -(2**31) <= key < 2**32 or key == 0:
         raise ValueError(f"bad System V key {key!r}: a non-zero 32-bit number (use ftok() to make one)")
     return key - 2**32 if key >= 2**31 else key
+
+
+def list_sysv(table: Literal["msg", "sem", "shm"], info: Callable[..., InfoT], *columns: str) -> list[InfoT]:
+    """One ``info`` per row of ``/proc/sysvipc/<table>``: the :class:`ObjectInfo` fields, then ``columns``.
+
+    An empty list where the kernel has no System V IPC.
+    """
+    try:
+        rows = sysvipc_table(table)
+    except FileNotFoundError:
+        return []
+    id_column = "msqid" if table == "msg" else f"{table}id"
+    return [
+        info(
+            "sysv",
+            f"{row['key'] & 0xFFFFFFFF:#010x}",
+            row["key"],
+            row[id_column],
+            row["uid"],
+            row["perms"] & 0o777,
+            *(row[column] for column in columns),
+        )
+        for row in rows
+    ]

@@ -34,6 +34,7 @@ from .._core.errors import IPCError
 from .._core.runner import run
 from .._core.schemes import SCHEMES, Framing, available_schemes, connect, parse_address, serve
 from ..shutdown import graceful_shutdown
+from ._command import add_command, add_message_argument
 from ._inventory import add_commands
 from ._pubsub import add_commands as add_pubsub_commands
 from ._rpc import add_commands as add_rpc_commands
@@ -91,58 +92,56 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"aioipc {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    send = commands.add_parser(
+    send = add_command(
+        commands,
         "send",
-        help="send messages to an address",
-        description=(
-            "Connect to ADDR and send MESSAGE, or each line of standard input with '-' (the default)."
-        ),
-        epilog="example: aioipc send --timeout 5 unix:/tmp/app.sock hello",
+        "send messages to an address",
+        "Connect to ADDR and send MESSAGE, or each line of standard input with '-' (the default).",
+        "aioipc send --timeout 5 unix:/tmp/app.sock hello",
     )
-    send.add_argument("address", metavar="ADDR")
-    send.add_argument(
-        "message", metavar="MESSAGE", nargs="?", default="-", help="text to send, or - for stdin"
-    )
+    add_message_argument(send, "send")
     _add_framing_flags(send)
     send.add_argument("--timeout", type=float, default=None, help="seconds to wait for the peer")
 
-    recv = commands.add_parser(
+    recv = add_command(
+        commands,
         "recv",
-        help="receive messages at an address",
-        description=(
-            "Create ADDR (listen on a socket, make a FIFO) and print each message received, one per line. "
-            "With --connect, open an existing object (a server, a queue) instead."
-        ),
-        epilog="example: aioipc recv --lines fifo:/tmp/app.fifo --count 2   # then: echo hi > /tmp/app.fifo",
+        "receive messages at an address",
+        "Create ADDR (listen on a socket, make a FIFO) and print each message received, one per line. "
+        "With --connect, open an existing object (a server, a queue) instead.",
+        "aioipc recv --lines fifo:/tmp/app.fifo --count 2   # then: echo hi > /tmp/app.fifo",
     )
-    recv.add_argument("address", metavar="ADDR")
     recv.add_argument(
         "--count", type=int, default=None, metavar="N", help="stop after N messages (not with --raw)"
     )
     recv.add_argument("--connect", action="store_true", help="connect to ADDR instead of creating it")
     _add_framing_flags(recv)
 
-    relay = commands.add_parser(
+    relay = add_command(
+        commands,
         "relay",
-        help="relay between two addresses",
-        description=(
-            "Serve FROM; for each connection, connect to TO and copy messages both ways (socat-like)."
-        ),
-        epilog="example: aioipc relay tcp:127.0.0.1:9000 unix:/tmp/app.sock",
+        "relay between two addresses",
+        "Serve FROM; for each connection, connect to TO and copy messages both ways (socat-like).",
+        "aioipc relay tcp:127.0.0.1:9000 unix:/tmp/app.sock",
+        address=None,
     )
     relay.add_argument("source", metavar="FROM")
     relay.add_argument("target", metavar="TO")
     _add_framing_flags(relay)
 
-    commands.add_parser(
-        "schemes", help="list the address schemes this installation handles", epilog="example: aioipc schemes"
+    add_command(
+        commands,
+        "schemes",
+        "list the address schemes this installation handles",
+        "List each address scheme, its syntax and what it is; a scheme that needs an extra says which.",
+        "aioipc schemes",
+        address=None,
     )
     _SYNC_COMMANDS.update(add_commands(commands))
     _SYNC_COMMANDS.update(add_rpc_commands(commands))
     _SYNC_COMMANDS.update(add_pubsub_commands(commands))
     examples = []
     for command in commands.choices.values():
-        command.formatter_class = argparse.RawDescriptionHelpFormatter
         examples += [f"  {line.removeprefix('example: ')}" for line in (command.epilog or "").splitlines()]
     parser.epilog = "examples:\n" + "\n".join(examples) + f"\n\naddresses:\n{_SCHEMES_HELP}"
     return parser

@@ -16,6 +16,7 @@ import posix_ipc
 from .. import mq, shm, spool, sync
 from .._core import leftovers
 from .._core.schemes import SCHEMES, parse_address
+from ._command import add_command
 
 __all__ = ["add_commands", "list_objects", "remove"]
 
@@ -250,17 +251,18 @@ def _rm(args: argparse.Namespace) -> int:
 
 def add_commands(commands: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
     """Add ``ls`` and ``rm`` to the CLI's sub-parsers; return their runners by name."""
-    ls = commands.add_parser(
+    ls = add_command(
+        commands,
         "ls",
-        help="list queues, shared memory, rings, semaphores, FIFOs and socket files",
-        description=(
-            "List POSIX and System V message queues, shared-memory segments and rings, semaphores, "
-            "and the FIFOs and Unix socket files aioipc created (noted in $XDG_RUNTIME_DIR/aioipc, "
-            "else /tmp/aioipc-$UID), with owner, mode and size. Only yours unless --all. "
-            "With spool:DIR arguments, the depth of those spools instead. "
-            "With --dbus, list the names on a bus instead."
-        ),
-        epilog="example: aioipc ls\nexample: aioipc ls --dbus session",
+        "list queues, shared memory, rings, semaphores, FIFOs and socket files",
+        "List POSIX and System V message queues, shared-memory segments and rings, semaphores, "
+        "and the FIFOs and Unix socket files aioipc created (noted in $XDG_RUNTIME_DIR/aioipc, "
+        "else /tmp/aioipc-$UID), with owner, mode and size. Only yours unless --all. "
+        "With spool:DIR arguments, the depth of those spools instead. "
+        "With --dbus, list the names on a bus instead.",
+        "aioipc ls",
+        "aioipc ls --dbus session",
+        address=None,
     )
     ls.add_argument("--all", action="store_true", help="include other users' objects")
     ls.add_argument("spools", nargs="*", metavar="spool:DIR", help="show the depth of these spools")
@@ -271,13 +273,15 @@ def add_commands(commands: Any) -> dict[str, Callable[[argparse.Namespace], int]
         metavar="BUS",
         help="list the names on a D-Bus bus: session (default), system or an address",
     )
-    rm = commands.add_parser(
+    rm = add_command(
+        commands,
         "rm",
-        help="remove queues, segments, semaphores, FIFOs, socket files",
-        description="Remove objects named as `aioipc ls` shows them "
+        "remove queues, segments, semaphores, FIFOs, socket files",
+        "Remove objects named as `aioipc ls` shows them "
         "(mq:/name, sysvmq:KEY, shm:/name, sysvshm:KEY, sem:/name, sysvsem:KEY, "
         "fifo:/path, unix:/path).",
-        epilog="example: aioipc rm mq:/jobs fifo:/tmp/app.fifo --stale",
+        "aioipc rm mq:/jobs fifo:/tmp/app.fifo --stale",
+        address=None,
     )
     rm.add_argument("targets", nargs="*", metavar="NAME")
     rm.add_argument("--stale", action="store_true", help="also remove rings whose processes are all dead")

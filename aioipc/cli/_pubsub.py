@@ -24,6 +24,7 @@ from typing import Any
 
 from .. import graceful_shutdown, pubsub, run
 from ..pubsub import POLICIES, LocalPublisher
+from ._command import add_command, add_message_argument
 
 __all__ = ["add_commands"]
 
@@ -129,38 +130,32 @@ def _seconds(text: str) -> float:
 
 def add_commands(commands: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
     """Add ``sub`` and ``pub`` to the ``aioipc`` parser; return their functions by name."""
-    sub = commands.add_parser(
+    sub = add_command(
+        commands,
         "sub",
-        help="subscribe to subjects and print what is published",
-        description=(
-            "Subscribe at the publisher bound at ADDR (unix:, tcp:) or through a NATS server "
-            "(nats://host:port) and print each message as one line: the subject, a space, the payload. "
-            "SUBJECT follows NATS rules: '*' matches one token, '>' the rest."
-        ),
-        epilog="example: aioipc sub unix:/tmp/events.sock 'orders.>' --count 1",
+        "subscribe to subjects and print what is published",
+        "Subscribe at the publisher bound at ADDR (unix:, tcp:) or through a NATS server "
+        "(nats://host:port) and print each message as one line: the subject, a space, the payload. "
+        "SUBJECT follows NATS rules: '*' matches one token, '>' the rest.",
+        "aioipc sub unix:/tmp/events.sock 'orders.>' --count 1",
     )
-    sub.add_argument("address", metavar="ADDR")
     sub.add_argument("subjects", metavar="SUBJECT", nargs="+")
     sub.add_argument("--count", type=int, default=None, metavar="N", help="stop after N messages")
     sub.add_argument(
         "--wait", type=_seconds, default=None, metavar="SECONDS", help="wait for a publisher to appear"
     )
-    pub = commands.add_parser(
+    pub = add_command(
+        commands,
         "pub",
-        help="publish a message on a subject",
-        description=(
-            "Publish MESSAGE, or each line of standard input with '-', on SUBJECT. For a unix: or tcp: "
-            "ADDR, bind a publisher there for the time of the command: wait for --wait-subscribers "
-            "subscribers, publish, give them --linger seconds to take it all, exit. For nats:// just "
-            "publish through the NATS server."
-        ),
-        epilog="example: aioipc pub unix:/tmp/events.sock orders.created '{\"id\": 1}'",
+        "publish a message on a subject",
+        "Publish MESSAGE, or each line of standard input with '-', on SUBJECT. For a unix: or tcp: "
+        "ADDR, bind a publisher there for the time of the command: wait for --wait-subscribers "
+        "subscribers, publish, give them --linger seconds to take it all, exit. For nats:// just "
+        "publish through the NATS server.",
+        "aioipc pub unix:/tmp/events.sock orders.created '{\"id\": 1}'",
     )
-    pub.add_argument("address", metavar="ADDR")
     pub.add_argument("subject", metavar="SUBJECT")
-    pub.add_argument(
-        "message", metavar="MESSAGE", nargs="?", default="-", help="text to publish, or - for stdin"
-    )
+    add_message_argument(pub, "publish")
     pub.add_argument(
         "--wait-subscribers", type=int, default=1, metavar="N", help="subscribers to wait for (default 1)"
     )

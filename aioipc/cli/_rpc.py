@@ -10,6 +10,7 @@ from typing import Any
 
 from .. import rpc
 from .._core.runner import run
+from ._command import add_command
 
 __all__ = ["add_commands"]
 
@@ -45,18 +46,16 @@ def _run_call(args: argparse.Namespace) -> int:
 
 def add_commands(commands: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
     """Add ``call`` to the CLI's sub-parsers; return its runner by name."""
-    call = commands.add_parser(
+    call = add_command(
+        commands,
         "call",
-        help="call a JSON-RPC method",
-        description=(
-            "Call METHOD on the JSON-RPC server at ADDR (any connection address, or "
-            "nats://host:port/SUBJECT) and print the result as JSON. Each ARG is parsed as JSON "
-            "when it can be (1, true, [1,2], '\"text\"'), else taken as a string. "
-            "A remote error is printed with its code; the exit status is then 1."
-        ),
-        epilog="example: aioipc call unix:/tmp/math.sock add 1 2",
+        "call a JSON-RPC method",
+        "Call METHOD on the JSON-RPC server at ADDR (any connection address, or "
+        "nats://host:port/SUBJECT) and print the result as JSON. Each ARG is parsed as JSON "
+        "when it can be (1, true, [1,2], '\"text\"'), else taken as a string. "
+        "A remote error is printed with its code; the exit status is then 1.",
+        "aioipc call unix:/tmp/math.sock add 1 2",
     )
-    call.add_argument("address", metavar="ADDR")
     call.add_argument("method", metavar="METHOD")
     call.add_argument("params", nargs="*", metavar="ARG")
     call.add_argument("--timeout", type=float, default=30, help="seconds to wait for the result (default 30)")

@@ -139,15 +139,9 @@ class Bus(anyio.abc.AsyncResource):
 
             [reply] = await bus.call("org.example.Chat", "/chat", "org.example.Chat", "Echo", "s", ["hi"])
         """
-        msg = Message(
-            destination=destination,
-            path=path,
-            interface=interface,
-            member=member,
-            signature=signature,
-            body=_checked_body(signature, body),
-            serial=self.message_bus.next_serial(),
-        )
+        body = _checked_body(signature, body)
+        serial = self.message_bus.next_serial()
+        msg = Message(destination, path, interface, member, signature=signature, body=body, serial=serial)
         return await self._connection.send_call(msg, timeout)
 
     async def proxy(
@@ -250,14 +244,15 @@ class Bus(anyio.abc.AsyncResource):
             TypeError / ValueError: bad names, or a body that does not match ``signature``.
             anyio.BrokenResourceError / anyio.ClosedResourceError: as :meth:`call`.
         """
+        body = _checked_body(signature, body)
         msg = Message(
+            destination,
+            path,
+            interface,
+            member,
             message_type=MessageType.SIGNAL,
-            destination=destination,
-            path=path,
-            interface=interface,
-            member=member,
             signature=signature,
-            body=_checked_body(signature, body),
+            body=body,
         )
         await self._connection.send(msg)
 
@@ -402,17 +397,8 @@ async def connect(bus: str = "session", *, timeout: float | None = None) -> Bus:
     return Bus(message_bus)
 
 
-def signals(
-    bus: Bus,
-    sender: str | None = None,
-    path: str | None = None,
-    interface: str | None = None,
-    member: str | None = None,
-    *,
-    max_buffer: int = DEFAULT_MAX_BUFFER,
-) -> SignalStream:
-    """The same as ``bus.signals(...)``: ``async with aioipc.dbus.signals(bus, member="X") as sigs``."""
-    return bus.signals(sender, path, interface, member, max_buffer=max_buffer)
+# ``aioipc.dbus.signals(bus, member="X")``: the same as ``bus.signals(member="X")``.
+signals = Bus.signals
 
 
 async def list_names(bus: Bus, *, activatable: bool = False) -> list[str]:

@@ -67,15 +67,9 @@ class Connection:
         self, member: str, signature: str, body: list[Any], flags: MessageFlag = MessageFlag.NONE
     ) -> Message:
         """A call of the bus daemon's ``member`` (``AddMatch``, ``RequestName`` ...)."""
+        serial = self.message_bus.next_serial()
         return Message(
-            destination=_DAEMON,
-            path=_DAEMON_PATH,
-            interface=_DAEMON,
-            member=member,
-            signature=signature,
-            body=body,
-            flags=flags,
-            serial=self.message_bus.next_serial(),
+            _DAEMON, _DAEMON_PATH, _DAEMON, member, signature=signature, body=body, flags=flags, serial=serial
         )
 
     def send_no_reply(self, msg: Message) -> None:

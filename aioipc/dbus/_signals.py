@@ -11,18 +11,13 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import anyio
 import anyio.abc
-from dbus_fast import Message, MessageFlag, MessageType
-from dbus_fast.validators import (
-    assert_bus_name_valid,
-    assert_interface_name_valid,
-    assert_member_name_valid,
-    assert_object_path_valid,
-)
+from dbus_fast import Message, MessageFlag, MessageType, validators
 
 from .._core.streams import ResourceGuard
 
@@ -31,6 +26,14 @@ __all__ = ["DEFAULT_MAX_BUFFER", "Signal", "SignalSource", "SignalStream", "matc
 DEFAULT_MAX_BUFFER = 1024
 
 _DAEMON = "org.freedesktop.DBus"
+
+# Each field of a match rule, and dbus-fast's check of it (a TypeError when it is not valid).
+_VALIDATORS: dict[str, Callable[[str], object]] = {
+    "sender": validators.assert_bus_name_valid,
+    "path": validators.assert_object_path_valid,
+    "interface": validators.assert_interface_name_valid,
+    "member": validators.assert_member_name_valid,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,18 +64,13 @@ def match_rule(
         TypeError: a field is not a valid bus name, object path, interface or member name
             (dbus-fast's ``InvalidBusNameError`` and friends).
     """
-    if sender is not None:
-        assert_bus_name_valid(sender)
-    if path is not None:
-        assert_object_path_valid(path)
-    if interface is not None:
-        assert_interface_name_valid(interface)
-    if member is not None:
-        assert_member_name_valid(member)
+    fields = {"sender": sender, "path": path, "interface": interface, "member": member, "arg0": arg0}
+    for key, check in _VALIDATORS.items():
+        if (value := fields[key]) is not None:
+            check(value)
     if arg0 is not None and ("'" in arg0 or "\\" in arg0):
         raise ValueError(f"arg0 must not contain quotes or backslashes: {arg0!r}")
     # Validated names cannot contain quotes, so no escaping is needed.
-    fields = {"sender": sender, "path": path, "interface": interface, "member": member, "arg0": arg0}
     return ",".join(["type='signal'", *(f"{key}='{value}'" for key, value in fields.items() if value)])
 
 

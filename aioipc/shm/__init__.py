@@ -28,17 +28,18 @@ import stat
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import anyio.abc
 import anyio.lowlevel
 
 from .._core.framing import DEFAULT_MAX_SIZE
 from .._core.locks import ofd_locked
+from .._core.memory import MemoryHandle
 from .._core.naming import Kind, create_or_open, open_existing, open_file
 from .._core.schemes import Address
 from .._core.server import Server
-from .._core.sysvipc import sysvipc_table
+from .._core.sysvipc import ObjectInfo, list_sysv
 from ._lanes import DEFAULT_SPIN
 from ._ring import DEFAULT_CAPACITY, Ring, RingInUse
 from ._segment import check_name, is_ring, ring_files, ring_is_stale, segment_path
@@ -56,7 +57,7 @@ __all__ = [
 ]
 
 
-class MappedMemory(anyio.abc.AsyncResource):
+class MappedMemory(MemoryHandle):
     """Memory mapped from a file; ``.buf`` is a writable ``memoryview`` of it.
 
     ``aclose()`` unmaps it (and removes the file if this handle created it
@@ -70,7 +71,7 @@ class MappedMemory(anyio.abc.AsyncResource):
         self.owned = owned
         self._mmap = mmap.mmap(fd, size) if size else None
         os.close(fd)
-        self.buf = memoryview(self._mmap) if self._mmap is not None else memoryview(b"").toreadonly()
+        self.buf = self._view()
         self._closed = False
 
     def __repr__(self) -> str:
@@ -82,28 +83,18 @@ class MappedMemory(anyio.abc.AsyncResource):
         if self._mmap is not None and not self._closed:
             self._mmap.flush()
 
-    async def aclose(self) -> None:
-        """Unmap (idempotent); remove the file if this handle created it.
+    def _view(self) -> memoryview:
+        return memoryview(self._mmap) if self._mmap is not None else memoryview(b"").toreadonly()
 
-        Raises:
-            BufferError: a memoryview made from ``.buf`` is still alive.
-        """
-        if self._closed:
-            return
-        self.buf.release()
+    def _unmap(self) -> None:
         if self._mmap is not None:
-            try:
-                self._mmap.close()
-            except BufferError:
-                self.buf = memoryview(self._mmap)
-                raise BufferError("release the memoryviews made from .buf before aclose()") from None
-        self._closed = True
-        if self.owned:
-            try:
-                os.unlink(self.path)
-            except FileNotFoundError:
-                pass
-        await anyio.lowlevel.checkpoint()
+            self._mmap.close()  # BufferError while views of it live
+
+    def _remove(self) -> None:
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
 
 
 _KIND = Kind("shared-memory segment", "shm", check_name)
@@ -272,7 +263,7 @@ def unlink(name: str) -> None:
 
 
 @dataclass(frozen=True)
-class SegmentInfo:
+class SegmentInfo(ObjectInfo):
     """One shared-memory segment on this machine, as :func:`list_segments` reports it.
 
     ``name`` is "/name" for POSIX and the key in hex for System V;
@@ -280,15 +271,9 @@ class SegmentInfo:
     sides (a ring), or ``None`` (a plain POSIX segment: the kernel does not count).
     """
 
-    kind: Literal["posix", "sysv"]
-    name: str
-    key: int | None
-    id: int | None
-    uid: int
-    mode: int
     size: int
     attached: int | None
-    ring: bool
+    ring: bool = False
 
 
 def _posix_segment(entry: os.DirEntry[str]) -> SegmentInfo | None:
@@ -320,27 +305,6 @@ def _live_sides(fd: int) -> int:
     return sum(ofd_locked(fd, byte, 1) for byte in (0, 1))
 
 
-def _sysv_segments() -> list[SegmentInfo]:
-    try:
-        rows = sysvipc_table("shm")
-    except FileNotFoundError:
-        return []
-    return [
-        SegmentInfo(
-            "sysv",
-            f"{row['key'] & 0xFFFFFFFF:#010x}",
-            row["key"],
-            row["shmid"],
-            row["uid"],
-            row["perms"] & 0o777,
-            row["size"],
-            row["nattch"],
-            False,
-        )
-        for row in rows
-    ]
-
-
 def list_segments() -> list[SegmentInfo]:
     """Every POSIX segment in ``/dev/shm`` (rings marked) and System V segment
     (``/proc/sysvipc/shm``) visible here, with owner, mode, size and attach count."""
@@ -353,7 +317,7 @@ def list_segments() -> list[SegmentInfo]:
         info = _posix_segment(entry)
         if info is not None:
             found.append(info)
-    return found + _sysv_segments()
+    return found + list_sysv("shm", SegmentInfo, "size", "nattch")
 
 
 def remove_stale_rings() -> list[str]:

@@ -35,7 +35,6 @@ from ._mq import (
 )
 from ._mq import connect_address as connect_address  # the scheme table's hooks
 from ._mq import remove_address as remove_address
-from ._mq import serve_address as serve_address
 from ._shm import Semaphore, SharedMemory
 
 __all__ = [

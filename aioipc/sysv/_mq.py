@@ -37,8 +37,7 @@ from .._core.errors import FrameTooLarge, map_exceptions
 from .._core.framing import DEFAULT_MAX_SIZE
 from .._core.naming import Kind, create_or_open
 from .._core.schemes import Address
-from .._core.server import Server
-from .._core.streams import FAIR_OPS, Buffer, MessageStream, fair_yield
+from .._core.streams import FAIR_OPS, Buffer, QueueStream, fair_yield
 from .._core.sysvipc import check_key, sysvipc_table
 
 __all__ = [
@@ -107,7 +106,7 @@ class SysVQueueAttribute(TypedAttributeSet):
     max_message_size: int = typed_attribute()
 
 
-class MessageQueue(MessageStream):
+class MessageQueue(QueueStream):
     """A System V message queue: ``send(data, type=1)``, ``receive(type=0)``, ``async for``.
 
     Type selection (``msgrcv``): ``type=0`` the oldest message, ``type>0``
@@ -337,11 +336,6 @@ class MessageQueue(MessageStream):
         finally:
             self._sending = False
 
-    async def send_eof(self) -> None:
-        """Stop sending through this handle (a queue has no end of stream: peers are not told)."""
-        self._send_closed = True
-        await anyio.lowlevel.checkpoint()
-
     # -- closing -------------------------------------------------------------------------
 
     async def aclose(self) -> None:
@@ -467,18 +461,6 @@ def remove_address(address: Address) -> None:
 async def connect_address(
     address: Address, *, max_size: int = DEFAULT_MAX_SIZE, timeout: float | None = None, **options: Any
 ) -> MessageQueue:
-    """``connect("sysvmq:KEY")``: open the existing queue (the core retries it within ``timeout``)."""
+    """``connect("sysvmq:KEY")``: open the existing queue (the core retries it within ``timeout``);
+    ``serve("sysvmq:KEY", handler)`` creates it through here (``create=True``) and hands it to ``handler``."""
     return await MessageQueue.open(_address_key(address), **options)
-
-
-async def serve_address(
-    address: Address,
-    handler: Callable[[MessageQueue], Any],
-    *,
-    framing: str | None,
-    max_size: int = DEFAULT_MAX_SIZE,
-    **options: Any,
-) -> Server:
-    """``serve("sysvmq:KEY", handler)``: create the queue and call ``handler(queue)`` at once."""
-    queue = await MessageQueue.open(_address_key(address), create=True, **options)
-    return Server.single(str(address), handler, queue)

@@ -22,15 +22,13 @@ import ctypes
 import errno
 import os
 import sys
+from typing import Self, Unpack
 
-import anyio
-import anyio.abc
-import anyio.lowlevel
 import sysv_ipc
 
-from .._core.bridge import Bridge
+from .._core.memory import MemoryHandle
 from .._core.naming import Kind, create_or_open, open_existing
-from .._core.semaphores import BridgedSemaphore
+from .._core.semaphores import BridgedSemaphore, SemaphoreOptions
 from .._core.sysvipc import check_key
 
 __all__ = ["SharedMemory", "Semaphore"]
@@ -76,7 +74,7 @@ _SEGMENT = Kind("System V segment", "sysvshm", check_key)
 _SEMAPHORE = Kind("System V semaphore", "sysvsem", check_key)
 
 
-class SharedMemory(anyio.abc.AsyncResource):
+class SharedMemory(MemoryHandle):
     """A System V shared-memory segment, attached; ``.buf`` is a ``memoryview`` of it.
 
     Get one with :meth:`create` or :meth:`attach`; ``aclose()`` detaches,
@@ -95,7 +93,7 @@ class SharedMemory(anyio.abc.AsyncResource):
         self.id: int = segment.id
         self.size: int = segment.size
         self.owned = owned
-        self.buf = memoryview(segment)
+        self.buf = self._view()
         self._closed = False
 
     def __repr__(self) -> str:
@@ -141,31 +139,24 @@ class SharedMemory(anyio.abc.AsyncResource):
         """How many attachments the segment has now (all processes)."""
         return int(self._segment.number_attached) if not self._closed else 0
 
-    async def aclose(self) -> None:
-        """Detach (idempotent); remove the segment if this handle created it.
+    def _view(self) -> memoryview:
+        return memoryview(self._segment)
 
-        Raises:
-            BufferError: a memoryview made from ``.buf`` is still alive.
-        """
-        if self._closed:
-            return
-        self.buf.release()
+    def _unmap(self) -> None:
         # Views made from .buf keep the segment object referenced; detaching
         # under them would leave them pointing at unmapped memory.
         if sys.getrefcount(self._segment) > 2:
-            self.buf = memoryview(self._segment)
-            raise BufferError("release the memoryviews made from .buf before aclose()")
-        self._closed = True
+            raise BufferError
         self._segment.detach()
-        if self.owned:
-            try:
-                self._segment.remove()
-            except sysv_ipc.ExistentialError:
-                pass
-        await anyio.lowlevel.checkpoint()
+
+    def _remove(self) -> None:
+        try:
+            self._segment.remove()
+        except sysv_ipc.ExistentialError:
+            pass
 
 
-class Semaphore(BridgedSemaphore):
+class Semaphore(BridgedSemaphore[int]):
     """A System V semaphore (a set of one) by key. Get one with :meth:`open`.
 
     ``async with sem:`` acquires and releases; ``await sem.aclose()`` closes
@@ -181,33 +172,22 @@ class Semaphore(BridgedSemaphore):
         FileNotFoundError: (from ``acquire()``/``release()``) the set was removed.
     """
 
-    def __init__(self, semaphore: sysv_ipc.Semaphore, *, owned: bool, undo: bool) -> None:
-        self._sem = semaphore
+    _KIND = _SEMAPHORE
+
+    def __init__(self, semaphore: sysv_ipc.Semaphore, *, owned: bool, undo: bool = True) -> None:
+        super().__init__(
+            semaphore, semaphore.key, owned=owned, wait_call="semop", is_interrupted=_interrupted
+        )
         self.undo = undo
         self.key: int = semaphore.key
         self.id: int = semaphore.id
-        self.owned = owned
-        self._label = f"semaphore {self.key & 0xFFFFFFFF:#010x}"
-        self._closed = False
-        self._bridge = Bridge("semop", is_interrupted=_interrupted, linger=False)
-
-    def __repr__(self) -> str:
-        state = "closed" if self._closed else f"value={self._sem.value}"
-        return f"<sysv.Semaphore key={self.key & 0xFFFFFFFF:#010x} {state} owned={self.owned}>"
 
     @classmethod
-    async def open(
-        cls,
-        key: int,
-        *,
-        create: bool = False,
-        initial: int = 1,
-        exist_ok: bool = False,
-        mode: int = 0o600,
-        persist: bool = False,
-        undo: bool = True,
-    ) -> Semaphore:
+    async def open(cls, key: int, *, undo: bool = True, **options: Unpack[SemaphoreOptions]) -> Self:
         """Open the semaphore set ``key``, or create it holding ``initial`` units.
+
+        The options are :meth:`aioipc.sync.Semaphore.open`'s; ``undo`` makes
+        every operation of this handle ``SEM_UNDO`` (see the class).
 
         Raises:
             FileNotFoundError: no set with that key (``create=False``).
@@ -215,18 +195,15 @@ class Semaphore(BridgedSemaphore):
             PermissionError: its mode forbids it.
             ValueError: bad key or negative ``initial``.
         """
-        if initial < 0:
-            raise ValueError("initial must be >= 0")
-        semaphore, owned = await create_or_open(
-            _SEMAPHORE,
-            key,
-            lambda key: sysv_ipc.Semaphore(key, sysv_ipc.IPC_CREX, mode, initial),
-            sysv_ipc.Semaphore,
-            create=create,
-            exist_ok=exist_ok,
-            persist=persist,
-        )
-        return cls(semaphore, owned=owned, undo=undo)
+        semaphore = await super().open(key, **options)
+        semaphore.undo = undo
+        return semaphore
+
+    @staticmethod
+    def _make(key: int, mode: int, initial: int) -> sysv_ipc.Semaphore:
+        return sysv_ipc.Semaphore(key, sysv_ipc.IPC_CREX, mode, initial)  # System V ignores the umask
+
+    _open_existing = staticmethod(sysv_ipc.Semaphore)
 
     def _try_acquire(self) -> bool:
         return _semop(self.id, -1, undo=self.undo, wait=False)
