@@ -97,6 +97,11 @@ class _FdOwner:
 
     _handle: FdHandle
 
+    def __init__(self, handle: FdHandle, action: str, extra: Mapping[Any, Any] | None) -> None:
+        self._handle = handle
+        self._guard = ResourceGuard(action)
+        self._extra = _fd_extra(handle, extra)
+
     def fileno(self) -> int:
         return self._handle.fd
 
@@ -124,9 +129,7 @@ class FdReceiveStream(_FdOwner, ByteReceiveStream):
     def __init__(
         self, handle: FdHandle, *, extra: Mapping[Any, Any] | None = None, wait_first: bool = False
     ) -> None:
-        self._handle = handle
-        self._guard = ResourceGuard("receiving")
-        self._extra = _fd_extra(handle, extra)
+        _FdOwner.__init__(self, handle, "receiving", extra)
         # A FIFO reader opened before any writer reads EOF at once; waiting for
         # readiness first makes it wait for the first writer instead.
         self._wait_first = wait_first
@@ -294,9 +297,7 @@ class FdSendStream(_FdOwner, ByteSendStream):
     def __init__(
         self, handle: FdHandle, *, extra: Mapping[Any, Any] | None = None, atomic: bool = False
     ) -> None:
-        self._handle = handle
-        self._guard = ResourceGuard("sending")
-        self._extra = _fd_extra(handle, extra)
+        _FdOwner.__init__(self, handle, "sending", extra)
         self._pending = bytearray()
         self._units: deque[int] | None = deque() if atomic else None
         self._flush_handle: asyncio.Handle | None = None

@@ -92,7 +92,35 @@ EOF: Final = _Sentinel.EOF
 """Returned by :meth:`Framer.next_message` after a clean end of input."""
 
 
-class Framer:
+class _Decoder:
+    """What both decoders share: bytes in (:meth:`feed`), whole messages out in ``parsed``."""
+
+    __slots__ = ("_end", "_eof", "_start")
+    _start: int  # first unparsed byte
+    _end: int  # end of valid data
+    _eof: bool
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet returned as messages (excluding parsed messages)."""
+        return self._end - self._start
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        """Add received bytes; ``b""`` means the input has ended."""
+        if not data:
+            self._eof = True
+            self._input_ended()
+            return
+        self._add(memoryview(data).cast("B"))
+
+    def _input_ended(self) -> None:
+        """What is left in the buffer when the input ends (nothing to do by default)."""
+
+    def _add(self, data: memoryview) -> None:
+        raise NotImplementedError
+
+
+class Framer(_Decoder):
     """Decode length-prefixed frames from chunks of bytes, all complete frames in one pass.
 
     Feed bytes with :meth:`feed` (or read straight into :meth:`get_buffer`
@@ -110,7 +138,7 @@ class Framer:
         TruncatedMessage: input ends in the middle of a frame.
     """
 
-    __slots__ = ("_buf", "_end", "_eof", "_error", "_need", "_start", "_view", "max_size", "parsed", "total")
+    __slots__ = ("_buf", "_error", "_need", "_view", "max_size", "parsed", "total")
 
     def __init__(self, max_size: int = DEFAULT_MAX_SIZE) -> None:
         if not 0 <= max_size <= _MAX_WIRE_SIZE:
@@ -136,17 +164,7 @@ class Framer:
         """One whole frame: header and payload."""
         return HEADER.pack(len(message)) + message
 
-    @property
-    def buffered(self) -> int:
-        """Bytes received but not yet returned as messages (excluding parsed messages)."""
-        return self._end - self._start
-
-    def feed(self, data: bytes | bytearray | memoryview) -> None:
-        """Add received bytes; ``b""`` means the input has ended."""
-        if not data:
-            self._eof = True
-            return
-        data = memoryview(data).cast("B")
+    def _add(self, data: memoryview) -> None:
         while data and self._error is None:
             view = self.get_buffer(len(data))
             size = min(len(view), len(data))
@@ -274,7 +292,7 @@ class Framer:
             self._start = start
 
 
-class LineFramer:
+class LineFramer(_Decoder):
     """Decode newline-delimited messages: each message is a line, sent with one ``\\n`` appended.
 
     The same interface as :class:`Framer`, so the framed streams take
@@ -300,7 +318,7 @@ class LineFramer:
         assert [framer.next_message() for _ in range(4)] == [b"hi", b"", b"last", EOF]
     """
 
-    __slots__ = ("_buf", "_end", "_eof", "_error", "_scan", "_start", "max_size", "parsed")
+    __slots__ = ("_buf", "_error", "_scan", "max_size", "parsed")
 
     def __init__(self, max_size: int = DEFAULT_MAX_SIZE) -> None:
         if not 0 <= max_size <= _MAX_WIRE_SIZE:
@@ -325,19 +343,12 @@ class LineFramer:
             raise ValueError("a message sent as a line cannot contain a newline")
         return bytes(message) + b"\n"
 
-    @property
-    def buffered(self) -> int:
-        """Bytes received but not yet returned as messages."""
-        return self._end - self._start
+    def _input_ended(self) -> None:
+        if self._end > self._start and self._error is None:  # a last line without its newline
+            self.parsed.append(bytes(self._buf[self._start : self._end]))
+            self._start = self._scan = self._end
 
-    def feed(self, data: bytes | bytearray | memoryview) -> None:
-        """Add received bytes; ``b""`` means the input has ended."""
-        if not data:
-            self._eof = True
-            if self._end > self._start and self._error is None:
-                self.parsed.append(bytes(self._buf[self._start : self._end]))
-                self._start = self._scan = self._end
-            return
+    def _add(self, data: memoryview) -> None:
         size = len(data)
         self.get_buffer(size)[:size] = data
         self.buffer_updated(size)

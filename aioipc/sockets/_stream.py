@@ -37,17 +37,6 @@ _CMSG_CLOEXEC = int(socket.MSG_CMSG_CLOEXEC)
 _CTRUNC = int(socket.MSG_CTRUNC)
 
 
-def _rights(
-    buffer: memoryview, n: int, ancdata: list[tuple[int, int, bytes]], flags: int, max_fds: int
-) -> list[int]:
-    if ancdata or flags & _CTRUNC:
-        return rights_message(bytes(buffer[:n]), ancdata, flags, max_fds)
-    return []
-
-
-_NO_FDS: list[int] = []  # returned, never changed: a read that carried no fds
-
-
 def _fill_with_fds(
     fd: int, sock: socket.socket, sink: BufferSink, ancsize: int
 ) -> int | tuple[bytes, list[tuple[int, int, bytes]], int]:
@@ -71,18 +60,6 @@ def _fill_with_fds(
     data = bytes(buffer[:n])
     sink.buffer_updated(n)
     return data, ancdata, flags
-
-
-class _Received(tuple[int, list[tuple[int, int, bytes]], int, Any]):
-    """What ``recvmsg_into`` returns; true (not end of stream) when it carried bytes or fds."""
-
-    __slots__ = ()
-
-    def __new__(cls, n: int, ancdata: list[tuple[int, int, bytes]], flags: int, address: Any) -> _Received:
-        return super().__new__(cls, (n, ancdata, flags, address))
-
-    def __bool__(self) -> bool:
-        return bool(self[0] or self[1])
 
 
 _DISCARDED = bytearray(65536)  # where closing sockets drop what arrived unread (never read back)
@@ -153,9 +130,14 @@ class SocketReceiveStream(FdReceiveStream):
             anyio.EndOfStream: the peer closed its end.
         """
         if self._unclaimed or self._unclaimed_fds:  # what a cancelled read had taken comes first
-            n, fds = await self.receive_into_fds(sink.get_buffer(max(len(self._unclaimed), 1)), max_fds)
-            sink.buffer_updated(n)
-            return fds
+            with self._guard:
+                buffer = sink.get_buffer(max(len(self._unclaimed), 1))
+                n = min(len(buffer), len(self._unclaimed))
+                buffer[:n] = self._unclaimed[:n]
+                self._unclaimed = self._unclaimed[n:]
+                fds, self._unclaimed_fds = self._unclaimed_fds, []
+                sink.buffer_updated(n)
+                return fds
         ancsize = _ANCSIZE if max_fds == DEFAULT_MAX_FDS else socket.CMSG_SPACE(max_fds * 4)
         handle = self._handle
         if not handle._reader_armed and self._budget > 0 and not self._guard.busy and handle.fd >= 0:
@@ -172,7 +154,7 @@ class SocketReceiveStream(FdReceiveStream):
                 if isinstance(got, int):
                     if not got:
                         raise anyio.EndOfStream
-                    return _NO_FDS
+                    return []
                 return rights_message(*got, max_fds)
         guard = self._guard  # entered by hand: this runs once a wait
         if guard.busy:
@@ -193,7 +175,7 @@ class SocketReceiveStream(FdReceiveStream):
         if isinstance(got, int):
             if not got:
                 raise anyio.EndOfStream
-            return _NO_FDS
+            return []
         return rights_message(*got, max_fds)
 
     def _keep_fds(self, got: int | tuple[bytes, list[tuple[int, int, bytes]], int]) -> None:
@@ -211,45 +193,33 @@ class SocketReceiveStream(FdReceiveStream):
         """
         if max_fds < 1:
             raise ValueError("max_fds must be at least 1")
-        ancsize = _ANCSIZE if max_fds == DEFAULT_MAX_FDS else socket.CMSG_SPACE(max_fds * 4)
-        sock = self._sock
-        handle = self._handle
-        if not (
-            handle._reader_armed
-            or self._unclaimed
-            or self._unclaimed_fds
-            or self._guard.busy
-            or handle.fd < 0
-        ):
-            # The common case of a reader that keeps up with no wait: read now.
-            try:
-                n, ancdata, flags, _ = sock.recvmsg_into([buffer], ancsize, _CMSG_CLOEXEC)
-            except BlockingIOError:
-                pass
-            except OSError:
-                with map_exceptions():
-                    raise
-            else:
-                if not (n or ancdata):
-                    raise anyio.EndOfStream
-                return n, _rights(buffer, n, ancdata, flags, max_fds)
-        with self._guard:
-            if self._unclaimed or self._unclaimed_fds:  # what a cancelled receive had read comes first
-                n = min(len(buffer), len(self._unclaimed))
-                buffer[:n] = self._unclaimed[:n]
-                self._unclaimed = self._unclaimed[n:]
-                fds, self._unclaimed_fds = self._unclaimed_fds, []
-                return n, fds
+        sink = _Into(buffer)
+        try:
+            fds = await self.fill_fds(sink, max_fds)
+        except anyio.get_cancelled_exc_class():
+            if sink.n:  # read in the loop callback before the cancel: the next receive returns it
+                self._keep_unclaimed(bytes(buffer[: sink.n]))
+            raise
+        return sink.n, fds
 
-            def read(_fd: int) -> _Received:
-                return _Received(*sock.recvmsg_into([buffer], ancsize, _CMSG_CLOEXEC))
 
-            def keep(result: tuple[int, list[tuple[int, int, bytes]], int, Any]) -> None:
-                self._keep_unclaimed(bytes(buffer[: result[0]]))
-                self._unclaimed_fds += fds_from_ancillary(result[1])
+class _Into:
+    """A caller's buffer as a one-read :class:`BufferSink`."""
 
-            n, ancdata, flags, _ = await self._read(read, keep)
-            return n, _rights(buffer, n, ancdata, flags, max_fds)
+    __slots__ = ("buffer", "n")
+
+    def __init__(self, buffer: memoryview) -> None:
+        self.buffer = buffer
+        self.n = 0
+
+    def get_buffer(self, size_hint: int = 0) -> memoryview:
+        return self.buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.n = nbytes
+
+    def release(self) -> None:
+        pass
 
 
 class SocketSendStream(FdSendStream):
