@@ -685,7 +685,21 @@ def report(
     """Measure (:func:`collect`), print the table and the ratios; True when every target is met."""
     results = collect(measure, contenders, workloads, runs, applies=applies)
     print_table(title, results, contenders, workloads, runs)
+    if os.environ.get(SAMPLES_ENV):
+        save_medians(os.environ[SAMPLES_ENV], results)
     return print_targets(results, wanted)
+
+
+SAMPLES_ENV = "AIOIPC_BENCH_SAMPLES"
+"""A file to which :func:`report` appends every median as a JSON line (``compare.py`` reads it)."""
+
+
+def save_medians(path: str, results: Results) -> None:
+    with open(path, "a") as out:
+        for (key, workload, metric), values in results.samples.items():
+            heading = workload.heading(metric)
+            row = {"contender": key, "workload": heading, "median": statistics.median(values)}
+            out.write(json.dumps(row) + "\n")
 
 
 @dataclass(frozen=True)
