@@ -4,6 +4,7 @@ any exception the loop reports as unhandled."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import signal
 import subprocess
@@ -19,8 +20,12 @@ from helpers import Daemon, NatsServer, start_nats_server
 _loop_errors: list[dict[str, Any]] = []
 
 
-def _recording(factory: Callable[[], asyncio.AbstractEventLoop]) -> Callable[[], asyncio.AbstractEventLoop]:
+def _recording(
+    name: str, factory: Callable[[], asyncio.AbstractEventLoop]
+) -> Callable[[], asyncio.AbstractEventLoop]:
     def make() -> asyncio.AbstractEventLoop:
+        # Children this test starts (examples, peers run by aioipc.run) take the same loop.
+        os.environ["AIOIPC_LOOP"] = name
         loop = factory()
         loop.set_exception_handler(lambda _loop, context: _loop_errors.append(context))
         return loop
@@ -29,7 +34,25 @@ def _recording(factory: Callable[[], asyncio.AbstractEventLoop]) -> Callable[[],
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> Mapping[str, Any]:
-    return {"asyncio": _recording(asyncio.new_event_loop), "uvloop": _recording(uvloop.new_event_loop)}
+    return {
+        "asyncio": _recording("asyncio", asyncio.new_event_loop),
+        "uvloop": _recording("uvloop", uvloop.new_event_loop),
+    }
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # A test that runs examples without a loop of its own runs them on each loop.
+    if "example_loop" in metafunc.fixturenames and not inspect.iscoroutinefunction(metafunc.function):
+        metafunc.parametrize("example_loop", ["asyncio", "uvloop"], indirect=True)
+
+
+@pytest.fixture
+def example_loop(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str | None:
+    """The loop the examples a synchronous test runs take (``AIOIPC_LOOP``); async tests set it themselves."""
+    name: str | None = getattr(request, "param", None)
+    if name is not None:
+        monkeypatch.setenv("AIOIPC_LOOP", name)
+    return name
 
 
 @pytest.fixture(autouse=True)

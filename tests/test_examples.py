@@ -17,6 +17,7 @@ def test_demo_moves_messages_over_every_mechanism(loop: str) -> None:
         assert any(line.startswith(mechanism) and "µs" in line for line in out.splitlines()), out
 
 
+@pytest.mark.usefixtures("example_loop")
 def test_pipe_parent_child_example() -> None:
     assert run_example("pipe_parent_child.py") == [
         "child got request 0",
@@ -26,6 +27,7 @@ def test_pipe_parent_child_example() -> None:
     ]
 
 
+@pytest.mark.usefixtures("example_loop")
 def test_fifo_log_collector_example() -> None:
     lines = run_example("fifo_log_collector.py")
     assert len(lines) == 21

@@ -8,10 +8,13 @@ import shutil
 import pytest
 from helpers import Daemon, run_python
 
-pytestmark = pytest.mark.skipif(
-    not all(shutil.which(tool) for tool in ("dbus-daemon", "dbus-send")),
-    reason="needs dbus-daemon and dbus-send",
-)
+pytestmark = [
+    pytest.mark.usefixtures("example_loop"),
+    pytest.mark.skipif(
+        not all(shutil.which(tool) for tool in ("dbus-daemon", "dbus-send")),
+        reason="needs dbus-daemon and dbus-send",
+    ),
+]
 
 
 def run_example(name: str, *args: str, bus_address: str | None = None) -> list[str]:

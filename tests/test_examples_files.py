@@ -9,9 +9,12 @@ import sys
 from pathlib import Path
 
 import anyio
+import pytest
 from helpers import EXAMPLES, run_example
 
 import aioipc.files
+
+pytestmark = pytest.mark.usefixtures("example_loop")  # each example runs on both loops
 
 
 async def start_example(script: str, *args: str) -> asyncio.subprocess.Process:

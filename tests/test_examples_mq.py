@@ -10,6 +10,8 @@ from helpers import EXAMPLES, run_example
 import aioipc.mq
 import aioipc.sysv
 
+pytestmark = pytest.mark.usefixtures("example_loop")  # each example runs on both loops
+
 
 def test_posix_sender_and_receiver(unique_name: str) -> None:
     assert run_example("mq_receiver.py", "--name", "/" + unique_name) == [

@@ -14,6 +14,8 @@ from helpers import EXAMPLES, NatsServer, run_example
 import aioipc.process
 import aioipc.pubsub
 
+pytestmark = pytest.mark.usefixtures("example_loop")  # each example runs on both loops
+
 EXPECTED = [
     'billing got orders.created {"order": 1}',
     'billing got orders.eu.paid {"order": 1, "eur": 12}',

@@ -17,6 +17,8 @@ from helpers import EXAMPLES, NatsServer, run_example
 import aioipc
 import aioipc.process
 
+pytestmark = pytest.mark.usefixtures("example_loop")  # each example runs on both loops
+
 CALLS = [
     "add(1, 2) = 3",
     "add(a=0.5, b=2) = 2.5",

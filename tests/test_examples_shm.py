@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 from helpers import run_example
+
+pytestmark = pytest.mark.usefixtures("example_loop")  # each example runs on both loops
 
 
 def test_writer_and_reader_hand_over_shared_memory_with_semaphores() -> None:

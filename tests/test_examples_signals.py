@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from helpers import run_example
+
+pytestmark = pytest.mark.usefixtures("example_loop")  # each example runs on both loops
 
 
 def test_signal_receiver_counts_each_acknowledged_sigusr1() -> None:

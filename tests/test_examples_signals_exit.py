@@ -24,6 +24,8 @@ from helpers import EXAMPLES
 import aioipc.sysv
 from aioipc._core.schemes import SCHEMES, parse_address
 
+pytestmark = pytest.mark.usefixtures("example_loop")  # each example runs on both loops
+
 _PROJ = os.getpid() % 200 + 50  # ftok project ids no other test of this run uses
 
 # script, arguments ({name}: a unique name, {tmp}: a private directory, {proj}: an ftok id), ready line

@@ -8,6 +8,8 @@ import re
 import pytest
 from helpers import run_example
 
+pytestmark = pytest.mark.usefixtures("example_loop")  # each example runs on both loops
+
 
 def test_tcp_echo() -> None:
     lines = run_example("tcp_echo.py")

@@ -147,4 +147,3 @@ def test_a_large_frame_grows_the_buffer_once_and_the_next_one_reuses_it() -> Non
     assert len(framer._buf) >= len(big) + 4
     _feed_in_reads(framer, bytes(wire[65536:]))
     assert framer.next_message() == big
-

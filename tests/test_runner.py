@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -50,3 +52,33 @@ async def test_a_signal_cancels_main_cleans_up_and_exits_128_plus_signum(
     assert err == b""  # no traceback
     with pytest.raises(posix_ipc.ExistentialError):  # the queue it created is gone
         posix_ipc.MessageQueue(name)
+
+
+_WHICH_LOOP = """
+import asyncio
+import aioipc
+
+async def main():
+    return type(asyncio.get_running_loop()).__module__.split(".")[0]
+
+print(aioipc.run(main()))
+"""
+
+
+@pytest.mark.parametrize(("chosen", "module"), [("asyncio", "asyncio"), ("uvloop", "uvloop")])
+def test_aioipc_loop_picks_the_loop_of_run_auto(chosen: str, module: str) -> None:
+    env = {**os.environ, "AIOIPC_LOOP": chosen}
+    out = subprocess.run(
+        [sys.executable, "-c", _WHICH_LOOP], env=env, capture_output=True, text=True, timeout=30
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == module
+
+
+def test_an_unknown_aioipc_loop_is_a_clear_error() -> None:
+    env = {**os.environ, "AIOIPC_LOOP": "trio"}
+    out = subprocess.run(
+        [sys.executable, "-c", _WHICH_LOOP], env=env, capture_output=True, text=True, timeout=30
+    )
+    assert out.returncode != 0
+    assert "AIOIPC_LOOP must be 'auto', 'asyncio' or 'uvloop', not 'trio'" in out.stderr

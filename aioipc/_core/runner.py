@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine
 from types import FrameType
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
 __all__ = ["loop_factory", "run"]
 
@@ -15,17 +16,24 @@ T = TypeVar("T")
 LoopName = Literal["auto", "asyncio", "uvloop"]
 
 _EXIT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+LOOP_ENV = "AIOIPC_LOOP"
+"""The environment variable that picks the loop ``loop="auto"`` runs on (``asyncio`` or ``uvloop``)."""
 
 
 def loop_factory(loop: LoopName = "auto") -> Callable[[], asyncio.AbstractEventLoop]:
-    """The factory for a new event loop of the named kind.
+    """The factory for a new event loop of the named kind (``"auto"``: see :func:`run`).
 
     Raises:
-        ValueError: an unknown name.
+        ValueError: an unknown name (in the argument or in ``AIOIPC_LOOP``).
         ImportError: ``"uvloop"`` asked for and not installed (``pip install 'aioipc[uvloop]'``).
     """
     if loop not in ("auto", "asyncio", "uvloop"):
         raise ValueError(f"loop must be 'auto', 'asyncio' or 'uvloop', not {loop!r}")
+    if loop == "auto":
+        chosen = os.environ.get(LOOP_ENV, "auto")
+        if chosen not in ("auto", "asyncio", "uvloop"):
+            raise ValueError(f"{LOOP_ENV} must be 'auto', 'asyncio' or 'uvloop', not {chosen!r}")
+        loop = cast(LoopName, chosen)
     if loop != "asyncio":
         try:
             import uvloop
@@ -48,7 +56,9 @@ def run(
     """Run ``main`` to completion on a new event loop and return its result.
 
     Args:
-        loop: ``"auto"`` (uvloop when installed, else asyncio), ``"asyncio"`` or ``"uvloop"``.
+        loop: ``"auto"`` (uvloop when installed, else asyncio; the environment
+            variable ``AIOIPC_LOOP=asyncio`` or ``uvloop`` decides instead when set),
+            ``"asyncio"`` or ``"uvloop"``.
         exit_quietly: on SIGINT (Ctrl-C) or SIGTERM (plain ``kill``), cancel
             ``main`` (so its ``finally`` and ``async with`` blocks run and
             remove what it created), then end the process with status
