@@ -12,6 +12,9 @@ harness makes (``socketpair`` for Unix, a loopback connection for TCP):
 - ``anyio-unix``: ``anyio`` socket streams with ``BufferedByteReceiveStream``
   framing (what ``anyio.connect_unix`` gives).
 - ``c-unix`` / ``c-tcp``: ``c/pipe_bench.c`` (read/write on the socket fd).
+- ``pyzmq-ipc``: pyzmq's asyncio ``PAIR`` sockets over ``ipc://`` (a Unix
+  socket pyzmq makes itself; one way throughput only; bench-only,
+  ``pip install 'aioipc[bench]'``).
 
 Workloads: one way throughput (64 B: msgs/s, 1 MiB: GB/s) and 64 B round
 trips (p50, p99). Example::
@@ -22,8 +25,10 @@ trips (p50, p99). Example::
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 import socket
+import tempfile
 from typing import Any
 
 import _frames as f
@@ -197,6 +202,56 @@ async def anyio_echo(a: h.RoleArgs) -> dict[str, float]:
     return {}
 
 
+# ---------------------------------------------------------------- pyzmq
+
+ZMQ_ENDPOINT = "AIOIPC_BENCH_ZMQ_ENDPOINT"  # the ipc:// endpoint measure() picked, in the environment
+DONE = b"done"
+
+
+def _zmq_socket(bind: bool) -> Any:
+    import zmq
+    import zmq.asyncio
+
+    sock = zmq.asyncio.Context.instance().socket(zmq.PAIR)
+    (sock.bind if bind else sock.connect)(os.environ[ZMQ_ENDPOINT])
+    return sock
+
+
+async def zmq_send(a: h.RoleArgs) -> dict[str, float]:
+    _, go_fd = a.fds
+    payload = b"x" * a.size
+    h.wait_go(go_fd)  # connect once the receiver has bound and started its clock
+    sock = _zmq_socket(bind=False)
+    for _ in range(a.count):
+        await sock.send(payload)
+    # Wait for the receiver to have them all: pyzmq drops what its I/O thread still
+    # holds when the process exits.
+    assert await sock.recv() == DONE
+    sock.close(linger=0)
+    return {}
+
+
+async def zmq_recv(a: h.RoleArgs) -> dict[str, float]:
+    _, go_fd = a.fds
+    sock = _zmq_socket(bind=True)
+    result = await h.receive_messages(sock.recv, a, go_fd)
+    await sock.send(DONE)
+    sock.close(linger=5000)
+    return result
+
+
+def _measure_zmq(workload: h.Workload, contender: h.Contender, cpus: tuple[int, int]) -> dict[str, float]:
+    with tempfile.TemporaryDirectory(prefix="aioipc-bench-") as directory:
+        os.environ[ZMQ_ENDPOINT] = f"ipc://{directory}/zmq.sock"
+        go_r, go_w = os.pipe()
+        try:
+            return h.run_sides(
+                SCRIPT, contender, workload, cpus, ("recv", (go_r, go_w)), ("send", (go_w, go_r))
+            )
+        finally:
+            del os.environ[ZMQ_ENDPOINT]
+
+
 # ---------------------------------------------------------------- wiring
 
 
@@ -215,7 +270,7 @@ ROLES: dict[tuple[str, str], h.Role] = {
     for library, (send, recv, ping, echo) in _ROLE_FUNCTIONS.items()
     for family in _FAMILIES[library]
     for key, role in h.roles(f"{library}-{family}", send=send, recv=recv, ping=ping, echo=echo).items()
-}
+} | h.roles("pyzmq-ipc", send=zmq_send, recv=zmq_recv)
 
 LABELS = {
     "aioipc-unix": "aioipc unix stream, framed",
@@ -227,8 +282,9 @@ LABELS = {
     "aioipc-tcp": "aioipc tcp, framed",
     "asyncio-tcp": "asyncio tcp streams + readexactly",
     "c-tcp": "C tcp (gcc -O2)",
+    "pyzmq-ipc": "pyzmq asyncio PAIR, ipc://",
 }
-ASYNC_LIBRARIES = ("aioipc", "asyncio", "anyio")
+ASYNC_LIBRARIES = ("aioipc", "asyncio", "anyio", "pyzmq")
 
 
 def _tcp_pair() -> tuple[socket.socket, socket.socket]:
@@ -252,6 +308,8 @@ def _pair(transport: str) -> tuple[socket.socket, socket.socket]:
 
 def measure(contender: h.Contender, workload: h.Workload, cpus: tuple[int, int]) -> dict[str, float]:
     """One measurement: a fresh socket pair, the measuring side on ``cpus[0]``, its peer on ``cpus[1]``."""
+    if contender.transport == "pyzmq-ipc":  # pyzmq makes its own socket, at an endpoint we pick
+        return _measure_zmq(workload, contender, cpus)
     ours, theirs = _pair(contender.transport)
     if contender.transport in MESSAGE_SOCKETS:
         # a message is bounded by SO_SNDBUF (capped by net.core.wmem_max)
@@ -283,6 +341,8 @@ def targets_for(contenders: list[h.Contender]) -> list[h.Target]:
         stream = f"aioipc-unix@{loop}"
         name = f"aioipc/anyio 64 B msgs/s, unix, {loop}"
         wanted.append((name, stream, f"anyio-unix@{loop}", tput, "msgs_per_s", ">=", 10))
+        name = f"aioipc/pyzmq ipc 64 B msgs/s, unix, {loop}"
+        wanted.append((name, stream, f"pyzmq-ipc@{loop}", tput, "msgs_per_s", ">=", 1.0))
         for kind in ("seqpacket", "dgram"):
             name = f"aioipc {kind}/unix stream 64 B msgs/s, {loop}"
             wanted.append((name, f"aioipc-{kind}@{loop}", stream, tput, "msgs_per_s", ">=", 1.0))
@@ -293,12 +353,22 @@ def main(argv: list[str] | None = None) -> bool:
     """Run the socket benchmarks, print the table and the ratios; True when every target is met."""
     args = h.parse_args(__doc__.splitlines()[0], argv)
     has_c = h.build_c("pipe_bench") is not None
-    available = [t for t in LABELS if has_c or not t.startswith("c-")]
+    has_zmq = importlib.util.find_spec("zmq") is not None
+    available = [
+        t for t in LABELS if (has_c or not t.startswith("c-")) and (has_zmq or not t.startswith("pyzmq"))
+    ]
     asynchronous = {t for t in LABELS if t.split("-")[0] in ASYNC_LIBRARIES}
     contenders = h.pick_contenders(args, LABELS, available=available, asynchronous=asynchronous)
     latency_sizes = range(LATENCY_MAX_SIZE)
     workloads = h.make_workloads(args, [64, 2**20], h.stream_count(300_000), latency_sizes=latency_sizes)
-    return h.report("sockets", measure, contenders, workloads, args.runs, targets_for(contenders))
+    return h.report(
+        "sockets", measure, contenders, workloads, args.runs, targets_for(contenders), applies=_applies
+    )
+
+
+def _applies(contender: h.Contender, workload: h.Workload) -> bool:
+    # pyzmq: one way throughput only (a PAIR echo has no end of stream to stop at)
+    return contender.transport != "pyzmq-ipc" or workload.kind == "throughput"
 
 
 if __name__ == "__main__":
