@@ -26,7 +26,7 @@ import asyncio
 import os
 import select
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, TypeVar
 
 import anyio
@@ -558,20 +558,21 @@ class FdByteStream(ByteStream):
     def __repr__(self) -> str:
         return f"<{type(self).__name__} receiver={self.receiver!r} sender={self.sender!r}>"
 
-    async def receive(self, max_bytes: int = 65536) -> bytes:
-        return await self.receiver.receive(max_bytes)
+    # Not ``async def``: each returns its half's coroutine (one coroutine per call, not two).
+    def receive(self, max_bytes: int = 65536) -> Coroutine[Any, Any, bytes]:
+        return self.receiver.receive(max_bytes)
 
-    async def receive_into(self, buffer: memoryview) -> int:
-        return await self.receiver.receive_into(buffer)
+    def receive_into(self, buffer: memoryview) -> Coroutine[Any, Any, int]:
+        return self.receiver.receive_into(buffer)
 
-    async def fill(self, sink: BufferSink) -> None:
-        await self.receiver.fill(sink)
+    def fill(self, sink: BufferSink) -> Coroutine[Any, Any, None]:
+        return self.receiver.fill(sink)
 
-    async def send(self, item: Buffer) -> None:
-        await self.sender.send_parts((byte_view(item),))
+    def send(self, item: Buffer) -> Coroutine[Any, Any, None]:
+        return self.sender.send_parts((byte_view(item),))
 
-    async def send_parts(self, parts: Sequence[Buffer]) -> None:
-        await self.sender.send_parts(parts)
+    def send_parts(self, parts: Sequence[Buffer]) -> Coroutine[Any, Any, None]:
+        return self.sender.send_parts(parts)
 
     def try_send_parts(self, parts: Sequence[Buffer]) -> bool:
         return self.sender.try_send_parts(parts)

@@ -14,7 +14,7 @@ anyio's stream exceptions.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any, Final, Literal, Protocol, overload
 
 import anyio
@@ -367,11 +367,13 @@ class FramedStream(_Framed, MessageStream):
         self._receiver = FramedReceiveStream(stream, max_size, framing)
         self._sender = FramedSendStream(stream, max_size, framing)
 
-    async def receive(self) -> bytes:
-        return await self._receiver.receive()
+    # Not ``async def``: each returns its half's coroutine, so a message pays for one
+    # coroutine, not two (a fifth of a small message's cost on the fast paths).
+    def receive(self) -> Coroutine[Any, Any, bytes]:
+        return self._receiver.receive()
 
-    async def send(self, item: bytes) -> None:
-        await self._sender.send(item)
+    def send(self, item: bytes) -> Coroutine[Any, Any, None]:
+        return self._sender.send(item)
 
 
 @overload
