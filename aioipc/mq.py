@@ -60,6 +60,7 @@ __all__ = [
 
 MOUNT_POINT = "/dev/mqueue"
 PRIORITY_MAX = posix_ipc.QUEUE_PRIORITY_MAX
+_BusyError = posix_ipc.BusyError  # the queue is empty or full (EAGAIN)
 _NAME_MAX = 255
 _LIMITS = "/proc/sys/fs/mqueue"
 
@@ -169,14 +170,21 @@ class MessageQueue(QueueStream):
         self.max_message_size: int = queue.max_message_size
         self.max_messages: int = queue.max_messages
         self._queue = queue
+        self._mq_receive = queue.receive
+        self._mq_send = queue.send
         self._handle = FdHandle(queue.mqd)
         self._can_read = read
         self._can_write = write
-        self._receiving = False  # a task is in receive() (BusyResourceError for a second one)
+        self._receiving = False  # a task is in _receive() (BusyResourceError for a second one)
         self._sending = False
         self._send_closed = False
-        self._budget = FAIR_OPS  # fairness: operations left before a yield to the loop
+        # Fairness: operations left before a yield to the loop, one budget per direction. It is
+        # also the fast paths' one test: 0 while a slow path runs, something is kept, or the
+        # direction is closed or not opened, so those go the slow way, which tells them apart.
+        self._receive_budget = FAIR_OPS if read else 0
+        self._send_budget = FAIR_OPS if write else 0
         self._kept: deque[tuple[bytes, int]] = deque()  # taken for a receive that was then cancelled
+        self._keep = self._kept.append
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} fd={self._handle.fd}>"
@@ -188,35 +196,9 @@ class MessageQueue(QueueStream):
     def _receive_now(self, fd: int) -> tuple[bytes, int]:
         """One ``mq_receive`` on the non-blocking descriptor (run by ``FdHandle.read``)."""
         try:
-            return self._queue.receive()  # type: ignore[no-any-return]
-        except posix_ipc.BusyError:
+            return self._mq_receive()  # type: ignore[no-any-return]
+        except _BusyError:
             raise BlockingIOError from None
-
-    async def _receive(self, tried: bool = False) -> tuple[bytes, int]:
-        if not self._can_read:
-            raise PermissionError("this queue handle was opened with read=False")
-        if self._receiving:
-            raise anyio.BusyResourceError("receiving")
-        handle = self._handle
-        if handle.closed:
-            raise anyio.ClosedResourceError
-        if self._kept:
-            return self._kept.popleft()
-        self._receiving = True
-        try:
-            if not self._budget:
-                await fair_yield()
-                self._budget = FAIR_OPS
-                tried = False
-            if not tried:
-                try:
-                    return self._queue.receive()  # type: ignore[no-any-return]
-                except posix_ipc.BusyError:
-                    pass
-            # Taken in a loop callback; a receive cancelled after that leaves it in _kept.
-            return await handle.read(self._receive_now, self._kept.append)
-        finally:
-            self._receiving = False
 
     async def receive_with_priority(self) -> tuple[bytes, int]:
         """Receive the oldest message of the highest priority; return ``(data, priority)``.
@@ -224,34 +206,57 @@ class MessageQueue(QueueStream):
         Raises:
             PermissionError: the queue was opened with ``read=False``.
         """
-        if self._fast_receive:
-            self._budget -= 1
+        # The common case in as few steps as possible: a message is waiting.
+        if self._receive_budget > 0:
+            self._receive_budget -= 1
             try:
-                return self._queue.receive()  # type: ignore[no-any-return]
-            except posix_ipc.BusyError:
-                return await self._receive(tried=True)
-        return await self._receive()
+                return self._mq_receive()  # type: ignore[no-any-return]
+            except _BusyError:
+                pass
+            return await self._receive(True)
+        return await self._receive(False)
 
     async def receive(self) -> bytes:
         """Receive the next message's data (see :meth:`receive_with_priority`)."""
-        # The common case first, in as few steps as possible: nobody else is
-        # receiving, nothing kept, and a message is waiting.
-        if self._fast_receive:
-            self._budget -= 1
+        if self._receive_budget > 0:
+            self._receive_budget -= 1
             try:
-                return self._queue.receive()[0]  # type: ignore[no-any-return]
-            except posix_ipc.BusyError:
-                return (await self._receive(tried=True))[0]
-        return (await self._receive())[0]
+                return self._mq_receive()[0]  # type: ignore[no-any-return]
+            except _BusyError:
+                pass
+            return (await self._receive(True))[0]
+        return (await self._receive(False))[0]
 
-    @property
-    def _fast_receive(self) -> bool:
-        return (
-            self._budget > 0
-            and not (self._receiving or self._kept)
-            and self._can_read
-            and self._handle.fd >= 0
-        )
+    async def _receive(self, tried: bool) -> tuple[bytes, int]:
+        """The slow path: ``tried`` when the fast path just found the queue empty."""
+        if not self._can_read:
+            raise PermissionError("this queue handle was opened with read=False")
+        if self._receiving:
+            raise anyio.BusyResourceError("receiving")
+        handle = self._handle
+        if handle.fd < 0:
+            raise anyio.ClosedResourceError
+        if self._kept:
+            return self._kept.popleft()  # the budget stays 0: the next receive yields first
+        budget = self._receive_budget
+        self._receiving = True
+        self._receive_budget = 0
+        try:
+            if not budget:
+                await fair_yield()
+                budget = FAIR_OPS
+                tried = False
+            if not tried:
+                try:
+                    return self._mq_receive()  # type: ignore[no-any-return]
+                except _BusyError:
+                    pass
+            # Taken in a loop callback; a receive cancelled after that leaves it in _kept.
+            return await handle.read(self._receive_now, self._keep)
+        finally:
+            self._receiving = False
+            if not self._kept and handle.fd >= 0:
+                self._receive_budget = budget
 
     async def send(self, item: Buffer, priority: int = 0) -> None:
         """Send one message; wait while the queue is full.
@@ -262,6 +267,26 @@ class MessageQueue(QueueStream):
             TypeError: ``item`` is not bytes-like.
             PermissionError: the queue was opened with ``write=False``.
         """
+        if (
+            self._send_budget > 0
+            and item.__class__ is bytes
+            and len(item) <= self.max_message_size
+            and 0 <= priority <= PRIORITY_MAX
+        ):
+            self._send_budget -= 1
+            try:
+                if priority:
+                    self._mq_send(item, None, priority)
+                else:  # posix_ipc parses one argument faster than three
+                    self._mq_send(item)
+                return
+            except _BusyError:
+                pass
+            return await self._send(item, priority, True)
+        await self._send(item, priority, False)
+
+    async def _send(self, item: Buffer, priority: int, tried: bool) -> None:
+        """The slow path: checks, then wait for room; ``tried`` when the queue was just full."""
         if type(item) is not bytes:
             item = byte_view(item)
         size = len(item)
@@ -269,43 +294,34 @@ class MessageQueue(QueueStream):
             raise FrameTooLarge(size, self.max_message_size)
         if priority and not 0 <= priority <= PRIORITY_MAX:
             raise ValueError(f"priority must be from 0 to {PRIORITY_MAX}")
-        if (
-            self._budget
-            and not self._sending
-            and self._can_write
-            and not self._send_closed
-            and self._handle.fd >= 0
-        ):
-            self._budget -= 1
-            try:
-                self._queue.send(item, None, priority)
-                return
-            except posix_ipc.BusyError:
-                pass
-        await self._send(item, priority)
-
-    async def _send(self, item: Buffer, priority: int) -> None:
         if not self._can_write:
             raise PermissionError("this queue handle was opened with write=False")
         if self._sending:
             raise anyio.BusyResourceError("sending")
         handle = self._handle
+        budget = self._send_budget
         self._sending = True
+        self._send_budget = 0
         try:
-            if not self._budget:
+            if not budget:
                 await fair_yield()
-                self._budget = FAIR_OPS
+                budget = FAIR_OPS
+                tried = False
             while True:
-                if handle.closed or self._send_closed:
+                if handle.fd < 0 or self._send_closed:
                     raise anyio.ClosedResourceError
-                try:
-                    self._queue.send(item, None, priority)
-                except posix_ipc.BusyError:
-                    await handle.wait_writable()
-                    continue
-                return
+                if not tried:
+                    try:
+                        self._mq_send(item, None, priority)
+                        return
+                    except _BusyError:
+                        pass
+                await handle.wait_writable()
+                tried = False
         finally:
             self._sending = False
+            if not self._send_closed and handle.fd >= 0:
+                self._send_budget = budget
 
     async def aclose(self) -> None:
         """Close the descriptor (idempotent); unlink the queue if this handle created it.
@@ -316,6 +332,7 @@ class MessageQueue(QueueStream):
         is being unlinked.
         """
         if not self._handle.closed:
+            self._receive_budget = self._send_budget = 0
             while self._kept and not self.owned and self._can_write:
                 data, priority = self._kept[0]
                 try:

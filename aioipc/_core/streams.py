@@ -188,14 +188,17 @@ class QueueStream(MessageStream):
 
     A queue has no end of stream: ``send_eof()`` only stops the sends of
     this handle. A subclass sets ``_send_closed = False`` and refuses to
-    send once it is true.
+    send once it is true, and keeps its send fast path's fairness budget in
+    ``_send_budget``, which ``send_eof()`` sets to 0 (the slow path then refuses).
     """
 
     _send_closed: bool
+    _send_budget: int
 
     async def send_eof(self) -> None:
         """Stop sending through this handle (a queue has no end of stream: peers are not told)."""
         self._send_closed = True
+        self._send_budget = 0
         await anyio.lowlevel.checkpoint()
 
 
