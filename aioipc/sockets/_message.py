@@ -1,27 +1,45 @@
 """Message sockets: Unix ``SOCK_SEQPACKET`` and datagram sockets (Unix, UDP).
 
-The kernel keeps message boundaries, so no framing: one ``send()`` is one
-``sendmsg``, one ``receive()`` one ``recvmsg``, and a message over
+The kernel keeps message boundaries, so no framing, and a message over
 ``max_size`` is discarded by itself (the stream stays usable).
 
-Rule 1: receive into one reused buffer of ``max_size + 1`` bytes of
+Rule 1 (batched receive): one ``recvmmsg`` takes up to ``RECV_MAX`` waiting
+messages into slots of ``max_size + 1`` bytes of one reused buffer of
 anonymous memory (pages the kernel commits only when a message touches
-them), so every message costs one syscall and no size probe.
+them); ``receive()`` hands them out one at a time with no syscall. Without
+the accelerator (:mod:`aioipc._core.speedups`) a batch is one ``recvmsg``.
 Rule 2: a seqpacket receive of 0 bytes is an empty message when it carries
 credentials (``SO_PASSCRED``) and the end of the stream when it carries none.
-Rule 3: a send is one ``sendmsg`` of the whole message or nothing, so a
-send that raised (cancelled while the peer's queue was full) sent nothing.
+Rule 3 (exactly what was said): a send that raised sent nothing and never
+will; a message joins the pending batch only when its ``send()`` is going
+to return normally. Send states of a Unix socket, for messages of at most
+``_BATCH_LARGEST`` bytes sent to the peer:
+
+- **idle**: nothing pending. A send goes out at once (one ``send``), so a
+  lone message waits for no loop iteration, and schedules the end of the
+  burst: -> burst.
+- **burst**: a send happened in this loop iteration. Sends append to the
+  pending list; at the end of the iteration one ``sendmmsg`` takes it all:
+  -> idle, or -> parked when the peer's queue is full.
+- **parked**: messages are pending and the peer is full: the handle
+  watches the socket and sends more each time it turns writable. A send
+  that finds ``_SEND_MAX`` messages or ``_HIGH_WATER`` bytes pending waits
+  (backpressure). A send error (the peer is gone) drops what is pending and
+  every later send raises ``BrokenResourceError``.
+
+Larger messages, fds, credentials and datagrams to an address go unbatched
+(one ``sendmsg``, after what is pending), their errors raised to the caller.
 Rule 4 (fair): each socket yields to the loop once every ``FAIR_OPS``
 operations, so a peer that keeps it full cannot starve the program.
 """
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import logging
 import mmap
 import socket
-import struct
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -29,11 +47,12 @@ import anyio
 import anyio.lowlevel
 
 from .._core.attributes import IPCAttribute, PeerCredentials
-from .._core.errors import FrameTooLarge, map_exceptions
+from .._core.errors import FdsTruncated, FrameTooLarge, broken, map_exceptions
 from .._core.framing import DEFAULT_MAX_SIZE
+from .._core.speedups import RECV_MAX, Batch, Item, buffer_size, credentials, recv_batch, recv_one, send_batch
 from .._core.streams import FAIR_OPS, FAIR_SHIFT, Buffer, MessageStream, ResourceGuard, byte_view, fair_yield
-from ._base import SocketHandle, close_fds, fds_from_ancillary, peer_credentials, socket_extra
-from ._stream import DEFAULT_MAX_FDS, check_fds, rights_message
+from ._base import SocketHandle, close_fds, peer_credentials, socket_extra
+from ._stream import DEFAULT_MAX_FDS, check_fds
 
 __all__ = ["DatagramStream", "MessageSocket", "SeqpacketStream"]
 
@@ -41,25 +60,36 @@ logger = logging.getLogger("aioipc")
 # A reply that cannot reach its sender: unnamed (nothing to answer), gone, or not ours to reach.
 _UNREACHABLE = frozenset({errno.ECONNREFUSED, errno.ENOENT, errno.EACCES, errno.EPERM, errno.EDESTADDRREQ})
 
-_UCRED = struct.Struct("3i")
-_CREDS_SPACE = socket.CMSG_SPACE(_UCRED.size)
+_CREDS_SPACE = socket.CMSG_SPACE(12)  # struct ucred
+_SCM_MAX_FD = 253  # the kernel never passes more fds with one message
 _RELEASE_ABOVE = 1 << 20  # give back the pages of a buffer after a message this large
-_MSG_TRUNC = int(socket.MSG_TRUNC)
-_Received = tuple[int, list[tuple[int, int, bytes]], int, Any]  # what recvmsg_into returns
-_RECV_FLAGS = int(socket.MSG_TRUNC | socket.MSG_CMSG_CLOEXEC)
+_RECV_SPAN = 64 << 20  # the most address space the slots of one receive buffer take
+_SEND_MAX = 256  # pending messages at which a send flushes them (and waits while the peer is full)
+_HIGH_WATER = 64 * 1024  # pending bytes, likewise
+_BATCH_LARGEST = 16 * 1024  # larger messages go unbatched: an error (EMSGSIZE) reaches their sender
 
 
-def _credentials(ancdata: list[tuple[int, int, bytes]]) -> PeerCredentials | None:
-    for level, kind, data in ancdata:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS and len(data) >= _UCRED.size:
-            return PeerCredentials(*_UCRED.unpack_from(data))
-    return None
+def _slot_bytes(item: Item) -> int:
+    """How much of its slot a received message wrote."""
+    if type(item) is bytes:
+        return len(item)
+    if type(item) is int:
+        return item
+    return len(item[0]) if isinstance(item, tuple) else 0
 
 
 class MessageSocket(MessageStream):
-    """Shared machinery of :class:`SeqpacketStream` and :class:`DatagramStream`."""
+    """Shared machinery of :class:`SeqpacketStream` and :class:`DatagramStream`.
+
+    Caveats:
+        ``aclose()`` first sends what is pending, waiting while the peer's
+        queue is full; cancel it (or wrap it in a timeout) to close at once
+        and drop the rest. Shrinking ``SO_SNDBUF`` after the stream was made
+        can make a batched send fail later, breaking the stream.
+    """
 
     _eof_on_empty = False
+    _want_address = False
 
     def __init__(
         self, handle: SocketHandle, *, max_size: int = DEFAULT_MAX_SIZE, path: str | None = None
@@ -67,28 +97,46 @@ class MessageSocket(MessageStream):
         if not 0 <= max_size < 2**32:
             raise ValueError("max_size must be between 0 and 2**32 - 1")
         self._handle = handle
-        self._sock = handle.sock
+        sock = self._sock = handle.sock
         self.max_size = max_size
         self._receive_guard = ResourceGuard("receiving")
         self._send_guard = ResourceGuard("sending")
         self._buffer: mmap.mmap | None = None
-        self._unix = handle.sock.family == socket.AF_UNIX
-        # An IP datagram is at most 65535 bytes: no need for a larger buffer.
-        self._buffer_size = max_size + 1 if self._unix else min(max_size, 65535) + 1
+        self._unix = sock.family == socket.AF_UNIX
+        # An IP datagram is at most 65535 bytes: no need for a larger slot.
+        self._slot = max_size + 1 if self._unix else min(max_size, 65535) + 1
+        self._batch_largest = -1  # no batched sends but on Unix sockets
+        self._control = 0
+        self._recv_count = 1
+        self._recv_batch: Callable[..., Batch] = recv_one
         if self._unix:
-            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-        self._ancsize = _CREDS_SPACE if self._unix else 0
-        self._last_ancdata: list[tuple[int, int, bytes]] = []
-        self._kept: _Received | None = None
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+            self._control = _CREDS_SPACE + socket.CMSG_SPACE(DEFAULT_MAX_FDS * 4)
+            self._recv_count = max(1, min(RECV_MAX, _RECV_SPAN // self._slot))
+            self._recv_batch = recv_batch
+            sndbuf = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+            self._batch_largest = min(_BATCH_LARGEST, max_size, sndbuf // 2)
+        # received, not yet handed out: message, sender's credentials, sender's address
+        self._items: list[Item] = []
+        self._creds: list[bytes | None] = []
+        self._addrs: list[Any] | None = None
+        self._next = 0
+        self._last_creds: bytes | None = None
+        # sending
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
+        self._flush_handle: asyncio.Handle | None = None
+        self._parked = False
+        self._send_error: OSError | None = None
         self._eof_sent = False
         self._budget = FAIR_OPS  # fairness: operations left before a yield to the loop
         self._extra: dict[Any, Callable[[], Any]] = {IPCAttribute.fd: handle.fileno}
-        self._extra.update(socket_extra(self._sock, path))
+        self._extra.update(socket_extra(sock, path))
         if self._unix:
             self._extra[IPCAttribute.peer_credentials] = self._extra[PeerCredentials] = self._peer
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} fd={self._handle.fd}>"
+        return f"<{type(self).__name__} fd={self._handle.fd} pending={len(self._pending)}>"
 
     def fileno(self) -> int:
         return self._handle.fd
@@ -97,16 +145,47 @@ class MessageSocket(MessageStream):
         try:
             return peer_credentials(self._sock)
         except anyio.TypedAttributeLookupError:
-            credentials = _credentials(self._last_ancdata)
-            if credentials is None:
+            if self._last_creds is None:
                 raise
-            return credentials
+            return credentials(self._last_creds)
 
     @property
     def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
         return self._extra
 
     # -- receiving ------------------------------------------------------------------------
+
+    def _take(self, max_fds: int) -> tuple[bytes, list[int], Any]:
+        """Hand out the next received message: its bytes, fds and sender's address."""
+        i = self._next
+        item = self._items[i]
+        creds = self._creds[i]
+        address = None if self._addrs is None else self._addrs[i]
+        if i + 1 == len(self._items):  # the batch is spent: hold no messages
+            self._items, self._creds, self._addrs, self._next = [], [], None, 0
+        else:
+            self._next = i + 1
+        if creds is not None:
+            self._last_creds = creds  # the sender's credentials, parsed when asked for
+        if isinstance(item, bytes):
+            self._budget -= len(item) >> FAIR_SHIFT
+            return item, [], address
+        if item is None:
+            raise anyio.EndOfStream
+        if isinstance(item, int):
+            raise FrameTooLarge(item, self.max_size)
+        data, fds, cut = item
+        if not max_fds:  # a plain receive: fds sent along are closed
+            close_fds(fds)
+            return data, [], address
+        if cut or len(fds) > max_fds:
+            close_fds(fds)
+            raise FdsTruncated(max_fds, data)
+        return data, fds, address
+
+    def _store(self, batch: Batch) -> None:
+        self._items, self._creds, self._addrs = batch
+        self._next = 0
 
     async def _receive(self, max_fds: int) -> tuple[bytes, list[int], Any]:
         """One message, its fds and the sender's address."""
@@ -115,46 +194,34 @@ class MessageSocket(MessageStream):
             if handle.fd < 0:
                 raise anyio.ClosedResourceError
             await self._spend()
+            if self._next < len(self._items):  # what a cancelled receive had already taken
+                return self._take(max_fds)
+            count, control = self._recv_count, self._control
+            if max_fds > DEFAULT_MAX_FDS:
+                count, control = 1, _CREDS_SPACE + socket.CMSG_SPACE(min(max_fds, _SCM_MAX_FD) * 4)
             buffer = self._buffer
-            if buffer is None:
-                buffer = self._buffer = mmap.mmap(
-                    -1, self._buffer_size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
-                )
-            if self._kept is not None:  # what a cancelled receive had already taken
-                result, self._kept = self._kept, None
-            else:
-                ancsize = self._ancsize + (socket.CMSG_SPACE(max_fds * 4) if max_fds else 0)
-                recvmsg_into = self._sock.recvmsg_into
-                try:
-                    try:  # a queued message is one syscall away, even while the loop polls the fd
-                        result = recvmsg_into([buffer], ancsize, _RECV_FLAGS)
-                    except BlockingIOError:
-                        result = await handle.read(
-                            lambda _fd: recvmsg_into([buffer], ancsize, _RECV_FLAGS), self._keep
-                        )
-                except OSError:
-                    with map_exceptions():
-                        raise
-            size, ancdata, flags, address = result
-            self._budget -= size >> FAIR_SHIFT
-            if ancdata:
-                self._last_ancdata = ancdata  # the sender's credentials, parsed when asked for
-            elif size == 0 and self._eof_on_empty:
-                raise anyio.EndOfStream
-            if size > self.max_size or flags & _MSG_TRUNC:
-                close_fds(fds_from_ancillary(ancdata))
-                raise FrameTooLarge(size, self.max_size)
-            data = buffer[:size]
-            if size > _RELEASE_ABOVE:
+            size = buffer_size(self._slot, count, control)
+            if buffer is None or len(buffer) < size:
+                if buffer is not None:
+                    buffer.close()
+                size = max(size, buffer_size(self._slot, self._recv_count, self._control))
+                buffer = self._buffer = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+            args = (self._sock, buffer, self._slot, count, control, self._eof_on_empty, self._want_address)
+            receive = self._recv_batch
+            try:
+                try:  # a queued message is one syscall away, even while the loop polls the fd
+                    batch = receive(*args)
+                except BlockingIOError:
+                    batch = await handle.read(lambda _fd: receive(*args), self._store)
+            except OSError:
+                with map_exceptions():
+                    raise
+            items = batch[0]
+            self._budget -= len(items) - 1
+            if self._slot > _RELEASE_ABOVE and max(map(_slot_bytes, items)) > _RELEASE_ABOVE:
                 buffer.madvise(mmap.MADV_DONTNEED)
-            if not max_fds:  # a plain receive: fds sent along are closed (the kernel drops most)
-                if len(ancdata) > 1 or (ancdata and ancdata[0][1] == socket.SCM_RIGHTS):
-                    close_fds(fds_from_ancillary(ancdata))
-                return data, [], address
-            return data, rights_message(data, ancdata, flags, max_fds), address
-
-    def _keep(self, result: _Received) -> None:
-        self._kept = result
+            self._store(batch)
+            return self._take(max_fds)
 
     async def receive(self) -> bytes:
         """The next whole message.
@@ -165,6 +232,8 @@ class MessageSocket(MessageStream):
             anyio.EndOfStream: the peer closed (seqpacket only).
             anyio.BrokenResourceError: the peer vanished with data unread (``ECONNRESET``).
         """
+        if self._next < len(self._items) and not self._receive_guard.busy:  # no syscall, no await
+            return self._take(0)[0]
         data, _, _ = await self._receive(0)
         return data
 
@@ -180,8 +249,96 @@ class MessageSocket(MessageStream):
     def _check_send(self, size: int) -> None:
         if self._handle.fd < 0 or self._eof_sent:
             raise anyio.ClosedResourceError
+        if self._send_error is not None:
+            raise broken(self._send_error) from self._send_error
         if size > self.max_size:
             raise FrameTooLarge(size, self.max_size)
+
+    def _try_queue(self, item: bytes) -> bool:
+        """Take a small message to the peer now if that needs no wait (idle, burst, parked)."""
+        size = len(item)
+        if (
+            size > self._batch_largest
+            or self._budget <= 0
+            or self._send_guard.busy
+            or self._send_error is not None
+            or self._eof_sent
+            or self._handle.fd < 0
+            or len(self._pending) >= _SEND_MAX
+            or self._pending_bytes >= _HIGH_WATER
+        ):
+            return False
+        self._budget -= 1
+        if self._flush_handle is None and not self._parked:  # idle: send at once
+            try:
+                self._sock.send(item)
+            except BlockingIOError:
+                pass  # the peer is full: pending, and parked below
+            except OSError:
+                return False  # the unbatched send raises it
+            else:
+                handle = self._handle
+                self._flush_handle = (handle._loop or handle.loop()).call_soon(self._flush)
+                return True
+        self._pending.append(item)
+        self._pending_bytes += size
+        if self._flush_handle is None and not self._parked:
+            self._flush()
+        return True
+
+    def _flush(self) -> None:
+        """Send what is pending (end of a burst, or the socket turned writable); park on what is left."""
+        self._flush_handle = None
+        pending = self._pending
+        handle = self._handle
+        if pending and handle.fd >= 0 and self._send_error is None:
+            sent = 0
+            try:
+                while sent < len(pending):
+                    sent += send_batch(self._sock, pending, sent)
+            except BlockingIOError:
+                pass
+            except OSError as exc:
+                self._send_error = exc  # the peer is gone: what is pending is dropped
+                sent = len(pending)
+            if sent == len(pending):
+                pending.clear()
+                self._pending_bytes = 0
+            elif sent:
+                self._pending_bytes -= sum(map(len, pending[:sent]))
+                del pending[:sent]
+        parked = bool(pending) and handle.fd >= 0 and self._send_error is None
+        if parked != self._parked:
+            self._parked = parked
+            handle.watch_writable(self._flush if parked else None)
+
+    async def _drain(self) -> None:
+        """Send what is pending, waiting while the peer is full (cancellable: nothing is lost)."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush()
+        while self._pending and self._send_error is None and self._handle.fd >= 0:
+            await self._handle.wait_writable()  # the parked watcher sends first
+
+    def _drop_pending(self) -> None:
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        if self._parked:
+            self._parked = False
+            self._handle.watch_writable(None)
+        self._pending.clear()
+        self._pending_bytes = 0
+
+    async def _send_message(self, item: Buffer) -> None:
+        """Send one message to the peer: batched when small, else unbatched."""
+        if type(item) is not bytes:
+            view = byte_view(item)
+            if len(view) <= self._batch_largest:
+                item = bytes(view)  # pending outlives the call: a copy, as the caller may reuse theirs
+        if type(item) is bytes and self._try_queue(item):
+            return
+        await self._send((item,), [], None)
 
     async def _send(self, parts: Sequence[Buffer], ancdata: list[tuple[int, int, Any]], address: Any) -> None:
         with self._send_guard:
@@ -191,6 +348,9 @@ class MessageSocket(MessageStream):
             await self._spend()
             self._budget -= size >> FAIR_SHIFT
             handle = self._handle
+            if self._pending or self._flush_handle is not None:
+                await self._drain()  # what was said first goes first
+                self._check_send(0)
             while True:
                 try:
                     if address is None:
@@ -208,21 +368,32 @@ class MessageSocket(MessageStream):
                         raise
 
     async def send(self, item: Buffer) -> None:
-        """Send one message (one syscall; waits while the peer's queue is full).
+        """Send one message; it goes out at once, or with the others sent in this loop iteration.
+
+        Waits while the peer's queue is full and enough is pending.
 
         Raises:
             FrameTooLarge: over ``max_size``; nothing was sent.
             OSError: ``EMSGSIZE`` when the kernel's limit (the socket's
                 ``SO_SNDBUF``) is lower than ``max_size``.
-            anyio.BrokenResourceError: the peer is gone.
+            anyio.BrokenResourceError: the peer is gone (now, or for a message sent earlier).
         """
-        await self._send((item,), [], None)
+        await self._send_message(item)
 
     async def aclose(self) -> None:
-        self._handle.close()
-        if self._buffer is not None:
-            self._buffer.close()
-            self._buffer = None
+        try:
+            if self._pending and self._send_error is None and not self._send_guard.busy:
+                await self._drain()
+        finally:
+            self._drop_pending()
+            for item in self._items[self._next :]:
+                if isinstance(item, tuple):
+                    close_fds(item[1])
+            self._items, self._creds, self._addrs, self._next = [], [], None, 0
+            self._handle.close()
+            if self._buffer is not None:
+                self._buffer.close()
+                self._buffer = None
         await anyio.lowlevel.checkpoint()
 
 
@@ -248,7 +419,10 @@ class SeqpacketStream(MessageSocket):
         if self._handle.fd < 0:
             raise anyio.ClosedResourceError
         if not self._eof_sent:
+            with self._send_guard:
+                await self._drain()  # what was sent before the end goes first
             self._eof_sent = True
+            self._drop_pending()
             try:
                 self._sock.shutdown(socket.SHUT_WR)
             except OSError:
@@ -315,6 +489,8 @@ class DatagramStream(MessageSocket):
         self._serving = serving
         self._last_sender: Any = None
 
+    _want_address = True
+
     async def receive(self) -> bytes:
         data, _ = await self.receive_from()
         return data
@@ -331,7 +507,10 @@ class DatagramStream(MessageSocket):
         """
         while True:
             try:
-                data, _, address = await self._receive(0)
+                if self._next < len(self._items) and not self._receive_guard.busy:  # no syscall, no await
+                    data, _, address = self._take(0)
+                else:
+                    data, _, address = await self._receive(0)
             except FrameTooLarge as exc:
                 if not self._serving:
                     raise
@@ -353,7 +532,7 @@ class DatagramStream(MessageSocket):
                 A serving stream logs these and drops the reply.
         """
         if self._connected:
-            await self._send((item,), [], None)
+            await self._send_message(item)
             return
         try:
             if self._last_sender is None:

@@ -1,0 +1,18 @@
+"""Build the optional accelerator (aioipc/_core/_speedups.c); everything else is in pyproject.toml.
+
+The extension is optional: without a C compiler or the Python headers the
+install still succeeds, and aioipc runs its pure-Python paths.
+"""
+
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        Extension(
+            "aioipc._core._speedups",
+            ["aioipc/_core/_speedups.c"],
+            optional=True,
+            extra_compile_args=["-O2", "-Wall", "-Wextra", "-Werror=implicit-function-declaration"],
+        )
+    ]
+)
