@@ -142,28 +142,28 @@ unix_address(const struct sockaddr_un *addr, socklen_t len)
 
 /* One received message: bytes; an int (its real size) when over the slot; None at the end
  * of a seqpacket stream; (bytes, fds, truncated) when fds came with it (or were cut off).
- * Sets *oversize for a message over the slot, and *creds to the
- * SCM_CREDENTIALS payload (a new reference, or NULL when none came). */
+ * Sets *oversize for a message over the slot, and *creds to the SCM_CREDENTIALS payload in
+ * the control buffer (NULL when none came). */
 static PyObject *
 message_item(struct mmsghdr *m, const char *data, Py_ssize_t slot, int eof_on_empty, char *oversize,
-             PyObject **creds)
+             const char **creds)
 {
     struct msghdr *hdr = &m->msg_hdr;
     struct cmsghdr *cmsg;
     Py_ssize_t size = (Py_ssize_t)m->msg_len;
     PyObject *fds = NULL, *bytes, *item;
-    int has_creds = 0, nrights = 0;
+    int nrights = 0;
 
     *creds = NULL;
     for (cmsg = CMSG_FIRSTHDR(hdr); cmsg != NULL; cmsg = CMSG_NXTHDR(hdr, cmsg)) {
         if (cmsg->cmsg_level != SOL_SOCKET)
             continue;
         if (cmsg->cmsg_type == SCM_CREDENTIALS && cmsg->cmsg_len >= CMSG_LEN(sizeof(struct ucred)))
-            has_creds = 1;
+            *creds = (const char *)CMSG_DATA(cmsg);
         else if (cmsg->cmsg_type == SCM_RIGHTS && cmsg->cmsg_len > CMSG_LEN(0))
             nrights = 1;
     }
-    if (size == 0 && eof_on_empty && !has_creds && !nrights)
+    if (size == 0 && eof_on_empty && *creds == NULL && !nrights)
         Py_RETURN_NONE;
     if (size >= slot || (hdr->msg_flags & MSG_TRUNC)) {
         *oversize = 1; /* its fds are closed once the batch is built */
@@ -198,19 +198,6 @@ message_item(struct mmsghdr *m, const char *data, Py_ssize_t slot, int eof_on_em
             return NULL;
         }
         item = Py_BuildValue("(NNO)", bytes, fds, (hdr->msg_flags & MSG_CTRUNC) ? Py_True : Py_False);
-    }
-    if (item != NULL && has_creds) {
-        for (cmsg = CMSG_FIRSTHDR(hdr); cmsg != NULL; cmsg = CMSG_NXTHDR(hdr, cmsg)) {
-            if (cmsg->cmsg_level == SOL_SOCKET && cmsg->cmsg_type == SCM_CREDENTIALS &&
-                cmsg->cmsg_len >= CMSG_LEN(sizeof(struct ucred))) {
-                *creds = PyBytes_FromStringAndSize((const char *)CMSG_DATA(cmsg), CRED_SIZE);
-                if (*creds == NULL) {
-                    Py_DECREF(item);
-                    return NULL;
-                }
-                break;
-            }
-        }
     }
     return item;
 }
@@ -307,14 +294,20 @@ recv_batch(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
     if (items == NULL || creds == NULL || addrs == NULL)
         goto fail;
     for (i = 0; i < got; i++) {
-        PyObject *cred, *item, *addr = NULL;
+        PyObject *cred = NULL, *item, *addr = NULL;
+        const char *raw;
         struct msghdr *hdr = &msgs[i].msg_hdr;
-        item = message_item(&msgs[i], base + i * slot, slot, eof_on_empty, &oversize[i], &cred);
+        item = message_item(&msgs[i], base + i * slot, slot, eof_on_empty, &oversize[i], &raw);
         if (item == NULL)
             goto fail;
-        if (cred != NULL && prev_cred != NULL &&
-            memcmp(PyBytes_AS_STRING(cred), PyBytes_AS_STRING(prev_cred), CRED_SIZE) == 0)
-            Py_SETREF(cred, Py_NewRef(prev_cred)); /* one sender: share one object */
+        if (raw != NULL) {
+            if (prev_cred != NULL && memcmp(raw, PyBytes_AS_STRING(prev_cred), CRED_SIZE) == 0)
+                cred = Py_NewRef(prev_cred); /* one sender: share one object */
+            else if ((cred = PyBytes_FromStringAndSize(raw, CRED_SIZE)) == NULL) {
+                Py_DECREF(item);
+                goto fail;
+            }
+        }
         if (want_address) {
             if (prev_addr != NULL && msgs[i - 1].msg_hdr.msg_namelen == hdr->msg_namelen &&
                 memcmp(&names[i - 1], &names[i], hdr->msg_namelen) == 0)

@@ -75,29 +75,34 @@ def recv_one(
 
     The pure-Python fallback, and what IP sockets use (the accelerator reads Unix addresses only).
     """
-    with memoryview(buffer) as view, view[:slot] as into:
-        size, ancdata, flags, address = sock.recvmsg_into([into], control, _RECV_FLAGS)
-        creds: bytes | None = None
-        fds: list[int] = []
-        for level, kind, data in ancdata:
-            if level != socket.SOL_SOCKET:
-                continue
-            if kind == socket.SCM_CREDENTIALS and len(data) >= CREDENTIALS_SIZE:
-                creds = data[:CREDENTIALS_SIZE]
-            elif kind == socket.SCM_RIGHTS:
-                usable = len(data) - len(data) % 4
-                fds += memoryview(data[:usable]).cast("i").tolist()
-        item: Item
-        if size == 0 and eof_on_empty and creds is None and not fds:
+    # Into the whole buffer, as the slot would truncate: a message over the slot is oversize either way.
+    size, ancdata, flags, address = sock.recvmsg_into((buffer,), control, _RECV_FLAGS)
+    creds: bytes | None = None
+    item: Item
+    if not ancdata:
+        if size == 0 and eof_on_empty:
             item = None
-        elif size >= slot or flags & _TRUNC:
-            for fd in fds:
-                os.close(fd)
-            item = size
-        elif fds or flags & _CTRUNC:
-            item = (bytes(into[:size]), fds, bool(flags & _CTRUNC))
         else:
-            item = bytes(into[:size])
+            item = size if size >= slot or flags & _TRUNC else buffer[:size]
+        return [item], [creds], [address] if want_address else None
+    fds: list[int] = []
+    for level, kind, data in ancdata:
+        if level != socket.SOL_SOCKET:
+            continue
+        if kind == socket.SCM_CREDENTIALS and len(data) >= CREDENTIALS_SIZE:
+            creds = data[:CREDENTIALS_SIZE]
+        elif kind == socket.SCM_RIGHTS:
+            fds += memoryview(data[: len(data) - len(data) % 4]).cast("i").tolist()
+    if size == 0 and eof_on_empty and creds is None and not fds:
+        item = None
+    elif size >= slot or flags & _TRUNC:
+        for fd in fds:
+            os.close(fd)
+        item = size
+    elif fds or flags & _CTRUNC:
+        item = (buffer[:size], fds, bool(flags & _CTRUNC))
+    else:
+        item = buffer[:size]
     return [item], [creds], [address] if want_address else None
 
 

@@ -122,6 +122,7 @@ class MessageSocket(MessageStream):
         self._addrs: list[Any] | None = None
         self._next = 0
         self._last_creds: bytes | None = None
+        self._last_sender: Any = None  # the address of the last message handed out (datagrams)
         # sending
         self._pending: list[bytes] = []
         self._pending_bytes = 0
@@ -183,6 +184,24 @@ class MessageSocket(MessageStream):
             raise FdsTruncated(max_fds, data)
         return data, fds, address
 
+    def _ready(self) -> bytes | None:
+        """The common case of ``_take(0)``, with no syscall and no await: the next message received
+        earlier, when it is plain bytes and not the last of its batch; else ``None``."""
+        i = self._next
+        items = self._items
+        if i + 1 < len(items) and not self._receive_guard.busy:
+            item = items[i]
+            if type(item) is bytes:
+                self._next = i + 1
+                creds = self._creds[i]
+                if creds is not None:
+                    self._last_creds = creds
+                if self._addrs is not None:
+                    self._last_sender = self._addrs[i]
+                self._budget -= len(item) >> FAIR_SHIFT
+                return item
+        return None
+
     def _store(self, batch: Batch) -> None:
         self._items, self._creds, self._addrs = batch
         self._next = 0
@@ -232,8 +251,9 @@ class MessageSocket(MessageStream):
             anyio.EndOfStream: the peer closed (seqpacket only).
             anyio.BrokenResourceError: the peer vanished with data unread (``ECONNRESET``).
         """
-        if self._next < len(self._items) and not self._receive_guard.busy:  # no syscall, no await
-            return self._take(0)[0]
+        data = self._ready()
+        if data is not None:
+            return data
         data, _, _ = await self._receive(0)
         return data
 
@@ -378,6 +398,19 @@ class MessageSocket(MessageStream):
                 ``SO_SNDBUF``) is lower than ``max_size``.
             anyio.BrokenResourceError: the peer is gone (now, or for a message sent earlier).
         """
+        if (  # burst: the common case of _try_queue, inline
+            self._flush_handle is not None
+            and type(item) is bytes
+            and len(item) <= self._batch_largest
+            and self._budget > 0
+            and len(self._pending) < _SEND_MAX
+            and self._pending_bytes < _HIGH_WATER
+            and not self._send_guard.busy
+        ):
+            self._budget -= 1
+            self._pending.append(item)
+            self._pending_bytes += len(item)
+            return
         await self._send_message(item)
 
     async def aclose(self) -> None:
@@ -456,7 +489,10 @@ class DatagramStream(MessageSocket):
     Connected (made by ``connect``): ``send()`` goes to the peer. Bound
     (a server): ``receive_from()`` tells who sent a message and ``send_to()``
     answers; plain ``send()`` answers the sender of the last message
-    received, so the same echo handler works as for connections.
+    received, so the same echo handler works as for connections. Such a
+    ``send()`` raises ``OSError`` (``EDESTADDRREQ``) answering an unnamed
+    sender or before any message arrived, and ``ConnectionRefusedError``
+    when the sender left.
 
     Caveats:
         Datagrams have no end: closing the peer is not seen by the receiver
@@ -486,12 +522,16 @@ class DatagramStream(MessageSocket):
     ) -> None:
         super().__init__(handle, max_size=max_size, path=path)
         self._connected = connected
+        if not connected:
+            self._batch_largest = -1  # every send names its address: unbatched
         self._serving = serving
-        self._last_sender: Any = None
 
     _want_address = True
 
     async def receive(self) -> bytes:
+        data = self._ready()
+        if data is not None:
+            return data
         data, _ = await self.receive_from()
         return data
 
@@ -523,7 +563,7 @@ class DatagramStream(MessageSocket):
         path = self._extra.get(IPCAttribute.path)
         return f"datagram socket {path()}" if path is not None else repr(self)
 
-    async def send(self, item: Buffer) -> None:
+    async def _send_message(self, item: Buffer) -> None:
         """Send to the peer (connected), or answer the sender of the last message received.
 
         Raises:
@@ -532,7 +572,7 @@ class DatagramStream(MessageSocket):
                 A serving stream logs these and drops the reply.
         """
         if self._connected:
-            await self._send_message(item)
+            await super()._send_message(item)
             return
         try:
             if self._last_sender is None:
