@@ -10,15 +10,22 @@ BENCH_STAMP := $(VENV)/.bench-installed
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): pyproject.toml | $(PY)
+# The install compiles the optional accelerator (aioipc/_core/_speedups.c) in place.
+$(STAMP): pyproject.toml setup.py aioipc/_core/_speedups.c | $(PY)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# Accelerated paths run twice: with the accelerator, then in pure Python (AIOIPC_NO_SPEEDUPS=1).
+ACCELERATED_TESTS := tests/test_message_batching.py tests/test_sockets.py tests/test_sockets_processes.py \
+	tests/test_sockets_server.py
+
 test: $(STAMP)
 	$(PY) -m ruff check aioipc tests examples benchmarks
 	$(PY) -m mypy
+	$(PY) -c "import aioipc._core.speedups as s; print('accelerator:', 'compiled' if s.ACTIVE else 'pure Python')"
 	$(PY) -m pytest
+	AIOIPC_NO_SPEEDUPS=1 $(PY) -m pytest $(ACCELERATED_TESTS)
 
 demo: $(STAMP)
 	$(PY) -m aioipc.demo
@@ -38,4 +45,4 @@ typecheck: $(STAMP)
 	$(PY) -m mypy
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build aioipc/_core/*.so
