@@ -6,14 +6,12 @@ Every test runs on both loops; ``make test`` runs this file again with
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import random
 import signal
 import socket
 import struct
-import subprocess
 import sys
 import textwrap
 from collections.abc import AsyncIterator
@@ -29,7 +27,6 @@ from test_stream_rules import assert_fair
 import aioipc
 import aioipc.process
 import aioipc.sockets
-from aioipc._core import speedups
 from aioipc.testing import measure_fairness
 
 KINDS = [socket.SOCK_SEQPACKET, socket.SOCK_DGRAM]
@@ -124,30 +121,6 @@ async def read_line(proc: aioipc.process.Process) -> bytes:
     while not data.endswith(b"\n"):
         data += await proc.stdout.receive(1)
     return data
-
-
-# -- which path runs -------------------------------------------------------------------------------
-
-
-def _active_in_child(env: dict[str, str]) -> bool:
-    code = "import aioipc._core.speedups as s; print(s.ACTIVE)"
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    return out.stdout.strip() == "True"
-
-
-def test_the_accelerator_runs_unless_turned_off() -> None:
-    built = importlib.util.find_spec("aioipc._core._speedups") is not None
-    env = {k: v for k, v in os.environ.items() if k != "AIOIPC_NO_SPEEDUPS"}
-    assert _active_in_child(env) is built
-    assert _active_in_child({**env, "AIOIPC_NO_SPEEDUPS": "1"}) is False
-    turned_off = os.environ.get("AIOIPC_NO_SPEEDUPS", "") not in ("", "0")
-    assert speedups.ACTIVE is (built and not turned_off)
-    assert (speedups.recv_batch is speedups.recv_one) is not speedups.ACTIVE
-
-
-@pytest.mark.skipif(os.environ.get("CI") != "true", reason="CI builds the accelerator: it must be there")
-def test_ci_built_the_accelerator() -> None:
-    assert importlib.util.find_spec("aioipc._core._speedups") is not None
 
 
 # -- order, boundaries, exactly once -----------------------------------------------------------------

@@ -29,6 +29,7 @@ __all__ = [
     "Item",
     "buffer_size",
     "credentials",
+    "parse_frames",
     "recv_batch",
     "recv_one",
     "send_batch",
@@ -117,14 +118,16 @@ def credentials(raw: bytes) -> PeerCredentials:
     return PeerCredentials(ints[0], ints[1], ints[2])
 
 
-def _choose() -> tuple[bool, Callable[..., int], Callable[..., Batch]]:
+def _choose() -> tuple[
+    bool, Callable[..., int], Callable[..., Batch], Callable[..., tuple[int, int, int]] | None
+]:
     if os.environ.get("AIOIPC_NO_SPEEDUPS", "") not in ("", "0"):
-        return False, _py_send_batch, recv_one
+        return False, _py_send_batch, recv_one, None
     try:
         from . import _speedups  # type: ignore[attr-defined]
     except ImportError:
-        return False, _py_send_batch, recv_one
-    return True, _speedups.send_batch, _speedups.recv_batch
+        return False, _py_send_batch, recv_one, None
+    return True, _speedups.send_batch, _speedups.recv_batch, _speedups.parse_frames
 
 
 ACTIVE: bool
@@ -137,4 +140,12 @@ recv_batch: Callable[[socket.socket, Any, int, int, int, bool, bool], Batch]
 """Receive up to ``count`` messages into ``slot``-byte slots of ``buffer`` (``control`` ancillary bytes
 each, after the slots): ``(items, credentials, addresses or None)``. ``buffer`` holds
 :func:`buffer_size` bytes. Raises ``BlockingIOError`` when nothing waits."""
-ACTIVE, send_batch, recv_batch = _choose()
+parse_frames: Callable[[Any, int, int, int, int, Callable[[bytes], object]], tuple[int, int, int]] | None
+"""``parse_frames(buffer, start, end, max_size, batch, append) -> (start, need, bad_size)``, or ``None``
+without the accelerator (the caller keeps its own loop).
+
+Hands each whole length-prefixed frame in ``buffer[start:end]`` to ``append`` as bytes, at most
+``batch`` of them; stops at a partial frame (``need``: the bytes it takes, header included, else 4)
+or at a header over ``max_size`` (``bad_size``, else -1), after every whole frame before it.
+Returns the offset of the first byte not parsed."""
+ACTIVE, send_batch, recv_batch, parse_frames = _choose()
