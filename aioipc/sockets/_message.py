@@ -4,10 +4,10 @@ The kernel keeps message boundaries, so no framing, and a message over
 ``max_size`` is discarded by itself (the stream stays usable).
 
 Rule 1 (batched receive): one ``recvmmsg`` takes up to ``RECV_MAX`` waiting
-messages into slots of ``max_size + 1`` bytes of one reused buffer of
-anonymous memory (pages the kernel commits only when a message touches
-them); ``receive()`` hands them out one at a time with no syscall. Without
-the accelerator (:mod:`aioipc._core.speedups`) a batch is one ``recvmsg``.
+messages into ``max_size + 1`` byte slots of one reused anonymous mapping
+(pages are committed only as messages touch them); ``receive()`` hands them
+out with no syscall. Without the accelerator (:mod:`aioipc._core.speedups`)
+a batch is one ``recvmsg``.
 Rule 2: a seqpacket receive of 0 bytes is an empty message when it carries
 credentials (``SO_PASSCRED``) and the end of the stream when it carries none.
 Rule 3 (exactly what was said): a send that raised sent nothing and never
@@ -67,15 +67,6 @@ _RECV_SPAN = 64 << 20  # the most address space the slots of one receive buffer 
 _SEND_MAX = 256  # pending messages at which a send flushes them (and waits while the peer is full)
 _HIGH_WATER = 64 * 1024  # pending bytes, likewise
 _BATCH_LARGEST = 16 * 1024  # larger messages go unbatched: an error (EMSGSIZE) reaches their sender
-
-
-def _slot_bytes(item: Item) -> int:
-    """How much of its slot a received message wrote."""
-    if type(item) is bytes:
-        return len(item)
-    if type(item) is int:
-        return item
-    return len(item[0]) if isinstance(item, tuple) else 0
 
 
 class MessageSocket(MessageStream):
@@ -237,7 +228,9 @@ class MessageSocket(MessageStream):
                     raise
             items = batch[0]
             self._budget -= len(items) - 1
-            if self._slot > _RELEASE_ABOVE and max(map(_slot_bytes, items)) > _RELEASE_ABOVE:
+            if self._slot > _RELEASE_ABOVE and any(
+                not isinstance(item, bytes) or len(item) > _RELEASE_ABOVE for item in items
+            ):  # a large message (or a rare one: oversize, fds) touched many pages
                 buffer.madvise(mmap.MADV_DONTNEED)
             self._store(batch)
             return self._take(max_fds)
@@ -310,8 +303,7 @@ class MessageSocket(MessageStream):
         """Send what is pending (end of a burst, or the socket turned writable); park on what is left."""
         self._flush_handle = None
         pending = self._pending
-        handle = self._handle
-        if pending and handle.fd >= 0 and self._send_error is None:
+        if pending and self._handle.fd >= 0 and self._send_error is None:
             sent = 0
             try:
                 while sent < len(pending):
@@ -327,10 +319,14 @@ class MessageSocket(MessageStream):
             elif sent:
                 self._pending_bytes -= sum(map(len, pending[:sent]))
                 del pending[:sent]
-        parked = bool(pending) and handle.fd >= 0 and self._send_error is None
+        self._watch_if_parked()
+
+    def _watch_if_parked(self) -> None:
+        """-> parked (the handle sends more each time the socket turns writable) while messages wait."""
+        parked = bool(self._pending) and self._handle.fd >= 0 and self._send_error is None
         if parked != self._parked:
             self._parked = parked
-            handle.watch_writable(self._flush if parked else None)
+            self._handle.watch_writable(self._flush if parked else None)
 
     async def _drain(self) -> None:
         """Send what is pending, waiting while the peer is full (cancellable: nothing is lost)."""
@@ -344,11 +340,9 @@ class MessageSocket(MessageStream):
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
-        if self._parked:
-            self._parked = False
-            self._handle.watch_writable(None)
         self._pending.clear()
         self._pending_bytes = 0
+        self._watch_if_parked()
 
     async def _send_message(self, item: Buffer) -> None:
         """Send one message to the peer: batched when small, else unbatched."""
@@ -564,13 +558,7 @@ class DatagramStream(MessageSocket):
         return f"datagram socket {path()}" if path is not None else repr(self)
 
     async def _send_message(self, item: Buffer) -> None:
-        """Send to the peer (connected), or answer the sender of the last message received.
-
-        Raises:
-            OSError: ``EDESTADDRREQ`` answering an unnamed sender, or before any
-                message arrived; ``ConnectionRefusedError`` when the sender left.
-                A serving stream logs these and drops the reply.
-        """
+        """Send to the peer (connected), or answer the sender of the last message received."""
         if self._connected:
             await super()._send_message(item)
             return
