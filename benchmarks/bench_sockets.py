@@ -361,6 +361,9 @@ def main(argv: list[str] | None = None) -> bool:
     contenders = h.pick_contenders(args, LABELS, available=available, asynchronous=asynchronous)
     latency_sizes = range(LATENCY_MAX_SIZE)
     workloads = h.make_workloads(args, [64, 2**20], h.stream_count(300_000), latency_sizes=latency_sizes)
+    from aioipc._core.speedups import ACTIVE
+
+    print("aioipc message sockets:", "compiled accelerator" if ACTIVE else "pure Python (no accelerator)")
     return h.report(
         "sockets", measure, contenders, workloads, args.runs, targets_for(contenders), applies=_applies
     )
