@@ -203,6 +203,17 @@ async def test_cancelled_receives_lose_and_repeat_nothing(kind: int) -> None:
     assert got == list(range(len(sizes))), "a cancelled receive lost or repeated a message"
 
 
+async def test_send_eof_sends_the_burst_before_it_first() -> None:
+    async with child(socket.SOCK_SEQPACKET, "count", "65536") as (tx, proc):
+        with anyio.fail_after(30):
+            for number in range(500):  # most of it pending when send_eof() comes
+                await tx.send(message(number, 64))
+            await tx.send(b"end")
+            await tx.send_eof()
+            assert json.loads(await read_all(proc)) == list(range(500))
+            assert await proc.wait() == 0
+
+
 # -- peers that die ---------------------------------------------------------------------------------
 
 

@@ -442,12 +442,16 @@ class SeqpacketStream(MessageSocket):
     _eof_on_empty = True
 
     async def send_eof(self) -> None:
-        """Shut down the sending direction: the peer's ``receive()`` raises ``EndOfStream``."""
+        """Shut down the sending direction: the peer's ``receive()`` raises ``EndOfStream``.
+
+        What earlier sends left pending goes first (this waits while the peer's queue is full).
+        """
         if self._handle.fd < 0:
             raise anyio.ClosedResourceError
         if not self._eof_sent:
-            with self._send_guard:
-                await self._drain()  # what was sent before the end goes first
+            if self._pending or self._flush_handle is not None:
+                with self._send_guard:
+                    await self._drain()  # what was sent before the end goes first
             self._eof_sent = True
             self._drop_pending()
             try:
