@@ -44,7 +44,7 @@ def test_ci_built_the_accelerator() -> None:
 def framer_parse(
     buffer: bytes, start: int, end: int, max_size: int, batch: int
 ) -> tuple[list[bytes], int, int, int]:
-    """``Framer._parse`` itself over ``buffer[start:end]``: messages, next start, need, bad size or -1."""
+    """``Framer._parse_python`` over ``buffer[start:end]``: messages, next start, need, bad size or -1."""
     framer = framing.Framer(max_size)
     framer._buf = bytearray(buffer)
     framer._view = memoryview(framer._buf)
@@ -52,7 +52,7 @@ def framer_parse(
     saved = framing.PARSE_BATCH
     setattr(framing, "PARSE_BATCH", batch)  # read by _parse at each call  # noqa: B010
     try:
-        framer._parse()
+        framer._parse_python()
     finally:
         setattr(framing, "PARSE_BATCH", saved)  # noqa: B010
     next_start = end if framer._start == framer._end == 0 else framer._start
