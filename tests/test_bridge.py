@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 import threading
 from collections.abc import Iterator
@@ -150,3 +151,33 @@ async def test_all_or_nothing_returns_what_completed_and_raises_what_did_not(
             assert task.cancelling() == 0
     finally:
         await bridge.aclose()
+
+
+@pytest.mark.parametrize("exact", [False, True])
+async def test_a_call_cancelled_while_queued_leaves_no_error_nobody_reads(exact: bool) -> None:
+    """Callers cancelled by an anyio scope (which cancels again and again) while their calls wait
+    behind a blocking one: the calls are skipped, and no future ends as an error that nobody
+    retrieves (the loop would log it, and this suite fails on what the loop logs)."""
+    bridge = Bridge("skipped", is_interrupted=never_interrupted)
+    gate = threading.Event()
+    ran: list[int] = []
+
+    async def cancelled_while_queued(i: int) -> None:
+        with anyio.move_on_after(0.001 * (i % 3)):
+            await bridge.run(lambda: ran.append(i), all_or_nothing=exact)
+
+    try:
+        with anyio.fail_after(10):
+            first = asyncio.ensure_future(bridge.run(gate.wait))
+            await asleep_in_kernel(bridge)
+            async with anyio.create_task_group() as tg:
+                for i in range(30):
+                    tg.start_soon(cancelled_while_queued, i)
+                await anyio.sleep(0.01)
+                gate.set()
+            assert await first is True
+            await bridge.wait_idle()
+            assert ran == []
+    finally:
+        await bridge.aclose()
+    gc.collect()  # an unretrieved error is reported now, inside the test

@@ -241,6 +241,10 @@ class Bridge:
             while not job.future.done():  # the outcome, read below, decides
                 with contextlib.suppress(BaseException):
                     await asyncio.shield(job.future)
+            if not job.future.cancelled():
+                # Retrieved here: the future may have failed while no shield watched it
+                # (between a repeated cancel and the next shield), and the loop would log it.
+                job.future.exception()
             if job.outcome is None or not job.outcome[0]:
                 raise  # it did nothing (interrupted, or failed)
             # It happened: the caller must hear so. The cancellation is suppressed (and
