@@ -479,7 +479,9 @@ async def test_a_send_that_raised_never_arrives(key: int, tmp_path: Path) -> Non
         await consumer.expect("ready")
         returned = raised = 0
         with anyio.fail_after(60):
-            for i in range(400):
+            for i in range(3000):  # until enough were cancelled (a send may spin, then find room)
+                if raised >= 60:
+                    break
                 with anyio.move_on_after(0.0005 * (i % 5)):
                     await q.send(b"x" * 1000)
                     returned += 1
@@ -487,4 +489,4 @@ async def test_a_send_that_raised_never_arrives(key: int, tmp_path: Path) -> Non
                 raised += 1
             await q.send(b"end")
             assert await consumer.line() == f"done {returned}"
-        assert raised > 50, "too few sends were cancelled"
+        assert raised >= 60, "too few sends were cancelled"
