@@ -71,6 +71,7 @@ def _skip(parts: Sequence[Buffer], offset: int) -> list[memoryview]:
 
 
 def _fd_extra(handle: FdHandle, extra: Mapping[Any, Any] | None) -> dict[Any, Callable[[], Any]]:
+    """The attribute getters of a stream over ``handle``, made when asked for (an idle stream keeps none)."""
     attrs: dict[Any, Callable[[], Any]] = {IPCAttribute.fd: handle.fileno}
     for key, value in (extra or {}).items():
         attrs[key] = (lambda v: lambda: v)(value)
@@ -100,10 +101,14 @@ class _FdOwner:
     def __init__(self, handle: FdHandle, action: str, extra: Mapping[Any, Any] | None) -> None:
         self._handle = handle
         self._guard = ResourceGuard(action)
-        self._extra = _fd_extra(handle, extra)
+        self._extra = extra  # the caller's values; their getters are made when asked for
 
     def fileno(self) -> int:
         return self._handle.fd
+
+    @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        return _fd_extra(self._handle, self._extra)
 
     def detach(self, *, blocking: bool = True) -> int:
         """Return the fd and stop owning it, e.g. to hand it to a program that expects a blocking fd.
@@ -248,10 +253,6 @@ class FdReceiveStream(_FdOwner, ByteReceiveStream):
         self._handle.close()
         await anyio.lowlevel.checkpoint()
 
-    @property
-    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
-        return self._extra
-
 
 class FdSendStream(_FdOwner, ByteSendStream):
     """Send bytes to a non-blocking fd, coalescing small sends.
@@ -320,10 +321,6 @@ class FdSendStream(_FdOwner, ByteSendStream):
             raise anyio.BusyResourceError("detaching with unsent data; await flush() first")
         self._closed = True
         return super().detach(blocking=blocking)
-
-    @property
-    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
-        return self._extra
 
     def _check(self) -> None:
         if self._closed or self._handle.closed:
@@ -553,7 +550,7 @@ class FdByteStream(ByteStream):
         self.receiver = receiver
         self.sender = sender
         self._shutdown = shutdown
-        self._extra = {**receiver.extra_attributes, **_fd_extra(receiver._handle, extra)}
+        self._extra = extra
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} receiver={self.receiver!r} sender={self.sender!r}>"
@@ -588,4 +585,4 @@ class FdByteStream(ByteStream):
 
     @property
     def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
-        return self._extra
+        return {**self.receiver.extra_attributes, **_fd_extra(self.receiver._handle, self._extra)}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import array
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import anyio
@@ -25,7 +25,7 @@ from .._core.streams import (
     FramedSendStream,
     FramedStream,
 )
-from ._base import SocketHandle, close_fds, fds_from_ancillary, socket_extra
+from ._base import SocketHandle, close_fds, fds_from_ancillary, shutdown_write, socket_extra
 
 __all__ = ["FdsTruncated", "FramedUnixStream", "SocketReceiveStream", "SocketSendStream", "SocketStream"]
 
@@ -90,11 +90,15 @@ def rights_message(data: bytes, ancdata: list[tuple[int, int, bytes]], flags: in
 class SocketReceiveStream(FdReceiveStream):
     """The receiving half of a stream socket; adds :meth:`receive_fds`."""
 
-    def __init__(self, handle: SocketHandle, *, extra: dict[Any, Callable[[], Any]] | None = None) -> None:
+    def __init__(self, handle: SocketHandle, *, path: str | None = None) -> None:
         super().__init__(handle)
-        self._extra.update(extra or {})
         self._sock = handle.sock
+        self._path = path
         self._unclaimed_fds: list[int] = []  # fds a cancelled receive_into_fds() had taken
+
+    @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        return {**super().extra_attributes, **socket_extra(self._sock, self._path)}
 
     async def receive_fds(
         self, max_bytes: int = 65536, max_fds: int = DEFAULT_MAX_FDS
@@ -225,10 +229,14 @@ class _Into:
 class SocketSendStream(FdSendStream):
     """The sending half of a stream socket; adds :meth:`send_fds`."""
 
-    def __init__(self, handle: SocketHandle, *, extra: dict[Any, Callable[[], Any]] | None = None) -> None:
+    def __init__(self, handle: SocketHandle, *, path: str | None = None) -> None:
         super().__init__(handle)
-        self._extra.update(extra or {})
         self._sock = handle.sock
+        self._path = path
+
+    @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        return {**super().extra_attributes, **socket_extra(self._sock, self._path)}
 
     async def send_fds(self, data: Buffer, fds: Sequence[int]) -> None:
         """Send ``data`` with duplicates of ``fds`` attached (``SCM_RIGHTS``), after what is pending.
@@ -279,12 +287,10 @@ class SocketStream(FdByteStream):
     sender: SocketSendStream
 
     def __init__(self, handle: SocketHandle, *, path: str | None = None) -> None:
-        extra = socket_extra(handle.sock, path)
-        sock = handle.sock
         super().__init__(
-            SocketReceiveStream(handle, extra=extra),
-            SocketSendStream(handle, extra=extra),
-            shutdown=lambda _fd: sock.shutdown(socket.SHUT_WR),
+            SocketReceiveStream(handle, path=path),
+            SocketSendStream(handle, path=path),
+            shutdown=shutdown_write,
         )
 
     def fileno(self) -> int:
