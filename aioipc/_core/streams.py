@@ -14,7 +14,7 @@ anyio's stream exceptions.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, Final, Literal, Protocol, overload
 
 import anyio
@@ -202,10 +202,6 @@ class QueueStream(MessageStream):
         await anyio.lowlevel.checkpoint()
 
 
-def _never(parts: Sequence[Buffer]) -> bool:
-    return False
-
-
 def _check_max_size(max_size: int) -> int:
     if not 0 <= max_size < 2**32:
         raise ValueError("max_size must be between 0 and 2**32 - 1")
@@ -334,11 +330,7 @@ class FramedSendStream(_Framed, MessageSendStream):
     ) -> None:
         super().__init__(stream, max_size, framing)
         self._lines = framing == "lines"
-        self._send_parts: Callable[[Sequence[Buffer]], Awaitable[None]] | None = None
-        self._try_send_parts: Callable[[Sequence[Buffer]], bool] = _never
-        if isinstance(stream, ByteSendStream):
-            self._send_parts = stream.send_parts
-            self._try_send_parts = stream.try_send_parts
+        self._parts = isinstance(stream, ByteSendStream)  # sends header and payload as parts
 
     async def send(self, item: bytes) -> None:
         data: Buffer = item
@@ -353,11 +345,12 @@ class FramedSendStream(_Framed, MessageSendStream):
             parts: tuple[Buffer, ...] = (data, *_NEWLINE)
         else:
             parts = (_pack_header(size), data)
-        if self._send_parts is not None:
-            if not self._try_send_parts(parts):
-                await self._send_parts(parts)
+        stream = self.transport_stream
+        if self._parts:
+            if not stream.try_send_parts(parts):
+                await stream.send_parts(parts)
         else:
-            await self.transport_stream.send(b"".join(parts))
+            await stream.send(b"".join(parts))
 
 
 class FramedStream(_Framed, MessageStream):
