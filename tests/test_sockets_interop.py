@@ -148,6 +148,27 @@ async def test_tls_framed_echo(tls_contexts: tuple[ssl.SSLContext, ssl.SSLContex
                 assert await msgs.receive() == b"again"
 
 
+async def test_tls_idle_timeout_closes_only_the_idle_client(
+    tls_contexts: tuple[ssl.SSLContext, ssl.SSLContext],
+) -> None:
+    server_ctx, client_ctx = tls_contexts
+    options: dict[str, Any] = {"ssl": server_ctx, "idle_timeout": 0.3}
+    async with await aioipc.serve("tcp:127.0.0.1:0", framed_echo, **options) as server:
+        idle = await aioipc.connect(server.address, ssl=client_ctx)
+        busy = await aioipc.connect(server.address, ssl=client_ctx)
+        async with idle, busy:
+            with anyio.fail_after(20):
+                await idle.send(b"once")
+                assert await idle.receive() == b"once"
+                for i in range(8):  # traffic keeps a connection open past the timeout
+                    await anyio.sleep(0.1)
+                    await busy.send(b"%d" % i)
+                    assert await busy.receive() == b"%d" % i
+                with pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError)):
+                    await idle.receive()  # closed by the server meanwhile
+                assert server.connections == 1
+
+
 @pytest.mark.parametrize("scheme", ["unix", "unix+seqpacket", "unix+dgram", "tcp"])
 async def test_cli_send_and_recv(scheme: str, tmp_ipc_dir: Path) -> None:
     address = "tcp:127.0.0.1:0" if scheme == "tcp" else f"{scheme}:{tmp_ipc_dir}/cli.sock"

@@ -126,13 +126,16 @@ class Server:
         return not self._closing
 
     def start_handler(
-        self, handler: Handler, stream: anyio.abc.AsyncResource, on_end: Callable[[], object] | None = None
-    ) -> None:
+        self, handler: Handler, stream: Any, on_end: Callable[[], object] | None = None
+    ) -> anyio.CancelScope:
         """Run ``handler(stream)`` in a task of the server's group; the stream is closed when it returns.
 
         Only from the server's body. ``on_end()`` is called once the stream
         is closed (a slot given back, say); pass one object for every
         handler, not a new closure each time.
+
+        Returns:
+            the scope the handler runs in: cancelling it ends the handler (its stream is closed).
         """
         if not self._in_body:
             raise RuntimeError("start_handler() is for the server's body")
@@ -142,6 +145,7 @@ class Server:
         self._scopes.add(scope)
         self._connections += 1
         asyncio.get_running_loop().create_task(self._run_handler(scope, handler, stream, on_end))
+        return scope
 
     async def _run_handler(
         self,

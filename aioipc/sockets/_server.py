@@ -13,8 +13,8 @@ a plain syscall (credential check) or builds objects (framing), so a slow
 or hostile client cannot stall the accept loop.
 Rule 3: a connection costs what its handler holds and no more: one task,
 the socket's stream, and the handler's frame (no per-connection closures,
-no wrapping coroutine unless TLS or ``idle_timeout`` needs one, timers
-only with ``idle_timeout``).
+no wrapping coroutine unless TLS needs one, a timer only with
+``idle_timeout``).
 """
 
 from __future__ import annotations
@@ -146,8 +146,7 @@ class _Acceptor:
         # the slot it gives back when it ends, and what runs the handler.
         self._path = self.listening.address.partition(":")[2]
         self._release = None if self.slots is None else self.slots.release
-        wrapped = self.ssl is not None or self.idle_timeout is not None
-        self._handler = self._run if wrapped else self.handler
+        self._handler = self.handler if self.ssl is None else self._run
 
     async def serve(self, server: Server) -> None:
         """Accept until cancelled (:meth:`Server.close`), starting a handler per connection."""
@@ -164,8 +163,11 @@ class _Acceptor:
                 if stream is None:
                     if self._release is not None:
                         self._release()
-                else:
+                elif self.idle_timeout is None:
                     server.start_handler(self._handler, stream, self._release)
+                else:  # the watch is the handler's stream (under TLS: the transport TLS wraps)
+                    watch = IdleWatch(stream, self.idle_timeout, self.listening.address)
+                    watch.start(server.start_handler(self._handler, watch, self._release))
         finally:
             self.listening.close()
 
@@ -221,22 +223,17 @@ class _Acceptor:
             return stream
         return framed(stream, self.max_size, framing=self.framing)
 
-    async def _run(self, stream: Any) -> None:
-        """TLS (then framing) and the idle watch around one handler call (in the connection's task)."""
-        raw = stream
+    async def _run(self, raw: Any) -> None:
+        """The TLS handshake, then framing, around one handler call (in the connection's task)."""
+        stream = raw
         try:
-            if self.ssl is not None:
-                with anyio.fail_after(self.handshake_timeout):
-                    stream = await TLSStream.wrap(
-                        raw, server_side=True, ssl_context=self.ssl, standard_compatible=False
-                    )
-                if self.framing is not None:
-                    stream = framed(stream, self.max_size, framing=self.framing)
-            if self.idle_timeout is None:
-                await self.handler(stream)
-            else:
-                with IdleWatch(stream, self.idle_timeout, self.listening.address) as watched:
-                    await self.handler(watched)
+            with anyio.fail_after(self.handshake_timeout):
+                stream = await TLSStream.wrap(
+                    raw, server_side=True, ssl_context=self.ssl, standard_compatible=False
+                )
+            if self.framing is not None:
+                stream = framed(stream, self.max_size, framing=self.framing)
+            await self.handler(stream)
         finally:
             if stream is not raw:
                 with anyio.CancelScope(shield=True):
