@@ -263,7 +263,7 @@ class FramedReceiveStream(_Framed, MessageReceiveStream):
     ) -> None:
         super().__init__(stream, max_size, framing)
         self._framer: Framer | LineFramer = Framer(max_size) if framing == "length" else LineFramer(max_size)
-        self._parsed = self._framer.parsed
+        self._parsed = self._framer.parsed  # the framer's (it makes one at its first parse: synced below)
         self._guard = ResourceGuard("receiving")
         self._broken: IPCError | None = None
         self._fill = stream.fill if isinstance(stream, ByteReceiveStream) else None
@@ -298,6 +298,7 @@ class FramedReceiveStream(_Framed, MessageReceiveStream):
                     if message is EOF:
                         raise anyio.EndOfStream
                     if message is not NEED_DATA:  # the next batch of a chunk already here
+                        parsed = self._parsed = framer.parsed
                         self._budget -= 1 + len(parsed)
                         return message
                     try:
@@ -307,6 +308,7 @@ class FramedReceiveStream(_Framed, MessageReceiveStream):
                             framer.feed(await self.transport_stream.receive())
                     except anyio.EndOfStream:
                         framer.feed(b"")
+                    parsed = self._parsed = framer.parsed
                 except IPCError as exc:
                     self._broken = exc
                     raise
