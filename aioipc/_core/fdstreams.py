@@ -303,7 +303,7 @@ class FdSendStream(_FdOwner, ByteSendStream):
         self._units: deque[int] | None = deque() if atomic else None
         self._flush_handle: asyncio.Handle | None = None
         self._parked = False
-        self._drain_waiters: list[tuple[asyncio.Future[None], int]] = []
+        self._drain_waiters: list[tuple[asyncio.Future[None], int]] | None = None  # made by the first wait
         self._error: OSError | None = None
         self._closed = False
         self._budget = FAIR_OPS
@@ -480,8 +480,10 @@ class FdSendStream(_FdOwner, ByteSendStream):
         self._wake_drainers()
 
     def _wake_drainers(self) -> None:
-        size = len(self._pending)
         waiters = self._drain_waiters
+        if not waiters:
+            return
+        size = len(self._pending)
         for waiter, limit in waiters[:]:
             if waiter.done():
                 waiters.remove((waiter, limit))
@@ -495,6 +497,8 @@ class FdSendStream(_FdOwner, ByteSendStream):
             self._flush()
         while len(self._pending) > limit and self._error is None and not self._handle.closed:
             waiter = self._handle.loop().create_future()
+            if self._drain_waiters is None:
+                self._drain_waiters = []
             self._drain_waiters.append((waiter, limit))
             await waiter
 

@@ -94,7 +94,7 @@ class SocketReceiveStream(FdReceiveStream):
         super().__init__(handle)
         self._sock = handle.sock
         self._path = path
-        self._unclaimed_fds: list[int] = []  # fds a cancelled receive_into_fds() had taken
+        self._unclaimed_fds: list[int] | tuple[()] = ()  # fds a cancelled read had taken
 
     @property
     def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
@@ -139,7 +139,7 @@ class SocketReceiveStream(FdReceiveStream):
                 n = min(len(buffer), len(self._unclaimed))
                 buffer[:n] = self._unclaimed[:n]
                 self._unclaimed = self._unclaimed[n:]
-                fds, self._unclaimed_fds = self._unclaimed_fds, []
+                fds, self._unclaimed_fds = list(self._unclaimed_fds), ()
                 sink.buffer_updated(n)
                 return fds
         ancsize = _ANCSIZE if max_fds == DEFAULT_MAX_FDS else socket.CMSG_SPACE(max_fds * 4)
@@ -185,7 +185,7 @@ class SocketReceiveStream(FdReceiveStream):
     def _keep_fds(self, got: int | tuple[bytes, list[tuple[int, int, bytes]], int]) -> None:
         # Cancelled after the read: the bytes went to the sink; the fds wait for the next read.
         if not isinstance(got, int):
-            self._unclaimed_fds += fds_from_ancillary(got[1])
+            self._unclaimed_fds = [*self._unclaimed_fds, *fds_from_ancillary(got[1])]
 
     async def receive_into_fds(
         self, buffer: memoryview, max_fds: int = DEFAULT_MAX_FDS
@@ -354,6 +354,9 @@ class SocketStream(FdByteStream):
 # closed at the next read, or when the stream closes.
 
 
+_NO_FRAME_FDS: dict[int, list[int] | None] = {}  # never written: what a stream that got no fds holds
+
+
 class _FdMessages(FramedReceiveStream):
     """Framed receiving that notes which frame each read's fds belong to (by number, see Rule 3)."""
 
@@ -364,7 +367,7 @@ class _FdMessages(FramedReceiveStream):
         frames = self._framer
         assert isinstance(frames, Framer)  # length framing: frames are numbered
         self._frames = frames
-        self.fds: dict[int, list[int] | None] = {}  # frame number -> its fds (None: too many came)
+        self.fds = _NO_FRAME_FDS  # frame number -> its fds (None: too many came); a dict once fds come
 
     async def _fill_noting_fds(self, sink: BufferSink) -> None:
         if self.fds:
@@ -379,6 +382,8 @@ class _FdMessages(FramedReceiveStream):
         frames = self._frames
         frames.parse_pending()  # where this read's frames end must be known now
         completed = frames.total - before
+        if self.fds is _NO_FRAME_FDS:
+            self.fds = {}
         self.fds[before + completed - (1 if completed and not frames.buffered else 0)] = fds
 
     def _drop_taken(self) -> None:
