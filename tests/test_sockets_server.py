@@ -140,6 +140,29 @@ async def test_peer_credentials_on_both_sides(tmp_ipc_dir: Path) -> None:
     assert seen == [(os.getpid(), os.getuid(), os.getgid())] * 2
 
 
+async def test_a_unix_connection_reports_its_path_and_fd_on_both_sides(tmp_ipc_dir: Path) -> None:
+    path = str(tmp_ipc_dir / "s.sock")
+    seen: list[tuple[str, bool]] = []
+
+    def attributes(stream: Any) -> tuple[str, bool]:
+        fd = stream.extra(aioipc.IPCAttribute.fd)
+        return stream.extra(aioipc.IPCAttribute.path), stat.S_ISSOCK(os.fstat(fd).st_mode)
+
+    async def handler(msgs: Any) -> None:
+        seen.append(attributes(msgs))
+        await msgs.send(b"ok")
+
+    for options in ({}, {"idle_timeout": 60}):  # the idle watch passes them through
+        async with (
+            await aioipc.serve(f"unix:{path}", handler, **options) as server,
+            await aioipc.connect(server.address) as msgs,
+        ):
+            with anyio.fail_after(10):
+                assert await msgs.receive() == b"ok"
+            assert attributes(msgs) == (path, True)
+    assert seen == [(path, True)] * 2
+
+
 async def test_tcp_has_no_peer_credentials() -> None:
     async with (
         await aioipc.serve("tcp:127.0.0.1:0", echo) as server,
