@@ -14,6 +14,7 @@ from typing import Any
 
 import anyio
 import pytest
+from helpers import keep_busy
 
 import aioipc
 
@@ -160,10 +161,7 @@ async def test_tls_idle_timeout_closes_only_the_idle_client(
             with anyio.fail_after(20):
                 await idle.send(b"once")
                 assert await idle.receive() == b"once"
-                for i in range(8):  # traffic keeps a connection open past the timeout
-                    await anyio.sleep(0.1)
-                    await busy.send(b"%d" % i)
-                    assert await busy.receive() == b"%d" % i
+                await keep_busy(busy)  # traffic keeps a connection open past the timeout
                 with pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError)):
                     await idle.receive()  # closed by the server meanwhile
                 assert server.connections == 1
