@@ -144,13 +144,14 @@ class SocketReceiveStream(FdReceiveStream):
                 return fds
         ancsize = _ANCSIZE if max_fds == DEFAULT_MAX_FDS else socket.CMSG_SPACE(max_fds * 4)
         handle = self._handle
+        now = True  # false once a read here found the socket empty: handle.read need not try again
         if not handle._reader_armed and self._budget > 0 and not self._guard.busy and handle.fd >= 0:
             # The common case of a reader that keeps up with no wait: read now.
             self._budget -= 1
             try:
                 got = _fill_with_fds(handle.fd, self._sock, sink, ancsize)
             except BlockingIOError:
-                pass
+                now = False
             except OSError:
                 with map_exceptions():
                     raise
@@ -170,7 +171,7 @@ class SocketReceiveStream(FdReceiveStream):
             self._budget -= 1
             sink.release()  # no buffer while parked: one is taken when data comes
             # handle.read, not self._read: a socket never waits first, and this saves a layer
-            got = await handle.read(_fill_with_fds, self._keep_fds, self._sock, sink, ancsize)
+            got = await handle.read(_fill_with_fds, self._keep_fds, self._sock, sink, ancsize, now=now)
         except OSError:
             with map_exceptions():
                 raise
