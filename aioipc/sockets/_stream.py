@@ -65,6 +65,15 @@ def _fill_with_fds(
 _DISCARDED = bytearray(65536)  # where closing sockets drop what arrived unread (never read back)
 
 
+def _try_fill_with_fds(
+    fd: int, sock: socket.socket, sink: BufferSink, ancsize: int
+) -> int | tuple[bytes, list[tuple[int, int, bytes]], int] | None:
+    try:
+        return _fill_with_fds(fd, sock, sink, ancsize)
+    except BlockingIOError:  # caught here, not in a coroutine that then parks with its frame object
+        return None
+
+
 def check_fds(fds: Sequence[int]) -> array.array[int]:
     """The ``SCM_RIGHTS`` payload for ``fds``.
 
@@ -149,17 +158,17 @@ class SocketReceiveStream(FdReceiveStream):
             # The common case of a reader that keeps up with no wait: read now.
             self._budget -= 1
             try:
-                got = _fill_with_fds(handle.fd, self._sock, sink, ancsize)
-            except BlockingIOError:
-                now = False
+                got = _try_fill_with_fds(handle.fd, self._sock, sink, ancsize)
             except OSError:
                 with map_exceptions():
                     raise
+            if got is None:
+                now = False
+            elif isinstance(got, int):
+                if not got:
+                    raise anyio.EndOfStream
+                return []
             else:
-                if isinstance(got, int):
-                    if not got:
-                        raise anyio.EndOfStream
-                    return []
                 return rights_message(*got, max_fds)
         guard = self._guard  # entered by hand: this runs once a wait
         if guard.busy:
