@@ -45,6 +45,7 @@ from ._core.fdstreams import FdByteStream, FdHandle, FdReceiveStream, FdSendStre
 from ._core.framing import DEFAULT_MAX_SIZE
 from ._core.streams import FramedStream, framed
 from .pipes import PipeReceiveStream, PipeSendStream
+from .sockets._base import shutdown_write
 
 __all__ = [
     "CHANNEL_ENV",
@@ -69,18 +70,10 @@ class _HasFileno(Protocol):
 StdioArg = int | IO[Any] | None
 
 
-def _shutdown_write(fd: int) -> None:
-    sock = socket.socket(fileno=fd)
-    try:
-        sock.shutdown(socket.SHUT_WR)
-    finally:
-        sock.detach()
-
-
 def _channel_stream(fd: int, max_size: int) -> FramedStream:
     """A framed two-way stream over one end of a stream socketpair (owns ``fd``)."""
     handle = FdHandle(fd)
-    stream = FdByteStream(FdReceiveStream(handle), FdSendStream(handle), shutdown=_shutdown_write)
+    stream = FdByteStream(FdReceiveStream(handle), FdSendStream(handle), shutdown=shutdown_write)
     return framed(stream, max_size)
 
 

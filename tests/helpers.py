@@ -118,6 +118,14 @@ async def until(condition: Callable[[], object], timeout: float = 10) -> None:
             await asyncio.sleep(0.001)
 
 
+async def keep_busy(msgs: Any, rounds: int = 8, gap: float = 0.1) -> None:
+    """Echo round trips ``gap`` s apart: traffic that keeps a connection open past a short idle_timeout."""
+    for i in range(rounds):
+        await anyio.sleep(gap)
+        await msgs.send(b"%d" % i)
+        assert await msgs.receive() == b"%d" % i
+
+
 def threads_and_fds() -> tuple[int, int]:
     """This process's live threads and open fds, to compare before and after an attack."""
     return threading.active_count(), len(os.listdir("/proc/self/fd"))

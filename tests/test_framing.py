@@ -147,3 +147,13 @@ def test_a_large_frame_grows_the_buffer_once_and_the_next_one_reuses_it() -> Non
     assert len(framer._buf) >= len(big) + 4
     _feed_in_reads(framer, bytes(wire[65536:]))
     assert framer.next_message() == big
+
+
+def test_framers_never_share_their_parsed_messages() -> None:
+    # A framer makes its deque at its first parse (compiled or not); until then it holds a shared empty one.
+    first, second = Framer(), Framer()
+    first.feed(Framer.encode(b"for the first"))
+    assert second.next_message() is NEED_DATA
+    assert first.next_message() == b"for the first"
+    second.feed(Framer.encode(b"for the second"))
+    assert (first.next_message(), second.next_message()) == (NEED_DATA, b"for the second")

@@ -14,6 +14,7 @@ from typing import Any
 
 import anyio
 import pytest
+from helpers import keep_busy
 
 import aioipc
 
@@ -146,6 +147,24 @@ async def test_tls_framed_echo(tls_contexts: tuple[ssl.SSLContext, ssl.SSLContex
             with anyio.fail_after(20):  # the failed handshake cost only its own connection
                 await msgs.send(b"again")
                 assert await msgs.receive() == b"again"
+
+
+async def test_tls_idle_timeout_closes_only_the_idle_client(
+    tls_contexts: tuple[ssl.SSLContext, ssl.SSLContext],
+) -> None:
+    server_ctx, client_ctx = tls_contexts
+    options: dict[str, Any] = {"ssl": server_ctx, "idle_timeout": 0.3}
+    async with await aioipc.serve("tcp:127.0.0.1:0", framed_echo, **options) as server:
+        idle = await aioipc.connect(server.address, ssl=client_ctx)
+        busy = await aioipc.connect(server.address, ssl=client_ctx)
+        async with idle, busy:
+            with anyio.fail_after(20):
+                await idle.send(b"once")
+                assert await idle.receive() == b"once"
+                await keep_busy(busy)  # traffic keeps a connection open past the timeout
+                with pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError)):
+                    await idle.receive()  # closed by the server meanwhile
+                assert server.connections == 1
 
 
 @pytest.mark.parametrize("scheme", ["unix", "unix+seqpacket", "unix+dgram", "tcp"])

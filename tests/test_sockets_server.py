@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 import aioipc
@@ -139,6 +140,29 @@ async def test_peer_credentials_on_both_sides(tmp_ipc_dir: Path) -> None:
     assert seen == [(os.getpid(), os.getuid(), os.getgid())] * 2
 
 
+async def test_a_unix_connection_reports_its_path_and_fd_on_both_sides(tmp_ipc_dir: Path) -> None:
+    path = str(tmp_ipc_dir / "s.sock")
+    seen: list[tuple[str, bool]] = []
+
+    def attributes(stream: Any) -> tuple[str, bool]:
+        fd = stream.extra(aioipc.IPCAttribute.fd)
+        return stream.extra(aioipc.IPCAttribute.path), stat.S_ISSOCK(os.fstat(fd).st_mode)
+
+    async def handler(msgs: Any) -> None:
+        seen.append(attributes(msgs))
+        await msgs.send(b"ok")
+
+    for options in ({}, {"idle_timeout": 60}):  # the idle watch passes them through
+        async with (
+            await aioipc.serve(f"unix:{path}", handler, **options) as server,
+            await aioipc.connect(server.address) as msgs,
+        ):
+            with anyio.fail_after(10):
+                assert await msgs.receive() == b"ok"
+            assert attributes(msgs) == (path, True)
+    assert seen == [(path, True)] * 2
+
+
 async def test_tcp_has_no_peer_credentials() -> None:
     async with (
         await aioipc.serve("tcp:127.0.0.1:0", echo) as server,
@@ -256,6 +280,42 @@ async def test_graceful_close_waits_then_cancels(tmp_ipc_dir: Path) -> None:
             await closing
     assert finished == [b"quick"]
     assert cancelled == [b"slow"]
+    assert server.connections == 0
+
+
+async def test_close_cancels_handlers_as_a_task_group_does(tmp_ipc_dir: Path) -> None:
+    """Level-triggered and shield-respecting: a shielded goodbye still goes out, and a handler
+    that swallows one cancellation is cancelled again at its next wait."""
+    swallowed: list[bytes] = []
+
+    async def handler(msgs: Any) -> None:
+        name = await msgs.receive()
+        await msgs.send(b"ready")
+        try:
+            await anyio.sleep_forever()
+        except anyio.get_cancelled_exc_class():
+            if name == b"stubborn":
+                swallowed.append(name)
+                await anyio.sleep_forever()  # cancelled again, or close() would never return
+            with anyio.CancelScope(shield=True):
+                await anyio.lowlevel.checkpoint()  # a cancellation that ignored the shield lands here
+                await msgs.send(b"goodbye")
+            raise
+
+    server = await aioipc.serve(f"unix:{tmp_ipc_dir}/s.sock", handler)
+    async with (
+        await aioipc.connect(server.address) as polite,
+        await aioipc.connect(server.address) as stubborn,
+    ):
+        with anyio.fail_after(10):
+            for client, name in ((polite, b"polite"), (stubborn, b"stubborn")):
+                await client.send(name)
+                assert await client.receive() == b"ready"
+            await server.close()
+            assert await polite.receive() == b"goodbye"
+            with pytest.raises(anyio.EndOfStream):
+                await stubborn.receive()
+    assert swallowed == [b"stubborn"]
     assert server.connections == 0
 
 

@@ -110,7 +110,7 @@ class FdHandle:
             if self.fd >= 0:
                 loop.remove_reader(fd)
 
-    async def read(self, op: Callable[..., T], keep: Callable[[T], None], *args: Any) -> T:
+    async def read(self, op: Callable[..., T], keep: Callable[[T], None], *args: Any, now: bool = True) -> T:
         """Return ``op(fd, *args)``, a read that raises ``BlockingIOError`` until the fd has data.
 
         Tries ``op`` at once unless the loop already polls the fd for this
@@ -129,6 +129,9 @@ class FdHandle:
                 after ``op`` had already consumed data, so that the caller
                 can hand it to its next read: nothing is lost.
             args: more arguments for ``op``, after the fd.
+            now: ``False`` when the caller has just found the fd empty: no
+                second try (a syscall, and an exception whose traceback would
+                keep this coroutine's frame object for as long as it waits).
 
         Raises:
             anyio.ClosedResourceError: the handle was closed meanwhile.
@@ -137,7 +140,7 @@ class FdHandle:
         fd = self.fd
         if fd < 0:
             raise anyio.ClosedResourceError
-        if not self._reader_armed:
+        if now and not self._reader_armed:
             try:
                 return op(fd, *args)
             except BlockingIOError:

@@ -71,6 +71,7 @@ def _skip(parts: Sequence[Buffer], offset: int) -> list[memoryview]:
 
 
 def _fd_extra(handle: FdHandle, extra: Mapping[Any, Any] | None) -> dict[Any, Callable[[], Any]]:
+    """The attribute getters of a stream over ``handle``, made when asked for (an idle stream keeps none)."""
     attrs: dict[Any, Callable[[], Any]] = {IPCAttribute.fd: handle.fileno}
     for key, value in (extra or {}).items():
         attrs[key] = (lambda v: lambda: v)(value)
@@ -100,10 +101,14 @@ class _FdOwner:
     def __init__(self, handle: FdHandle, action: str, extra: Mapping[Any, Any] | None) -> None:
         self._handle = handle
         self._guard = ResourceGuard(action)
-        self._extra = _fd_extra(handle, extra)
+        self._extra = extra  # the caller's values; their getters are made when asked for
 
     def fileno(self) -> int:
         return self._handle.fd
+
+    @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        return _fd_extra(self._handle, self._extra)
 
     def detach(self, *, blocking: bool = True) -> int:
         """Return the fd and stop owning it, e.g. to hand it to a program that expects a blocking fd.
@@ -248,10 +253,6 @@ class FdReceiveStream(_FdOwner, ByteReceiveStream):
         self._handle.close()
         await anyio.lowlevel.checkpoint()
 
-    @property
-    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
-        return self._extra
-
 
 class FdSendStream(_FdOwner, ByteSendStream):
     """Send bytes to a non-blocking fd, coalescing small sends.
@@ -302,7 +303,7 @@ class FdSendStream(_FdOwner, ByteSendStream):
         self._units: deque[int] | None = deque() if atomic else None
         self._flush_handle: asyncio.Handle | None = None
         self._parked = False
-        self._drain_waiters: list[tuple[asyncio.Future[None], int]] = []
+        self._drain_waiters: list[tuple[asyncio.Future[None], int]] | None = None  # made by the first wait
         self._error: OSError | None = None
         self._closed = False
         self._budget = FAIR_OPS
@@ -320,10 +321,6 @@ class FdSendStream(_FdOwner, ByteSendStream):
             raise anyio.BusyResourceError("detaching with unsent data; await flush() first")
         self._closed = True
         return super().detach(blocking=blocking)
-
-    @property
-    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
-        return self._extra
 
     def _check(self) -> None:
         if self._closed or self._handle.closed:
@@ -483,8 +480,10 @@ class FdSendStream(_FdOwner, ByteSendStream):
         self._wake_drainers()
 
     def _wake_drainers(self) -> None:
-        size = len(self._pending)
         waiters = self._drain_waiters
+        if not waiters:
+            return
+        size = len(self._pending)
         for waiter, limit in waiters[:]:
             if waiter.done():
                 waiters.remove((waiter, limit))
@@ -498,6 +497,8 @@ class FdSendStream(_FdOwner, ByteSendStream):
             self._flush()
         while len(self._pending) > limit and self._error is None and not self._handle.closed:
             waiter = self._handle.loop().create_future()
+            if self._drain_waiters is None:
+                self._drain_waiters = []
             self._drain_waiters.append((waiter, limit))
             await waiter
 
@@ -553,7 +554,7 @@ class FdByteStream(ByteStream):
         self.receiver = receiver
         self.sender = sender
         self._shutdown = shutdown
-        self._extra = {**receiver.extra_attributes, **_fd_extra(receiver._handle, extra)}
+        self._extra = extra
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} receiver={self.receiver!r} sender={self.sender!r}>"
@@ -588,4 +589,4 @@ class FdByteStream(ByteStream):
 
     @property
     def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
-        return self._extra
+        return {**self.receiver.extra_attributes, **_fd_extra(self.receiver._handle, self._extra)}

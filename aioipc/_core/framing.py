@@ -50,6 +50,7 @@ _LARGE_MAX: Final = 4 * 2**20
 _LARGE: list[bytearray] = []
 _NO_BUFFER: Final = bytearray()
 _NO_VIEW: Final = memoryview(_NO_BUFFER)
+_NO_PARSED: Final[deque[bytes]] = deque()  # never appended to: a framer's until its first parse
 _unpack_header = HEADER.unpack_from
 
 
@@ -150,7 +151,9 @@ class Framer(_Decoder):
         self._start = 0  # first unparsed byte
         self._end = 0  # end of valid data
         self._need = HEADER.size  # bytes the next frame needs in the buffer
-        self.parsed: deque[bytes] = deque()  # messages not yet taken; next_message() pops them
+        # Messages not yet taken; next_message() pops them. Made by the first parse (a deque
+        # is 760 B, which a connection that never sends would keep for nothing).
+        self.parsed = _NO_PARSED
         self.total = 0  # messages parsed so far: ``total - len(parsed)`` have been taken
         self._eof = False
         self._error: FrameTooLarge | None = None  # raised once ``parsed`` is empty
@@ -267,6 +270,8 @@ class Framer(_Decoder):
     def _parse_compiled(self) -> None:
         """:meth:`_parse_python`, its loop in C (``speedups.parse_frames``): a third of the cost per frame."""
         parsed = self.parsed
+        if parsed is _NO_PARSED:
+            parsed = self.parsed = deque()
         before = len(parsed)
         assert _parse_frames is not None
         start, self._need, bad = _parse_frames(
@@ -286,7 +291,10 @@ class Framer(_Decoder):
         start, end = self._start, self._end
         unpack = _unpack_header
         max_size = self.max_size
-        append = self.parsed.append
+        parsed = self.parsed
+        if parsed is _NO_PARSED:
+            parsed = self.parsed = deque()
+        append = parsed.append
         batch = PARSE_BATCH
         self._need = 4
         while end - start >= 4 and batch:

@@ -1,9 +1,13 @@
 """The server object that ``aioipc.serve()`` returns, whatever the mechanism.
 
-Rule 1: every handler runs in one task group the server owns, hosted by one
-runner task (anyio's ``Listener.serve(handler, task_group)`` is the model).
-The caller's cancellations never reach a handler or the cleanup, so closing
-needs no shielding tricks: it asks the runner and waits for it.
+Rule 1: every handler runs in a group the server owns, hosted by one runner
+task (anyio's ``Listener.serve(handler, task_group)`` is the model): one
+task per handler, in its own cancel scope, so the caller's cancellations
+never reach a handler or the cleanup, and closing needs no shielding tricks:
+it asks the runner and waits for it. The group is the set of those scopes,
+not an anyio task group, whose ``start_soon`` costs several times a task's
+memory per handler (an event, a wrapper coroutine, a handle), which an idle
+connection would keep for its whole life.
 Rule 2: a handler that raises is logged on the ``aioipc`` logger and ends
 only its own stream; the server and every other handler go on.
 
@@ -56,9 +60,10 @@ class Server:
         self._connections = 0
         self._closing = False
         self._accepting = anyio.CancelScope()
-        self._handlers = anyio.CancelScope()
-        self._task_group: anyio.abc.TaskGroup | None = None
-        self._drained = anyio.Event()  # every handler has ended
+        self._scopes: set[anyio.CancelScope] = set()  # the live handlers' (each keeps its task alive)
+        self._in_body = False
+        self._cancelled = False  # close() cancelled the handlers
+        self._drained = anyio.Event()  # the body and every handler have ended
         self._closed = anyio.Event()  # ... and on_close ran
         self._runner: asyncio.Task[None] | None = None
 
@@ -120,41 +125,80 @@ class Server:
         """``True`` until the server is closing (a single-handler server: until its handler ended)."""
         return not self._closing
 
-    def start_handler(self, handler: Handler, stream: anyio.abc.AsyncResource) -> None:
-        """Run ``handler(stream)`` in the server's task group; the stream is closed when it returns.
+    def start_handler(
+        self, handler: Handler, stream: Any, on_end: Callable[[], object] | None = None
+    ) -> anyio.CancelScope:
+        """Run ``handler(stream)`` in a task of the server's group; the stream is closed when it returns.
 
-        Only from the server's body (its task group exists while the body runs).
+        Only from the server's body. ``on_end()`` is called once the stream
+        is closed (a slot given back, say); pass one object for every
+        handler, not a new closure each time.
+
+        Returns:
+            the scope the handler runs in: cancelling it ends the handler (its stream is closed).
         """
-        if self._task_group is None:
+        if not self._in_body:
             raise RuntimeError("start_handler() is for the server's body")
+        scope = anyio.CancelScope()
+        if self._cancelled:
+            scope.cancel()
+        self._scopes.add(scope)
         self._connections += 1
-        self._task_group.start_soon(self._run_handler, handler, stream)
+        asyncio.get_running_loop().create_task(self._run_handler(scope, handler, stream, on_end))
+        return scope
 
-    async def _run_handler(self, handler: Handler, stream: anyio.abc.AsyncResource) -> None:
+    async def _run_handler(
+        self,
+        scope: anyio.CancelScope,
+        handler: Handler,
+        stream: anyio.abc.AsyncResource,
+        on_end: Callable[[], object] | None,
+    ) -> None:
         try:
-            await handler(stream)
-        except Exception:
-            logger.exception("%s: a handler raised; closing its stream", self.address)
+            with scope:
+                try:
+                    await handler(stream)
+                except Exception:
+                    logger.exception("%s: a handler raised; closing its stream", self.address)
+                finally:
+                    self._connections -= 1
+                    with anyio.CancelScope(shield=True):  # not aclose_forcefully: its cancel() formats a repr
+                        await stream.aclose()
         finally:
-            self._connections -= 1
-            with anyio.CancelScope(shield=True):  # not aclose_forcefully: its cancel() formats a repr
-                await stream.aclose()
+            if on_end is not None:
+                on_end()
+            self._scopes.discard(scope)
+            self._check_drained()
+
+    def _check_drained(self) -> None:
+        if not self._scopes and not self._in_body:
+            self._drained.set()
+
+    def _cancel_handlers(self) -> None:
+        self._cancelled = True
+        for scope in self._scopes:
+            scope.cancel()
 
     async def _run(self, body: Body) -> None:
         try:
-            with self._handlers:
-                async with anyio.create_task_group() as task_group:
-                    self._task_group = task_group
-                    with self._accepting:
-                        try:
-                            await body(self)
-                        except Exception:
-                            self._closing = True
-                            logger.exception("%s: stopped accepting after an error", self.address)
+            try:
+                self._in_body = True
+                with self._accepting:
+                    try:
+                        await body(self)
+                    except Exception:
+                        self._closing = True
+                        logger.exception("%s: stopped accepting after an error", self.address)
+            finally:
+                self._in_body = False
+                self._check_drained()
+            await self._drained.wait()
         finally:
             self._closing = True
-            self._task_group = None
-            self._drained.set()
+            if self._scopes:  # this task was cancelled (the loop is closing): so are the handlers
+                self._cancel_handlers()
+                with anyio.CancelScope(shield=True):
+                    await self._drained.wait()
             try:
                 if self._on_close is not None:
                     with anyio.CancelScope(shield=True):
@@ -182,7 +226,7 @@ class Server:
                     with anyio.move_on_after(grace):
                         await self._drained.wait()
             finally:
-                self._handlers.cancel()
+                self._cancel_handlers()
         await self._closed.wait()
 
     async def aclose(self) -> None:

@@ -14,7 +14,7 @@ anyio's stream exceptions.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, Final, Literal, Protocol, overload
 
 import anyio
@@ -202,10 +202,6 @@ class QueueStream(MessageStream):
         await anyio.lowlevel.checkpoint()
 
 
-def _never(parts: Sequence[Buffer]) -> bool:
-    return False
-
-
 def _check_max_size(max_size: int) -> int:
     if not 0 <= max_size < 2**32:
         raise ValueError("max_size must be between 0 and 2**32 - 1")
@@ -267,7 +263,7 @@ class FramedReceiveStream(_Framed, MessageReceiveStream):
     ) -> None:
         super().__init__(stream, max_size, framing)
         self._framer: Framer | LineFramer = Framer(max_size) if framing == "length" else LineFramer(max_size)
-        self._parsed = self._framer.parsed
+        self._parsed = self._framer.parsed  # the framer's (it makes one at its first parse: synced below)
         self._guard = ResourceGuard("receiving")
         self._broken: IPCError | None = None
         self._fill = stream.fill if isinstance(stream, ByteReceiveStream) else None
@@ -302,6 +298,7 @@ class FramedReceiveStream(_Framed, MessageReceiveStream):
                     if message is EOF:
                         raise anyio.EndOfStream
                     if message is not NEED_DATA:  # the next batch of a chunk already here
+                        parsed = self._parsed = framer.parsed
                         self._budget -= 1 + len(parsed)
                         return message
                     try:
@@ -311,6 +308,7 @@ class FramedReceiveStream(_Framed, MessageReceiveStream):
                             framer.feed(await self.transport_stream.receive())
                     except anyio.EndOfStream:
                         framer.feed(b"")
+                    parsed = self._parsed = framer.parsed
                 except IPCError as exc:
                     self._broken = exc
                     raise
@@ -334,11 +332,7 @@ class FramedSendStream(_Framed, MessageSendStream):
     ) -> None:
         super().__init__(stream, max_size, framing)
         self._lines = framing == "lines"
-        self._send_parts: Callable[[Sequence[Buffer]], Awaitable[None]] | None = None
-        self._try_send_parts: Callable[[Sequence[Buffer]], bool] = _never
-        if isinstance(stream, ByteSendStream):
-            self._send_parts = stream.send_parts
-            self._try_send_parts = stream.try_send_parts
+        self._parts = isinstance(stream, ByteSendStream)  # sends header and payload as parts
 
     async def send(self, item: bytes) -> None:
         data: Buffer = item
@@ -353,11 +347,12 @@ class FramedSendStream(_Framed, MessageSendStream):
             parts: tuple[Buffer, ...] = (data, *_NEWLINE)
         else:
             parts = (_pack_header(size), data)
-        if self._send_parts is not None:
-            if not self._try_send_parts(parts):
-                await self._send_parts(parts)
+        stream = self.transport_stream
+        if self._parts:
+            if not stream.try_send_parts(parts):
+                await stream.send_parts(parts)
         else:
-            await self.transport_stream.send(b"".join(parts))
+            await stream.send(b"".join(parts))
 
 
 class FramedStream(_Framed, MessageStream):

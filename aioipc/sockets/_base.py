@@ -40,6 +40,7 @@ __all__ = [
     "fds_from_ancillary",
     "format_unix",
     "peer_credentials",
+    "shutdown_write",
     "socket_extra",
     "unix_sockaddr",
 ]
@@ -119,6 +120,15 @@ def socket_extra(sock: socket.socket, path: str | None = None) -> dict[Any, Call
         attrs[IPCAttribute.peer_credentials] = creds
         attrs[PeerCredentials] = creds
     return attrs
+
+
+def shutdown_write(fd: int) -> None:
+    """Shut a stream socket down for writing (its ``send_eof``): the peer reads the end, may still answer."""
+    sock = socket.socket(fileno=fd)
+    try:
+        sock.shutdown(socket.SHUT_WR)
+    finally:
+        sock.detach()
 
 
 def fds_from_ancillary(ancdata: list[tuple[int, int, bytes]]) -> list[int]:

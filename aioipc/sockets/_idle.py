@@ -6,6 +6,9 @@ send only notes the time; when the timer fires it either moves itself to
 per message.
 Rule 2: an operation in progress counts as traffic from its start, so a
 handler blocked in ``send()`` to a peer that never reads is idle too.
+Rule 3: the watch cancels the scope the server already runs the handler in,
+and is the handler's stream itself: no scope, task frame or wrapper
+coroutine of its own, for as long as the connection lives.
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from types import TracebackType
 from typing import Any
 
 import anyio
@@ -25,34 +27,31 @@ logger = logging.getLogger("aioipc")
 
 
 class IdleWatch:
-    """A stream wrapper that notes traffic, and the scope that ends the handler when there is none.
+    """A stream wrapper that notes traffic, and cancels the handler's scope when there is none.
 
-    ``with IdleWatch(stream, timeout, name) as watched: await handler(watched)``
-    cancels the handler (and logs) once ``timeout`` seconds pass without a
-    receive or send. ``watched`` offers the stream's methods (``receive``,
-    ``send``, ``send_eof``, ``send_fds``, ``receive_fds``, ``extra``, iteration).
+    ``watched = IdleWatch(stream, timeout, name)``, then ``watched.start(scope)``
+    with the scope the handler runs in: once ``timeout`` seconds pass without
+    a receive or send, the scope is cancelled (and a warning logged).
+    ``aclose()`` stops watching and closes the stream. ``watched`` offers the
+    stream's methods (``receive``, ``send``, ``send_eof``, ``send_fds``,
+    ``receive_fds``, ``extra``, iteration).
     """
+
+    __slots__ = ("_last", "_name", "_scope", "_stream", "_timeout", "_timer")
 
     def __init__(self, stream: Any, timeout: float, name: str) -> None:
         self._stream = stream
         self._timeout = timeout
         self._name = name
         self._last = time.monotonic()
-        self._scope = anyio.CancelScope()
+        self._scope: anyio.CancelScope | None = None
         self._timer: asyncio.TimerHandle | None = None
 
-    def __enter__(self) -> IdleWatch:
-        self._scope.__enter__()
+    def start(self, scope: anyio.CancelScope) -> None:
+        """Start watching: ``scope`` is cancelled once the stream has been idle for the timeout."""
+        self._scope = scope
+        self._last = time.monotonic()
         self._arm(self._timeout)
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> bool:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        return bool(self._scope.__exit__(exc_type, exc, tb))
 
     def _arm(self, delay: float) -> None:
         self._timer = asyncio.get_running_loop().call_later(delay, self._check)
@@ -64,7 +63,8 @@ class IdleWatch:
             return
         self._timer = None
         logger.warning("%s: closing a connection idle for %g s (idle_timeout)", self._name, self._timeout)
-        self._scope.cancel()
+        if self._scope is not None:
+            self._scope.cancel()
 
     # -- the stream's face -----------------------------------------------------------------
 
@@ -101,6 +101,9 @@ class IdleWatch:
         await self._stream.send_eof()
 
     async def aclose(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         await self._stream.aclose()
 
     def extra(self, attribute: Any, *default: Any) -> Any:
@@ -115,7 +118,11 @@ class IdleWatch:
         return self
 
     async def __anext__(self) -> Any:
+        # receive() inlined: a handler parked here keeps one coroutine fewer
+        self._last = time.monotonic()
         try:
-            return await self.receive()
+            return await self._stream.receive()
         except anyio.EndOfStream:
             raise StopAsyncIteration from None
+        finally:
+            self._last = time.monotonic()

@@ -7,13 +7,14 @@ activation) is served the same way.
 
 Rule 1: the accept loop never calls ``accept()`` beyond ``max_connections``
 live handlers: extra clients wait in the kernel's backlog, not in memory.
-Rule 2: everything a connection needs before its handler runs (TLS
-handshake, framing) happens in the connection's own task, or is a plain
-syscall (credential check), so a slow or hostile client cannot stall the
-accept loop.
+Rule 2: everything a connection needs before its handler runs that can
+wait (the TLS handshake) happens in the connection's own task; the rest is
+a plain syscall (credential check) or builds objects (framing), so a slow
+or hostile client cannot stall the accept loop.
 Rule 3: a connection costs what its handler holds and no more: one task,
 the socket's stream, and the handler's frame (no per-connection closures,
-timers only with ``idle_timeout``).
+no wrapping coroutine unless TLS needs one, a timer only with
+``idle_timeout``).
 """
 
 from __future__ import annotations
@@ -140,6 +141,13 @@ class _Acceptor:
     nodelay: bool
     idle_timeout: float | None
 
+    def __post_init__(self) -> None:
+        # What every connection shares, made once: the path its streams report,
+        # the slot it gives back when it ends, and what runs the handler.
+        self._path = self.listening.address.partition(":")[2]
+        self._release = None if self.slots is None else self.slots.release
+        self._handler = self.handler if self.ssl is None else self._run
+
     async def serve(self, server: Server) -> None:
         """Accept until cancelled (:meth:`Server.close`), starting a handler per connection."""
         try:
@@ -153,9 +161,13 @@ class _Acceptor:
                     logger.exception("%s: could not start a connection", self.listening.address)
                     stream = None
                 if stream is None:
-                    self._release()
-                else:
-                    server.start_handler(self._run, stream)
+                    if self._release is not None:
+                        self._release()
+                elif self.idle_timeout is None:
+                    server.start_handler(self._handler, stream, self._release)
+                else:  # the watch is the handler's stream (under TLS: the transport TLS wraps)
+                    watch = IdleWatch(stream, self.idle_timeout, self.listening.address)
+                    watch.start(server.start_handler(self._handler, watch, self._release))
         finally:
             self.listening.close()
 
@@ -177,8 +189,11 @@ class _Acceptor:
                 )
                 await anyio.sleep(0.1)
 
-    def _admit(self, conn: socket.socket) -> SocketStream | SeqpacketStream | None:
-        """The stream of an accepted connection, or ``None`` when its peer is refused (closed)."""
+    def _admit(self, conn: socket.socket) -> Any:
+        """The stream of an accepted connection, or ``None`` when its peer is refused (closed).
+
+        Framed here unless TLS comes first (then :meth:`_run` frames it after the handshake).
+        """
         try:
             if self.allowed_uids is not None:
                 try:
@@ -196,37 +211,30 @@ class _Acceptor:
             if conn.family != socket.AF_UNIX:
                 if self.nodelay:
                     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                return SocketStream(SocketHandle(conn))
-            path = self.listening.address.partition(":")[2]
-            if conn.type == socket.SOCK_SEQPACKET:
-                return SeqpacketStream(SocketHandle(conn), max_size=self.max_size, path=path)
-            return SocketStream(SocketHandle(conn), path=path)
+                stream = SocketStream(SocketHandle(conn))
+            elif conn.type == socket.SOCK_SEQPACKET:
+                return SeqpacketStream(SocketHandle(conn), max_size=self.max_size, path=self._path)
+            else:
+                stream = SocketStream(SocketHandle(conn), path=self._path)
         except BaseException:
             conn.close()
             raise
+        if self.framing is None or self.ssl is not None:
+            return stream
+        return framed(stream, self.max_size, framing=self.framing)
 
-    def _release(self) -> None:
-        if self.slots is not None:
-            self.slots.release()
-
-    async def _run(self, raw: SocketStream | SeqpacketStream) -> None:
-        """TLS, framing and the idle watch around one handler call (in the connection's task)."""
-        stream: Any = raw
+    async def _run(self, raw: Any) -> None:
+        """The TLS handshake, then framing, around one handler call (in the connection's task)."""
+        stream = raw
         try:
-            if self.ssl is not None:
-                with anyio.fail_after(self.handshake_timeout):
-                    stream = await TLSStream.wrap(
-                        raw, server_side=True, ssl_context=self.ssl, standard_compatible=False
-                    )
-            if self.framing is not None and isinstance(raw, SocketStream):
+            with anyio.fail_after(self.handshake_timeout):
+                stream = await TLSStream.wrap(
+                    raw, server_side=True, ssl_context=self.ssl, standard_compatible=False
+                )
+            if self.framing is not None:
                 stream = framed(stream, self.max_size, framing=self.framing)
-            if self.idle_timeout is None:
-                await self.handler(stream)
-            else:
-                with IdleWatch(stream, self.idle_timeout, self.listening.address) as watched:
-                    await self.handler(watched)
+            await self.handler(stream)
         finally:
-            self._release()
             if stream is not raw:
                 with anyio.CancelScope(shield=True):
                     await stream.aclose()  # TLS: not standard-compatible, so it does not wait for the peer

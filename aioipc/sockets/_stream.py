@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import array
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import anyio
@@ -25,7 +25,7 @@ from .._core.streams import (
     FramedSendStream,
     FramedStream,
 )
-from ._base import SocketHandle, close_fds, fds_from_ancillary, socket_extra
+from ._base import SocketHandle, close_fds, fds_from_ancillary, shutdown_write, socket_extra
 
 __all__ = ["FdsTruncated", "FramedUnixStream", "SocketReceiveStream", "SocketSendStream", "SocketStream"]
 
@@ -65,6 +65,15 @@ def _fill_with_fds(
 _DISCARDED = bytearray(65536)  # where closing sockets drop what arrived unread (never read back)
 
 
+def _try_fill_with_fds(
+    fd: int, sock: socket.socket, sink: BufferSink, ancsize: int
+) -> int | tuple[bytes, list[tuple[int, int, bytes]], int] | None:
+    try:
+        return _fill_with_fds(fd, sock, sink, ancsize)
+    except BlockingIOError:  # caught here, not in a coroutine that then parks with its frame object
+        return None
+
+
 def check_fds(fds: Sequence[int]) -> array.array[int]:
     """The ``SCM_RIGHTS`` payload for ``fds``.
 
@@ -90,11 +99,15 @@ def rights_message(data: bytes, ancdata: list[tuple[int, int, bytes]], flags: in
 class SocketReceiveStream(FdReceiveStream):
     """The receiving half of a stream socket; adds :meth:`receive_fds`."""
 
-    def __init__(self, handle: SocketHandle, *, extra: dict[Any, Callable[[], Any]] | None = None) -> None:
+    def __init__(self, handle: SocketHandle, *, path: str | None = None) -> None:
         super().__init__(handle)
-        self._extra.update(extra or {})
         self._sock = handle.sock
-        self._unclaimed_fds: list[int] = []  # fds a cancelled receive_into_fds() had taken
+        self._path = path
+        self._unclaimed_fds: list[int] | tuple[()] = ()  # fds a cancelled read had taken
+
+    @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        return {**super().extra_attributes, **socket_extra(self._sock, self._path)}
 
     async def receive_fds(
         self, max_bytes: int = 65536, max_fds: int = DEFAULT_MAX_FDS
@@ -135,26 +148,27 @@ class SocketReceiveStream(FdReceiveStream):
                 n = min(len(buffer), len(self._unclaimed))
                 buffer[:n] = self._unclaimed[:n]
                 self._unclaimed = self._unclaimed[n:]
-                fds, self._unclaimed_fds = self._unclaimed_fds, []
+                fds, self._unclaimed_fds = list(self._unclaimed_fds), ()
                 sink.buffer_updated(n)
                 return fds
         ancsize = _ANCSIZE if max_fds == DEFAULT_MAX_FDS else socket.CMSG_SPACE(max_fds * 4)
         handle = self._handle
+        now = True  # false once a read here found the socket empty: handle.read need not try again
         if not handle._reader_armed and self._budget > 0 and not self._guard.busy and handle.fd >= 0:
             # The common case of a reader that keeps up with no wait: read now.
             self._budget -= 1
             try:
-                got = _fill_with_fds(handle.fd, self._sock, sink, ancsize)
-            except BlockingIOError:
-                pass
+                got = _try_fill_with_fds(handle.fd, self._sock, sink, ancsize)
             except OSError:
                 with map_exceptions():
                     raise
+            if got is None:
+                now = False
+            elif isinstance(got, int):
+                if not got:
+                    raise anyio.EndOfStream
+                return []
             else:
-                if isinstance(got, int):
-                    if not got:
-                        raise anyio.EndOfStream
-                    return []
                 return rights_message(*got, max_fds)
         guard = self._guard  # entered by hand: this runs once a wait
         if guard.busy:
@@ -166,7 +180,7 @@ class SocketReceiveStream(FdReceiveStream):
             self._budget -= 1
             sink.release()  # no buffer while parked: one is taken when data comes
             # handle.read, not self._read: a socket never waits first, and this saves a layer
-            got = await handle.read(_fill_with_fds, self._keep_fds, self._sock, sink, ancsize)
+            got = await handle.read(_fill_with_fds, self._keep_fds, self._sock, sink, ancsize, now=now)
         except OSError:
             with map_exceptions():
                 raise
@@ -181,7 +195,7 @@ class SocketReceiveStream(FdReceiveStream):
     def _keep_fds(self, got: int | tuple[bytes, list[tuple[int, int, bytes]], int]) -> None:
         # Cancelled after the read: the bytes went to the sink; the fds wait for the next read.
         if not isinstance(got, int):
-            self._unclaimed_fds += fds_from_ancillary(got[1])
+            self._unclaimed_fds = [*self._unclaimed_fds, *fds_from_ancillary(got[1])]
 
     async def receive_into_fds(
         self, buffer: memoryview, max_fds: int = DEFAULT_MAX_FDS
@@ -225,10 +239,14 @@ class _Into:
 class SocketSendStream(FdSendStream):
     """The sending half of a stream socket; adds :meth:`send_fds`."""
 
-    def __init__(self, handle: SocketHandle, *, extra: dict[Any, Callable[[], Any]] | None = None) -> None:
+    def __init__(self, handle: SocketHandle, *, path: str | None = None) -> None:
         super().__init__(handle)
-        self._extra.update(extra or {})
         self._sock = handle.sock
+        self._path = path
+
+    @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        return {**super().extra_attributes, **socket_extra(self._sock, self._path)}
 
     async def send_fds(self, data: Buffer, fds: Sequence[int]) -> None:
         """Send ``data`` with duplicates of ``fds`` attached (``SCM_RIGHTS``), after what is pending.
@@ -279,12 +297,10 @@ class SocketStream(FdByteStream):
     sender: SocketSendStream
 
     def __init__(self, handle: SocketHandle, *, path: str | None = None) -> None:
-        extra = socket_extra(handle.sock, path)
-        sock = handle.sock
         super().__init__(
-            SocketReceiveStream(handle, extra=extra),
-            SocketSendStream(handle, extra=extra),
-            shutdown=lambda _fd: sock.shutdown(socket.SHUT_WR),
+            SocketReceiveStream(handle, path=path),
+            SocketSendStream(handle, path=path),
+            shutdown=shutdown_write,
         )
 
     def fileno(self) -> int:
@@ -348,6 +364,9 @@ class SocketStream(FdByteStream):
 # closed at the next read, or when the stream closes.
 
 
+_NO_FRAME_FDS: dict[int, list[int] | None] = {}  # never written: what a stream that got no fds holds
+
+
 class _FdMessages(FramedReceiveStream):
     """Framed receiving that notes which frame each read's fds belong to (by number, see Rule 3)."""
 
@@ -358,7 +377,7 @@ class _FdMessages(FramedReceiveStream):
         frames = self._framer
         assert isinstance(frames, Framer)  # length framing: frames are numbered
         self._frames = frames
-        self.fds: dict[int, list[int] | None] = {}  # frame number -> its fds (None: too many came)
+        self.fds = _NO_FRAME_FDS  # frame number -> its fds (None: too many came); a dict once fds come
 
     async def _fill_noting_fds(self, sink: BufferSink) -> None:
         if self.fds:
@@ -373,6 +392,8 @@ class _FdMessages(FramedReceiveStream):
         frames = self._frames
         frames.parse_pending()  # where this read's frames end must be known now
         completed = frames.total - before
+        if self.fds is _NO_FRAME_FDS:
+            self.fds = {}
         self.fds[before + completed - (1 if completed and not frames.buffered else 0)] = fds
 
     def _drop_taken(self) -> None:
