@@ -238,9 +238,13 @@ class Bridge:
         except asyncio.CancelledError:
             if not job.future.done():
                 self._interrupt(job)
-            while not job.future.done():  # the outcome, read below, decides
-                with contextlib.suppress(BaseException):
-                    await asyncio.shield(job.future)
+            # The outcome, read below, decides. Shielded from anyio's cancel scope, which would
+            # cancel this wait again at every loop iteration: a hot loop that, holding the GIL,
+            # slows the very thread this waits for.
+            with anyio.CancelScope(shield=True):
+                while not job.future.done():
+                    with contextlib.suppress(BaseException):
+                        await asyncio.shield(job.future)
             if not job.future.cancelled():
                 # Retrieved here: the future may have failed while no shield watched it
                 # (between a repeated cancel and the next shield), and the loop would log it.
