@@ -14,7 +14,7 @@ anyio's stream exceptions.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any, Final, Literal, Protocol, overload
 
 import anyio
@@ -266,7 +266,9 @@ class FramedReceiveStream(_Framed, MessageReceiveStream):
         self._parsed = self._framer.parsed  # the framer's (it makes one at its first parse: synced below)
         self._guard = ResourceGuard("receiving")
         self._broken: IPCError | None = None
-        self._fill = stream.fill if isinstance(stream, ByteReceiveStream) else None
+        self._fill: Callable[[BufferSink], Awaitable[object]] | None = (
+            stream.fill if isinstance(stream, ByteReceiveStream) else None
+        )
         self._budget = FAIR_OPS
 
     async def receive(self) -> bytes:

@@ -99,6 +99,8 @@ def rights_message(data: bytes, ancdata: list[tuple[int, int, bytes]], flags: in
 class SocketReceiveStream(FdReceiveStream):
     """The receiving half of a stream socket; adds :meth:`receive_fds`."""
 
+    _notes: _FdMessages | None = None  # the framed stream over it, which numbers frames (Rule 3)
+
     def __init__(self, handle: SocketHandle, *, path: str | None = None) -> None:
         super().__init__(handle)
         self._sock = handle.sock
@@ -142,6 +144,15 @@ class SocketReceiveStream(FdReceiveStream):
             FdsTruncated: more than ``max_fds`` came; all were closed (the bytes went to ``sink``).
             anyio.EndOfStream: the peer closed its end.
         """
+        notes = self._notes
+        before = 0
+        if notes is not None:
+            if sink is notes._frames:  # the framed stream's own read: its fds are noted by frame
+                if notes.fds:
+                    notes._drop_taken()
+                before = notes._frames.total
+            else:
+                notes = None
         if self._unclaimed or self._unclaimed_fds:  # what a cancelled read had taken comes first
             with self._guard:
                 buffer = sink.get_buffer(max(len(self._unclaimed), 1))
@@ -150,7 +161,10 @@ class SocketReceiveStream(FdReceiveStream):
                 self._unclaimed = self._unclaimed[n:]
                 fds, self._unclaimed_fds = list(self._unclaimed_fds), ()
                 sink.buffer_updated(n)
-                return fds
+            if notes is not None and fds:
+                notes.arrived(before, fds)
+                return []
+            return fds
         ancsize = _ANCSIZE if max_fds == DEFAULT_MAX_FDS else socket.CMSG_SPACE(max_fds * 4)
         handle = self._handle
         now = True  # false once a read here found the socket empty: handle.read need not try again
@@ -169,7 +183,7 @@ class SocketReceiveStream(FdReceiveStream):
                     raise anyio.EndOfStream
                 return []
             else:
-                return rights_message(*got, max_fds)
+                return self._fds_of_read(got, max_fds, notes, before)
         guard = self._guard  # entered by hand: this runs once a wait
         if guard.busy:
             raise anyio.BusyResourceError("receiving")
@@ -190,7 +204,27 @@ class SocketReceiveStream(FdReceiveStream):
             if not got:
                 raise anyio.EndOfStream
             return []
-        return rights_message(*got, max_fds)
+        return self._fds_of_read(got, max_fds, notes, before)
+
+    @staticmethod
+    def _fds_of_read(
+        got: tuple[bytes, list[tuple[int, int, bytes]], int],
+        max_fds: int,
+        notes: _FdMessages | None,
+        before: int,
+    ) -> list[int]:
+        """The fds of a read that carried ancillary data; noted by frame when a framed stream reads."""
+        try:
+            fds: list[int] | None = rights_message(*got, max_fds)
+        except FdsTruncated:  # the fds were closed; the bytes went to the sink all the same
+            if notes is None:
+                raise
+            fds = None
+        if notes is None:
+            assert fds is not None
+            return fds
+        notes.arrived(before, fds)
+        return []
 
     def _keep_fds(self, got: int | tuple[bytes, list[tuple[int, int, bytes]], int]) -> None:
         # Cancelled after the read: the bytes went to the sink; the fds wait for the next read.
@@ -372,23 +406,15 @@ class _FdMessages(FramedReceiveStream):
 
     def __init__(self, receiver: SocketReceiveStream, max_size: int) -> None:
         super().__init__(receiver, max_size)
-        self._socket = receiver
-        self._fill = self._fill_noting_fds
+        receiver._notes = self  # its fill_fds notes the fds of each read by frame (Rule 3)
+        self._fill = receiver.fill_fds
         frames = self._framer
         assert isinstance(frames, Framer)  # length framing: frames are numbered
         self._frames = frames
         self.fds = _NO_FRAME_FDS  # frame number -> its fds (None: too many came); a dict once fds come
 
-    async def _fill_noting_fds(self, sink: BufferSink) -> None:
-        if self.fds:
-            self._drop_taken()
-        before = self._frames.total
-        try:
-            fds: list[int] | None = await self._socket.fill_fds(sink, DEFAULT_MAX_FDS)
-            if not fds:
-                return
-        except FdsTruncated:  # the fds were closed; the bytes went to the framer all the same
-            fds = None
+    def arrived(self, before: int, fds: list[int] | None) -> None:
+        """A read that began after frame ``before`` brought ``fds``: attach them to their frame."""
         frames = self._frames
         frames.parse_pending()  # where this read's frames end must be known now
         completed = frames.total - before
