@@ -35,11 +35,10 @@ DEFAULT_MAX_FDS = 16
 _ANCSIZE = socket.CMSG_SPACE(DEFAULT_MAX_FDS * 4)
 _CMSG_CLOEXEC = int(socket.MSG_CMSG_CLOEXEC)
 _CTRUNC = int(socket.MSG_CTRUNC)
+_WithFds = tuple[bytes, list[tuple[int, int, bytes]], int]  # a read's bytes, ancdata and flags
 
 
-def _fill_with_fds(
-    fd: int, sock: socket.socket, sink: BufferSink, ancsize: int
-) -> int | tuple[bytes, list[tuple[int, int, bytes]], int]:
+def _fill_with_fds(fd: int, sock: socket.socket, sink: BufferSink, ancsize: int) -> int | _WithFds:
     """One ``recvmsg`` into ``sink``, the bytes handed to it at once (a cancelled wait loses none).
 
     Returns the byte count (0: end of stream) when no ancillary data came,
@@ -65,9 +64,7 @@ def _fill_with_fds(
 _DISCARDED = bytearray(65536)  # where closing sockets drop what arrived unread (never read back)
 
 
-def _try_fill_with_fds(
-    fd: int, sock: socket.socket, sink: BufferSink, ancsize: int
-) -> int | tuple[bytes, list[tuple[int, int, bytes]], int] | None:
+def _try_fill_with_fds(fd: int, sock: socket.socket, sink: BufferSink, ancsize: int) -> int | _WithFds | None:
     try:
         return _fill_with_fds(fd, sock, sink, ancsize)
     except BlockingIOError:  # caught here, not in a coroutine that then parks with its frame object
@@ -207,12 +204,7 @@ class SocketReceiveStream(FdReceiveStream):
         return self._fds_of_read(got, max_fds, notes, before)
 
     @staticmethod
-    def _fds_of_read(
-        got: tuple[bytes, list[tuple[int, int, bytes]], int],
-        max_fds: int,
-        notes: _FdMessages | None,
-        before: int,
-    ) -> list[int]:
+    def _fds_of_read(got: _WithFds, max_fds: int, notes: _FdMessages | None, before: int) -> list[int]:
         """The fds of a read that carried ancillary data; noted by frame when a framed stream reads."""
         try:
             fds: list[int] | None = rights_message(*got, max_fds)
@@ -226,7 +218,7 @@ class SocketReceiveStream(FdReceiveStream):
         notes.arrived(before, fds)
         return []
 
-    def _keep_fds(self, got: int | tuple[bytes, list[tuple[int, int, bytes]], int]) -> None:
+    def _keep_fds(self, got: int | _WithFds) -> None:
         # Cancelled after the read: the bytes went to the sink; the fds wait for the next read.
         if not isinstance(got, int):
             self._unclaimed_fds = [*self._unclaimed_fds, *fds_from_ancillary(got[1])]
