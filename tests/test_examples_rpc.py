@@ -63,7 +63,8 @@ async def test_rpc_service_stops_quietly_on_a_signal(signum: int, tmp_ipc_dir: P
             aioipc.signals.send(proc.pid, signum)
             assert await proc.wait() == 128 + signum
             errors = b"".join([chunk async for chunk in proc.stderr])
-    assert errors == b""  # no traceback    assert not path.exists()
+    assert errors == b""  # no traceback
+    assert not path.exists()
 
 
 @pytest.mark.skipif(shutil.which("socat") is None, reason="socat is not installed")

@@ -19,7 +19,9 @@ from aioipc._core import framing, speedups
 
 def _active_in_child(env: dict[str, str]) -> bool:
     code = "import aioipc._core.speedups as s; print(s.ACTIVE)"
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True, timeout=30
+    )
     return out.stdout.strip() == "True"
 
 

@@ -6,6 +6,8 @@ import asyncio
 import os
 import socket
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import anyio
 import pytest
@@ -36,78 +38,80 @@ def _open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+@asynccontextmanager
 async def _sender(
-    ours: socket.socket, theirs: socket.socket, count: int, per_message: int
-) -> asyncio.subprocess.Process:
+    theirs: socket.socket, count: int, per_message: int
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """The child that sends ``count`` messages with ``per_message`` fds, each followed by a plain one."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        _SENDER,
-        loop_name(),
-        str(theirs.fileno()),
-        str(count),
-        str(per_message),
+        *[sys.executable, "-c", _SENDER, loop_name(), str(theirs.fileno()), str(count), str(per_message)],
         pass_fds=[theirs.fileno()],
     )
     theirs.close()
-    return proc
+    try:
+        yield proc
+    finally:
+        if proc.returncode is None:  # the test failed before the child was done: no child left behind
+            proc.kill()
+            await proc.wait()
 
 
 async def test_plain_receive_closes_the_fds_of_its_messages() -> None:
-    ours, theirs = socket.socketpair()
     before = _open_fds()
-    proc = await _sender(ours, theirs, 100, 3)
-    msgs = aioipc.framed(aioipc.sockets.from_socket(ours))
-    with anyio.fail_after(30):
-        most = 0
-        received = 0
-        while await msgs.receive() != b"end":
-            received += 1
-            most = max(most, _open_fds() - before)
-        # At most the fds of the frame the last read ended in are still open: none piles up.
-        assert most <= 3
-        assert received == 200
-        await msgs.send(b"bye")
-        await msgs.aclose()
-        assert await proc.wait() == 0
-    assert _open_fds() <= before
+    ours, theirs = socket.socketpair()
+    async with _sender(theirs, 100, 3) as proc:
+        msgs = aioipc.framed(aioipc.sockets.from_socket(ours))
+        with anyio.fail_after(30):
+            most = received = 0
+            while await msgs.receive() != b"end":
+                received += 1
+                most = max(most, _open_fds() - before)
+            # Our socket, and at most the fds of the frame the last read ended in: none piles up.
+            assert most <= 1 + 3
+            assert received == 200
+            await msgs.send(b"bye")
+            await msgs.aclose()
+            assert await proc.wait() == 0
+    assert _open_fds() == before
 
 
 async def test_receive_fds_gets_each_messages_own_fds_after_plain_receives() -> None:
+    before = _open_fds()
     ours, theirs = socket.socketpair()
-    proc = await _sender(ours, theirs, 20, 1)
-    msgs = aioipc.framed(aioipc.sockets.from_socket(ours))
-    with anyio.fail_after(30):
-        for i in range(20):
-            if i % 2:
-                assert await msgs.receive() == b"with fds %d" % i  # closed by the stream
-                assert await msgs.receive_fds() == (b"plain %d" % i, [])
-            else:
-                message, fds = await msgs.receive_fds()
-                assert message == b"with fds %d" % i
-                assert len(fds) == 1
-                os.fstat(fds[0])  # open, and ours
-                os.close(fds[0])
-                assert await msgs.receive() == b"plain %d" % i
-        assert await msgs.receive() == b"end"
-        await msgs.send(b"bye")
-        await msgs.aclose()
-        assert await proc.wait() == 0
+    async with _sender(theirs, 20, 1) as proc:
+        msgs = aioipc.framed(aioipc.sockets.from_socket(ours))
+        with anyio.fail_after(30):
+            for i in range(20):
+                if i % 2:
+                    assert await msgs.receive() == b"with fds %d" % i  # closed by the stream
+                    assert await msgs.receive_fds() == (b"plain %d" % i, [])
+                else:
+                    message, fds = await msgs.receive_fds()
+                    assert message == b"with fds %d" % i
+                    assert len(fds) == 1
+                    os.fstat(fds[0])  # open, and ours
+                    os.close(fds[0])
+                    assert await msgs.receive() == b"plain %d" % i
+            assert await msgs.receive() == b"end"
+            await msgs.send(b"bye")
+            await msgs.aclose()
+            assert await proc.wait() == 0
+    assert _open_fds() == before
 
 
 async def test_too_many_fds_is_fds_truncated_and_the_stream_goes_on() -> None:
-    ours, theirs = socket.socketpair()
     before = _open_fds()
-    proc = await _sender(ours, theirs, 2, 20)  # 20 fds > the 16 a framed unix stream takes
-    msgs = aioipc.framed(aioipc.sockets.from_socket(ours))
-    with anyio.fail_after(30):
-        for i in range(2):
-            with pytest.raises(aioipc.sockets.FdsTruncated) as info:
-                await msgs.receive_fds()
-            assert info.value.data == b"with fds %d" % i
-            assert await msgs.receive_fds() == (b"plain %d" % i, [])
-        assert await msgs.receive() == b"end"
-        await msgs.send(b"bye")
-        await msgs.aclose()
-        assert await proc.wait() == 0
-    assert _open_fds() <= before
+    ours, theirs = socket.socketpair()
+    async with _sender(theirs, 2, 20) as proc:  # 20 fds > the 16 a framed unix stream takes
+        msgs = aioipc.framed(aioipc.sockets.from_socket(ours))
+        with anyio.fail_after(30):
+            for i in range(2):
+                with pytest.raises(aioipc.sockets.FdsTruncated) as info:
+                    await msgs.receive_fds()
+                assert info.value.data == b"with fds %d" % i
+                assert await msgs.receive_fds() == (b"plain %d" % i, [])
+            assert await msgs.receive() == b"end"
+            await msgs.send(b"bye")
+            await msgs.aclose()
+            assert await proc.wait() == 0
+    assert _open_fds() == before
