@@ -166,8 +166,11 @@ async def test_a_call_cancelled_while_queued_leaves_no_error_nobody_reads(exact:
     gate = threading.Event()
     ran: list[int] = []
 
+    scopes: list[anyio.CancelScope] = []
+
     async def cancelled_while_queued(i: int) -> None:
-        with anyio.move_on_after(0.001 * (i % 3)):
+        with anyio.move_on_after(0.001 * (i % 3)) as scope:
+            scopes.append(scope)
             await bridge.run(lambda: ran.append(i), all_or_nothing=exact)
 
     try:
@@ -177,11 +180,14 @@ async def test_a_call_cancelled_while_queued_leaves_no_error_nobody_reads(exact:
             async with anyio.create_task_group() as tg:
                 for i in range(30):
                     tg.start_soon(cancelled_while_queued, i)
-                await anyio.sleep(0.01)
+                await until(lambda: len(scopes) == 30 and all(scope.cancel_called for scope in scopes))
                 gate.set()
+        # From here the thread only skips 30 calls: a bound of seconds, where callers
+        # spinning the loop took 1-10 s to let it.
+        with anyio.fail_after(2):
             assert await first is True
             await bridge.wait_idle()
-            assert ran == []
+        assert ran == []
     finally:
         await bridge.aclose()
     gc.collect()  # an unretrieved error is reported now, inside the test
