@@ -230,7 +230,7 @@ class MessageQueue(QueueStream):
             self._receive_budget = 0
             self._receiving = True
             try:
-                return (await self._handle.read(self._receive_now, self._keep))[0]
+                return (await self._handle.read(self._receive_now, self._keep, now=False))[0]
             finally:
                 self._receiving = False
                 if not self._kept and self._handle.fd >= 0:
@@ -262,7 +262,8 @@ class MessageQueue(QueueStream):
                 except _BusyError:
                     pass
             # Taken in a loop callback; a receive cancelled after that leaves it in _kept.
-            return await handle.read(self._receive_now, self._keep)
+            # now=False: a receive was tried just above, or by the fast path that called this.
+            return await handle.read(self._receive_now, self._keep, now=False)
         finally:
             self._receiving = False
             if not self._kept and handle.fd >= 0:
