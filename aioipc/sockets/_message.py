@@ -103,7 +103,10 @@ class MessageSocket(MessageStream):
         if self._unix:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
             self._control = _CREDS_SPACE + socket.CMSG_SPACE(DEFAULT_MAX_FDS * 4)
-            self._recv_count = max(1, min(RECV_MAX, _RECV_SPAN // self._slot))
+            # Pure Python reads one message per call into the whole buffer: a slot of one.
+            self._recv_count = (
+                max(1, min(RECV_MAX, _RECV_SPAN // self._slot)) if recv_batch is not recv_one else 1
+            )
             self._recv_batch = recv_batch
             sndbuf = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
             self._batch_largest = min(_BATCH_LARGEST, max_size, sndbuf // 2)
@@ -222,7 +225,7 @@ class MessageSocket(MessageStream):
                 try:  # a queued message is one syscall away, even while the loop polls the fd
                     batch = receive(*args)
                 except BlockingIOError:
-                    batch = await handle.read(lambda _fd: receive(*args), self._store)
+                    batch = await handle.read(lambda _fd: receive(*args), self._store, now=False)
             except OSError:
                 with map_exceptions():
                     raise
