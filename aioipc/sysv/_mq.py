@@ -259,25 +259,6 @@ class MessageQueue(QueueStream):
             return None
         return data, mtype
 
-    def _poll(self, type: int) -> tuple[bytes, int] | None:
-        """Retry ``msgrcv(IPC_NOWAIT)`` for up to ``SPIN`` seconds (see the module docstring)."""
-        if self._spin_skip:
-            self._spin_skip -= 1
-            return None
-        receive = self._queue.receive
-        clock = time.perf_counter
-        deadline = clock() + SPIN
-        while clock() < deadline:
-            try:
-                found = receive(False, type)
-            except sysv_ipc.BusyError:
-                continue
-            self._spin_misses = 0
-            return found  # type: ignore[no-any-return]
-        self._spin_misses = min(self._spin_misses + 1, SPIN_BACKOFF)
-        self._spin_skip = (1 << self._spin_misses) - 1
-        return None
-
     async def receive_with_type(self, type: int = 0) -> tuple[bytes, int]:
         """Receive the next message matching ``type``; return ``(data, mtype)``.
 
