@@ -34,7 +34,7 @@ from anyio.streams.tls import TLSStream
 
 from .._core.schemes import Address, Framing
 from .._core.server import Server
-from .._core.streams import framed
+from .._core.streams import FAIR_OPS, fair_yield, framed
 from ._base import KINDS, SocketHandle, UnixPath, bind_unix, peer_credentials
 from ._idle import IdleWatch
 from ._message import DatagramStream, SeqpacketStream
@@ -150,10 +150,15 @@ class _Acceptor:
 
     async def serve(self, server: Server) -> None:
         """Accept until cancelled (:meth:`Server.close`), starting a handler per connection."""
+        budget = FAIR_OPS
         try:
             while True:
                 if self.slots is not None:
-                    await self.slots.acquire()
+                    await self.slots.acquire()  # a checkpoint each time
+                elif budget <= 0:  # a connect flood yields like any other flood
+                    await fair_yield()
+                    budget = FAIR_OPS
+                budget -= 1
                 conn = await self._accept()
                 try:
                     stream = self._admit(conn)
