@@ -325,3 +325,37 @@ async def test_fds_travel_with_their_frame_on_the_default_unix_stream(tmp_ipc_di
         assert [message for message, _ in chunk] == [b"plain", b"one", b"two+three", b"x" * 10, b"y" * 10]
         assert [len(contents) for _, contents in chunk] == [0, 1, 2, 0, 1]
     assert [contents for _, contents in seen[:3]] == [[], [b"one"], [b"two", b"three"]]
+
+
+async def test_a_handler_that_polls_does_not_keep_a_silent_client_alive(
+    tmp_ipc_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A receive cancelled by the handler's own short timeout is no traffic."""
+    caplog.set_level(logging.WARNING, "aioipc")
+    path = tmp_ipc_dir / "s.sock"
+    polls = 0
+
+    async def poller(msgs: Any) -> None:
+        nonlocal polls
+        while True:
+            with anyio.move_on_after(0.05):
+                await msgs.receive()
+            polls += 1
+
+    async with await aioipc.serve(f"unix:{path}", poller, idle_timeout=0.3) as server:
+        silent = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", _IDLE_CLIENTS, str(path), "1", stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
+        try:
+            assert silent.stdout is not None
+            with anyio.fail_after(10):
+                assert await silent.stdout.readline() == b"connected\n"
+                await until(lambda: server.connections == 1)
+                await until(lambda: server.connections == 0)  # closed for idling, polls and all
+        finally:
+            assert silent.stdin is not None
+            silent.stdin.close()
+            with anyio.fail_after(10):
+                await silent.wait()
+    assert polls >= 3
+    assert caplog.text.count("idle_timeout") == 1

@@ -4,8 +4,9 @@ Rule 1: one timer per watched connection, re-armed lazily: a receive or
 send only notes the time; when the timer fires it either moves itself to
 ``last traffic + timeout`` or cancels the handler's scope. No timer work
 per message.
-Rule 2: an operation in progress counts as traffic from its start, so a
-handler blocked in ``send()`` to a peer that never reads is idle too.
+Rule 2: only a completed operation is traffic: a handler blocked in
+``send()`` to a peer that never reads is idle, and so is one whose own
+short timeouts keep cancelling its ``receive()`` from a silent peer.
 Rule 3: the watch cancels the scope the server already runs the handler in,
 and is the handler's stream itself: no scope, task frame or wrapper
 coroutine of its own, for as long as the connection lives.
@@ -43,7 +44,7 @@ class IdleWatch:
         self._stream = stream
         self._timeout = timeout
         self._name = name
-        self._last = time.monotonic()
+        self._last = 0.0  # set by start(), then by every completed operation
         self._scope: anyio.CancelScope | None = None
         self._timer: asyncio.TimerHandle | None = None
 
@@ -69,33 +70,22 @@ class IdleWatch:
     # -- the stream's face -----------------------------------------------------------------
 
     async def receive(self, *args: Any) -> Any:
+        result = await self._stream.receive(*args)
         self._last = time.monotonic()
-        try:
-            return await self._stream.receive(*args)
-        finally:
-            self._last = time.monotonic()
+        return result
 
     async def send(self, item: Any) -> None:
+        await self._stream.send(item)
         self._last = time.monotonic()
-        try:
-            await self._stream.send(item)
-        finally:
-            self._last = time.monotonic()
 
     async def receive_fds(self, *args: Any) -> tuple[bytes, list[int]]:
+        result: tuple[bytes, list[int]] = await self._stream.receive_fds(*args)
         self._last = time.monotonic()
-        try:
-            result: tuple[bytes, list[int]] = await self._stream.receive_fds(*args)
-            return result
-        finally:
-            self._last = time.monotonic()
+        return result
 
     async def send_fds(self, data: Any, fds: Sequence[int]) -> None:
+        await self._stream.send_fds(data, fds)
         self._last = time.monotonic()
-        try:
-            await self._stream.send_fds(data, fds)
-        finally:
-            self._last = time.monotonic()
 
     async def send_eof(self) -> None:
         await self._stream.send_eof()
@@ -119,10 +109,9 @@ class IdleWatch:
 
     async def __anext__(self) -> Any:
         # receive() inlined: a handler parked here keeps one coroutine fewer
-        self._last = time.monotonic()
         try:
-            return await self._stream.receive()
+            result = await self._stream.receive()
         except anyio.EndOfStream:
             raise StopAsyncIteration from None
-        finally:
-            self._last = time.monotonic()
+        self._last = time.monotonic()
+        return result
