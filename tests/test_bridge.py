@@ -147,6 +147,8 @@ async def test_all_or_nothing_returns_what_completed_and_raises_what_did_not(
             await asleep_in_kernel(bridge)
             task.cancel()
             await asyncio.sleep(0)
+            task.cancel()  # cancelled again while it waits: suppressed and uncancelled as well
+            await asyncio.sleep(0)
             assert not task.done(), "the caller left before the call's outcome was known"
             gate.set()
             assert await task == "done"

@@ -43,7 +43,6 @@ still running, never when idle.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import queue
 import signal
 import threading
@@ -241,10 +240,15 @@ class Bridge:
             # The outcome, read below, decides. Shielded from anyio's cancel scope, which would
             # cancel this wait again at every loop iteration: a hot loop that, holding the GIL,
             # slows the very thread this waits for.
+            again = 0  # plain Task.cancel() calls still reach a task inside an anyio shield
             with anyio.CancelScope(shield=True):
                 while not job.future.done():
-                    with contextlib.suppress(BaseException):
+                    try:
                         await asyncio.shield(job.future)
+                    except asyncio.CancelledError:
+                        again += 1
+                    except BaseException:  # the job failed: the outcome below says so
+                        pass
             if not job.future.cancelled():
                 # Retrieved here: the future may have failed while no shield watched it
                 # (between a repeated cancel and the next shield), and the loop would log it.
@@ -255,7 +259,8 @@ class Bridge:
             # uncancelled, as asyncio asks); an anyio scope cancels again at the next checkpoint.
             task = asyncio.current_task()
             assert task is not None
-            task.uncancel()
+            for _ in range(1 + again):
+                task.uncancel()
             return job.future.result()
 
     def _work(self, stopped: asyncio.Future[None]) -> None:
