@@ -106,25 +106,29 @@ async def test_close_wakes_the_caller_and_stops_the_thread(semaphore: posix_ipc.
     bridge = Bridge("closing", is_interrupted=lambda exc: isinstance(exc, posix_ipc.SignalError))
     before = {t for t in threading.enumerate() if t.name == "aioipc-closing"}
     task = asyncio.ensure_future(bridge.run(semaphore.acquire))
-    await until(lambda: bridge.busy)
-    (thread,) = {t for t in threading.enumerate() if t.name == "aioipc-closing"} - before
-    with anyio.fail_after(10):
-        await bridge.aclose()
-        with pytest.raises(anyio.ClosedResourceError):
-            await task
-    thread.join(5)
-    assert not thread.is_alive()
-    assert semaphore.value == 0
-    await bridge.aclose()
+    try:
+        await until(lambda: bridge.busy)
+        (thread,) = {t for t in threading.enumerate() if t.name == "aioipc-closing"} - before
+        with anyio.fail_after(10):
+            await bridge.aclose()
+            with pytest.raises(anyio.ClosedResourceError):
+                await task
+        thread.join(5)
+        assert not thread.is_alive()
+        assert semaphore.value == 0
+    finally:
+        await bridge.aclose()  # idempotent: also when the test failed before its own aclose
 
 
 async def test_without_linger_the_thread_ends_when_idle(semaphore: posix_ipc.Semaphore) -> None:
     bridge = Bridge("brief", is_interrupted=never_interrupted, linger=False)
-    with anyio.fail_after(10):
-        for _ in range(3):
-            assert await bridge.run(threading.get_ident) != threading.get_ident()
-            await until(lambda: not [t for t in threading.enumerate() if t.name == "aioipc-brief"])
-    await bridge.aclose()
+    try:
+        with anyio.fail_after(10):
+            for _ in range(3):
+                assert await bridge.run(threading.get_ident) != threading.get_ident()
+                await until(lambda: not [t for t in threading.enumerate() if t.name == "aioipc-brief"])
+    finally:
+        await bridge.aclose()
 
 
 async def test_all_or_nothing_returns_what_completed_and_raises_what_did_not(

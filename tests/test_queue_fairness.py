@@ -12,10 +12,11 @@ import anyio
 import posix_ipc
 import pytest
 import sysv_ipc
+from helpers import assert_fair
 
 import aioipc.mq
 import aioipc.sysv
-from aioipc.testing import Fairness, measure_fairness
+from aioipc.testing import measure_fairness
 
 # A blocking peer in another process: it floods the queue, or drains it, until killed.
 PEER = """
@@ -50,13 +51,6 @@ async def peer(kind: str, role: str, name: str) -> AsyncIterator[None]:
     finally:
         proc.kill()
         await proc.wait()
-
-
-def assert_fair(seen: Fairness, what: str) -> None:
-    assert seen.received > 1000, f"only {seen.received} operations during {what}"
-    assert seen.longest < 0.05, f"a ticker waited {seen.longest * 1000:.0f} ms of work during {what}"
-    turns = seen.turns_per_10k
-    assert turns >= 2, f"a ticker got {turns:.2f} turns per 10,000 operations during {what}"
 
 
 async def check(kind: str, role: str, name: str, operation: Callable[[], Awaitable[object]]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -43,11 +44,18 @@ async def test_a_signal_cancels_main_cleans_up_and_exits_128_plus_signum(
         stderr=asyncio.subprocess.PIPE,
     )
     assert proc.stdout is not None
-    with anyio.fail_after(30):
-        assert await proc.stdout.readline() == b"ready\n"
-        kill = await asyncio.create_subprocess_exec("sh", "-c", f"kill -{signame} {proc.pid}")
-        assert await kill.wait() == 0
-        _, err = await proc.communicate()
+    try:
+        with anyio.fail_after(30):
+            assert await proc.stdout.readline() == b"ready\n"
+            kill = await asyncio.create_subprocess_exec("sh", "-c", f"kill -{signame} {proc.pid}")
+            assert await kill.wait() == 0
+            _, err = await proc.communicate()
+    finally:
+        if proc.returncode is None:  # the test failed before the program ended: end it, remove its queue
+            proc.kill()
+            await proc.wait()
+            with contextlib.suppress(posix_ipc.ExistentialError):
+                posix_ipc.unlink_message_queue(name)
     assert proc.returncode == (130 if signame == "INT" else 143)
     assert err == b""  # no traceback
     with pytest.raises(posix_ipc.ExistentialError):  # the queue it created is gone

@@ -304,6 +304,7 @@ async def test_close_cancels_handlers_as_a_task_group_does(tmp_ipc_dir: Path) ->
 
     server = await aioipc.serve(f"unix:{tmp_ipc_dir}/s.sock", handler)
     async with (
+        server,  # closed again (idempotent) if the test fails before its close
         await aioipc.connect(server.address) as polite,
         await aioipc.connect(server.address) as stubborn,
     ):

@@ -21,12 +21,14 @@ import textwrap
 import time
 import tracemalloc
 from array import array
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.abc
 import pytest
-from helpers import service, shell_kill, until
+from helpers import assert_fair, service, shell_kill, until
 
 import aioipc
 import aioipc.fifo
@@ -35,7 +37,7 @@ import aioipc.process
 import aioipc.sockets
 from aioipc import FrameTooLarge
 from aioipc.shm import Ring
-from aioipc.testing import Fairness, measure_fairness, wait_until_idle
+from aioipc.testing import measure_fairness, wait_until_idle
 
 
 def frame(payload: bytes) -> bytes:
@@ -293,10 +295,20 @@ async def test_cancelled_sends_are_never_delivered_and_returned_sends_always_are
 # -- fairness under a flood ----------------------------------------------------------------------
 
 
-def assert_fair(seen: Fairness, what: str) -> None:
-    assert seen.longest < 0.05, f"a ticker waited {seen.longest * 1000:.0f} ms of work during {what}"
-    turns = seen.turns_per_10k
-    assert turns >= 2, f"a ticker got {turns:.2f} turns per 10,000 receives during {what}"
+async def flood_check(
+    proc: aioipc.process.Process, stream: Any, what: str, then: Callable[[], Awaitable[None]] | None = None
+) -> None:
+    """Measure fairness while ``proc`` floods ``stream`` (then run ``then()``), and close
+    ``stream``: the flood ends, and so does ``proc``."""
+    async with proc:
+        with anyio.fail_after(10):
+            assert await stream.receive() == b"flood"
+            seen = await measure_fairness(stream.receive)
+            if then is not None:
+                await then()
+            await stream.aclose()
+            await proc.wait()
+    assert_fair(seen, what)
 
 
 FLOODING_PIPE = """
@@ -312,15 +324,8 @@ FLOODING_PIPE = """
 
 async def test_a_flooded_framed_pipe_leaves_a_ticker_its_turns() -> None:
     proc = await python_child(FLOODING_PIPE, stdout=aioipc.process.PIPE, channel=False)
-    async with proc:
-        assert proc.stdout is not None
-        rx = aioipc.framed(proc.stdout)
-        with anyio.fail_after(10):
-            assert await rx.receive() == b"flood"
-            seen = await measure_fairness(rx.receive)
-        await rx.aclose()
-        await proc.wait()
-    assert_fair(seen, "a pipe flood")
+    assert proc.stdout is not None
+    await flood_check(proc, aioipc.framed(proc.stdout), "a pipe flood")
 
 
 FLOODING_CHANNEL = """
@@ -342,15 +347,8 @@ async def test_a_flooded_unix_socket_leaves_a_ticker_its_turns() -> None:
     from helpers import loop_name
 
     proc = await python_child(FLOODING_CHANNEL, loop_name())
-    async with proc:
-        channel = proc.channel
-        assert channel is not None
-        with anyio.fail_after(10):
-            assert await channel.receive() == b"flood"
-            seen = await measure_fairness(channel.receive)
-        await channel.aclose()
-        await proc.wait()
-    assert_fair(seen, "a unix socket flood")
+    assert proc.channel is not None
+    await flood_check(proc, proc.channel, "a unix socket flood")
 
 
 FLOODING_RING = """
@@ -374,22 +372,20 @@ async def test_a_flooded_ring_leaves_a_ticker_its_turns_and_a_timeout_fires_on_t
 ) -> None:
     from helpers import loop_name
 
+    late: list[float] = []
+
+    async def a_1_ms_timeout() -> None:
+        start = time.thread_time()
+        with anyio.move_on_after(0.001):
+            while True:
+                await ring.receive()
+        late.append(time.thread_time() - start - 0.001)  # the work done past the deadline
+
     name = "/" + unique_name
     async with await Ring.create(name, 2**20) as ring:
         proc = await python_child(FLOODING_RING, loop_name(), name, channel=False)
-        async with proc:
-            with anyio.fail_after(10):
-                assert await ring.receive() == b"flood"
-                seen = await measure_fairness(ring.receive)
-                start = time.thread_time()
-                with anyio.move_on_after(0.001):
-                    while True:
-                        await ring.receive()
-                late = time.thread_time() - start - 0.001  # the work done past the deadline
-            await ring.aclose()
-            await proc.wait()
-    assert_fair(seen, "a ring flood")
-    assert late < 0.05, f"a 1 ms timeout around a flooded ring fired {late * 1000:.0f} ms late"
+        await flood_check(proc, ring, "a ring flood", a_1_ms_timeout)
+    assert late[0] < 0.05, f"a 1 ms timeout around a flooded ring fired {late[0] * 1000:.0f} ms late"
 
 
 FLOODED_SERVER = """
