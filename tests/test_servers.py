@@ -359,3 +359,54 @@ async def test_a_handler_that_polls_does_not_keep_a_silent_client_alive(
                 await silent.wait()
     assert polls >= 3
     assert caplog.text.count("idle_timeout") == 1
+
+
+# -- a connect flood leaves the rest of the program its turns ---------------------------------
+
+CONNECT_FLOOD = """
+    import socket, sys
+
+    print("flooding", flush=True)
+    path = sys.argv[2]
+    try:
+        while True:  # connect and leave at once, as fast as one process can, until the server goes
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(path)
+            s.close()
+    except OSError:
+        pass
+"""
+
+
+async def test_a_connect_flood_leaves_a_ticker_its_turns(tmp_path: Path, tmp_ipc_dir: Path) -> None:
+    from helpers import assert_fair, service
+
+    from aioipc.testing import measure_fairness
+
+    handled = anyio.Event()
+    count = [0]
+
+    async def leaves_at_once(msgs: Any) -> None:
+        count[0] += 1
+        handled.set()
+        async for _ in msgs:
+            pass
+
+    async def next_connection() -> None:
+        nonlocal handled
+        await handled.wait()  # each wait sees at least one more connection handled
+        handled = anyio.Event()
+
+    async with (
+        await aioipc.serve(f"unix:{tmp_ipc_dir}/s.sock", leaves_at_once) as server,
+        service(tmp_path, CONNECT_FLOOD, server.address.partition(":")[2]) as flood,
+    ):
+        with anyio.fail_after(20):
+            await flood.expect("flooding")
+            before = count[0]
+            seen = await measure_fairness(next_connection)
+            accepted = count[0] - before
+            await server.close()  # the flood's next connect fails: it ends
+            await flood.proc.wait()
+    assert accepted > 300, f"only {accepted} connections in {seen.cpu:.2f} s: not a flood"
+    assert_fair(seen, "a connect flood", at_least=50)  # a wait sees one or more connections
