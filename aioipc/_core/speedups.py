@@ -19,16 +19,15 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-from .attributes import PeerCredentials
+from .attributes import UCRED
+from .fdio import close_fds, fds_from_ancillary
 
 __all__ = [
     "ACTIVE",
-    "CREDENTIALS_SIZE",
     "RECV_MAX",
     "Batch",
     "Item",
     "buffer_size",
-    "credentials",
     "parse_frames",
     "recv_batch",
     "recv_one",
@@ -38,7 +37,6 @@ __all__ = [
 RECV_MAX = 64
 """The most messages one :func:`recv_batch` takes (one ``recvmmsg``)."""
 
-CREDENTIALS_SIZE = 12  # struct ucred: pid, uid, gid
 _TRUNC = int(socket.MSG_TRUNC)
 _CTRUNC = int(socket.MSG_CTRUNC)
 _RECV_FLAGS = int(socket.MSG_TRUNC | socket.MSG_CMSG_CLOEXEC)
@@ -86,19 +84,14 @@ def recv_one(
         else:
             item = size if size >= slot or flags & _TRUNC else buffer[:size]
         return [item], [creds], [address] if want_address else None
-    fds: list[int] = []
     for level, kind, data in ancdata:
-        if level != socket.SOL_SOCKET:
-            continue
-        if kind == socket.SCM_CREDENTIALS and len(data) >= CREDENTIALS_SIZE:
-            creds = data[:CREDENTIALS_SIZE]
-        elif kind == socket.SCM_RIGHTS:
-            fds += memoryview(data[: len(data) - len(data) % 4]).cast("i").tolist()
+        if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS and len(data) >= UCRED.size:
+            creds = data[: UCRED.size]
+    fds = fds_from_ancillary(ancdata)
     if size == 0 and eof_on_empty and creds is None and not fds:
         item = None
     elif size >= slot or flags & _TRUNC:
-        for fd in fds:
-            os.close(fd)
+        close_fds(fds)
         item = size
     elif fds or flags & _CTRUNC:
         item = (buffer[:size], fds, bool(flags & _CTRUNC))
@@ -110,12 +103,6 @@ def recv_one(
 def buffer_size(slot: int, count: int, control: int) -> int:
     """The bytes a :func:`recv_batch` buffer needs: ``count`` slots, then their aligned control space."""
     return (slot * count + 7) // 8 * 8 + (control + 7) // 8 * 8 * count
-
-
-def credentials(raw: bytes) -> PeerCredentials:
-    """The sender's ``(pid, uid, gid)`` from a received ``SCM_CREDENTIALS`` payload."""
-    ints = memoryview(raw).cast("i")
-    return PeerCredentials(ints[0], ints[1], ints[2])
 
 
 def _choose() -> tuple[
