@@ -48,10 +48,6 @@ Handler = Callable[[Any], Awaitable[object]]
 
 _RETRY_ACCEPT = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EINTR})
 _OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
-# Fairness budget units one accepted connection spends: accepting, admitting and starting its
-# handler is ~90 us of work against ~1 us a message (measured under a connect flood), so a flood
-# yields every FAIR_OPS // 128 = 8 accepts, well under a millisecond apart.
-_ACCEPT_UNITS = 128
 
 
 def tcp_address(scheme: str, sockaddr: tuple[Any, ...]) -> str:
@@ -162,7 +158,7 @@ class _Acceptor:
                 elif budget <= 0:  # a connect flood yields like any other flood
                     await fair_yield()
                     budget = FAIR_OPS
-                budget -= _ACCEPT_UNITS
+                budget -= 1
                 conn = await self._accept()
                 try:
                     stream = self._admit(conn)
