@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import struct
 from typing import NamedTuple
 
 from anyio import TypedAttributeSet, typed_attribute
 
-__all__ = ["IPCAttribute", "PeerCredentials"]
+__all__ = ["UCRED", "IPCAttribute", "PeerCredentials"]
+
+UCRED = struct.Struct("3i")
+"""The kernel's ``struct ucred`` (pid, uid, gid): ``SO_PEERCRED`` and ``SCM_CREDENTIALS`` payloads."""
 
 
 class PeerCredentials(NamedTuple):
@@ -15,6 +19,11 @@ class PeerCredentials(NamedTuple):
     pid: int
     uid: int
     gid: int
+
+    @classmethod
+    def from_ucred(cls, raw: bytes) -> PeerCredentials:
+        """Parse a ``struct ucred`` (``SO_PEERCRED``, or an ``SCM_CREDENTIALS`` payload)."""
+        return cls(*UCRED.unpack_from(raw))
 
 
 class IPCAttribute(TypedAttributeSet):

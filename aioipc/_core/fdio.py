@@ -17,8 +17,10 @@ nothing else in aioipc calls ``add_reader`` or ``add_writer``.
 
 from __future__ import annotations
 
+import array
 import asyncio
 import os
+import socket
 import stat
 import warnings
 from collections.abc import Callable
@@ -26,7 +28,7 @@ from typing import Any, TypeVar
 
 import anyio
 
-__all__ = ["FdHandle", "check_fd_kind"]
+__all__ = ["FdHandle", "check_fd_kind", "close_fds", "fds_from_ancillary"]
 
 T = TypeVar("T")
 
@@ -292,3 +294,21 @@ class FdHandle:
             except OSError:
                 pass
             self.fd = -1
+
+
+def fds_from_ancillary(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
+    """The file descriptors in ``SCM_RIGHTS`` messages (never raises: they must not leak)."""
+    fds = array.array("i")
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+    return list(fds)
+
+
+def close_fds(fds: list[int]) -> None:
+    """Close received fds nobody will take, ignoring ones already closed."""
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass

@@ -12,13 +12,11 @@ not yet listened for a stale file: of many concurrent starts, one wins.
 
 from __future__ import annotations
 
-import array
 import errno
 import fcntl
 import os
 import socket
 import stat
-import struct
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -26,7 +24,7 @@ from typing import Any
 import anyio
 
 from .._core import leftovers
-from .._core.attributes import IPCAttribute, PeerCredentials
+from .._core.attributes import UCRED, IPCAttribute, PeerCredentials
 from .._core.errors import AddressInUse
 from .._core.fdstreams import FdHandle
 
@@ -35,9 +33,7 @@ __all__ = [
     "SocketHandle",
     "UnixPath",
     "bind_unix",
-    "close_fds",
     "connect_socket",
-    "fds_from_ancillary",
     "format_unix",
     "peer_credentials",
     "shutdown_write",
@@ -45,7 +41,6 @@ __all__ = [
     "unix_sockaddr",
 ]
 
-_UCRED = struct.Struct("3i")
 _MAX_BACKOFF = 0.05
 _LOCK_BACKOFF = 0.002  # the lock is held for a few syscalls
 
@@ -98,10 +93,10 @@ def peer_credentials(sock: socket.socket) -> PeerCredentials:
         anyio.TypedAttributeLookupError: the kernel does not know the peer
             (a datagram socket that was only ``connect()``-ed).
     """
-    pid, uid, gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
-    if pid <= 0:
+    creds = PeerCredentials.from_ucred(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, UCRED.size))
+    if creds.pid <= 0:
         raise anyio.TypedAttributeLookupError("the kernel has no credentials for this peer")
-    return PeerCredentials(pid, uid, gid)
+    return creds
 
 
 def socket_extra(sock: socket.socket, path: str | None = None) -> dict[Any, Callable[[], Any]]:
@@ -129,23 +124,6 @@ def shutdown_write(fd: int) -> None:
         sock.shutdown(socket.SHUT_WR)
     finally:
         sock.detach()
-
-
-def fds_from_ancillary(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
-    """The file descriptors in ``SCM_RIGHTS`` messages (never raises: they must not leak)."""
-    fds = array.array("i")
-    for level, kind, data in ancdata:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
-    return list(fds)
-
-
-def close_fds(fds: list[int]) -> None:
-    for fd in fds:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
 
 
 async def connect_socket(sock: socket.socket, sockaddr: Any, timeout: float | None) -> SocketHandle:

@@ -46,12 +46,13 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 
-from .._core.attributes import IPCAttribute, PeerCredentials
+from .._core.attributes import UCRED, IPCAttribute, PeerCredentials
 from .._core.errors import FdsTruncated, FrameTooLarge, broken, map_exceptions
+from .._core.fdio import close_fds
 from .._core.framing import DEFAULT_MAX_SIZE
-from .._core.speedups import RECV_MAX, Batch, Item, buffer_size, credentials, recv_batch, recv_one, send_batch
+from .._core.speedups import RECV_MAX, Batch, Item, buffer_size, recv_batch, recv_one, send_batch
 from .._core.streams import FAIR_OPS, FAIR_SHIFT, Buffer, MessageStream, ResourceGuard, byte_view, fair_yield
-from ._base import SocketHandle, close_fds, peer_credentials, socket_extra
+from ._base import SocketHandle, peer_credentials, socket_extra
 from ._stream import DEFAULT_MAX_FDS, check_fds
 
 __all__ = ["DatagramStream", "MessageSocket", "SeqpacketStream"]
@@ -60,7 +61,7 @@ logger = logging.getLogger("aioipc")
 # A reply that cannot reach its sender: unnamed (nothing to answer), gone, or not ours to reach.
 _UNREACHABLE = frozenset({errno.ECONNREFUSED, errno.ENOENT, errno.EACCES, errno.EPERM, errno.EDESTADDRREQ})
 
-_CREDS_SPACE = socket.CMSG_SPACE(12)  # struct ucred
+_CREDS_SPACE = socket.CMSG_SPACE(UCRED.size)
 _SCM_MAX_FD = 253  # the kernel never passes more fds with one message
 _RELEASE_ABOVE = 1 << 20  # give back the pages of a buffer after a message this large
 _RECV_SPAN = 64 << 20  # the most address space the slots of one receive buffer take
@@ -142,7 +143,7 @@ class MessageSocket(MessageStream):
         except anyio.TypedAttributeLookupError:
             if self._last_creds is None:
                 raise
-            return credentials(self._last_creds)
+            return PeerCredentials.from_ucred(self._last_creds)
 
     @property
     def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:

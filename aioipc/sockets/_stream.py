@@ -16,6 +16,7 @@ from typing import Any
 import anyio
 
 from .._core.errors import FdsTruncated, FrameTooLarge, map_exceptions
+from .._core.fdio import close_fds, fds_from_ancillary
 from .._core.fdstreams import FdByteStream, FdReceiveStream, FdSendStream
 from .._core.framing import DEFAULT_MAX_SIZE, HEADER, Framer
 from .._core.streams import (
@@ -25,7 +26,7 @@ from .._core.streams import (
     FramedSendStream,
     FramedStream,
 )
-from ._base import SocketHandle, close_fds, fds_from_ancillary, shutdown_write, socket_extra
+from ._base import SocketHandle, shutdown_write, socket_extra
 
 __all__ = ["FdsTruncated", "FramedUnixStream", "SocketReceiveStream", "SocketSendStream", "SocketStream"]
 
