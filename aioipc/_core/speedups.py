@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import os
 import socket
+import struct
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .attributes import UCRED
 from .fdio import close_fds, fds_from_ancillary
@@ -25,6 +26,8 @@ from .fdio import close_fds, fds_from_ancillary
 __all__ = [
     "ACTIVE",
     "RECV_MAX",
+    "RING_RECORD",
+    "RING_WRAP",
     "Batch",
     "Item",
     "buffer_size",
@@ -32,6 +35,7 @@ __all__ = [
     "recv_batch",
     "recv_one",
     "send_batch",
+    "RingCore",
 ]
 
 RECV_MAX = 64
@@ -136,3 +140,146 @@ Hands each whole length-prefixed frame in ``buffer[start:end]`` to ``append`` as
 or at a header over ``max_size`` (``bad_size``, else -1), after every whole frame before it.
 Returns the offset of the first byte not parsed."""
 ACTIVE, send_batch, recv_batch, parse_frames = _choose()
+
+
+# -- the shared-memory ring's one-message fast paths ---------------------------------------------
+
+RING_RECORD = struct.Struct("<II")
+"""A ring record's header: the payload's length, then 0 (the layout is in ``aioipc.shm._ring``)."""
+RING_WRAP = 0xFFFFFFFF
+"""A record length that tells the reader to continue at offset 0 of the lane."""
+
+
+class PyRingCore:
+    """One side of a shared-memory ring: its counters, and one-call send and receive fast paths.
+
+    The base of ``aioipc.shm``'s ``Lanes``, whose slow paths read and write the
+    same attributes and provide ``_did()`` and ``_flush()`` (Rule 2 of the
+    ring). :meth:`_put` and :meth:`_take` do what needs no waiting and say
+    so; otherwise they change nothing, and the caller takes its slow path,
+    which also raises every error. The compiled ``RingCore`` is the same.
+    """
+
+    capacity: int
+    max_size: int
+    _closed = True  # until bound: a half-made ring is a closed one
+    _head = _tail = _head_seen = _room_until = _budget = _sent = _read = 0
+    _sending = _receiving = _eof_sent = _flush_scheduled = False
+
+    _did: Callable[[], None]  # the first message since the last barrier: schedule one (the subclass's)
+    _flush: Callable[[], None]  # run a barrier now, ring a sleeping peer (the subclass's)
+
+    def _bind(
+        self,
+        memory: Any,
+        tx_offset: int,
+        rx_offset: int,
+        capacity: int,
+        max_size: int,
+        words: tuple[int, int, int, int],
+        fair_shift: int,
+        flush_every: int,
+    ) -> None:
+        """Map the lanes: ``words`` are the header word indexes (tx head, tx gone, rx head, rx tail)."""
+        whole = memoryview(memory)
+        self._core_h = whole[:tx_offset].cast("Q")
+        self._core_tx = whole[tx_offset : tx_offset + capacity]
+        self._core_memory, self._core_rx_base = memory, rx_offset
+        self._core_views = [self._core_h, self._core_tx, whole]
+        self._core_words = words
+        self.capacity, self.max_size, self._fair_shift, self._flush_every = (
+            capacity,
+            max_size,
+            fair_shift,
+            flush_every,
+        )
+
+    def _unbind(self) -> None:
+        """Let go of the mapping (before it is closed)."""
+        for view in getattr(self, "_core_views", ()):
+            view.release()
+
+    def _put(self, item: Any) -> bool:
+        """Write and commit ``item`` (bytes-like) if it may go now, without waiting; whether it did."""
+        if type(item) is not bytes:
+            try:
+                item = memoryview(item)
+            except TypeError:
+                return False
+            if not item.c_contiguous:
+                return False
+            item = item.cast("B")
+        size = len(item)
+        head = self._head
+        end = head + 8 + ((size + 7) & -8)
+        position = head % self.capacity
+        h = self._core_h
+        if (
+            size > self.max_size
+            or end > self._room_until
+            or position + end - head > self.capacity
+            or self._sending
+            or self._budget <= 0
+            or self._closed
+            or self._eof_sent
+            or h[self._core_words[1]]
+        ):
+            return False
+        tx = self._core_tx
+        RING_RECORD.pack_into(tx, position, size, 0)
+        tx[position + 8 : position + 8 + size] = item
+        h[self._core_words[0]] = self._head = end  # the commit
+        self._budget -= 1 + (size >> self._fair_shift)
+        sent = self._sent = self._sent + 1
+        if sent == 1:
+            if not self._flush_scheduled:
+                self._did()
+        elif sent >= self._flush_every:
+            self._flush()
+        return True
+
+    def _take(self) -> bytes | None:
+        """The next committed message (a copy) if one waits and this side may take it now, else None."""
+        if self._receiving or self._budget <= 0 or self._closed:
+            return None
+        tail = self._tail
+        if tail == self._head_seen:
+            head = self._head_seen = self._core_h[self._core_words[2]]
+            if head == tail:
+                return None
+        capacity = self.capacity
+        position = tail % capacity
+        size = RING_RECORD.unpack_from(self._core_memory, self._core_rx_base + position)[0]
+        if size == RING_WRAP:
+            tail += capacity - position
+            position = 0
+            size = RING_RECORD.unpack_from(self._core_memory, self._core_rx_base)[0]
+        if size > capacity - position - 8:
+            return None  # not a record this ring writes: the slow path's business
+        start = self._core_rx_base + position + 8
+        data: bytes = self._core_memory[start : start + size]
+        tail += 8 + ((size + 7) & -8)
+        self._budget -= 1 + (size >> self._fair_shift)
+        self._core_h[self._core_words[3]] = self._tail = tail
+        read = self._read = self._read + 1
+        if read == 1:
+            if not self._flush_scheduled:
+                self._did()
+        elif read >= self._flush_every:
+            self._flush()
+        return data
+
+
+def _choose_ring() -> type[PyRingCore]:
+    if ACTIVE:
+        from . import _speedups  # type: ignore[attr-defined]
+
+        return _speedups.RingCore  # type: ignore[no-any-return]
+    return PyRingCore
+
+
+if TYPE_CHECKING:
+    RingCore = PyRingCore
+else:
+    RingCore = _choose_ring()
+    """The base of a ring side: the compiled ``RingCore`` or :class:`PyRingCore`."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import mmap
 import os
-import struct
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -19,13 +18,14 @@ import anyio
 
 from .._core.attributes import IPCAttribute
 from .._core.errors import FrameTooLarge, PeerDied
+from .._core.speedups import RING_RECORD as RECORD
+from .._core.speedups import RING_WRAP as WRAP
+from .._core.speedups import RingCore
 from .._core.streams import FAIR_OPS, FAIR_SHIFT, Buffer, byte_view, fair_yield
 from ._segment import HEADER, W_CAPACITY, Doorbell, check_machine
 
 __all__ = ["DEFAULT_SPIN", "FLUSH_EVERY", "RECORD", "WRAP", "Lanes", "Spinner"]
 
-RECORD = struct.Struct("<II")
-WRAP = 0xFFFFFFFF
 _BELL_BYTES = b"\x00"
 _RING_UNITS = 4  # budget units a doorbell write costs (measured: 4-5 us against ~1 us a message)
 DEFAULT_SPIN = 100e-6 if (os.cpu_count() or 1) > 1 else 0.0
@@ -102,8 +102,12 @@ class Spinner:
             self._shrink()
 
 
-class Lanes:
-    """The sending lane and the receiving lane of one side, and how it waits on each."""
+class Lanes(RingCore):
+    """The sending lane and the receiving lane of one side, and how it waits on each.
+
+    The counters and flags, and the one-message fast paths (``_put``,
+    ``_take``), are :class:`RingCore`'s (compiled, or its Python twin).
+    """
 
     def __init__(
         self,
@@ -127,7 +131,7 @@ class Lanes:
         base = memoryview(memory)
         header = base[:HEADER]
         self._h = header.cast("Q")
-        self.capacity = capacity = self._h[W_CAPACITY]
+        capacity = self._h[W_CAPACITY]
         tx_lane, rx_lane = side, 1 - side
         self._tx = base[HEADER + tx_lane * capacity : HEADER + (tx_lane + 1) * capacity]
         self._rx = base[HEADER + rx_lane * capacity : HEADER + (rx_lane + 1) * capacity]
@@ -139,6 +143,11 @@ class Lanes:
         (self._rx_head, self._rx_eof, self._rx_tail, self._rx_gone, self._rx_sleeping, self._rx_waiting) = (
             _lane_words(rx_lane)
         )
+        limit = capacity // 2 - RECORD.size
+        words = (self._tx_head, self._tx_gone, self._rx_head, self._rx_tail)
+        tx_offset = HEADER + tx_lane * capacity
+        size_limit = limit if max_size is None else max(0, min(max_size, limit))
+        self._bind(memory, tx_offset, self._rx_base, capacity, size_limit, words, FAIR_SHIFT, FLUSH_EVERY)
         self._head = self._h[self._tx_head]  # our own counters, cached: only we write them
         self._tail = self._h[self._rx_tail]
         self._head_seen = self._tail  # the peer's head as last read: no shared read per message
@@ -147,8 +156,6 @@ class Lanes:
         self._sent = self._read = 0  # messages committed / read since the last barrier (rule 2)
         self._flush_scheduled = False
         self._spinner = spinner
-        limit = capacity // 2 - RECORD.size
-        self.max_size = limit if max_size is None else min(max_size, limit)
         self._bell = Doorbell(bell)
         self._peer_bell = peer_bell
         self._owned_files = owned_files

@@ -62,10 +62,10 @@ import anyio.lowlevel
 from .._core.errors import FrameTooLarge, RingInUse
 from .._core.naming import create_or_open, open_existing
 from .._core.streams import FAIR_OPS, FAIR_SHIFT, Buffer, MessageStream, fair_yield
-from ._lanes import DEFAULT_SPIN, FLUSH_EVERY, RECORD, WRAP, Lanes, Spinner
+from ._lanes import DEFAULT_SPIN, RECORD, WRAP, Lanes, Spinner
 from ._segment import KIND, W_CLOSED, attach_ring, check_machine, make_ring, ring_files
 
-_pack, _unpack = RECORD.pack_into, RECORD.unpack_from
+_unpack = RECORD.unpack_from
 
 __all__ = ["DEFAULT_CAPACITY", "Ring", "RingInUse"]
 
@@ -231,34 +231,9 @@ class Ring(Lanes, MessageStream):
             anyio.ClosedResourceError: this side closed (or sent EOF).
             anyio.BusyResourceError: another task is sending.
         """
-        if type(item) is bytes and len(item) <= self.max_size:
-            size = len(item)
-        else:
+        if not self._put(item):  # the fast path: it fits, nothing to wait for
             item, size = self._measure(item)
-        head = self._head
-        end = head + 8 + ((size + 7) & -8)
-        position = head % self.capacity
-        h = self._h
-        if (
-            end > self._room_until
-            or position + end - head > self.capacity
-            or self._sending
-            or self._budget <= 0
-            or self._closed
-            or self._eof_sent
-            or h[self._tx_gone]
-        ):
             await self._send((item,), (size,))  # waits, wraps, or raises
-            return
-        _pack(self._tx, position, size, 0)
-        self._tx[position + 8 : position + 8 + size] = item
-        h[self._tx_head] = self._head = end  # the commit
-        self._budget -= 1 + (size >> FAIR_SHIFT)
-        sent = self._sent = self._sent + 1
-        if sent == 1:
-            self._did()
-        elif sent >= FLUSH_EVERY:
-            self._flush()
 
     async def send_many(self, messages: Sequence[Buffer]) -> None:
         """Send several messages with one commit and at most one wake-up per lane-full.
@@ -302,37 +277,26 @@ class Ring(Lanes, MessageStream):
             anyio.ClosedResourceError: this side closed (also wakes a waiting ``receive``).
             anyio.BusyResourceError: another task is receiving.
         """
+        data = self._take()  # the fast path: a message waits
+        if data is None:
+            data = await self._receive()
+        return data
+
+    async def _receive(self) -> bytes:
         if self._receiving:  # a flag rather than ResourceGuard: this is the hot path
             raise anyio.BusyResourceError("receiving")
         if self._budget <= 0:
             await fair_yield()
             self._budget = FAIR_OPS
-        tail = self._tail
-        if self._closed or (tail == self._head_seen and self._see_head() == tail):
-            self._receiving = True
-            try:
-                position, size, tail = await self._next()
-            finally:
-                self._receiving = False
-        else:  # _peek() inlined: a call and a tuple are a sixth of a receive (callgrind)
-            capacity = self.capacity
-            position = tail % capacity
-            size = _unpack(self._rx, position)[0]
-            if size == WRAP:
-                tail += capacity - position
-                position = 0
-                size = _unpack(self._rx, 0)[0]
-            position += 8
-            tail += 8 + ((size + 7) & -8)
+        self._receiving = True
+        try:
+            position, size, tail = await self._next()
+        finally:
+            self._receiving = False
         position += self._rx_base
         data = self._mmap[position : position + size]
         self._budget -= 1 + (size >> FAIR_SHIFT)
-        self._h[self._rx_tail] = self._tail = tail
-        read = self._read = self._read + 1
-        if read == 1:
-            self._did()
-        elif read >= FLUSH_EVERY:
-            self._flush()
+        self._advance(tail)
         return data
 
     async def receive_many(self, max_messages: int = 1024) -> list[bytes]:
@@ -437,6 +401,7 @@ class Ring(Lanes, MessageStream):
         self._bell.close()
         if self._peer_bell >= 0:
             os.close(self._peer_bell)
+        self._unbind()
         for view in self._views:
             view.release()
         try:
