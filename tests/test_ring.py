@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import array
 import asyncio
+import mmap
 import os
 import signal
 import sys
@@ -18,6 +19,7 @@ import pytest
 
 import aioipc
 import aioipc.shm
+from aioipc._core import speedups
 from aioipc.shm import Ring, RingInUse
 from aioipc.testing import check_message_stream
 
@@ -368,3 +370,121 @@ async def test_spin_is_checked_before_anything_exists(ring_name: str) -> None:
             await Ring.attach(ring_name, spin=-1.0)
         async with await Ring.attach(ring_name, spin=0):
             pass
+
+
+SENDER = textwrap.dedent(
+    """
+    import array, os, sys, aioipc
+    from aioipc.shm import Ring
+
+    async def main():
+        ring = await Ring.attach(sys.argv[1])
+        for i in range(int(sys.argv[2])):  # one send() each, and the lane never fills
+            await ring.send(b"m%d" % i)
+        for item in (bytearray(b"ba"), memoryview(array.array("i", [1, 2])), memoryview(b"abcdef")[::2]):
+            await ring.send(item)
+        try:
+            await ring.send(b"x" * (ring.max_size + 1))
+        except aioipc.FrameTooLarge:
+            await ring.send(b"x" * ring.max_size)
+        os.write(1, b"sent")
+        await ring.receive()  # killed here
+
+    aioipc.run(main(), loop=sys.argv[3])
+    """
+)
+
+
+async def test_a_killed_sender_leaves_its_committed_messages_then_peer_died(
+    ring_name: str, tmp_path: Path
+) -> None:
+    script = tmp_path / "sender.py"
+    script.write_text(SENDER)
+    count = 2000
+    async with await Ring.create(ring_name, 2**20) as ring:
+        largest = ring.max_size
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, str(script), ring_name, str(count), _loop_name(), stdout=asyncio.subprocess.PIPE
+        )
+        assert proc.stdout is not None
+        with anyio.fail_after(20):
+            assert await proc.stdout.readexactly(4) == b"sent"
+            proc.kill()
+            assert await proc.wait() == -signal.SIGKILL
+            got = [await ring.receive() for _ in range(count + 4)]
+            for _ in range(2):
+                with pytest.raises(aioipc.PeerDied):
+                    await ring.receive()
+    assert got[:count] == [b"m%d" % i for i in range(count)]
+    assert got[count:] == [b"ba", array.array("i", [1, 2]).tobytes(), b"ace", b"x" * largest]
+
+
+DRAINER = textwrap.dedent(
+    """
+    import os, sys, aioipc
+    from aioipc.shm import Ring
+
+    async def main():
+        async with await Ring.attach(sys.argv[1]) as ring:
+            os.write(1, b"ready")
+            sys.stdin.buffer.read(1)  # reads nothing before the parent says so
+            got = [message async for message in ring]
+        whole = all(message == b"\\x01" * 1000 for message in got[:-1])
+        os.write(1, b"%d %d %s" % (len(got), whole, got[-1]))
+
+    aioipc.run(main(), loop=sys.argv[2])
+    """
+)
+
+
+async def test_a_send_cancelled_at_a_full_lane_sends_nothing(ring_name: str, tmp_path: Path) -> None:
+    script = tmp_path / "drainer.py"
+    script.write_text(DRAINER)
+    async with await Ring.create(ring_name, 8192) as ring:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(script),
+            ring_name,
+            _loop_name(),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        assert proc.stdin is not None
+        assert proc.stdout is not None
+        with anyio.fail_after(20):
+            assert await proc.stdout.readexactly(5) == b"ready"
+            sent = 0
+            with anyio.move_on_after(0.1) as waited:
+                while True:
+                    await ring.send(b"\x01" * 1000)  # the lane holds 8, then this waits for room
+                    sent += 1
+            assert waited.cancelled_caught
+            assert sent == 8192 // 1008
+            proc.stdin.write(b"g")
+            await ring.send(b"\x02" * 10)  # waits until the peer drains
+            await ring.send_eof()
+            assert await proc.stdout.read() == b"%d 1 %s" % (sent + 1, b"\x02" * 10)
+            assert await proc.wait() == 0
+
+
+@pytest.mark.skipif(
+    not speedups.ACTIVE, reason="the compiled RingCore's checks (Python's views stop at the end)"
+)
+def test_the_compiled_ring_core_refuses_lanes_outside_its_mapping() -> None:
+    memory = mmap.mmap(-1, 3 * mmap.PAGESIZE)
+    page, words = mmap.PAGESIZE, (8, 9, 16, 24)
+    core = speedups.RingCore()
+    for tx, rx, capacity, indexes in (
+        (page, 2 * page, 2 * page, words),  # past the end
+        (page, -8, page, words),
+        (page + 4, 2 * page, page, words),  # misaligned
+        (page, 2 * page, 4, words),  # too small
+        (page, 2 * page, page, (8, 9, 16, page // 8)),  # a header word inside a lane
+    ):
+        with pytest.raises(ValueError):
+            core._bind(memory, tx, rx, capacity, 100, indexes, 12, 64)
+    core._bind(memory, page, 2 * page, page, 100, words, 12, 64)
+    with pytest.raises(BufferError):
+        memory.close()  # held while bound
+    core._unbind()
+    memory.close()

@@ -148,6 +148,7 @@ RING_RECORD = struct.Struct("<II")
 """A ring record's header: the payload's length, then 0 (the layout is in ``aioipc.shm._ring``)."""
 RING_WRAP = 0xFFFFFFFF
 """A record length that tells the reader to continue at offset 0 of the lane."""
+_ring_pack, _ring_unpack = RING_RECORD.pack_into, RING_RECORD.unpack_from
 
 
 class PyRingCore:
@@ -182,11 +183,12 @@ class PyRingCore:
     ) -> None:
         """Map the lanes: ``words`` are the header word indexes (tx head, tx gone, rx head, rx tail)."""
         whole = memoryview(memory)
-        self._core_h = whole[:tx_offset].cast("Q")
+        self._core_h = whole[: min(tx_offset, rx_offset)].cast("Q")
         self._core_tx = whole[tx_offset : tx_offset + capacity]
+        self._core_rx = whole[rx_offset : rx_offset + capacity]
         self._core_memory, self._core_rx_base = memory, rx_offset
-        self._core_views = [self._core_h, self._core_tx, whole]
-        self._core_words = words
+        self._core_views = [self._core_h, self._core_tx, self._core_rx, whole]
+        self._core_tx_head, self._core_tx_gone, self._core_rx_head, self._core_rx_tail = words
         self.capacity, self.max_size, self._fair_shift, self._flush_every = (
             capacity,
             max_size,
@@ -222,13 +224,13 @@ class PyRingCore:
             or self._budget <= 0
             or self._closed
             or self._eof_sent
-            or h[self._core_words[1]]
+            or h[self._core_tx_gone]
         ):
             return False
         tx = self._core_tx
-        RING_RECORD.pack_into(tx, position, size, 0)
+        _ring_pack(tx, position, size, 0)
         tx[position + 8 : position + 8 + size] = item
-        h[self._core_words[0]] = self._head = end  # the commit
+        h[self._core_tx_head] = self._head = end  # the commit
         self._budget -= 1 + (size >> self._fair_shift)
         sent = self._sent = self._sent + 1
         if sent == 1:
@@ -244,23 +246,23 @@ class PyRingCore:
             return None
         tail = self._tail
         if tail == self._head_seen:
-            head = self._head_seen = self._core_h[self._core_words[2]]
+            head = self._head_seen = self._core_h[self._core_rx_head]
             if head == tail:
                 return None
         capacity = self.capacity
         position = tail % capacity
-        size = RING_RECORD.unpack_from(self._core_memory, self._core_rx_base + position)[0]
+        size = _ring_unpack(self._core_rx, position)[0]
         if size == RING_WRAP:
             tail += capacity - position
             position = 0
-            size = RING_RECORD.unpack_from(self._core_memory, self._core_rx_base)[0]
+            size = _ring_unpack(self._core_rx, 0)[0]
         if size > capacity - position - 8:
             return None  # not a record this ring writes: the slow path's business
         start = self._core_rx_base + position + 8
         data: bytes = self._core_memory[start : start + size]
         tail += 8 + ((size + 7) & -8)
         self._budget -= 1 + (size >> self._fair_shift)
-        self._core_h[self._core_words[3]] = self._tail = tail
+        self._core_h[self._core_rx_tail] = self._tail = tail
         read = self._read = self._read + 1
         if read == 1:
             if not self._flush_scheduled:
