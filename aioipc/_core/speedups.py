@@ -2,9 +2,11 @@
 
 The accelerator (``aioipc._core._speedups``, built from ``_speedups.c`` by
 ``pip install``) batches message socket I/O: ``sendmmsg`` and ``recvmmsg``
-move many messages per system call. When it did not build (no compiler),
-or ``AIOIPC_NO_SPEEDUPS=1`` is set, the functions here do the same job one
-``send`` / ``recvmsg`` per call, with the same arguments and results, so
+move many messages per system call; and it does the shared-memory ring's
+one-message sends and receives in one call each (:data:`RingCore`). When it
+did not build (no compiler), or ``AIOIPC_NO_SPEEDUPS=1`` is set, the
+functions here do the same job one ``send`` / ``recvmsg`` per call, and
+:class:`PyRingCore` the ring's, with the same arguments and results, so
 the callers cannot tell which ran. :data:`ACTIVE` says which did.
 
 Rule 1: sizes come from the caller, never from a peer: a message over its
@@ -17,7 +19,7 @@ from __future__ import annotations
 import os
 import socket
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from .attributes import UCRED
@@ -28,12 +30,14 @@ __all__ = [
     "RECV_MAX",
     "RING_RECORD",
     "RING_WRAP",
+    "PyRingCore",
     "Batch",
     "Item",
     "buffer_size",
     "parse_frames",
     "recv_batch",
     "recv_one",
+    "ring_record",
     "send_batch",
     "RingCore",
 ]
@@ -151,14 +155,28 @@ RING_WRAP = 0xFFFFFFFF
 _ring_pack, _ring_unpack = RING_RECORD.pack_into, RING_RECORD.unpack_from
 
 
+def ring_record(lane: Any, capacity: int, tail: int) -> tuple[int, int, int]:
+    """(payload offset, length, tail after it) of the record at byte counter ``tail`` of ``lane``."""
+    position = tail % capacity
+    size: int = _ring_unpack(lane, position)[0]
+    if size == RING_WRAP:
+        tail += capacity - position
+        position = 0
+        size = _ring_unpack(lane, 0)[0]
+    return position + 8, size, tail + 8 + ((size + 7) & -8)
+
+
 class PyRingCore:
     """One side of a shared-memory ring: its counters, and one-call send and receive fast paths.
 
     The base of ``aioipc.shm``'s ``Lanes``, whose slow paths read and write the
     same attributes and provide ``_did()`` and ``_flush()`` (Rule 2 of the
     ring). :meth:`_put` and :meth:`_take` do what needs no waiting and say
-    so; otherwise they change nothing, and the caller takes its slow path,
-    which also raises every error. The compiled ``RingCore`` is the same.
+    so; otherwise they change nothing, and :meth:`send` and :meth:`receive`
+    take the slow path, which also raises every error. The compiled
+    ``RingCore`` is the same, but its ``send()`` and ``receive()`` return a
+    coroutine without a frame (``RingOp``) that runs the fast path when first
+    awaited, and hands over to the slow path's coroutine when it must wait.
     """
 
     capacity: int
@@ -167,8 +185,42 @@ class PyRingCore:
     _head = _tail = _head_seen = _room_until = _budget = _sent = _read = 0
     _sending = _receiving = _eof_sent = _flush_scheduled = False
 
-    _did: Callable[[], None]  # the first message since the last barrier: schedule one (the subclass's)
-    _flush: Callable[[], None]  # run a barrier now, ring a sleeping peer (the subclass's)
+    # the subclass's: schedule a barrier (the first message since the last), run one now, the slow paths
+    _did: Callable[[], None]
+    _flush: Callable[[], None]
+    _send_slow: Callable[[Any], Coroutine[Any, Any, None]]
+    _receive: Callable[[], Coroutine[Any, Any, bytes]]
+
+    async def send(self, item: bytes | bytearray | memoryview) -> None:
+        """Send one message; wait while the lane is full.
+
+        A send that finds room copies the message into the lane and commits
+        it without waiting for anything; the doorbell, if the peer sleeps,
+        rings once per loop iteration for all of them.
+
+        Raises:
+            FrameTooLarge: over ``max_size``; nothing was sent.
+            anyio.BrokenResourceError: the peer closed its receiving side.
+            PeerDied: the peer died while this waited for room.
+            anyio.ClosedResourceError: this side closed (or sent EOF).
+            anyio.BusyResourceError: another task is sending.
+        """
+        if not self._put(item):
+            await self._send_slow(item)
+
+    async def receive(self) -> bytes:
+        """Receive the next message (a copy); wait while the lane is empty.
+
+        Raises:
+            anyio.EndOfStream: the peer sent EOF or closed, and everything was read.
+            PeerDied: the peer died, and everything it committed was read.
+            anyio.ClosedResourceError: this side closed (also wakes a waiting ``receive``).
+            anyio.BusyResourceError: another task is receiving.
+        """
+        data = self._take()
+        if data is None:
+            data = await self._receive()
+        return data
 
     def _bind(
         self,
@@ -249,18 +301,11 @@ class PyRingCore:
             head = self._head_seen = self._core_h[self._core_rx_head]
             if head == tail:
                 return None
-        capacity = self.capacity
-        position = tail % capacity
-        size = _ring_unpack(self._core_rx, position)[0]
-        if size == RING_WRAP:
-            tail += capacity - position
-            position = 0
-            size = _ring_unpack(self._core_rx, 0)[0]
-        if size > capacity - position - 8:
+        start, size, tail = ring_record(self._core_rx, self.capacity, tail)
+        if start + size > self.capacity:
             return None  # not a record this ring writes: the slow path's business
-        start = self._core_rx_base + position + 8
+        start += self._core_rx_base
         data: bytes = self._core_memory[start : start + size]
-        tail += 8 + ((size + 7) & -8)
         self._budget -= 1 + (size >> self._fair_shift)
         self._core_h[self._core_rx_tail] = self._tail = tail
         read = self._read = self._read + 1

@@ -20,7 +20,7 @@ from .._core.attributes import IPCAttribute
 from .._core.errors import FrameTooLarge, PeerDied
 from .._core.speedups import RING_RECORD as RECORD
 from .._core.speedups import RING_WRAP as WRAP
-from .._core.speedups import RingCore
+from .._core.speedups import RingCore, ring_record
 from .._core.streams import FAIR_OPS, FAIR_SHIFT, Buffer, byte_view, fair_yield
 from ._segment import HEADER, W_CAPACITY, Doorbell, check_machine
 
@@ -31,7 +31,7 @@ _RING_UNITS = 4  # budget units a doorbell write costs (measured: 4-5 us against
 DEFAULT_SPIN = 100e-6 if (os.cpu_count() or 1) > 1 else 0.0
 FLUSH_EVERY = 64  # messages sent or read between two barriers at most, loop iteration or not
 _SPIN_CHECKS = 64  # reads of the peer's head between two looks at the clock (a few µs)
-_pack, _unpack = RECORD.pack_into, RECORD.unpack_from
+_pack = RECORD.pack_into
 
 # per lane, from the lane's base word: producer line, consumer line, then the two flags
 _HEAD, _EOF, _TAIL, _GONE, _SLEEPING, _WAITING = 0, 1, 8, 9, 16, 24
@@ -280,14 +280,7 @@ class Lanes(RingCore):
         tail = self._tail
         if tail == self._head_seen and self._see_head() == tail:
             return None
-        capacity = self.capacity
-        position = tail % capacity
-        size = _unpack(self._rx, position)[0]
-        if size == WRAP:
-            tail += capacity - position
-            position = 0
-            size = _unpack(self._rx, 0)[0]
-        return position + 8, size, tail + 8 + ((size + 7) & ~7)
+        return ring_record(self._rx, self.capacity, tail)
 
     def _see_head(self) -> int:
         """Read the peer's head (a cache line it writes) and remember it."""

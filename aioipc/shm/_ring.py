@@ -45,6 +45,11 @@ Rule 6 (spin, then sleep): a receiver with nothing to read first watches
 the peer's ``head`` for a short, self-tuned while (``Spinner``), giving its
 CPU and the loop their turn every few microseconds, and only then sleeps on
 its doorbell.
+
+Speed: a ``send()`` or ``receive()`` that needs no waiting is one call into
+``RingCore`` (``_put``: record, payload and the head store; ``_take``: the
+bytes and the tail store), compiled in the accelerator or its Python twin
+(``aioipc._core.speedups``); anything else takes the Python slow path.
 """
 
 from __future__ import annotations
@@ -217,23 +222,11 @@ class Ring(Lanes, MessageStream):
 
     # -- sending ---------------------------------------------------------------------------
 
-    async def send(self, item: Buffer) -> None:
-        """Send one message; wait while the lane is full.
+    # send() and receive() are RingCore's: one call when nothing must wait, else these.
 
-        A send that finds room copies the message into the lane and commits
-        it without waiting for anything; the doorbell, if the peer sleeps,
-        rings once per loop iteration for all of them.
-
-        Raises:
-            FrameTooLarge: over ``max_size``; nothing was sent.
-            anyio.BrokenResourceError: the peer closed its receiving side.
-            PeerDied: the peer died while this waited for room.
-            anyio.ClosedResourceError: this side closed (or sent EOF).
-            anyio.BusyResourceError: another task is sending.
-        """
-        if not self._put(item):  # the fast path: it fits, nothing to wait for
-            item, size = self._measure(item)
-            await self._send((item,), (size,))  # waits, wraps, or raises
+    async def _send_slow(self, item: Buffer) -> None:
+        item, size = self._measure(item)
+        await self._send((item,), (size,))  # waits, wraps, or raises
 
     async def send_many(self, messages: Sequence[Buffer]) -> None:
         """Send several messages with one commit and at most one wake-up per lane-full.
@@ -267,20 +260,6 @@ class Ring(Lanes, MessageStream):
         await anyio.lowlevel.checkpoint()
 
     # -- receiving -------------------------------------------------------------------------
-
-    async def receive(self) -> bytes:
-        """Receive the next message (a copy); wait while the lane is empty.
-
-        Raises:
-            anyio.EndOfStream: the peer sent EOF or closed, and everything was read.
-            PeerDied: the peer died, and everything it committed was read.
-            anyio.ClosedResourceError: this side closed (also wakes a waiting ``receive``).
-            anyio.BusyResourceError: another task is receiving.
-        """
-        data = self._take()  # the fast path: a message waits
-        if data is None:
-            data = await self._receive()
-        return data
 
     async def _receive(self) -> bytes:
         if self._receiving:  # a flag rather than ResourceGuard: this is the hot path
