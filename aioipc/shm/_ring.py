@@ -103,6 +103,11 @@ class Ring(Lanes, MessageStream):
         attached, another ``attach()`` raises :class:`RingInUse`, also after
         the peer left.
 
+        With the accelerator, ``send()`` and ``receive()`` return a
+        coroutine without a frame of its own: awaits, ``asyncio`` tasks,
+        ``asyncio.iscoroutine()`` and anyio take it as any other, but
+        ``inspect.iscoroutine()`` says False.
+
         Sends are committed at once, but a sleeping peer is woken once per
         loop iteration (the first send of an iteration wakes it at once):
         a task that blocks its loop after several sends delays their delivery
