@@ -271,7 +271,8 @@ class FramedReceiveStream(_Framed, MessageReceiveStream):
         )
         self._budget = FAIR_OPS
 
-    async def receive(self) -> bytes:
+    async def receive(self, *, _end: type[Exception] = anyio.EndOfStream) -> bytes:
+        # ``_end``: what a clean end raises (``StopAsyncIteration`` for ``__anext__``).
         # The common case, with no await: a message parsed from an earlier chunk.
         # The fairness budget is spent here a batch at a time, not per message.
         if self._parsed and self._broken is None and not self._guard.busy:
@@ -298,7 +299,7 @@ class FramedReceiveStream(_Framed, MessageReceiveStream):
                 try:
                     message = framer.next_message()
                     if message is EOF:
-                        raise anyio.EndOfStream
+                        raise _end
                     if message is not NEED_DATA:  # the next batch of a chunk already here
                         parsed = self._parsed = framer.parsed
                         self._budget -= 1 + len(parsed)
@@ -316,6 +317,11 @@ class FramedReceiveStream(_Framed, MessageReceiveStream):
                     raise
         finally:
             guard.busy = False
+
+    # Not ``async def`` (anyio's is): ``async for`` parks in receive() itself, one coroutine fewer
+    # per waiting stream and per message.
+    def __anext__(self) -> Coroutine[Any, Any, bytes]:
+        return self.receive(_end=StopAsyncIteration)
 
 
 class FramedSendStream(_Framed, MessageSendStream):
@@ -371,6 +377,9 @@ class FramedStream(_Framed, MessageStream):
     # coroutine, not two (a fifth of a small message's cost on the fast paths).
     def receive(self) -> Coroutine[Any, Any, bytes]:
         return self._receiver.receive()
+
+    def __anext__(self) -> Coroutine[Any, Any, bytes]:
+        return self._receiver.receive(_end=StopAsyncIteration)
 
     def send(self, item: bytes) -> Coroutine[Any, Any, None]:
         return self._sender.send(item)
