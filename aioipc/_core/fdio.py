@@ -149,6 +149,29 @@ class FdHandle:
                 pass
         # Armed: the fd was empty when last read and the loop will say when
         # it is not, so a read now would most likely be wasted.
+        waiter = self.park_read(op, *args)
+        try:
+            return await waiter  # type: ignore[no-any-return]
+        except asyncio.CancelledError:
+            self.keep_read(waiter, keep)
+            raise
+        finally:
+            self.end_read()
+
+    def park_read(self, op: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        """:meth:`read`'s wait, for a caller that awaits the future itself (one coroutine fewer while parked).
+
+        The future gets ``op(fd, *args)`` (or its ``OSError``) from the loop
+        callback once the fd is readable. Await it in ``try``, call
+        :meth:`keep_read` when that raises ``CancelledError`` and
+        :meth:`end_read` in ``finally``, as :meth:`read` does.
+
+        Raises:
+            anyio.ClosedResourceError: the handle is closed.
+        """
+        fd = self.fd
+        if fd < 0:
+            raise anyio.ClosedResourceError
         loop = self._loop or self.loop()
         waiter = self._read_waiter = loop.create_future()
         self._read_op = op
@@ -156,15 +179,18 @@ class FdHandle:
         if not self._reader_armed:
             loop.add_reader(fd, self._on_readable)
             self._reader_armed = True
-        try:
-            return await waiter  # type: ignore[no-any-return]
-        except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
-                keep(waiter.result())
-            raise
-        finally:
-            self._read_waiter = self._read_op = None
-            self._read_args = ()
+        return waiter
+
+    @staticmethod
+    def keep_read(waiter: asyncio.Future[Any], keep: Callable[[Any], None]) -> None:
+        """A parked read was cancelled: hand ``keep`` what ``op`` had already read, if it had."""
+        if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+            keep(waiter.result())
+
+    def end_read(self) -> None:
+        """A parked read is over (``finally`` of the ``await``)."""
+        self._read_waiter = self._read_op = None
+        self._read_args = ()
 
     def _on_readable(self) -> None:
         waiter, op = self._read_waiter, self._read_op

@@ -9,6 +9,7 @@ default framed Unix stream whose messages carry fds (:class:`FramedUnixStream`).
 from __future__ import annotations
 
 import array
+import asyncio
 import socket
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -190,9 +191,21 @@ class SocketReceiveStream(FdReceiveStream):
             if self._budget <= 0:
                 await self._yield_fairly()
             self._budget -= 1
-            sink.release()  # no buffer while parked: one is taken when data comes
-            # handle.read, not self._read: a socket never waits first, and this saves a layer
-            got = await handle.read(_fill_with_fds, self._keep_fds, self._sock, sink, ancsize, now=now)
+            got = None
+            if now and not handle._reader_armed and handle.fd >= 0:
+                got = _try_fill_with_fds(handle.fd, self._sock, sink, ancsize)
+            if got is None:
+                sink.release()  # no buffer while parked: one is taken when data comes
+                # Parked on the handle's future itself, not in handle.read: one coroutine
+                # fewer for as long as the connection is idle (a socket never waits first).
+                waiter = handle.park_read(_fill_with_fds, self._sock, sink, ancsize)
+                try:
+                    got = await waiter
+                except asyncio.CancelledError:
+                    handle.keep_read(waiter, self._keep_fds)
+                    raise
+                finally:
+                    handle.end_read()
         except OSError:
             with map_exceptions():
                 raise
