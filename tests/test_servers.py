@@ -130,6 +130,28 @@ async def test_single_handler_server_closes_when_its_handler_ends(tmp_ipc_dir: P
     await server.close()
 
 
+async def test_a_server_closed_at_once_still_runs_its_handler_to_its_cleanup(tmp_ipc_dir: Path) -> None:
+    """close() before the handler's first step: it is cancelled once started, never before
+    (a task cancelled before its first step would never close its stream)."""
+    path = tmp_ipc_dir / "f.fifo"
+    seen: list[str] = []
+
+    async def handler(msgs: Any) -> None:
+        seen.append("started")
+        try:
+            await anyio.sleep_forever()
+        except anyio.get_cancelled_exc_class():
+            seen.append("cancelled")
+            raise
+
+    server = await aioipc.serve(f"fifo:{path}", handler)
+    with anyio.fail_after(10):
+        await server.close()
+    assert seen == ["started", "cancelled"]
+    assert server.connections == 0
+    assert not path.exists()
+
+
 # -- bind without a race --------------------------------------------------------------------
 
 _RACER = """

@@ -2,12 +2,16 @@
 
 Rule 1: every handler runs in a group the server owns, hosted by one runner
 task (anyio's ``Listener.serve(handler, task_group)`` is the model): one
-task per handler, in its own cancel scope, so the caller's cancellations
-never reach a handler or the cleanup, and closing needs no shielding tricks:
-it asks the runner and waits for it. The group is the set of those scopes,
-not an anyio task group, whose ``start_soon`` costs several times a task's
-memory per handler (an event, a wrapper coroutine, a handle), which an idle
+task per handler, so the caller's cancellations never reach a handler or
+the cleanup, and closing needs no shielding tricks: it asks the runner and
+waits for it. The group is the set of those tasks, not an anyio task group,
+whose ``start_soon`` costs several times a task's memory per handler (an
+event, a wrapper coroutine, a handle, a cancel scope), which an idle
 connection would keep for its whole life.
+Rule 3: a handler is cancelled as a task group cancels its tasks, with no
+cancel scope of its own (two sets and a registry entry per connection):
+at each of its waits until it ends (level-triggered), except while it is
+inside a shielded anyio scope.
 Rule 2: a handler that raises is logged on the ``aioipc`` logger and ends
 only its own stream; the server and every other handler go on.
 
@@ -20,8 +24,9 @@ handler ended and ``on_close`` ran; :meth:`Server.serve_forever` returns).
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -31,6 +36,26 @@ import anyio.abc
 __all__ = ["Server"]
 
 logger = logging.getLogger("aioipc")
+
+try:  # where anyio's asyncio backend keeps each task's innermost cancel scope (read only, Rule 3)
+    from anyio._backends import _asyncio as _anyio_asyncio
+except ImportError:  # pragma: no cover
+    _anyio_asyncio = None  # type: ignore[assignment]
+# An anyio that keeps them elsewhere: no scope is seen shielded (the server tests' shield test says so).
+_anyio_scopes: Mapping[Any, Any] = getattr(_anyio_asyncio, "_task_states", {})
+_STARTED = (inspect.CORO_RUNNING, inspect.CORO_SUSPENDED)
+
+
+def _shielded(task: asyncio.Task[Any], states: Mapping[Any, Any] = _anyio_scopes) -> bool:
+    """Whether ``task`` is inside a shielded anyio cancel scope now (then a cancellation waits)."""
+    state = states.get(task)
+    scope = getattr(state, "cancel_scope", None)
+    while scope is not None:
+        if scope.shield:
+            return True
+        scope = scope._parent_scope
+    return False
+
 
 Closer = Callable[[], Awaitable[object]]
 Handler = Callable[[Any], Awaitable[object]]
@@ -60,7 +85,9 @@ class Server:
         self._connections = 0
         self._closing = False
         self._accepting = anyio.CancelScope()
-        self._scopes: set[anyio.CancelScope] = set()  # the live handlers' (each keeps its task alive)
+        self._tasks: set[asyncio.Task[None]] = set()  # the live handlers' (this keeps them alive)
+        self._doomed: set[asyncio.Task[None]] = set()  # cancelled handlers not yet ended (Rule 3)
+        self._delivery: asyncio.Handle | None = None  # the next round of cancelling them
         self._in_body = False
         self._cancelled = False  # close() cancelled the handlers
         self._drained = anyio.Event()  # the body and every handler have ended
@@ -127,7 +154,7 @@ class Server:
 
     def start_handler(
         self, handler: Handler, stream: Any, on_end: Callable[[], object] | None = None
-    ) -> anyio.CancelScope:
+    ) -> asyncio.Task[None]:
         """Run ``handler(stream)`` in a task of the server's group; the stream is closed when it returns.
 
         Only from the server's body. ``on_end()`` is called once the stream
@@ -135,49 +162,75 @@ class Server:
         handler, not a new closure each time.
 
         Returns:
-            the scope the handler runs in: cancelling it ends the handler (its stream is closed).
+            the handler's task: :meth:`cancel_handler` ends it (its stream is closed).
         """
         if not self._in_body:
             raise RuntimeError("start_handler() is for the server's body")
-        scope = anyio.CancelScope()
-        if self._cancelled:
-            scope.cancel()
-        self._scopes.add(scope)
+        task = asyncio.get_running_loop().create_task(self._run_handler(handler, stream, on_end))
+        self._tasks.add(task)
         self._connections += 1
-        asyncio.get_running_loop().create_task(self._run_handler(scope, handler, stream, on_end))
-        return scope
+        if self._cancelled:
+            self.cancel_handler(task)
+        return task
 
     async def _run_handler(
-        self,
-        scope: anyio.CancelScope,
-        handler: Handler,
-        stream: anyio.abc.AsyncResource,
-        on_end: Callable[[], object] | None,
+        self, handler: Handler, stream: anyio.abc.AsyncResource, on_end: Callable[[], object] | None
     ) -> None:
         try:
-            with scope:
-                try:
-                    await handler(stream)
-                except Exception:
-                    logger.exception("%s: a handler raised; closing its stream", self.address)
-                finally:
-                    self._connections -= 1
-                    with anyio.CancelScope(shield=True):  # not aclose_forcefully: its cancel() formats a repr
-                        await stream.aclose()
+            try:
+                await handler(stream)
+            except Exception:
+                logger.exception("%s: a handler raised; closing its stream", self.address)
+            finally:
+                self._connections -= 1
+                with anyio.CancelScope(shield=True):  # not aclose_forcefully: its cancel() formats a repr
+                    await stream.aclose()
         finally:
             if on_end is not None:
                 on_end()
-            self._scopes.discard(scope)
+            task = asyncio.current_task()
+            self._tasks.discard(task)
+            self._doomed.discard(task)
             self._check_drained()
 
+    def cancel_handler(self, task: asyncio.Task[None]) -> None:
+        """Cancel a handler :meth:`start_handler` started, as a cancel scope around it would (Rule 3).
+
+        Its task is cancelled at each wait until it ends, except while it is
+        inside a shielded anyio scope; its stream is closed then.
+        """
+        self._doomed.add(task)
+        self._deliver()
+
+    def _deliver(self) -> None:
+        # What anyio's CancelScope._deliver_cancellation does, for tasks in no scope of ours:
+        # once now, then once a loop iteration until every doomed handler has ended.
+        if self._delivery is not None:
+            self._delivery.cancel()
+            self._delivery = None
+        current = asyncio.current_task()
+        for task in [*self._doomed]:
+            if task.done():
+                self._doomed.discard(task)
+            elif task is current or task._must_cancel or _shielded(task):  # type: ignore[attr-defined]
+                continue
+            elif inspect.getcoroutinestate(task.get_coro()) in _STARTED:  # type: ignore[arg-type]
+                # (not before its first step: it would never close its stream)
+                waiter = task._fut_waiter  # type: ignore[attr-defined]
+                if waiter is None or not waiter.done():  # a waiter with a result: taken first
+                    task.cancel()
+        if self._doomed:
+            self._delivery = asyncio.get_running_loop().call_soon(self._deliver)
+
     def _check_drained(self) -> None:
-        if not self._scopes and not self._in_body:
+        if not self._tasks and not self._in_body:
             self._drained.set()
 
     def _cancel_handlers(self) -> None:
         self._cancelled = True
-        for scope in self._scopes:
-            scope.cancel()
+        if self._tasks:
+            self._doomed.update(self._tasks)
+            self._deliver()
 
     async def _run(self, body: Body) -> None:
         try:
@@ -195,7 +248,7 @@ class Server:
             await self._drained.wait()
         finally:
             self._closing = True
-            if self._scopes:  # this task was cancelled (the loop is closing): so are the handlers
+            if self._tasks:  # this task was cancelled (the loop is closing): so are the handlers
                 self._cancel_handlers()
                 with anyio.CancelScope(shield=True):
                     await self._drained.wait()

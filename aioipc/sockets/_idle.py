@@ -7,9 +7,9 @@ per message.
 Rule 2: only a completed operation is traffic: a handler blocked in
 ``send()`` to a peer that never reads is idle, and so is one whose own
 short timeouts keep cancelling its ``receive()`` from a silent peer.
-Rule 3: the watch cancels the scope the server already runs the handler in,
-and is the handler's stream itself: no scope, task frame or wrapper
-coroutine of its own, for as long as the connection lives.
+Rule 3: the watch has the server cancel the handler's task, and is the
+handler's stream itself: no scope, task frame or wrapper coroutine of its
+own, for as long as the connection lives.
 """
 
 from __future__ import annotations
@@ -22,35 +22,39 @@ from typing import Any
 
 import anyio
 
+from .._core.server import Server
+
 __all__ = ["IdleWatch"]
 
 logger = logging.getLogger("aioipc")
 
 
 class IdleWatch:
-    """A stream wrapper that notes traffic, and cancels the handler's scope when there is none.
+    """A stream wrapper that notes traffic, and cancels the handler when there is none.
 
-    ``watched = IdleWatch(stream, timeout, name)``, then ``watched.start(scope)``
-    with the scope the handler runs in: once ``timeout`` seconds pass without
-    a receive or send, the scope is cancelled (and a warning logged).
+    ``watched = IdleWatch(stream, timeout, name)``, then ``watched.start(server, task)``
+    with the handler's task: once ``timeout`` seconds pass without a receive
+    or send, the server cancels it (and a warning is logged).
     ``aclose()`` stops watching and closes the stream. ``watched`` offers the
     stream's methods (``receive``, ``send``, ``send_eof``, ``send_fds``,
     ``receive_fds``, ``extra``, iteration).
     """
 
-    __slots__ = ("_last", "_name", "_scope", "_stream", "_timeout", "_timer")
+    __slots__ = ("_last", "_name", "_server", "_stream", "_task", "_timeout", "_timer")
 
     def __init__(self, stream: Any, timeout: float, name: str) -> None:
         self._stream = stream
         self._timeout = timeout
         self._name = name
         self._last = 0.0  # set by start(), then by every completed operation
-        self._scope: anyio.CancelScope | None = None
+        self._server: Server | None = None
+        self._task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
 
-    def start(self, scope: anyio.CancelScope) -> None:
-        """Start watching: ``scope`` is cancelled once the stream has been idle for the timeout."""
-        self._scope = scope
+    def start(self, server: Server, task: asyncio.Task[None]) -> None:
+        """Start watching: ``server`` cancels ``task`` once the stream has been idle for the timeout."""
+        self._server = server
+        self._task = task
         self._last = time.monotonic()
         self._arm(self._timeout)
 
@@ -64,8 +68,8 @@ class IdleWatch:
             return
         self._timer = None
         logger.warning("%s: closing a connection idle for %g s (idle_timeout)", self._name, self._timeout)
-        if self._scope is not None:
-            self._scope.cancel()
+        if self._server is not None and self._task is not None:
+            self._server.cancel_handler(self._task)
 
     # -- the stream's face -----------------------------------------------------------------
 

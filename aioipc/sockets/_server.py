@@ -176,7 +176,7 @@ class _Acceptor:
                     server.start_handler(self._handler, stream, self._release)
                 else:  # the watch is the handler's stream (under TLS: the transport TLS wraps)
                     watch = IdleWatch(stream, self.idle_timeout, self.listening.address)
-                    watch.start(server.start_handler(self._handler, watch, self._release))
+                    watch.start(server, server.start_handler(self._handler, watch, self._release))
         finally:
             self.listening.close()
 
