@@ -324,20 +324,10 @@ class FramedReceiveStream(_Framed, MessageReceiveStream):
         return self.receive(_end=StopAsyncIteration)
 
 
-class FramedSendStream(_Framed, MessageSendStream):
-    """Messages sent as length-prefixed frames over a byte stream (or lines, ``framing="lines"``).
+class _SendsFrames(_Framed):
+    """Sending frames: :class:`FramedSendStream`'s, and :class:`FramedStream`'s own (no second object)."""
 
-    Raises:
-        FrameTooLarge: the message is over ``max_size``; nothing was sent.
-        ValueError: with ``framing="lines"``, the message holds a newline; nothing was sent.
-    """
-
-    def __init__(
-        self,
-        stream: anyio.abc.ByteSendStream,
-        max_size: int = DEFAULT_MAX_SIZE,
-        framing: FramingName = "length",
-    ) -> None:
+    def __init__(self, stream: Any, max_size: int, framing: FramingName) -> None:
         super().__init__(stream, max_size, framing)
         self._lines = framing == "lines"
         self._parts = isinstance(stream, ByteSendStream)  # sends header and payload as parts
@@ -363,26 +353,39 @@ class FramedSendStream(_Framed, MessageSendStream):
             await stream.send(b"".join(parts))
 
 
-class FramedStream(_Framed, MessageStream):
-    """A two-way message stream over a two-way byte stream."""
+class FramedSendStream(_SendsFrames, MessageSendStream):
+    """Messages sent as length-prefixed frames over a byte stream (or lines, ``framing="lines"``).
+
+    Raises:
+        FrameTooLarge: the message is over ``max_size``; nothing was sent.
+        ValueError: with ``framing="lines"``, the message holds a newline; nothing was sent.
+    """
+
+    def __init__(
+        self,
+        stream: anyio.abc.ByteSendStream,
+        max_size: int = DEFAULT_MAX_SIZE,
+        framing: FramingName = "length",
+    ) -> None:
+        super().__init__(stream, max_size, framing)
+
+
+class FramedStream(_SendsFrames, MessageStream):
+    """A two-way message stream over a two-way byte stream; it sends frames itself."""
 
     def __init__(
         self, stream: anyio.abc.ByteStream, max_size: int = DEFAULT_MAX_SIZE, framing: FramingName = "length"
     ) -> None:
         super().__init__(stream, max_size, framing)
         self._receiver = FramedReceiveStream(stream, max_size, framing)
-        self._sender = FramedSendStream(stream, max_size, framing)
 
-    # Not ``async def``: each returns its half's coroutine, so a message pays for one
-    # coroutine, not two (a fifth of a small message's cost on the fast paths).
+    # Not ``async def``: each returns the receiving half's coroutine, so a message pays for
+    # one coroutine, not two (a fifth of a small message's cost on the fast paths).
     def receive(self) -> Coroutine[Any, Any, bytes]:
         return self._receiver.receive()
 
     def __anext__(self) -> Coroutine[Any, Any, bytes]:
         return self._receiver.receive(_end=StopAsyncIteration)
-
-    def send(self, item: bytes) -> Coroutine[Any, Any, None]:
-        return self._sender.send(item)
 
 
 @overload

@@ -24,7 +24,6 @@ from .._core.streams import (
     Buffer,
     BufferSink,
     FramedReceiveStream,
-    FramedSendStream,
     FramedStream,
 )
 from ._base import SocketHandle, shutdown_write, socket_extra
@@ -475,12 +474,10 @@ class FramedUnixStream(FramedStream):
     transport_stream: SocketStream
 
     def __init__(self, stream: SocketStream, max_size: int = DEFAULT_MAX_SIZE) -> None:
-        # Not FramedStream.__init__: it would build (and zero) a receiving framer only to drop it.
-        self.transport_stream = stream
-        self.max_size = max_size
-        self.framing = "length"
+        # FramedStream.__init__'s sending part only: it would build (and zero) a receiving
+        # framer only to drop it.
+        super(FramedStream, self).__init__(stream, max_size, "length")
         self._receiver = self._fd_messages = _FdMessages(stream.receiver, max_size)
-        self._sender = FramedSendStream(stream, max_size)
 
     async def send_fds(self, message: Buffer, fds: Sequence[int]) -> None:
         """Send one message with duplicates of ``fds`` attached (``SCM_RIGHTS``); yours stay open.
