@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 from helpers import keep_busy, loop_name, run_tool, until
 
@@ -150,6 +151,35 @@ async def test_a_server_closed_at_once_still_runs_its_handler_to_its_cleanup(tmp
     assert seen == ["started", "cancelled"]
     assert server.connections == 0
     assert not path.exists()
+
+
+async def test_close_cancels_a_handler_again_once_it_leaves_its_shield(tmp_ipc_dir: Path) -> None:
+    """A cancelled handler inside a shielded scope is left alone there, and cancelled again
+    when it waits outside it (or close() would never return)."""
+    shielded_steps: list[int] = []
+
+    async def handler(msgs: Any) -> None:
+        await msgs.receive()
+        await msgs.send(b"ready")
+        try:
+            await anyio.sleep_forever()
+        finally:
+            with anyio.CancelScope(shield=True):
+                for step in range(3):
+                    await anyio.lowlevel.checkpoint()
+                    shielded_steps.append(step)
+            await anyio.sleep_forever()
+
+    server = await aioipc.serve(f"unix:{tmp_ipc_dir}/s.sock", handler)
+    async with await aioipc.connect(server.address) as client:
+        with anyio.fail_after(10):
+            await client.send(b"go")
+            assert await client.receive() == b"ready"
+            await server.close()
+            with pytest.raises(anyio.EndOfStream):
+                await client.receive()
+    assert shielded_steps == [0, 1, 2]
+    assert server.connections == 0
 
 
 # -- bind without a race --------------------------------------------------------------------

@@ -11,7 +11,7 @@ connection would keep for its whole life.
 Rule 3: a handler is cancelled as a task group cancels its tasks, with no
 cancel scope of its own (two sets and a registry entry per connection):
 at each of its waits until it ends (level-triggered), except while it is
-inside a shielded anyio scope.
+inside a shielded anyio scope (left, it is cancelled within ``SHIELD_POLL``).
 Rule 2: a handler that raises is logged on the ``aioipc`` logger and ends
 only its own stream; the server and every other handler go on.
 
@@ -44,6 +44,10 @@ except ImportError:  # pragma: no cover
 # An anyio that keeps them elsewhere: no scope is seen shielded (the server tests' shield test says so).
 _anyio_scopes: Mapping[Any, Any] = getattr(_anyio_asyncio, "_task_states", {})
 _STARTED = (inspect.CORO_RUNNING, inspect.CORO_SUSPENDED)
+SHIELD_POLL = 0.05
+"""How often a cancelled handler inside a shielded scope is looked at again (Rule 3).
+
+A handler that leaves its shielded scope and then waits is cancelled within this."""
 
 
 def _shielded(task: asyncio.Task[Any], states: Mapping[Any, Any] = _anyio_scopes) -> bool:
@@ -204,23 +208,35 @@ class Server:
 
     def _deliver(self) -> None:
         # What anyio's CancelScope._deliver_cancellation does, for tasks in no scope of ours:
-        # once now, then once a loop iteration until every doomed handler has ended.
+        # once now, then once a loop iteration until every doomed handler has ended; a handler
+        # inside a shielded scope (its stream's closing, say) is looked at again every
+        # SHIELD_POLL seconds instead, so that waiting for it costs no CPU.
         if self._delivery is not None:
             self._delivery.cancel()
             self._delivery = None
         current = asyncio.current_task()
+        soon = False
         for task in [*self._doomed]:
             if task.done():
                 self._doomed.discard(task)
-            elif task is current or task._must_cancel or _shielded(task):  # type: ignore[attr-defined]
+            elif task is current or _shielded(task):
                 continue
+            elif task._must_cancel:  # type: ignore[attr-defined]
+                soon = True
             elif inspect.getcoroutinestate(task.get_coro()) in _STARTED:  # type: ignore[arg-type]
                 # (not before its first step: it would never close its stream)
+                soon = True
                 waiter = task._fut_waiter  # type: ignore[attr-defined]
                 if waiter is None or not waiter.done():  # a waiter with a result: taken first
                     task.cancel()
+            else:
+                soon = True
         if self._doomed:
-            self._delivery = asyncio.get_running_loop().call_soon(self._deliver)
+            loop = asyncio.get_running_loop()
+            if soon:
+                self._delivery = loop.call_soon(self._deliver)
+            else:
+                self._delivery = loop.call_later(SHIELD_POLL, self._deliver)
 
     def _check_drained(self) -> None:
         if not self._tasks and not self._in_body:
