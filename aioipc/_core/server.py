@@ -8,12 +8,12 @@ waits for it. The group is the set of those tasks, not an anyio task group,
 whose ``start_soon`` costs several times a task's memory per handler (an
 event, a wrapper coroutine, a handle, a cancel scope), which an idle
 connection would keep for its whole life.
+Rule 2: a handler that raises is logged on the ``aioipc`` logger and ends
+only its own stream; the server and every other handler go on.
 Rule 3: a handler is cancelled as a task group cancels its tasks, with no
 cancel scope of its own (two sets and a registry entry per connection):
 at each of its waits until it ends (level-triggered), except while it is
 inside a shielded anyio scope (left, it is cancelled within ``SHIELD_POLL``).
-Rule 2: a handler that raises is logged on the ``aioipc`` logger and ends
-only its own stream; the server and every other handler go on.
 
 States: *serving* (accepting, or its single handler running) -> *closing*
 (:meth:`Server.close` was called, or the body ended: no new handlers;
@@ -41,7 +41,8 @@ try:  # where anyio's asyncio backend keeps each task's innermost cancel scope (
     from anyio._backends import _asyncio as _anyio_asyncio
 except ImportError:  # pragma: no cover
     _anyio_asyncio = None  # type: ignore[assignment]
-# An anyio that keeps them elsewhere: no scope is seen shielded (the server tests' shield test says so).
+# An anyio that keeps them elsewhere: no scope would be seen shielded, which
+# test_close_cancels_handlers_as_a_task_group_does would catch.
 _anyio_scopes: Mapping[Any, Any] = getattr(_anyio_asyncio, "_task_states", {})
 _STARTED = (inspect.CORO_RUNNING, inspect.CORO_SUSPENDED)
 SHIELD_POLL = 0.05
