@@ -75,6 +75,43 @@ async def test_plain_receive_closes_the_fds_of_its_messages() -> None:
     assert _open_fds() == before
 
 
+_SEND_ONE = """
+import os, socket, sys
+import anyio, aioipc, aioipc.sockets
+
+async def main(fd):
+    async with aioipc.framed(aioipc.sockets.from_socket(socket.socket(fileno=fd))) as msgs:
+        read, write = os.pipe()
+        await msgs.send_fds(b"with an fd", [read])
+        try:
+            await msgs.receive()
+        except anyio.EndOfStream:  # the peer closed, as it should
+            pass
+
+aioipc.run(main(int(sys.argv[2])), loop=sys.argv[1])
+"""
+
+
+async def test_closing_closes_the_fds_of_a_message_a_plain_receive_took() -> None:
+    before = _open_fds()
+    ours, theirs = socket.socketpair()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _SEND_ONE, loop_name(), str(theirs.fileno()), pass_fds=[theirs.fileno()]
+    )
+    theirs.close()
+    try:
+        msgs = aioipc.framed(aioipc.sockets.from_socket(ours))
+        with anyio.fail_after(30):
+            assert await msgs.receive() == b"with an fd"  # its fd is ours until the next read or the close
+            await msgs.aclose()
+            assert await proc.wait() == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert _open_fds() == before
+
+
 async def test_receive_fds_gets_each_messages_own_fds_after_plain_receives() -> None:
     before = _open_fds()
     ours, theirs = socket.socketpair()

@@ -240,27 +240,10 @@ def _check_framing(framing: str) -> str:
     return framing
 
 
-class FramedReceiveStream(_Framed, MessageReceiveStream):
-    """Messages decoded from a byte stream's length-prefixed frames (or lines, ``framing="lines"``).
+class _ReceivesFrames(_Framed):
+    """Receiving frames: :class:`FramedReceiveStream`'s, and :class:`FramedStream`'s own (no second one)."""
 
-    Every complete frame in a received chunk is parsed in one pass; the
-    following ``receive()`` calls return them without touching the stream.
-
-    Raises:
-        FrameTooLarge: a header announced more than ``max_size`` bytes; raised
-            after every whole message that came before it was received (then
-            every later receive raises ``BrokenResourceError``).
-        TruncatedMessage: the peer closed or died inside a frame (a ``ProtocolError``
-            and a ``BrokenResourceError``).
-        anyio.EndOfStream: the peer closed between frames.
-    """
-
-    def __init__(
-        self,
-        stream: anyio.abc.ByteReceiveStream,
-        max_size: int = DEFAULT_MAX_SIZE,
-        framing: FramingName = "length",
-    ) -> None:
+    def __init__(self, stream: Any, max_size: int, framing: FramingName) -> None:
         super().__init__(stream, max_size, framing)
         self._framer: Framer | LineFramer = Framer(max_size) if framing == "length" else LineFramer(max_size)
         self._parsed = self._framer.parsed  # the framer's (it makes one at its first parse: synced below)
@@ -324,6 +307,30 @@ class FramedReceiveStream(_Framed, MessageReceiveStream):
         return self.receive(_end=StopAsyncIteration)
 
 
+class FramedReceiveStream(_ReceivesFrames, MessageReceiveStream):
+    """Messages decoded from a byte stream's length-prefixed frames (or lines, ``framing="lines"``).
+
+    Every complete frame in a received chunk is parsed in one pass; the
+    following ``receive()`` calls return them without touching the stream.
+
+    Raises:
+        FrameTooLarge: a header announced more than ``max_size`` bytes; raised
+            after every whole message that came before it was received (then
+            every later receive raises ``BrokenResourceError``).
+        TruncatedMessage: the peer closed or died inside a frame (a ``ProtocolError``
+            and a ``BrokenResourceError``).
+        anyio.EndOfStream: the peer closed between frames.
+    """
+
+    def __init__(
+        self,
+        stream: anyio.abc.ByteReceiveStream,
+        max_size: int = DEFAULT_MAX_SIZE,
+        framing: FramingName = "length",
+    ) -> None:
+        super().__init__(stream, max_size, framing)
+
+
 class _SendsFrames(_Framed):
     """Sending frames: :class:`FramedSendStream`'s, and :class:`FramedStream`'s own (no second object)."""
 
@@ -370,22 +377,13 @@ class FramedSendStream(_SendsFrames, MessageSendStream):
         super().__init__(stream, max_size, framing)
 
 
-class FramedStream(_SendsFrames, MessageStream):
-    """A two-way message stream over a two-way byte stream; it sends frames itself."""
+class FramedStream(_ReceivesFrames, _SendsFrames, MessageStream):
+    """A two-way message stream over a two-way byte stream; it receives and sends frames itself."""
 
     def __init__(
         self, stream: anyio.abc.ByteStream, max_size: int = DEFAULT_MAX_SIZE, framing: FramingName = "length"
     ) -> None:
         super().__init__(stream, max_size, framing)
-        self._receiver = FramedReceiveStream(stream, max_size, framing)
-
-    # Not ``async def``: each returns the receiving half's coroutine, so a message pays for
-    # one coroutine, not two (a fifth of a small message's cost on the fast paths).
-    def receive(self) -> Coroutine[Any, Any, bytes]:
-        return self._receiver.receive()
-
-    def __anext__(self) -> Coroutine[Any, Any, bytes]:
-        return self._receiver.receive(_end=StopAsyncIteration)
 
 
 @overload

@@ -23,7 +23,6 @@ from .._core.framing import DEFAULT_MAX_SIZE, HEADER, Framer
 from .._core.streams import (
     Buffer,
     BufferSink,
-    FramedReceiveStream,
     FramedStream,
 )
 from ._base import SocketHandle, shutdown_write, socket_extra
@@ -97,7 +96,7 @@ def rights_message(data: bytes, ancdata: list[tuple[int, int, bytes]], flags: in
 class SocketReceiveStream(FdReceiveStream):
     """The receiving half of a stream socket; adds :meth:`receive_fds`."""
 
-    _notes: _FdMessages | None = None  # the framed stream over it, which numbers frames (Rule 3)
+    _notes: FramedUnixStream | None = None  # the framed stream over it, which numbers frames (Rule 3)
 
     def __init__(self, handle: SocketHandle, *, path: str | None = None) -> None:
         super().__init__(handle)
@@ -146,7 +145,7 @@ class SocketReceiveStream(FdReceiveStream):
         before = 0
         if notes is not None:
             if sink is notes._frames:  # the framed stream's own read: its fds are noted by frame
-                if notes.fds:
+                if notes._fds:
                     notes._drop_taken()
                 before = notes._frames.total
             else:
@@ -160,7 +159,7 @@ class SocketReceiveStream(FdReceiveStream):
                 fds, self._unclaimed_fds = list(self._unclaimed_fds), ()
                 sink.buffer_updated(n)
             if notes is not None and fds:
-                notes.arrived(before, fds)
+                notes._arrived(before, fds)
                 return []
             return fds
         ancsize = _ANCSIZE if max_fds == DEFAULT_MAX_FDS else socket.CMSG_SPACE(max_fds * 4)
@@ -217,7 +216,7 @@ class SocketReceiveStream(FdReceiveStream):
         return self._fds_of_read(got, max_fds, notes, before)
 
     @staticmethod
-    def _fds_of_read(got: _WithFds, max_fds: int, notes: _FdMessages | None, before: int) -> list[int]:
+    def _fds_of_read(got: _WithFds, max_fds: int, notes: FramedUnixStream | None, before: int) -> list[int]:
         """The fds of a read that carried ancillary data; noted by frame when a framed stream reads."""
         try:
             fds: list[int] | None = rights_message(*got, max_fds)
@@ -228,7 +227,7 @@ class SocketReceiveStream(FdReceiveStream):
         if notes is None:
             assert fds is not None
             return fds
-        notes.arrived(before, fds)
+        notes._arrived(before, fds)
         return []
 
     def _keep_fds(self, got: int | _WithFds) -> None:
@@ -406,49 +405,6 @@ class SocketStream(FdByteStream):
 _NO_FRAME_FDS: dict[int, list[int] | None] = {}  # never written: what a stream that got no fds holds
 
 
-class _FdMessages(FramedReceiveStream):
-    """Framed receiving that notes which frame each read's fds belong to (by number, see Rule 3)."""
-
-    def __init__(self, receiver: SocketReceiveStream, max_size: int) -> None:
-        super().__init__(receiver, max_size)
-        receiver._notes = self  # its fill_fds notes the fds of each read by frame (Rule 3)
-        self._fill = receiver.fill_fds
-        frames = self._framer
-        assert isinstance(frames, Framer)  # length framing: frames are numbered
-        self._frames = frames
-        self.fds = _NO_FRAME_FDS  # frame number -> its fds (None: too many came); a dict once fds come
-
-    def arrived(self, before: int, fds: list[int] | None) -> None:
-        """A read that began after frame ``before`` brought ``fds``: attach them to their frame."""
-        frames = self._frames
-        frames.parse_pending()  # where this read's frames end must be known now
-        completed = frames.total - before
-        if self.fds is _NO_FRAME_FDS:
-            self.fds = {}
-        self.fds[before + completed - (1 if completed and not frames.buffered else 0)] = fds
-
-    def _drop_taken(self) -> None:
-        """Close the fds of frames a plain ``receive()`` has taken."""
-        taken = self._frames.total - len(self._parsed)
-        for number in [number for number in self.fds if number < taken]:
-            close_fds(self.fds.pop(number) or [])
-
-    async def receive_with_fds(self) -> tuple[bytes, list[int]]:
-        message = await self.receive()
-        if not self.fds:
-            return message, []
-        fds = self.fds.pop(self._frames.total - len(self._parsed) - 1, [])
-        if fds is None:
-            raise FdsTruncated(DEFAULT_MAX_FDS, message)
-        return message, fds
-
-    async def aclose(self) -> None:
-        for fds in self.fds.values():
-            close_fds(fds or [])
-        self.fds.clear()
-        await super().aclose()
-
-
 class FramedUnixStream(FramedStream):
     """:func:`aioipc.framed` over a Unix stream socket: messages, and fds attached to them.
 
@@ -474,10 +430,36 @@ class FramedUnixStream(FramedStream):
     transport_stream: SocketStream
 
     def __init__(self, stream: SocketStream, max_size: int = DEFAULT_MAX_SIZE) -> None:
-        # FramedStream.__init__'s sending part only: it would build (and zero) a receiving
-        # framer only to drop it.
-        super(FramedStream, self).__init__(stream, max_size, "length")
-        self._receiver = self._fd_messages = _FdMessages(stream.receiver, max_size)
+        super().__init__(stream, max_size)
+        receiver = stream.receiver
+        receiver._notes = self  # its fill_fds notes the fds of each read by frame (Rule 3)
+        self._fill = receiver.fill_fds
+        frames = self._framer
+        assert isinstance(frames, Framer)  # length framing: frames are numbered
+        self._frames = frames
+        self._fds = _NO_FRAME_FDS  # frame number -> its fds (None: too many came); a dict once fds come
+
+    def _arrived(self, before: int, fds: list[int] | None) -> None:
+        """A read that began after frame ``before`` brought ``fds``: attach them to their frame."""
+        frames = self._frames
+        frames.parse_pending()  # where this read's frames end must be known now
+        completed = frames.total - before
+        if self._fds is _NO_FRAME_FDS:
+            self._fds = {}
+        self._fds[before + completed - (1 if completed and not frames.buffered else 0)] = fds
+
+    def _drop_taken(self) -> None:
+        """Close the fds of frames a plain ``receive()`` has taken."""
+        taken = self._frames.total - len(self._parsed)
+        for number in [number for number in self._fds if number < taken]:
+            close_fds(self._fds.pop(number) or [])
+
+    async def aclose(self) -> None:
+        """Close the socket, and the fds of messages received but not taken by ``receive_fds()``."""
+        for fds in self._fds.values():
+            close_fds(fds or [])
+        self._fds.clear()
+        await super().aclose()
 
     async def send_fds(self, message: Buffer, fds: Sequence[int]) -> None:
         """Send one message with duplicates of ``fds`` attached (``SCM_RIGHTS``); yours stay open.
@@ -500,4 +482,10 @@ class FramedUnixStream(FramedStream):
                 (the message is in ``.data``; the stream goes on).
             FrameTooLarge, TruncatedMessage, anyio.EndOfStream: as for ``receive()``.
         """
-        return await self._fd_messages.receive_with_fds()
+        message = await self.receive()
+        if not self._fds:
+            return message, []
+        fds = self._fds.pop(self._frames.total - len(self._parsed) - 1, [])
+        if fds is None:
+            raise FdsTruncated(DEFAULT_MAX_FDS, message)
+        return message, fds
