@@ -247,23 +247,25 @@ class _ReceivesFrames(_Framed):
         super().__init__(stream, max_size, framing)
         self._framer: Framer | LineFramer = Framer(max_size) if framing == "length" else LineFramer(max_size)
         self._parsed = self._framer.parsed  # the framer's (it makes one at its first parse: synced below)
-        self._guard = ResourceGuard("receiving")
+        self._receiving = False  # a task is in receive()'s slow path (a flag, not a guard object)
         self._broken: IPCError | None = None
-        self._fill: Callable[[BufferSink], Awaitable[object]] | None = (
-            stream.fill if isinstance(stream, ByteReceiveStream) else None
+        # fill's function and the stream it reads from, not a bound method (64 B an idle
+        # connection would keep); None: the stream has no fill, messages come from receive().
+        self._fill: Callable[[Any, BufferSink], Awaitable[object]] | None = (
+            type(stream).fill if isinstance(stream, ByteReceiveStream) else None
         )
+        self._fill_from: Any = stream
         self._budget = FAIR_OPS
 
     async def receive(self, *, _end: type[Exception] = anyio.EndOfStream) -> bytes:
         # ``_end``: what a clean end raises (``StopAsyncIteration`` for ``__anext__``).
         # The common case, with no await: a message parsed from an earlier chunk.
         # The fairness budget is spent here a batch at a time, not per message.
-        if self._parsed and self._broken is None and not self._guard.busy:
+        if self._parsed and self._broken is None and not self._receiving:
             return self._parsed.popleft()
-        guard = self._guard  # entered by hand: this is the hot path of every framed receive
-        if guard.busy:
+        if self._receiving:
             raise anyio.BusyResourceError("receiving")
-        guard.busy = True
+        self._receiving = True
         try:
             if self._budget <= 0:
                 await fair_yield()
@@ -289,7 +291,7 @@ class _ReceivesFrames(_Framed):
                         return message
                     try:
                         if fill is not None:
-                            await fill(framer)
+                            await fill(self._fill_from, framer)
                         else:
                             framer.feed(await self.transport_stream.receive())
                     except anyio.EndOfStream:
@@ -299,7 +301,7 @@ class _ReceivesFrames(_Framed):
                     self._broken = exc
                     raise
         finally:
-            guard.busy = False
+            self._receiving = False
 
     # Not ``async def`` (anyio's is): ``async for`` parks in receive() itself, one coroutine fewer
     # per waiting stream and per message.

@@ -433,7 +433,8 @@ class FramedUnixStream(FramedStream):
         super().__init__(stream, max_size)
         receiver = stream.receiver
         receiver._notes = self  # its fill_fds notes the fds of each read by frame (Rule 3)
-        self._fill = receiver.fill_fds
+        self._fill = type(receiver).fill_fds
+        self._fill_from = receiver
         frames = self._framer
         assert isinstance(frames, Framer)  # length framing: frames are numbered
         self._frames = frames
