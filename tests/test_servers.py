@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -431,34 +432,41 @@ CONNECT_FLOOD = """
 
 
 async def test_a_connect_flood_leaves_a_ticker_its_turns(tmp_path: Path, tmp_ipc_dir: Path) -> None:
-    from helpers import assert_fair, service
+    """2,000 connections of a flood, counted rather than timed (a busy machine makes a slower flood,
+    not a different answer); the ticker's longest wait is in this thread's CPU time: the loop's work."""
+    from helpers import service
 
-    from aioipc.testing import measure_fairness
-
-    handled = anyio.Event()
+    flooded = anyio.Event()
     count = [0]
 
     async def leaves_at_once(msgs: Any) -> None:
         count[0] += 1
-        handled.set()
+        if count[0] >= 2000:
+            flooded.set()
         async for _ in msgs:
             pass
 
-    async def next_connection() -> None:
-        nonlocal handled
-        await handled.wait()  # each wait sees at least one more connection handled
-        handled = anyio.Event()
+    longest, turns = 0.0, 0
+
+    async def ticker() -> None:
+        nonlocal longest, turns
+        last = time.thread_time()
+        while True:
+            await asyncio.sleep(0)
+            now = time.thread_time()
+            longest, last, turns = max(longest, now - last), now, turns + 1
 
     async with (
         await aioipc.serve(f"unix:{tmp_ipc_dir}/s.sock", leaves_at_once) as server,
         service(tmp_path, CONNECT_FLOOD, server.address.partition(":")[2]) as flood,
     ):
-        with anyio.fail_after(20):
+        with anyio.fail_after(30):
             await flood.expect("flooding")
-            before = count[0]
-            seen = await measure_fairness(next_connection)
-            accepted = count[0] - before
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(ticker)
+                await flooded.wait()
+                tg.cancel_scope.cancel()
             await server.close()  # the flood's next connect fails: it ends
             await flood.proc.wait()
-    assert accepted > 300, f"only {accepted} connections in {seen.cpu:.2f} s: not a flood"
-    assert_fair(seen, "a connect flood", at_least=50)  # a wait sees one or more connections
+    assert longest < 0.05, f"a ticker waited {longest * 1000:.0f} ms of work during a connect flood"
+    assert turns >= 2000 // 64, f"a ticker got {turns} turns during 2,000 connections"
