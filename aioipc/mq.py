@@ -46,6 +46,7 @@ from ._core.fdstreams import FdHandle
 from ._core.framing import DEFAULT_MAX_SIZE
 from ._core.naming import Kind, create_or_open
 from ._core.schemes import Address
+from ._core.speedups import mq_handle, mq_receive, mq_send
 from ._core.streams import FAIR_OPS, Buffer, QueueStream, byte_view, fair_yield
 
 __all__ = [
@@ -60,7 +61,8 @@ __all__ = [
 
 MOUNT_POINT = "/dev/mqueue"
 PRIORITY_MAX = posix_ipc.QUEUE_PRIORITY_MAX
-_BusyError = posix_ipc.BusyError  # the queue is empty or full (EAGAIN)
+# what a send refuses before it sends anything (bad data, size or priority; a closed descriptor)
+_REFUSED = (TypeError, ValueError, OverflowError, BufferError, OSError, posix_ipc.Error)
 _NAME_MAX = 255
 _LIMITS = "/proc/sys/fs/mqueue"
 
@@ -170,9 +172,8 @@ class MessageQueue(QueueStream):
         self.max_message_size: int = queue.max_message_size
         self.max_messages: int = queue.max_messages
         self._queue = queue
-        self._mq_receive = queue.receive
-        self._mq_send = queue.send
-        self._handle = FdHandle(queue.mqd)
+        self._handle = FdHandle(queue.mqd)  # non-blocking from here on
+        self._mq = mq_handle(queue)  # for mq_receive / mq_send: None / False for an empty / full queue
         self._can_read = read
         self._can_write = write
         self._receiving = False  # a task is in _receive() (BusyResourceError for a second one)
@@ -195,10 +196,10 @@ class MessageQueue(QueueStream):
 
     def _receive_now(self, fd: int) -> tuple[bytes, int]:
         """One ``mq_receive`` on the non-blocking descriptor (run by ``FdHandle.read``)."""
-        try:
-            return self._mq_receive()  # type: ignore[no-any-return]
-        except _BusyError:
-            raise BlockingIOError from None
+        message = mq_receive(self._mq, self.max_message_size, True)
+        if message is None:
+            raise BlockingIOError
+        return message
 
     async def receive_with_priority(self) -> tuple[bytes, int]:
         """Receive the oldest message of the highest priority; return ``(data, priority)``.
@@ -209,10 +210,9 @@ class MessageQueue(QueueStream):
         # The common case in as few steps as possible: a message is waiting.
         if self._receive_budget > 0:
             self._receive_budget -= 1
-            try:
-                return self._mq_receive()  # type: ignore[no-any-return]
-            except _BusyError:
-                pass
+            message = mq_receive(self._mq, self.max_message_size, True)
+            if message is not None:
+                return message
             return await self._receive(True)
         return await self._receive(False)
 
@@ -221,10 +221,9 @@ class MessageQueue(QueueStream):
         budget = self._receive_budget
         if budget > 0:
             self._receive_budget = budget - 1
-            try:
-                return self._mq_receive()[0]  # type: ignore[no-any-return]
-            except _BusyError:
-                pass
+            data = mq_receive(self._mq, self.max_message_size, False)
+            if data is not None:
+                return data
             # Empty: park here rather than in _receive (one coroutine layer less per wait);
             # a positive budget already says that nothing is kept and the handle is open.
             self._receive_budget = 0
@@ -256,11 +255,8 @@ class MessageQueue(QueueStream):
                 await fair_yield()
                 budget = FAIR_OPS
                 tried = False
-            if not tried:
-                try:
-                    return self._mq_receive()  # type: ignore[no-any-return]
-                except _BusyError:
-                    pass
+            if not tried and (message := mq_receive(self._mq, self.max_message_size, True)) is not None:
+                return message
             # Taken in a loop callback; a receive cancelled after that leaves it in _kept.
             # now=False: a receive was tried just above, or by the fast path that called this.
             return await handle.read(self._receive_now, self._keep, now=False)
@@ -278,21 +274,13 @@ class MessageQueue(QueueStream):
             TypeError: ``item`` is not bytes-like.
             PermissionError: the queue was opened with ``write=False``.
         """
-        if (
-            self._send_budget > 0
-            and item.__class__ is bytes
-            and len(item) <= self.max_message_size
-            and 0 <= priority <= PRIORITY_MAX
-        ):
+        if self._send_budget > 0:
             self._send_budget -= 1
             try:
-                if priority:
-                    self._mq_send(item, None, priority)
-                else:  # posix_ipc parses one argument faster than three
-                    self._mq_send(item)
-                return
-            except _BusyError:
-                pass
+                if mq_send(self._mq, item, priority):
+                    return
+            except _REFUSED:  # nothing was sent; the slow path checks, and says why
+                return await self._send(item, priority, False)
             return await self._send(item, priority, True)
         await self._send(item, priority, False)
 
@@ -321,12 +309,8 @@ class MessageQueue(QueueStream):
             while True:
                 if handle.fd < 0 or self._send_closed:
                     raise anyio.ClosedResourceError
-                if not tried:
-                    try:
-                        self._mq_send(item, None, priority)
-                        return
-                    except _BusyError:
-                        pass
+                if not tried and mq_send(self._mq, item, priority):
+                    return
                 await handle.wait_writable()
                 tried = False
         finally:

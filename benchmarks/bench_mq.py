@@ -261,9 +261,8 @@ def targets_for(contenders: list[h.Contender]) -> list[h.Target]:
     wanted: list[h.TargetSpec] = []
     for loop in ("asyncio", "uvloop"):
         ours = f"aioipc@{loop}"
-        if loop == "uvloop":
-            name = f"aioipc/posix_ipc 64 B msgs/s, {loop}"
-            wanted.append((name, ours, "posix_ipc", tput, "msgs_per_s", ">=", 0.9))
+        name = f"aioipc/posix_ipc 64 B msgs/s, {loop}"
+        wanted.append((name, ours, "posix_ipc", tput, "msgs_per_s", ">=", 0.9))
         name = f"aioipc/add_reader 64 B RTT p50, {loop}"
         wanted.append((name, ours, f"add_reader@{loop}", rtt, "p50_us", "<=", 1.2))
         name = f"aioipc-sysv/sysv_ipc 64 B msgs/s, {loop}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import array
 import ast
 import asyncio
 import errno
@@ -23,6 +24,7 @@ from helpers import compile_c, run_tool
 
 import aioipc
 import aioipc.mq
+from aioipc._core.speedups import mq_handle, mq_receive, mq_send
 from aioipc.mq import QueueAttribute
 from aioipc.testing import check_message_stream
 
@@ -133,6 +135,40 @@ async def test_oversize_message_is_refused_before_sending(qname: str) -> None:
         assert q.extra(QueueAttribute.current_messages) == 0
         with pytest.raises(TypeError):
             await q.send("text")  # type: ignore[arg-type]
+
+
+async def test_a_refused_send_sends_nothing_and_bytes_like_data_is_sent_as_bytes(qname: str) -> None:
+    async with await aioipc.mq.open(qname, create=True, max_message_size=8) as q:
+        for bad, error in [(12, TypeError), ("text", TypeError), (b"x" * 9, aioipc.FrameTooLarge)]:
+            with pytest.raises(error):
+                await q.send(bad)  # type: ignore[arg-type]
+        for priority in (-1, aioipc.mq.PRIORITY_MAX + 1):
+            with pytest.raises(ValueError, match="priority"):
+                await q.send(b"x", priority=priority)
+        assert q.extra(QueueAttribute.current_messages) == 0
+        await q.send(bytearray(b"array"), priority=2)
+        await q.send(memoryview(array.array("i", [1, 2])), priority=1)  # 8 bytes, 2 items
+        assert await q.receive_with_priority() == (b"array", 2)
+        assert await q.receive() == array.array("i", [1, 2]).tobytes()
+
+
+def test_a_receive_buffer_over_eight_kib(qname: str) -> None:
+    # The receive buffer is the size the caller gives: on the stack up to 8 KiB, else allocated
+    # (a queue with larger messages needs CAP_SYS_RESOURCE, so a larger buffer stands in for it).
+    queue = posix_ipc.MessageQueue(qname, posix_ipc.O_CREX, 0o600, 2, 64)
+    try:
+        os.set_blocking(queue.mqd, False)
+        mq = mq_handle(queue)
+        assert mq_receive(mq, 20_000, False) is None
+        assert mq_send(mq, b"a" * 64, 3) is True
+        assert mq_send(mq, b"b", 0) is True
+        assert mq_send(mq, b"c", 0) is False  # full
+        assert mq_receive(mq, 20_000, True) == (b"a" * 64, 3)
+        assert mq_receive(mq, 20_000, False) == b"b"
+        assert mq_receive(mq, 20_000, True) is None
+    finally:
+        queue.close()
+        queue.unlink()
 
 
 @pytest.mark.parametrize("name", ["noslash", "/a/b", "/", "/" + "x" * 256, "/nul\0"])

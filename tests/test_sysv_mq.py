@@ -18,6 +18,7 @@ from helpers import Service, compile_c, run_tool, service, until
 
 import aioipc
 import aioipc.sysv
+from aioipc._core.speedups import msg_handle, msg_receive, msg_send
 from aioipc.sysv import MessageQueue, SysVQueueAttribute
 from aioipc.testing import check_message_stream
 
@@ -189,7 +190,34 @@ async def test_oversize_and_bad_type(key: int) -> None:
             await q.send(b"x" * too_big)
         with pytest.raises(ValueError, match="type"):
             await q.send(b"x", type=0)
+        with pytest.raises(ValueError, match="type"):
+            await q.send(b"x", type=2**31)  # a C long takes it, msgsnd would too
+        for bad in (12, "text"):
+            with pytest.raises(TypeError):
+                await q.send(bad)  # type: ignore[arg-type]
         assert q.extra(SysVQueueAttribute.current_messages) == 0
+        await q.send(b"waiting", type=3)
+        for type in (2**31, -(2**31)):  # from -(2**31 - 1) to 2**31 - 1
+            with pytest.raises(ValueError, match="type"):
+                await q.receive(type)
+        await q.send(memoryview(bytearray(b"x" * q.max_message_size)), type=2)
+        assert await q.receive_with_type(-3) == (b"x" * q.max_message_size, 2)
+        assert await q.receive_with_type() == (b"waiting", 3)
+
+
+def test_a_receive_buffer_over_eight_kib(key: int) -> None:
+    # On the stack up to 8 KiB, else allocated; a send over msgmax is refused (EINVAL) either way.
+    queue = sysv_ipc.MessageQueue(key, sysv_ipc.IPC_CREX, 0o600, 20_000)  # sysv_ipc's buffer size
+    try:
+        msq = msg_handle(queue)
+        assert msg_receive(msq, 20_000, False, 0) is None
+        assert msg_send(msq, b"a" * 8000, 5) is True
+        with pytest.raises((OSError, sysv_ipc.Error, ValueError)):
+            msg_send(msq, b"b" * 20_000, 1)
+        assert msg_receive(msq, 20_000, True, 0) == (b"a" * 8000, 5)
+        assert msg_receive(msq, 20_000, True, 0) is None
+    finally:
+        queue.remove()
 
 
 async def test_close_stops_the_threads_and_wakes_waiters(key: int) -> None:

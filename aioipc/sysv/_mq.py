@@ -47,6 +47,7 @@ from .._core.errors import FrameTooLarge, map_exceptions
 from .._core.framing import DEFAULT_MAX_SIZE
 from .._core.naming import Kind, create_or_open
 from .._core.schemes import Address
+from .._core.speedups import msg_handle, msg_receive, msg_send
 from .._core.streams import FAIR_OPS, Buffer, QueueStream, fair_yield
 from .._core.sysvipc import check_key, sysvipc_table
 
@@ -63,7 +64,8 @@ TYPE_MAX = 2**31 - 1  # sysv_ipc passes the type as a C int
 SPIN = 50e-6  # seconds an empty (full) queue is polled before a wait goes to the bridge
 SPIN_BACKOFF = 6  # after n fruitless spins in a row, the next 2**n - 1 waits skip it (n <= 6)
 _SPIN_CPUS = (os.cpu_count() or 1) > 1  # with one CPU, a spin would only hold up the peer
-_FAILED = (sysv_ipc.Error, OSError, OverflowError)  # what a fast path leaves to the slow one
+# what a fast path leaves to the slow one (a send refused them before sending anything)
+_FAILED = (sysv_ipc.Error, OSError, OverflowError, ValueError, TypeError, BufferError)
 T = TypeVar("T")
 
 
@@ -172,8 +174,9 @@ class MessageQueue(QueueStream):
         self._sender = Bridge(f"msgsnd-{self.key:#x}", is_interrupted=_interrupted)
         self._receiving = False  # a task is in receive() (BusyResourceError for a second one)
         self._sending = False
-        self._msgrcv = queue.receive
+        self._msgrcv = queue.receive  # blocking, in the bridge threads
         self._msgsnd = queue.send
+        self._msq = msg_handle(queue)  # for msg_receive / msg_send (IPC_NOWAIT): None / False when busy
         # Fairness: operations left before a yield to the loop, one budget per direction. It is
         # also the fast paths' one test: 0 while a slow path or a bridge call is unfinished,
         # something is taken, or the direction is closed, so those go the slow way.
@@ -244,20 +247,13 @@ class MessageQueue(QueueStream):
             found = min((m for m in taken if m[1] <= -type), key=lambda m: m[1], default=None)
             if found is not None and found[1] > 1 and not self._receiver.busy:
                 # The kernel may still hold a lower type than anything taken.
-                lower = self._try_receive(1 - found[1])
+                with _map_errors(self.key):
+                    lower = msg_receive(self._msq, self.max_message_size, True, 1 - found[1])
                 if lower is not None:
                     return lower
         if found is not None:
             taken.remove(found)
         return found
-
-    def _try_receive(self, type: int) -> tuple[bytes, int] | None:
-        try:
-            with _map_errors(self.key):
-                data, mtype = self._queue.receive(False, type)
-        except sysv_ipc.BusyError:
-            return None
-        return data, mtype
 
     async def receive_with_type(self, type: int = 0) -> tuple[bytes, int]:
         """Receive the next message matching ``type``; return ``(data, mtype)``.
@@ -270,9 +266,11 @@ class MessageQueue(QueueStream):
         if self._receive_budget > 0:
             self._receive_budget -= 1
             try:
-                return self._msgrcv(False, type)  # type: ignore[no-any-return]
-            except _FAILED:  # empty, or an error the slow path reports
-                pass
+                message = msg_receive(self._msq, self.max_message_size, True, type)
+            except _FAILED:  # an error the slow path reports
+                return await self._receive(type, False)
+            if message is not None:
+                return message
             return await self._receive(type, True)
         return await self._receive(type, False)
 
@@ -281,9 +279,11 @@ class MessageQueue(QueueStream):
         if self._receive_budget > 0:
             self._receive_budget -= 1
             try:
-                return self._msgrcv(False, type)[0]  # type: ignore[no-any-return]
+                data = msg_receive(self._msq, self.max_message_size, False, type)
             except _FAILED:
-                pass
+                return (await self._receive(type, False))[0]
+            if data is not None:
+                return data
             return (await self._receive(type, True))[0]
         return (await self._receive(type, False))[0]
 
@@ -310,15 +310,14 @@ class MessageQueue(QueueStream):
                     await self._receiver.wait_idle()
                     tried = False
                     continue
-                if found is None and not tried:
-                    found = self._try_receive(type)
-                if found is not None:
-                    # No checkpoint after a message was taken: a cancellation there would lose it.
-                    return found
                 with _map_errors(self.key):
-                    spun: tuple[tuple[bytes, int]] | None = self._spin(partial(self._msgrcv, False, type))
-                    if spun:
-                        return spun[0]
+                    if found is None and not tried:
+                        found = msg_receive(self._msq, self.max_message_size, True, type)
+                    if found is None:
+                        found = self._spin(lambda: msg_receive(self._msq, self.max_message_size, True, type))
+                    if found is not None:
+                        # No checkpoint after a message was taken: a cancellation there would lose it.
+                        return found
                     # The one message the thread takes is this receive's; taken after a cancel,
                     # it waits in _taken for the next receive.
                     return await self._receiver.run(
@@ -329,9 +328,9 @@ class MessageQueue(QueueStream):
             if not (self._taken or self._closed or self._receiver.busy):
                 self._receive_budget = budget
 
-    def _spin(self, call: Callable[[], T]) -> tuple[T] | None:
-        """Retry a non-blocking call for up to ``SPIN`` seconds: ``(its result,)``, or ``None``
-        if the queue stayed empty (full) all along.
+    def _spin(self, call: Callable[[], T | None]) -> T | None:
+        """Retry a non-blocking call for up to ``SPIN`` seconds: its first result that is not
+        ``None`` or ``False``, or ``None`` if the queue stayed empty (full) all along.
 
         The adaptive spin of the module docstring (rule 5): a spin that found
         nothing makes the next ``2**misses - 1`` waits skip it.
@@ -344,12 +343,10 @@ class MessageQueue(QueueStream):
         clock = time.perf_counter
         deadline = clock() + SPIN
         while clock() < deadline:
-            try:
-                result = call()
-            except sysv_ipc.BusyError:
-                continue
-            self._spin_misses = 0
-            return (result,)
+            result = call()
+            if result:
+                self._spin_misses = 0
+                return result
         self._spin_misses = misses = min(self._spin_misses + 1, SPIN_BACKOFF)
         self._spin_skip = (1 << misses) - 1
         return None
@@ -364,18 +361,13 @@ class MessageQueue(QueueStream):
             ValueError: ``type`` out of range.
             TypeError: ``item`` is not bytes-like.
         """
-        if (
-            self._send_budget > 0
-            and item.__class__ is bytes
-            and len(item) <= self.max_message_size
-            and 1 <= type <= TYPE_MAX
-        ):
+        if self._send_budget > 0:
             self._send_budget -= 1
             try:
-                self._msgsnd(item, False, type)
-                return
-            except _FAILED:  # full, or an error the slow path reports
-                pass
+                if msg_send(self._msq, item, type):
+                    return
+            except _FAILED:  # nothing was sent; the slow path checks, and says why
+                return await self._send(item, type, False)
             return await self._send(item, type, True)
         await self._send(item, type, False)
 
@@ -405,14 +397,9 @@ class MessageQueue(QueueStream):
                 if self._closed or self._send_closed:
                     raise anyio.ClosedResourceError
             with _map_errors(self.key):
-                send = partial(self._msgsnd, item, False, type)
-                if not tried:
-                    try:
-                        send()
-                        return
-                    except sysv_ipc.BusyError:
-                        pass
-                if self._spin(send) is None:
+                if not tried and msg_send(self._msq, item, type):
+                    return
+                if not self._spin(partial(msg_send, self._msq, item, type)):
                     await self._sender.run(partial(self._msgsnd, item, True, type), all_or_nothing=True)
         finally:
             self._sending = False
