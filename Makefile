@@ -10,8 +10,8 @@ BENCH_STAMP := $(VENV)/.bench-installed
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-# The install compiles the optional accelerator (aioipc/_core/_speedups.c) in place.
-$(STAMP): pyproject.toml setup.py aioipc/_core/_speedups.c | $(PY)
+# The install compiles the optional accelerator (aioipc/_core/*.c) in place.
+$(STAMP): pyproject.toml setup.py $(wildcard aioipc/_core/*.c aioipc/_core/*.h) | $(PY)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
