@@ -1,4 +1,4 @@
-"""Build the optional accelerator (aioipc/_core/_speedups.c, _ring.c, _mq.c); everything else is in pyproject.toml.
+"""Build the optional accelerator (aioipc/_core/*.c, one module); everything else is in pyproject.toml.
 
 The extension is optional: without a C compiler or the Python headers the
 install still succeeds, and aioipc runs its pure-Python paths.
@@ -10,7 +10,7 @@ setup(
     ext_modules=[
         Extension(
             "aioipc._core._speedups",
-            ["aioipc/_core/_speedups.c", "aioipc/_core/_ring.c", "aioipc/_core/_mq.c"],
+            ["aioipc/_core/_speedups.c", "aioipc/_core/_ring.c", "aioipc/_core/_ringop.c", "aioipc/_core/_mq.c"],
             depends=["aioipc/_core/_speedups.h"],
             optional=True,
             extra_compile_args=["-O2", "-Wall", "-Wextra", "-Werror=implicit-function-declaration"],
