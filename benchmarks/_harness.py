@@ -246,6 +246,7 @@ class Results:
 
     samples: dict[tuple[str, Workload, str], list[float]] = field(default_factory=dict)
     load: list[float] = field(default_factory=list)  # 1-minute load average at the start of each run
+    timed_out: list[str] = field(default_factory=list)  # measurements left out: what hung
 
     def add(self, contender: Contender, workload: Workload, result: dict[str, float]) -> None:
         values = derive_metrics(workload, result)
@@ -274,6 +275,10 @@ def derive_metrics(workload: Workload, result: dict[str, float]) -> dict[str, fl
 
 
 # ---------------------------------------------------------------- processes
+
+
+class MeasurementTimeout(RuntimeError):
+    """A measurement that did not end in time: both sides were killed."""
 
 
 def pick_cpus() -> tuple[int, int]:
@@ -319,7 +324,7 @@ def run_pair(
         peer.kill()
         measure.communicate()
         peer.communicate()
-        raise RuntimeError(f"timed out after {timeout:.0f} s: {' '.join(measure_argv)}") from None
+        raise MeasurementTimeout(f"timed out after {timeout:.0f} s: {' '.join(measure_argv)}") from None
     for proc, argv, err in ((measure, measure_argv, measure_err), (peer, peer_argv, peer_err)):
         if proc.returncode != 0:
             command = " ".join(argv)
@@ -611,7 +616,11 @@ def collect(
     for _ in range(runs):
         results.load.append(os.getloadavg()[0])
         for contender, workload in pairs:
-            results.add(contender, workload, measure(contender, workload, cpus))
+            try:
+                results.add(contender, workload, measure(contender, workload, cpus))
+            except MeasurementTimeout as exc:  # one hung side costs its sample, not the whole run
+                results.timed_out.append(str(exc))
+                print(f"\nwarning: {exc}; left out", file=sys.stderr, flush=True)
             done += 1
             if progress:
                 print(f"\r  {done}/{total} measurements", end="", file=sys.stderr, flush=True)
@@ -646,6 +655,8 @@ def print_table(
             else ""
         )
         print(f"load average during the runs: {low:.1f} to {high:.1f}{busy}")
+    for what in results.timed_out:
+        print(f"left out, {what}")
     print()
     columns = [(w, m) for w in workloads for m in w.metrics]
     header = ["transport", "loop", *(w.heading(m) for w, m in columns)]
