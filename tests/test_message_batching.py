@@ -48,7 +48,7 @@ CHILD = """
                 for number, size in enumerate(sizes):
                     await stream.send(message(number, size))
                     if args[2:] and number % 50 == 0:
-                        await anyio.sleep(0.001)  # paced: the receiver waits now and then
+                        await anyio.sleep(0.005)  # paced: the receiver catches up and waits, even a slow one
                 await stream.send(b"end")
             elif mode == "count":  # receive numbered messages until the end marker
                 got = []
