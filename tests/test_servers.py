@@ -12,6 +12,8 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -263,30 +265,45 @@ sys.stdin.readline()
 """
 
 
+@asynccontextmanager
+async def idle_clients(server: aioipc.Server, path: Path, count: int) -> AsyncIterator[None]:
+    """``count`` clients in another process that connect to ``path`` and send nothing until the block ends."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _IDLE_CLIENTS,
+        str(path),
+        str(count),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    assert proc.stdin is not None
+    assert proc.stdout is not None
+    try:
+        with anyio.fail_after(10):
+            assert await proc.stdout.readline() == b"connected\n"
+            await until(lambda: server.connections >= count)
+        yield
+    finally:
+        proc.stdin.close()
+        with anyio.fail_after(10):
+            await proc.wait()
+
+
 async def test_idle_clients_cannot_hold_every_slot(
     tmp_ipc_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, "aioipc")
     path = tmp_ipc_dir / "s.sock"
-    async with await aioipc.serve(f"unix:{path}", _echo, max_connections=5, idle_timeout=0.3) as server:
-        idle = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", _IDLE_CLIENTS, str(path), "5", stdin=subprocess.PIPE, stdout=subprocess.PIPE
-        )
-        try:
-            assert idle.stdout is not None
-            with anyio.fail_after(10):
-                assert await idle.stdout.readline() == b"connected\n"
-                await until(lambda: server.connections == 5)
-            async with await aioipc.connect(server.address) as late:
-                with anyio.fail_after(10):  # served once the idle ones are closed
-                    await late.send(b"let me in")
-                    assert await late.receive() == b"let me in"
-                    await keep_busy(late)  # traffic keeps a connection open past the timeout
-        finally:
-            assert idle.stdin is not None
-            idle.stdin.close()
-            with anyio.fail_after(10):
-                await idle.wait()
+    async with (
+        await aioipc.serve(f"unix:{path}", _echo, max_connections=5, idle_timeout=0.3) as server,
+        idle_clients(server, path, 5),
+        await aioipc.connect(server.address) as late,
+    ):
+        with anyio.fail_after(10):  # served once the idle ones are closed
+            await late.send(b"let me in")
+            assert await late.receive() == b"let me in"
+            await keep_busy(late)  # traffic keeps a connection open past the timeout
     assert caplog.text.count("idle_timeout") == 5
 
 
@@ -396,21 +413,11 @@ async def test_a_handler_that_polls_does_not_keep_a_silent_client_alive(
                 await msgs.receive()
             polls += 1
 
-    async with await aioipc.serve(f"unix:{path}", poller, idle_timeout=0.3) as server:
-        silent = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", _IDLE_CLIENTS, str(path), "1", stdin=subprocess.PIPE, stdout=subprocess.PIPE
-        )
-        try:
-            assert silent.stdout is not None
-            with anyio.fail_after(10):
-                assert await silent.stdout.readline() == b"connected\n"
-                await until(lambda: server.connections == 1)
-                await until(lambda: server.connections == 0)  # closed for idling, polls and all
-        finally:
-            assert silent.stdin is not None
-            silent.stdin.close()
-            with anyio.fail_after(10):
-                await silent.wait()
+    async with (
+        await aioipc.serve(f"unix:{path}", poller, idle_timeout=0.3) as server,
+        idle_clients(server, path, 1),
+    ):
+        await until(lambda: server.connections == 0)  # closed for idling, polls and all
     assert polls >= 3
     assert caplog.text.count("idle_timeout") == 1
 
