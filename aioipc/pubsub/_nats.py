@@ -17,7 +17,7 @@ from typing import Any
 import anyio
 
 from .._core.errors import IPCError
-from .._core.nats import close_nats, import_nats, is_nats_address
+from .._core.nats import FirstRoundTrip, close_nats, import_nats, is_nats_address
 from ._base import Policy, Publisher, Subscription, check_policy
 from ._subjects import check_subject, pattern_matcher
 
@@ -136,7 +136,7 @@ class NatsPublisher(Publisher):
     def __init__(self, url: str, client: Any) -> None:
         self.address = url
         self._client = client
-        self._first = True  # the first publish makes a round trip first (see publish)
+        self._first = FirstRoundTrip()
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.address}>"
@@ -146,11 +146,7 @@ class NatsPublisher(Publisher):
         if self._client.is_closed:
             raise anyio.ClosedResourceError
         try:
-            if self._first:
-                # nats-server 2.9 dropped, in 35 of 800 tries, what a connection opened before a
-                # subscription published right after it; one round trip first: 0 in 800.
-                await self._client.flush(timeout=DEFAULT_TIMEOUT)
-                self._first = False
+            await self._first.before(self._client, DEFAULT_TIMEOUT)
             await self._client.publish(subject, bytes(payload))
         except (import_nats().errors.ConnectionClosedError, import_nats().errors.TimeoutError) as exc:
             raise anyio.BrokenResourceError(f"the connection to {self.address} was lost") from exc

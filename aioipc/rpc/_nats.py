@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 import anyio
 
-from .._core.nats import close_nats, import_nats, is_nats_address
+from .._core.nats import FirstRoundTrip, close_nats, import_nats, is_nats_address
 from .._core.objects import Codec
 from .._core.server import Server
 from ._protocol import Caller, Dispatcher
@@ -57,7 +57,7 @@ class NatsClient(Caller):
         self._url = url
         self._nc: Any = None
         self._inbox = ""
-        self._first = True  # the first request makes a round trip first (see _send)
+        self._first = FirstRoundTrip()
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self._peer} pending={len(self._pending)}>"
@@ -83,16 +83,13 @@ class NatsClient(Caller):
         self._deliver(msg.data)
 
     async def _send(self, data: bytes, request_id: int | None) -> None:
-        if self._first:
-            # As aioipc.pubsub's NATS publisher: nats-server 2.9 can drop the first messages of a
-            # connection opened before the subscription they go to (a client connected before its
-            # server, as bench_rpc's is: a call waited forever); one round trip first.
-            await self._nc.flush()
-            self._first = False
-        if request_id is None:
-            await self._nc.publish(self.subject, data)
-        else:
-            await self._nc.publish(self.subject, data, reply=f"{self._inbox}.{request_id}")
+        reply = "" if request_id is None else f"{self._inbox}.{request_id}"
+        errors = import_nats().errors
+        try:
+            await self._first.before(self._nc)
+            await self._nc.publish(self.subject, data, reply=reply)
+        except (errors.ConnectionClosedError, errors.TimeoutError) as exc:
+            raise anyio.BrokenResourceError(f"lost the connection to the NATS server {self._url}") from exc
 
     async def aclose(self) -> None:
         """Close the NATS connection; pending calls raise ``anyio.ClosedResourceError``. Idempotent."""
