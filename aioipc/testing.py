@@ -76,8 +76,14 @@ class Fairness:
         return 10_000 * self.turns / max(self.received, 1)
 
 
-async def measure_fairness(receive: Callable[[], Awaitable[object]], seconds: float = 0.3) -> Fairness:
+async def measure_fairness(
+    receive: Callable[[], Awaitable[object]], seconds: float = 0.3, *, count: int | None = None
+) -> Fairness:
     """Call ``receive()`` for ``seconds`` (a stream another process floods) with a ticker task beside it.
+
+    With ``count``, call it exactly ``count`` times instead, however long that
+    takes: the measure a busy machine does not change (a slower flood, not
+    fewer operations).
 
     Example::
 
@@ -103,7 +109,7 @@ async def measure_fairness(receive: Callable[[], Awaitable[object]], seconds: fl
         tg.start_soon(ticker)
         await asyncio.sleep(0)
         end = loop.time() + seconds
-        while loop.time() < end:
+        while received < count if count is not None else loop.time() < end:
             await receive()
             received += 1
         longest = max(longest, time.thread_time() - last)  # a ticker that never got its turn waited all along
