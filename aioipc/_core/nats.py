@@ -52,13 +52,12 @@ class FirstRoundTrip:
     before its server); with this round trip first, 0 of 800.
     """
 
-    __slots__ = ("_done",)
+    __slots__ = ("due",)
 
     def __init__(self) -> None:
-        self._done = False
+        self.due = True  # test it before awaiting make(): a later message then awaits nothing more
 
-    async def before(self, client: Any, timeout: float = 10.0) -> None:
-        """Make the round trip on ``client`` unless one was made; nats-py's errors pass through."""
-        if not self._done:
-            await client.flush(timeout=timeout)
-            self._done = True
+    async def make(self, client: Any, timeout: float = 10.0) -> None:
+        """Make the round trip on ``client``; nats-py's errors pass through (it is still due then)."""
+        await client.flush(timeout=timeout)
+        self.due = False

@@ -146,7 +146,8 @@ class NatsPublisher(Publisher):
         if self._client.is_closed:
             raise anyio.ClosedResourceError
         try:
-            await self._first.before(self._client, DEFAULT_TIMEOUT)
+            if self._first.due:
+                await self._first.make(self._client, DEFAULT_TIMEOUT)
             await self._client.publish(subject, bytes(payload))
         except (import_nats().errors.ConnectionClosedError, import_nats().errors.TimeoutError) as exc:
             raise anyio.BrokenResourceError(f"the connection to {self.address} was lost") from exc

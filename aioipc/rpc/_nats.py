@@ -86,7 +86,8 @@ class NatsClient(Caller):
         reply = "" if request_id is None else f"{self._inbox}.{request_id}"
         errors = import_nats().errors
         try:
-            await self._first.before(self._nc)
+            if self._first.due:
+                await self._first.make(self._nc)
             await self._nc.publish(self.subject, data, reply=reply)
         except (errors.ConnectionClosedError, errors.TimeoutError) as exc:
             raise anyio.BrokenResourceError(f"lost the connection to the NATS server {self._url}") from exc
