@@ -243,16 +243,47 @@ ring_take(PyObject *ring, PyObject *Py_UNUSED(ignored))
 }
 
 
+/* The steps of send() and receive(): the fast path, else the slow path's coroutine. */
+static int
+ring_send_step(PyObject *ring, PyObject *const *args, Py_ssize_t Py_UNUSED(nargs), PyObject **result)
+{
+    PyObject *sent = ring_put(ring, args[0]);
+    if (sent == NULL)
+        return FAST_ERROR;
+    Py_DECREF(sent);
+    if (sent == Py_True) {
+        *result = Py_NewRef(Py_None);
+        return FAST_DONE;
+    }
+    *result = PyObject_CallMethod(ring, "_send_slow", "O", args[0]);
+    return *result == NULL ? FAST_ERROR : FAST_SLOW;
+}
+
+static int
+ring_receive_step(PyObject *ring, PyObject *const *Py_UNUSED(args), Py_ssize_t Py_UNUSED(nargs), PyObject **result)
+{
+    PyObject *data = ring_take(ring, NULL);
+    if (data == NULL)
+        return FAST_ERROR;
+    if (data != Py_None) {
+        *result = data;
+        return FAST_DONE;
+    }
+    Py_DECREF(data);
+    *result = PyObject_CallMethod(ring, "_receive", NULL);
+    return *result == NULL ? FAST_ERROR : FAST_SLOW;
+}
+
 static PyObject *
 ring_send(RingCore *self, PyObject *item)
 {
-    return ring_op_new((PyObject *)self, item);
+    return fast_op_new((PyObject *)self, ring_send_step, "Ring.send", &item, 1);
 }
 
 static PyObject *
 ring_receive(RingCore *self, PyObject *Py_UNUSED(ignored))
 {
-    return ring_op_new((PyObject *)self, NULL);
+    return fast_op_new((PyObject *)self, ring_receive_step, "Ring.receive", NULL, 0);
 }
 
 #define RING_SEND_DOC                                                                                     \
@@ -317,7 +348,7 @@ static PyTypeObject RingCoreType = {
 int
 speedups_add_ring(PyObject *module)
 {
-    if (PyType_Ready(&RingCoreType) < 0 || ring_op_ready() < 0)
+    if (PyType_Ready(&RingCoreType) < 0 || fast_op_ready() < 0)
         return -1;
     Py_INCREF(&RingCoreType);
     if (PyModule_AddObject(module, "RingCore", (PyObject *)&RingCoreType) < 0) {

@@ -1,6 +1,7 @@
 /* What the accelerator's source files share: the one module aioipc._core._speedups is built
- * from _speedups.c (message sockets, the frame parser, the module), _ring.c and _ringop.c (the
- * shared-memory ring's fast paths) and _mq.c (non-blocking message queue calls). */
+ * from _speedups.c (message sockets, the frame parser, the module), _fastop.c (the frameless
+ * coroutine of every compiled send() and receive()), _ring.c (the shared-memory ring's fast paths)
+ * and _mq.c (non-blocking message queue calls). */
 #ifndef AIOIPC_SPEEDUPS_H
 #define AIOIPC_SPEEDUPS_H
 
@@ -11,11 +12,15 @@
 int speedups_add_ring(PyObject *module);
 int speedups_add_queues(PyObject *module);
 
-/* _ring.c: a RingCore's one-call fast paths, the first step of its RingOps. */
-PyObject *ring_put(PyObject *ring, PyObject *item);
-PyObject *ring_take(PyObject *ring, PyObject *ignored);
-/* _ringop.c: what RingCore.send() / receive() return, a coroutine without a frame. */
-PyObject *ring_op_new(PyObject *ring, PyObject *item);
-int ring_op_ready(void);
+/* _fastop.c: FastOp, what a compiled send() / receive() returns, a coroutine without a frame. Its
+ * first step calls step(owner, args, nargs, &result), which returns FAST_DONE with *result the
+ * operation's value (a new reference), FAST_SLOW with *result a new reference to the slow path's
+ * coroutine (the op runs it from then on), or FAST_ERROR with an exception set. */
+enum { FAST_ERROR = -1, FAST_DONE = 0, FAST_SLOW = 1 };
+#define FAST_OP_MAX_ARGS 3
+typedef int (*fast_step)(PyObject *owner, PyObject *const *args, Py_ssize_t nargs, PyObject **result);
+/* name ("Ring.send") is a static string, for the never-awaited warning */
+PyObject *fast_op_new(PyObject *owner, fast_step step, const char *name, PyObject *const *args, Py_ssize_t nargs);
+int fast_op_ready(void);
 
 #endif

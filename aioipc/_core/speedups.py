@@ -184,7 +184,7 @@ class PyRingCore:
     so; otherwise they change nothing, and :meth:`send` and :meth:`receive`
     take the slow path, which also raises every error. The compiled
     ``RingCore`` is the same, but its ``send()`` and ``receive()`` return a
-    coroutine without a frame (``RingOp``) that runs the fast path when first
+    coroutine without a frame (``FastOp``) that runs the fast path when first
     awaited, and hands over to the slow path's coroutine when it must wait.
     """
 

@@ -1,0 +1,309 @@
+/* Part of the optional accelerator aioipc._core._speedups (see _speedups.h). */
+#include "_speedups.h"
+
+/* FastOp: a coroutine without a frame, what the compiled fast paths' send() and receive() return
+ * (the ring's, the queues', the message sockets'). Its first step (an await, or a task's
+ * send(None)) calls the mechanism's C step function: that finishes the operation (its result),
+ * raises, or hands over a coroutine of the Python slow path, to which the op passes every later
+ * step, throw() and close(). As with a coroutine: nothing happens before the first step, one
+ * dropped unstarted warns that it was never awaited, a finished one cannot be awaited again, and
+ * it answers what asyncio and anyio ask of one (send, throw, close, cr_running, cr_suspended,
+ * cr_frame). */
+
+enum { OP_NEW, OP_INNER, OP_DONE };
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *owner;             /* the object whose operation this is */
+    PyObject *args[FAST_OP_MAX_ARGS];
+    Py_ssize_t nargs;
+    fast_step step;              /* the fast path */
+    const char *name;            /* "Ring.send": for the never-awaited warning */
+    PyObject *inner;             /* the slow path's coroutine, while OP_INNER */
+    int state;
+} FastOp;
+
+static PyTypeObject FastOpType;
+
+PyObject *
+fast_op_new(PyObject *owner, fast_step step, const char *name, PyObject *const *args, Py_ssize_t nargs)
+{
+    FastOp *op;
+    Py_ssize_t i;
+
+    if (nargs > FAST_OP_MAX_ARGS) {
+        PyErr_SetString(PyExc_SystemError, "fast_op_new: too many arguments");
+        return NULL;
+    }
+    op = PyObject_GC_New(FastOp, &FastOpType);
+    if (op == NULL)
+        return NULL;
+    op->owner = Py_NewRef(owner);
+    for (i = 0; i < FAST_OP_MAX_ARGS; i++)
+        op->args[i] = i < nargs ? Py_NewRef(args[i]) : NULL;
+    op->nargs = nargs;
+    op->step = step;
+    op->name = name;
+    op->inner = NULL;
+    op->state = OP_NEW;
+    PyObject_GC_Track(op);
+    return (PyObject *)op;
+}
+
+static void
+fast_op_clear_args(FastOp *op)
+{
+    Py_ssize_t i;
+    for (i = 0; i < FAST_OP_MAX_ARGS; i++)
+        Py_CLEAR(op->args[i]);
+}
+
+static int
+fast_op_traverse(FastOp *op, visitproc visit, void *arg)
+{
+    Py_ssize_t i;
+    Py_VISIT(op->owner);
+    for (i = 0; i < FAST_OP_MAX_ARGS; i++)
+        Py_VISIT(op->args[i]);
+    Py_VISIT(op->inner);
+    return 0;
+}
+
+static int
+fast_op_clear(FastOp *op)
+{
+    Py_CLEAR(op->owner);
+    fast_op_clear_args(op);
+    Py_CLEAR(op->inner);
+    return 0;
+}
+
+static void
+fast_op_dealloc(FastOp *op)
+{
+    PyObject_GC_UnTrack(op);
+    if (op->state == OP_NEW) {
+        PyObject *type, *value, *traceback;
+        PyErr_Fetch(&type, &value, &traceback);
+        if (PyErr_WarnFormat(PyExc_RuntimeWarning, 1, "%s() was never awaited", op->name) < 0)
+            PyErr_WriteUnraisable((PyObject *)op);
+        PyErr_Restore(type, value, traceback);
+    }
+    fast_op_clear(op);
+    PyObject_GC_Del(op);
+}
+
+/* The operation's result, as a finished coroutine gives it: StopIteration(value). Steals value. */
+static PyObject *
+fast_op_return(PyObject *value)
+{
+    if (value == Py_None) {
+        Py_DECREF(value);
+        PyErr_SetNone(PyExc_StopIteration);
+    }
+    else if (PyTuple_Check(value) || PyExceptionInstance_Check(value)) {
+        PyObject *stop = PyObject_CallOneArg(PyExc_StopIteration, value);
+        Py_DECREF(value);
+        if (stop == NULL)
+            return NULL;
+        PyErr_SetObject(PyExc_StopIteration, stop);
+        Py_DECREF(stop);
+    }
+    else {
+        PyErr_SetObject(PyExc_StopIteration, value);
+        Py_DECREF(value);
+    }
+    return NULL;
+}
+
+static PyObject *
+fast_op_inner_result(FastOp *op, PySendResult status, PyObject *result)
+{
+    if (status == PYGEN_NEXT)
+        return result;
+    op->state = OP_DONE;
+    Py_CLEAR(op->inner);
+    return status == PYGEN_RETURN ? fast_op_return(result) : NULL;
+}
+
+
+static PyObject *
+fast_op_step(FastOp *op, PyObject *value)
+{
+    PyObject *result;
+
+    if (op->state == OP_INNER) {
+        PySendResult status = PyIter_Send(op->inner, value, &result);
+        return fast_op_inner_result(op, status, result);
+    }
+    if (op->state == OP_DONE) {
+        PyErr_SetString(PyExc_RuntimeError, "cannot reuse an already awaited operation");
+        return NULL;
+    }
+    if (value != Py_None) {
+        PyErr_SetString(PyExc_TypeError, "can't send non-None value to a just-started operation");
+        return NULL;
+    }
+    op->state = OP_DONE;
+    switch (op->step(op->owner, op->args, op->nargs, &result)) {
+    case FAST_DONE:
+        fast_op_clear_args(op);
+        return fast_op_return(result);
+    case FAST_SLOW:
+        fast_op_clear_args(op);
+        op->inner = result;
+        op->state = OP_INNER;
+        return fast_op_step(op, Py_None);
+    default:
+        fast_op_clear_args(op);
+        return NULL;
+    }
+}
+
+static PyObject *
+fast_op_iternext(FastOp *op)
+{
+    PyObject *result = fast_op_step(op, Py_None);
+    if (result == NULL && PyErr_ExceptionMatches(PyExc_StopIteration)) {
+        /* a plain end with the value: what tp_iternext callers (await, PyIter_Send) expect */
+        PyObject *type, *value, *traceback;
+        PyErr_Fetch(&type, &value, &traceback);
+        if (value == NULL || value == Py_None) {
+            Py_XDECREF(type);
+            Py_XDECREF(value);
+            Py_XDECREF(traceback);
+            return NULL;
+        }
+        PyErr_Restore(type, value, traceback);
+    }
+    return result;
+}
+
+static PyObject *
+fast_op_send(FastOp *op, PyObject *value)
+{
+    return fast_op_step(op, value);
+}
+
+static PyObject *
+fast_op_throw(FastOp *op, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *thrown;
+
+    if (nargs < 1 || nargs > 3) {
+        PyErr_SetString(PyExc_TypeError, "throw(exception)");
+        return NULL;
+    }
+    if (op->state == OP_INNER) {
+        PyObject *method = PyObject_GetAttrString(op->inner, "throw"), *result;
+        if (method == NULL)
+            return NULL;
+        result = PyObject_Vectorcall(method, args, (size_t)nargs, NULL);
+        Py_DECREF(method);
+        if (result == NULL) {
+            op->state = OP_DONE;
+            Py_CLEAR(op->inner);
+        }
+        return result;
+    }
+    op->state = OP_DONE; /* thrown into before it started, or after it ended: it raises that */
+    fast_op_clear_args(op);
+    thrown = args[0];
+    if (PyExceptionInstance_Check(thrown))
+        PyErr_SetObject((PyObject *)Py_TYPE(thrown), thrown);
+    else if (PyExceptionClass_Check(thrown))
+        PyErr_SetObject(thrown, nargs > 1 ? args[1] : NULL);
+    else
+        PyErr_SetString(PyExc_TypeError, "exceptions must be classes or instances deriving from BaseException");
+    return NULL;
+}
+
+static PyObject *
+fast_op_close(FastOp *op, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *result;
+    if (op->state != OP_INNER) {
+        op->state = OP_DONE;
+        fast_op_clear_args(op);
+        Py_RETURN_NONE;
+    }
+    result = PyObject_CallMethod(op->inner, "close", NULL);
+    op->state = OP_DONE;
+    Py_CLEAR(op->inner);
+    return result;
+}
+
+static PyObject *
+fast_op_await(FastOp *op)
+{
+    return Py_NewRef(op);
+}
+
+static PyObject *
+fast_op_inner_attribute(FastOp *op, const char *name)
+{
+    if (op->state == OP_INNER)
+        return PyObject_GetAttrString(op->inner, name);
+    Py_RETURN_FALSE;
+}
+
+static PyObject *
+fast_op_running(FastOp *op, void *Py_UNUSED(closure))
+{
+    return fast_op_inner_attribute(op, "cr_running");
+}
+
+static PyObject *
+fast_op_suspended(FastOp *op, void *Py_UNUSED(closure))
+{
+    return fast_op_inner_attribute(op, "cr_suspended");
+}
+
+static PyObject *
+fast_op_frame(FastOp *op, void *Py_UNUSED(closure))
+{
+    if (op->state == OP_INNER)
+        return PyObject_GetAttrString(op->inner, "cr_frame");
+    if (op->state == OP_DONE)
+        Py_RETURN_NONE;
+    return Py_NewRef(op); /* not None: created, not started (it has no frame of its own) */
+}
+
+static PyMethodDef fast_op_methods[] = {
+    {"send", (PyCFunction)fast_op_send, METH_O, "send(value): one step, as a coroutine's"},
+    {"throw", (PyCFunction)(void (*)(void))fast_op_throw, METH_FASTCALL, "throw(exception), as a coroutine's"},
+    {"close", (PyCFunction)fast_op_close, METH_NOARGS, "close(), as a coroutine's"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef fast_op_getset[] = {
+    {"cr_running", (getter)fast_op_running, NULL, NULL, NULL},
+    {"cr_suspended", (getter)fast_op_suspended, NULL, NULL, NULL},
+    {"cr_frame", (getter)fast_op_frame, NULL, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyAsyncMethods fast_op_async = {
+    .am_await = (unaryfunc)fast_op_await,
+};
+
+static PyTypeObject FastOpType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "aioipc._core._speedups.FastOp",
+    .tp_doc = "A send() or receive() of a compiled fast path: a coroutine whose fast path needs no frame.",
+    .tp_basicsize = sizeof(FastOp),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_dealloc = (destructor)fast_op_dealloc,
+    .tp_traverse = (traverseproc)fast_op_traverse,
+    .tp_clear = (inquiry)fast_op_clear,
+    .tp_as_async = &fast_op_async,
+    .tp_iter = PyObject_SelfIter,
+    .tp_iternext = (iternextfunc)fast_op_iternext,
+    .tp_methods = fast_op_methods,
+    .tp_getset = fast_op_getset,
+};
+
+int
+fast_op_ready(void)
+{
+    return PyType_Ready(&FastOpType);
+}
