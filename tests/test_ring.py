@@ -467,6 +467,44 @@ async def test_a_send_cancelled_at_a_full_lane_sends_nothing(ring_name: str, tmp
             assert await proc.wait() == 0
 
 
+async def test_batches_go_in_one_call_when_they_fit(ring_name: str) -> None:
+    async with await Ring.create(ring_name, 8192, spin=0) as a, await Ring.attach(ring_name) as b:
+        with anyio.fail_after(5):
+            with pytest.raises(ValueError, match="at least 1"):
+                await b.receive_many(max_messages=0)
+            await a.send_many((b"t1", bytearray(b"t2"), memoryview(b"t3")))  # a tuple, any buffers
+            await a.send_many([])
+            await a.send_many(message for message in (b"g1", b"g2"))  # not a list: the slow path
+            assert await b.receive_many(max_messages=2) == [b"t1", b"t2"]
+            assert await b.receive_many() == [b"t3", b"g1", b"g2"]
+            with pytest.raises(aioipc.FrameTooLarge):
+                await a.send_many([b"ok"] * 10 + [b"x" * (a.max_size + 1)])
+            batch = [bytes([i]) * 50 for i in range(100)]  # more than the lane holds: it waits
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(a.send_many, batch)
+                got: list[bytes] = []
+                while len(got) < len(batch):
+                    got.extend(await b.receive_many())
+            assert got == batch, "the refused batch sent nothing; the waiting one all, in order"
+
+
+async def test_a_record_past_its_lane_is_read_without_reading_past_the_mapping(ring_name: str) -> None:
+    """A bad peer's record: the one-call paths leave it to the slow path, which stays in bounds."""
+    async with await Ring.create(ring_name, 8192, spin=0) as a, await Ring.attach(ring_name) as b:
+        with anyio.fail_after(5):
+            await a.send(b"good")
+            head = a._head
+            position = head % a.capacity
+            a._tx[position : position + 8] = (a.capacity - position).to_bytes(4, "little") + bytes(4)
+            a._h[a._tx_head] = a._head = head + 16  # commits a record that claims the rest of the lane
+            messages = await b.receive_many()
+            assert messages[0] == b"good"
+            if len(messages) == 1:
+                messages += await b.receive_many()
+            assert len(messages) == 2
+            assert len(messages[1]) <= a.capacity
+
+
 @pytest.mark.skipif(
     not speedups.ACTIVE, reason="the compiled RingCore's checks (Python's views stop at the end)"
 )

@@ -130,13 +130,14 @@ ring_unbind(RingCore *self, PyObject *Py_UNUSED(ignored))
     Py_RETURN_NONE;
 }
 
-/* After a message sent or read: the first since the last barrier schedules one (_did), unless
- * one is scheduled already; every flush_every-th runs one now (_flush). -1 when that raised. */
+/* After count messages sent or read (done since the last barrier, these included): the first
+ * since the last barrier schedules one (_did), unless one is scheduled already; every
+ * flush_every-th runs one now (_flush). -1 when that raised. */
 static int
-ring_after(RingCore *self, long long done)
+ring_after(RingCore *self, long long done, long long count)
 {
     PyObject *result;
-    if (done == 1) {
+    if (done == count) {
         if (self->flush_scheduled)
             return 0;
         result = PyObject_CallMethod((PyObject *)self, "_did", NULL);
@@ -151,53 +152,152 @@ ring_after(RingCore *self, long long done)
     return 0;
 }
 
+/* Whether this side may send now without waiting (else the slow path decides, and says why). */
+static int
+ring_may_send(RingCore *self)
+{
+    return self->bound && !self->sending && self->budget > 0 && !self->closed && !self->eof_sent &&
+           !__atomic_load_n(&self->h[self->tx_gone_i], __ATOMIC_RELAXED);
+}
+
+/* Write item's record at head, uncommitted, if it fits before the room last seen and the lane's
+ * end: the head after it, or -1 (nothing written) for anything else, the slow path's business. */
+static long long
+ring_write(RingCore *self, long long head, PyObject *item, long long *size)
+{
+    Py_buffer view;
+    const char *data;
+    long long end, position;
+    uint32_t record[2];
+
+    view.obj = NULL;
+    if (PyBytes_CheckExact(item)) {
+        data = PyBytes_AS_STRING(item);
+        *size = PyBytes_GET_SIZE(item);
+    }
+    else {
+        if (PyObject_GetBuffer(item, &view, PyBUF_SIMPLE) < 0) {
+            PyErr_Clear(); /* not contiguous bytes: the slow path says why, or copes */
+            return -1;
+        }
+        data = (const char *)view.buf;
+        *size = view.len;
+    }
+    end = head + RING_RECORD + ((*size + 7) & ~7LL);
+    position = head % self->capacity;
+    if (*size > self->max_size || end > self->room_until || position + end - head > self->capacity) {
+        if (view.obj != NULL)
+            PyBuffer_Release(&view);
+        return -1;
+    }
+    record[0] = (uint32_t)*size;
+    record[1] = 0;
+    memcpy(self->tx + position, record, RING_RECORD);
+    memcpy(self->tx + position + RING_RECORD, data, (size_t)*size);
+    if (view.obj != NULL)
+        PyBuffer_Release(&view);
+    return end;
+}
+
+/* Commit what was written up to end: count messages of total bytes. -1 when the barrier raised. */
+static int
+ring_commit(RingCore *self, long long end, long long count, long long total)
+{
+    __atomic_store_n(&self->h[self->tx_head_i], (uint64_t)end, __ATOMIC_RELEASE); /* the commit */
+    self->head = end;
+    self->budget -= count + (total >> self->fair_shift);
+    self->sent += count;
+    return ring_after(self, self->sent, count);
+}
+
 /* _put(item) -> bool: write and commit one message if it fits now, else False. */
 PyObject *
 ring_put(PyObject *ring, PyObject *item)
 {
     RingCore *self = (RingCore *)ring;
-    Py_buffer view;
-    const char *data;
-    long long size, head, end, position;
-    uint32_t record[2];
+    long long size, end;
 
-    if (!self->bound || self->sending || self->budget <= 0 || self->closed || self->eof_sent ||
-        __atomic_load_n(&self->h[self->tx_gone_i], __ATOMIC_RELAXED))
+    if (!ring_may_send(self) || (end = ring_write(self, self->head, item, &size)) < 0)
         Py_RETURN_FALSE;
-    view.obj = NULL;
-    if (PyBytes_CheckExact(item)) {
-        data = PyBytes_AS_STRING(item);
-        size = PyBytes_GET_SIZE(item);
-    }
-    else {
-        if (PyObject_GetBuffer(item, &view, PyBUF_SIMPLE) < 0) {
-            PyErr_Clear(); /* not contiguous bytes: the slow path says why, or copes */
-            Py_RETURN_FALSE;
-        }
-        data = (const char *)view.buf;
-        size = view.len;
-    }
-    head = self->head;
-    end = head + RING_RECORD + ((size + 7) & ~7LL);
-    position = head % self->capacity;
-    if (size > self->max_size || end > self->room_until || position + end - head > self->capacity) {
-        if (view.obj != NULL)
-            PyBuffer_Release(&view);
-        Py_RETURN_FALSE;
-    }
-    record[0] = (uint32_t)size;
-    record[1] = 0;
-    memcpy(self->tx + position, record, RING_RECORD);
-    memcpy(self->tx + position + RING_RECORD, data, (size_t)size);
-    if (view.obj != NULL)
-        PyBuffer_Release(&view);
-    __atomic_store_n(&self->h[self->tx_head_i], (uint64_t)end, __ATOMIC_RELEASE); /* the commit */
-    self->head = end;
-    self->budget -= 1 + (size >> self->fair_shift);
-    self->sent += 1;
-    if (ring_after(self, self->sent) < 0)
+    if (ring_commit(self, end, 1, size) < 0)
         return NULL;
     Py_RETURN_TRUE;
+}
+
+/* _put_many(messages) -> bool: for a list or tuple, write all its messages and commit them at
+ * once if they all fit now, else write nothing and return False. */
+static PyObject *
+ring_put_many(PyObject *ring, PyObject *messages)
+{
+    RingCore *self = (RingCore *)ring;
+    long long head, size, total = 0;
+    Py_ssize_t i, count;
+
+    if (!ring_may_send(self) || !(PyList_CheckExact(messages) || PyTuple_CheckExact(messages)))
+        Py_RETURN_FALSE;
+    head = self->head;
+    count = PySequence_Fast_GET_SIZE(messages);
+    if (count == 0)
+        Py_RETURN_FALSE;
+    /* a list cannot change under us: nothing here runs Python code (buffers of C types only) */
+    for (i = 0; i < count; i++) {
+        head = ring_write(self, head, PySequence_Fast_GET_ITEM(messages, i), &size);
+        if (head < 0)
+            Py_RETURN_FALSE; /* uncommitted: as if nothing was written */
+        total += size;
+    }
+    if (ring_commit(self, head, count, total) < 0)
+        return NULL;
+    Py_RETURN_TRUE;
+}
+
+/* Whether this side may receive now without waiting, and a committed record waits. */
+static int
+ring_may_take(RingCore *self)
+{
+    if (!self->bound || self->receiving || self->budget <= 0 || self->closed)
+        return 0;
+    if (self->tail == self->head_seen)
+        self->head_seen = (long long)__atomic_load_n(&self->h[self->rx_head_i], __ATOMIC_ACQUIRE);
+    return self->head_seen != self->tail;
+}
+
+/* The record at *tail (committed): a copy of its message, *tail moved past it, *size its length;
+ * Py_None (a new reference) for a record this ring does not write (a bad peer: the slow path's
+ * business), NULL when out of memory. */
+static PyObject *
+ring_read(RingCore *self, long long *tail, long long *size)
+{
+    long long position, capacity = self->capacity;
+    uint32_t length;
+    PyObject *data;
+
+    position = *tail % capacity;
+    memcpy(&length, self->rx + position, sizeof length);
+    if (length == RING_WRAP) {
+        *tail += capacity - position;
+        position = 0;
+        memcpy(&length, self->rx, sizeof length);
+    }
+    if ((long long)length > capacity - position - RING_RECORD)
+        Py_RETURN_NONE;
+    data = PyBytes_FromStringAndSize((const char *)self->rx + position + RING_RECORD, (Py_ssize_t)length);
+    if (data != NULL) {
+        *tail += RING_RECORD + (((long long)length + 7) & ~7LL);
+        *size = length;
+    }
+    return data;
+}
+
+/* Give back the lane up to tail: count messages of total bytes read. -1 when the barrier raised. */
+static int
+ring_release(RingCore *self, long long tail, long long count, long long total)
+{
+    self->budget -= count + (total >> self->fair_shift);
+    __atomic_store_n(&self->h[self->rx_tail_i], (uint64_t)tail, __ATOMIC_RELEASE);
+    self->tail = tail;
+    self->read += count;
+    return ring_after(self, self->read, count);
 }
 
 /* _take() -> bytes | None: the next committed message (a copy), or None. */
@@ -205,43 +305,73 @@ PyObject *
 ring_take(PyObject *ring, PyObject *Py_UNUSED(ignored))
 {
     RingCore *self = (RingCore *)ring;
-    long long tail, position, capacity;
-    uint32_t size;
+    long long tail, size;
     PyObject *data;
 
-    if (!self->bound || self->receiving || self->budget <= 0 || self->closed)
+    if (!ring_may_take(self))
         Py_RETURN_NONE;
     tail = self->tail;
-    if (tail == self->head_seen) {
-        self->head_seen = (long long)__atomic_load_n(&self->h[self->rx_head_i], __ATOMIC_ACQUIRE);
-        if (self->head_seen == tail)
-            Py_RETURN_NONE;
-    }
-    capacity = self->capacity;
-    position = tail % capacity;
-    memcpy(&size, self->rx + position, sizeof size);
-    if (size == RING_WRAP) {
-        tail += capacity - position;
-        position = 0;
-        memcpy(&size, self->rx, sizeof size);
-    }
-    if ((long long)size > capacity - position - RING_RECORD)
-        Py_RETURN_NONE; /* not a record this ring writes: the slow path's business */
-    data = PyBytes_FromStringAndSize((const char *)self->rx + position + RING_RECORD, (Py_ssize_t)size);
-    if (data == NULL)
-        return NULL;
-    tail += RING_RECORD + (((long long)size + 7) & ~7LL);
-    self->budget -= 1 + ((long long)size >> self->fair_shift);
-    __atomic_store_n(&self->h[self->rx_tail_i], (uint64_t)tail, __ATOMIC_RELEASE);
-    self->tail = tail;
-    self->read += 1;
-    if (ring_after(self, self->read) < 0) {
+    data = ring_read(self, &tail, &size);
+    if (data == NULL || data == Py_None)
+        return data;
+    if (ring_release(self, tail, 1, size) < 0) {
         Py_DECREF(data);
         return NULL;
     }
     return data;
 }
 
+/* _take_many(max_messages) -> list | None: every committed message (copies), at most
+ * max_messages (at least 1), or None when none waits. */
+static PyObject *
+ring_take_many(PyObject *ring, PyObject *limit)
+{
+    RingCore *self = (RingCore *)ring;
+    long long tail, size, total = 0;
+    Py_ssize_t most = PyLong_AsSsize_t(limit);
+    PyObject *messages, *data;
+
+    if (most < 1) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "max_messages must be at least 1");
+        return NULL;
+    }
+    if (!ring_may_take(self))
+        Py_RETURN_NONE;
+    /* the peer's newest head: everything committed by now */
+    self->head_seen = (long long)__atomic_load_n(&self->h[self->rx_head_i], __ATOMIC_ACQUIRE);
+    messages = PyList_New(0);
+    if (messages == NULL)
+        return NULL;
+    tail = self->tail;
+    while (tail != self->head_seen && PyList_GET_SIZE(messages) < most) {
+        data = ring_read(self, &tail, &size);
+        if (data == NULL) {
+            Py_DECREF(messages);
+            return NULL;
+        }
+        if (data == Py_None) { /* a bad record: hand out what came before it; the slow path sees it */
+            Py_DECREF(data);
+            break;
+        }
+        if (PyList_Append(messages, data) < 0) {
+            Py_DECREF(data);
+            Py_DECREF(messages);
+            return NULL;
+        }
+        Py_DECREF(data);
+        total += size;
+    }
+    if (PyList_GET_SIZE(messages) == 0) {
+        Py_DECREF(messages);
+        Py_RETURN_NONE;
+    }
+    if (ring_release(self, tail, PyList_GET_SIZE(messages), total) < 0) {
+        Py_DECREF(messages);
+        return NULL;
+    }
+    return messages;
+}
 
 /* The steps of send() and receive(): the fast path, else the slow path's coroutine. */
 static int
@@ -274,6 +404,36 @@ ring_receive_step(PyObject *ring, PyObject *const *Py_UNUSED(args), Py_ssize_t P
     return *result == NULL ? FAST_ERROR : FAST_SLOW;
 }
 
+static int
+ring_send_many_step(PyObject *ring, PyObject *const *args, Py_ssize_t Py_UNUSED(nargs), PyObject **result)
+{
+    PyObject *sent = ring_put_many(ring, args[0]);
+    if (sent == NULL)
+        return FAST_ERROR;
+    Py_DECREF(sent);
+    if (sent == Py_True) {
+        *result = Py_NewRef(Py_None);
+        return FAST_DONE;
+    }
+    *result = PyObject_CallMethod(ring, "_send_many_slow", "O", args[0]);
+    return *result == NULL ? FAST_ERROR : FAST_SLOW;
+}
+
+static int
+ring_receive_many_step(PyObject *ring, PyObject *const *args, Py_ssize_t Py_UNUSED(nargs), PyObject **result)
+{
+    PyObject *messages = ring_take_many(ring, args[0]);
+    if (messages == NULL)
+        return FAST_ERROR;
+    if (messages != Py_None) {
+        *result = messages;
+        return FAST_DONE;
+    }
+    Py_DECREF(messages);
+    *result = PyObject_CallMethod(ring, "_receive_many_slow", "O", args[0]);
+    return *result == NULL ? FAST_ERROR : FAST_SLOW;
+}
+
 static PyObject *
 ring_send(RingCore *self, PyObject *item)
 {
@@ -284,6 +444,34 @@ static PyObject *
 ring_receive(RingCore *self, PyObject *Py_UNUSED(ignored))
 {
     return fast_op_new((PyObject *)self, ring_receive_step, "Ring.receive", NULL, 0);
+}
+
+static PyObject *
+ring_send_many(RingCore *self, PyObject *messages)
+{
+    return fast_op_new((PyObject *)self, ring_send_many_step, "Ring.send_many", &messages, 1);
+}
+
+static PyObject *
+ring_receive_many(RingCore *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    static const char *const usage = "receive_many(max_messages=1024)";
+    PyObject *limit = NULL;
+    PyObject *op;
+
+    if (nargs > 1 || (kwnames != NULL && (nargs + PyTuple_GET_SIZE(kwnames) > 1 ||
+                                          !PyUnicode_Check(PyTuple_GET_ITEM(kwnames, 0)) ||
+                                          PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, 0), "max_messages")))) {
+        PyErr_SetString(PyExc_TypeError, usage);
+        return NULL;
+    }
+    if (nargs + (kwnames != NULL ? PyTuple_GET_SIZE(kwnames) : 0) == 1)
+        limit = Py_NewRef(args[0]);
+    else if ((limit = PyLong_FromLong(1024)) == NULL)
+        return NULL;
+    op = fast_op_new((PyObject *)self, ring_receive_many_step, "Ring.receive_many", &limit, 1);
+    Py_DECREF(limit);
+    return op;
 }
 
 #define RING_SEND_DOC                                                                                     \
@@ -305,6 +493,20 @@ ring_receive(RingCore *self, PyObject *Py_UNUSED(ignored))
     "    anyio.ClosedResourceError: this side closed (also wakes a waiting ``receive``).\n"              \
     "    anyio.BusyResourceError: another task is receiving.\n"
 
+#define RING_SEND_MANY_DOC                                                                                \
+    "send_many(messages)\n--\n\nSend several messages with one commit and at most one wake-up per lane-full.\n\n" \
+    "A list or tuple of messages that all fit now is written and committed\n"                             \
+    "at once, without waiting for anything.\n"                                                             \
+    "A cancelled ``send_many`` has sent a prefix of ``messages``, each whole.\n\n"                        \
+    "Raises:\n"                                                                                           \
+    "    As :meth:`send`; ``FrameTooLarge`` before anything is sent.\n"
+#define RING_RECEIVE_MANY_DOC                                                                             \
+    "receive_many(max_messages=1024)\n--\n\n"                                                             \
+    "Wait for at least one message, then return every waiting one (up to ``max_messages``).\n\n"        \
+    "Raises:\n"                                                                                           \
+    "    ValueError: ``max_messages`` is below 1.\n"                                                     \
+    "    As :meth:`receive` (only when no message at all could be returned).\n"
+
 static PyMethodDef ring_methods[] = {
     {"_bind", (PyCFunction)(void (*)(void))ring_bind, METH_FASTCALL,
      "_bind(memory, tx_offset, rx_offset, capacity, max_size, words, fair_shift, flush_every)"},
@@ -313,6 +515,10 @@ static PyMethodDef ring_methods[] = {
     {"_take", (PyCFunction)ring_take, METH_NOARGS, "_take() -> bytes | None: the next message if one waits"},
     {"send", (PyCFunction)ring_send, METH_O, RING_SEND_DOC},
     {"receive", (PyCFunction)ring_receive, METH_NOARGS, RING_RECEIVE_DOC},
+    {"_put_many", (PyCFunction)ring_put_many, METH_O, "_put_many(messages) -> bool: send them all now if they fit"},
+    {"_take_many", (PyCFunction)ring_take_many, METH_O, "_take_many(max_messages) -> list | None: what waits"},
+    {"send_many", (PyCFunction)ring_send_many, METH_O, RING_SEND_MANY_DOC},
+    {"receive_many", (PyCFunction)(void (*)(void))ring_receive_many, METH_FASTCALL | METH_KEYWORDS, RING_RECEIVE_MANY_DOC},
     {NULL, NULL, 0, NULL},
 };
 

@@ -22,7 +22,7 @@ import operator
 import os
 import socket
 import struct
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, Literal, Protocol, overload
 
 from .attributes import UCRED
@@ -199,6 +199,8 @@ class PyRingCore:
     _flush: Callable[[], None]
     _send_slow: Callable[[Any], Coroutine[Any, Any, None]]
     _receive: Callable[[], Coroutine[Any, Any, bytes]]
+    _send_many_slow: Callable[[Sequence[Any]], Coroutine[Any, Any, None]]
+    _receive_many_slow: Callable[[int], Coroutine[Any, Any, list[bytes]]]
 
     async def send(self, item: bytes | bytearray | memoryview) -> None:
         """Send one message; wait while the lane is full.
@@ -230,6 +232,27 @@ class PyRingCore:
         if data is None:
             data = await self._receive()
         return data
+
+    async def send_many(self, messages: Sequence[Any]) -> None:
+        """Send several messages with one commit and at most one wake-up per lane-full.
+
+        A list or tuple of messages that all fit now is written and committed
+        at once, without waiting for anything.
+        A cancelled ``send_many`` has sent a prefix of ``messages``, each whole.
+
+        Raises:
+            As :meth:`send`; ``FrameTooLarge`` before anything is sent.
+        """
+        await self._send_many_slow(messages)  # the compiled twin commits in one call when all fit
+
+    async def receive_many(self, max_messages: int = 1024) -> list[bytes]:
+        """Wait for at least one message, then return every waiting one (up to ``max_messages``).
+
+        Raises:
+            ValueError: ``max_messages`` is below 1.
+            As :meth:`receive` (only when no message at all could be returned).
+        """
+        return await self._receive_many_slow(max_messages)
 
     def _bind(
         self,
@@ -315,15 +338,44 @@ class PyRingCore:
             return None  # not a record this ring writes: the slow path's business
         start += self._core_rx_base
         data: bytes = self._core_memory[start : start + size]
-        self._budget -= 1 + (size >> self._fair_shift)
+        self._release(tail, 1, size)
+        return data
+
+    def _take_many(self, max_messages: int) -> list[bytes] | None:
+        """Every committed message (copies), at most ``max_messages``, if this side may take them now,
+        else None; ``ValueError`` if ``max_messages`` is below 1."""
+        if max_messages < 1:
+            raise ValueError("max_messages must be at least 1")
+        if self._receiving or self._budget <= 0 or self._closed:
+            return None
+        tail = self._tail
+        head = self._head_seen = self._core_h[self._core_rx_head]
+        memory, base, lane, capacity = self._core_memory, self._core_rx_base, self._core_rx, self.capacity
+        messages: list[bytes] = []
+        total = 0
+        while tail != head and len(messages) < max_messages:
+            start, size, after = ring_record(lane, capacity, tail)
+            if start + size > capacity:
+                break  # a bad record: hand out what came before it; the slow path sees it
+            start += base
+            messages.append(memory[start : start + size])
+            total += size
+            tail = after
+        if not messages:
+            return None
+        self._release(tail, len(messages), total)
+        return messages
+
+    def _release(self, tail: int, count: int, total: int) -> None:
+        """Give back the lane up to ``tail``: ``count`` messages of ``total`` bytes were read."""
+        self._budget -= count + (total >> self._fair_shift)
         self._core_h[self._core_rx_tail] = self._tail = tail
-        read = self._read = self._read + 1
-        if read == 1:
+        read = self._read = self._read + count
+        if read == count:
             if not self._flush_scheduled:
                 self._did()
         elif read >= self._flush_every:
             self._flush()
-        return data
 
 
 def _choose_ring() -> type[PyRingCore]:

@@ -67,10 +67,8 @@ import anyio.lowlevel
 from .._core.errors import FrameTooLarge, RingInUse
 from .._core.naming import create_or_open, open_existing
 from .._core.streams import FAIR_OPS, FAIR_SHIFT, Buffer, MessageStream, fair_yield
-from ._lanes import DEFAULT_SPIN, RECORD, WRAP, Lanes, Spinner
+from ._lanes import DEFAULT_SPIN, Lanes, Spinner
 from ._segment import KIND, W_CLOSED, attach_ring, check_machine, make_ring, ring_files
-
-_unpack = RECORD.unpack_from
 
 __all__ = ["DEFAULT_CAPACITY", "Ring", "RingInUse"]
 
@@ -227,20 +225,24 @@ class Ring(Lanes, MessageStream):
 
     # -- sending ---------------------------------------------------------------------------
 
-    # send() and receive() are RingCore's: one call when nothing must wait, else these.
+    # send(), receive(), send_many() and receive_many() are RingCore's: one call when nothing
+    # must wait, else these.
 
     async def _send_slow(self, item: Buffer) -> None:
         item, size = self._measure(item)
         await self._send((item,), (size,))  # waits, wraps, or raises
 
-    async def send_many(self, messages: Sequence[Buffer]) -> None:
-        """Send several messages with one commit and at most one wake-up per lane-full.
-
-        A cancelled ``send_many`` has sent a prefix of ``messages``, each whole.
-
-        Raises:
-            As :meth:`send`; ``FrameTooLarge`` before anything is sent.
-        """
+    async def _send_many_slow(self, messages: Sequence[Buffer]) -> None:
+        if self._budget <= 0 and not self._sending:  # the fair yield, then the one-call path again
+            self._sending = True
+            try:
+                await fair_yield()
+            finally:
+                self._sending = False
+            self._budget = FAIR_OPS
+            return await self.send_many(messages)
+        if not isinstance(messages, (list, tuple)):
+            messages = list(messages)  # any iterable, taken once
         if not set(map(type, messages)) <= {bytes, bytearray}:
             measured = [self._measure(message) for message in messages]
             messages, sizes = [message for message, _ in measured], [size for _, size in measured]
@@ -283,12 +285,7 @@ class Ring(Lanes, MessageStream):
         self._advance(tail)
         return data
 
-    async def receive_many(self, max_messages: int = 1024) -> list[bytes]:
-        """Wait for at least one message, then return every waiting one (up to ``max_messages``).
-
-        Raises:
-            As :meth:`receive` (only when no message at all could be returned).
-        """
+    async def _receive_many_slow(self, max_messages: int) -> list[bytes]:
         if max_messages < 1:
             raise ValueError("max_messages must be at least 1")
         if self._receiving:
@@ -298,25 +295,13 @@ class Ring(Lanes, MessageStream):
             if self._budget <= 0:
                 await fair_yield()
                 self._budget = FAIR_OPS
-            start, size, tail = await self._next()
-            rx, capacity, unpack, memory, base = self._rx, self.capacity, _unpack, self._mmap, self._rx_base
-            messages = [memory[base + start : base + start + size]]
-            head = self._see_head()
-            while tail != head and len(messages) < max_messages:
-                position = tail % capacity
-                size = unpack(rx, position)[0]
-                if size == WRAP:
-                    tail += capacity - position
-                    position = 0
-                    size = unpack(rx, 0)[0]
-                position += base + 8
-                messages.append(memory[position : position + size])
-                tail += 8 + ((size + 7) & -8)
-            self._budget -= len(messages)
-            self._advance(tail, len(messages))
-            return messages
+            await self._next()  # a record is committed
         finally:
             self._receiving = False
+        messages = self._take_many(max_messages)
+        if messages is None:  # a record the one-call path leaves alone (a bad peer's): read it here
+            messages = [await self._receive()]
+        return messages
 
     @asynccontextmanager
     async def receive_view(self) -> AsyncIterator[memoryview]:
