@@ -26,6 +26,7 @@ Caveats:
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import resource
@@ -232,8 +233,15 @@ class MessageQueue(PosixQueueCore, QueueStream):
             message = None if tried else mq_receive(self._mq, self.max_message_size, True)
             if message is None:
                 # Taken in a loop callback; a receive cancelled after that leaves it in _kept.
-                # now=False: a receive was tried just above, or by the fast path that called this.
-                message = await handle.read(self._receive_now, self._keep, now=False)
+                # FdHandle.read's wait, awaited here: one coroutine fewer while parked.
+                waiter = handle.park_read(self._receive_now)
+                try:
+                    message = await waiter
+                except asyncio.CancelledError:
+                    handle.keep_read(waiter, self._keep)
+                    raise
+                finally:
+                    handle.end_read()
             return message if whole else message[0]
         finally:
             self._receiving = False

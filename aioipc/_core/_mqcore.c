@@ -27,12 +27,17 @@ typedef struct {
     int id; /* the mqd or msqid, from _bind; -1 before */
 } QueueCore;
 
-static PyObject *queue_zero, *queue_one; /* the default tags */
+static PyObject *queue_zero, *queue_one;               /* the default tags */
+static PyObject *queue_no_args;                        /* () */
+static PyObject *queue_send_name, *queue_receive_name; /* "_send", "_receive", interned (the method cache's key) */
 
 static PyObject *
 queue_core_new(PyTypeObject *type, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwargs))
 {
-    QueueCore *self = (QueueCore *)type->tp_alloc(type, 0);
+    /* object's __new__, not tp_alloc alone: on Python 3.11 it also lays out a subclass's instance
+     * attributes inline, which the interpreter's attribute caches need (else every self.x of the
+     * Python slow paths is a dict lookup) */
+    QueueCore *self = (QueueCore *)PyBaseObject_Type.tp_new(type, queue_no_args, NULL);
     if (self != NULL)
         self->id = -1; /* budgets 0: every operation takes the slow path until bound */
     return (PyObject *)self;
@@ -73,11 +78,12 @@ queue_refused(void)
     return 0;
 }
 
+/* The slow path's coroutine: call[1].<name>(*call[2:nargs + 1]); call[0] is scratch space for the call. */
 static int
-queue_slow(PyObject *coroutine, PyObject **result)
+queue_slow(PyObject *name, PyObject **call, size_t nargs, PyObject **result)
 {
-    *result = coroutine;
-    return coroutine == NULL ? FAST_ERROR : FAST_SLOW;
+    *result = PyObject_VectorcallMethod(name, call + 1, nargs | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    return *result == NULL ? FAST_ERROR : FAST_SLOW;
 }
 
 /* args: (item, tag) */
@@ -101,7 +107,8 @@ queue_send_step(int kind, PyObject *owner, PyObject *const *args, PyObject **res
         else if (!queue_refused())
             return FAST_ERROR;
     }
-    return queue_slow(PyObject_CallMethod(owner, "_send", "OOO", args[0], args[1], tried), result);
+    PyObject *call[5] = {NULL, owner, args[0], args[1], tried};
+    return queue_slow(queue_send_name, call, 4, result);
 }
 
 /* args: POSIX (whole), System V (type, whole) */
@@ -129,9 +136,12 @@ queue_receive_step(int kind, PyObject *owner, PyObject *const *args, PyObject **
             tried = Py_True;
         }
     }
-    if (kind == QUEUE_POSIX)
-        return queue_slow(PyObject_CallMethod(owner, "_receive", "OO", tried, whole), result);
-    return queue_slow(PyObject_CallMethod(owner, "_receive", "OOO", args[0], tried, whole), result);
+    if (kind == QUEUE_POSIX) {
+        PyObject *call[4] = {NULL, owner, tried, whole};
+        return queue_slow(queue_receive_name, call, 3, result);
+    }
+    PyObject *call[5] = {NULL, owner, args[0], tried, whole};
+    return queue_slow(queue_receive_name, call, 4, result);
 }
 
 static int
@@ -312,7 +322,11 @@ static PyTypeObject SysVQueueCoreType = {
 int
 speedups_add_queue_cores(PyObject *module)
 {
-    if (queue_zero == NULL && ((queue_zero = PyLong_FromLong(0)) == NULL || (queue_one = PyLong_FromLong(1)) == NULL))
+    if ((queue_zero == NULL && (queue_zero = PyLong_FromLong(0)) == NULL) ||
+        (queue_one == NULL && (queue_one = PyLong_FromLong(1)) == NULL) ||
+        (queue_no_args == NULL && (queue_no_args = PyTuple_New(0)) == NULL) ||
+        (queue_send_name == NULL && (queue_send_name = PyUnicode_InternFromString("_send")) == NULL) ||
+        (queue_receive_name == NULL && (queue_receive_name = PyUnicode_InternFromString("_receive")) == NULL))
         return -1;
     if (PyType_Ready(&PosixQueueCoreType) < 0 || PyType_Ready(&SysVQueueCoreType) < 0 || fast_op_ready() < 0)
         return -1;
