@@ -3,12 +3,15 @@
 The accelerator (``aioipc._core._speedups``, built from ``_speedups.c`` by
 ``pip install``) batches message socket I/O: ``sendmmsg`` and ``recvmmsg``
 move many messages per system call; it does the shared-memory ring's
-one-message sends and receives in one call each (:data:`RingCore`); and it
-calls message queues without an exception for "empty" or "full". When it
-did not build (no compiler), or ``AIOIPC_NO_SPEEDUPS=1`` is set, the
-functions here do the same job one ``send`` / ``recvmsg`` per call, and
-:class:`PyRingCore` the ring's, with the same arguments and results, so
-the callers cannot tell which ran. :data:`ACTIVE` says which did.
+one-message sends and receives in one call each (:data:`RingCore`); it
+calls message queues without an exception for "empty" or "full", and does
+their sends and receives that need no waiting in one call each
+(:data:`PosixQueueCore`, :data:`SysVQueueCore`). When it did not build (no
+compiler), or ``AIOIPC_NO_SPEEDUPS=1`` is set, the functions here do the
+same job one ``send`` / ``recvmsg`` per call, and :class:`PyRingCore`,
+:class:`PyPosixQueueCore` and :class:`PySysVQueueCore` the ring's and the
+queues', with the same arguments and results, so the callers cannot tell
+which ran. :data:`ACTIVE` says which did.
 
 Rule 1: sizes come from the caller, never from a peer: a message over its
 slot is truncated by the kernel and reported by its real size.
