@@ -16,26 +16,21 @@ Rule 4: exactly what was said: a cancelled ``send()`` whose blocking
 ``msgsnd`` was interrupted raises and sent nothing; one whose ``msgsnd``
 completed at that moment returns normally (the cancellation came too
 late), so a ``send()`` that raised never delivers.
-Rule 5: a short spin before the bridge. Handing a wait to the thread and
-its result back costs two thread wake-ups and a loop wake-up, several
-times the kernel's own wake-up, while a peer on another CPU often answers
-within microseconds. So an empty (full) queue is first polled with
-``IPC_NOWAIT`` on the loop thread for up to ``SPIN`` (50 µs), within the
-loop's fairness bound. The spin adapts: after ``n`` fruitless spins in a
-row the next ``2**n - 1`` waits (up to 63) go to the bridge at once, so a
-slow or idle peer costs at most one spin per 64 waits, and an idle queue,
-parked in the bridge, no CPU at all. With one CPU there is no spin.
+Rule 5: a short spin before the bridge (``aioipc._core.spin``): an empty
+(full) queue is polled on the loop thread for up to 50 µs before a wait
+goes to the bridge, unless recent spins came to nothing; handing a wait to
+the thread and its result back costs two thread wake-ups and a loop
+wake-up, several times the kernel's own.
 """
 
 from __future__ import annotations
 
 import os
-import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from functools import partial
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple
 
 import anyio
 import anyio.lowlevel
@@ -48,6 +43,7 @@ from .._core.framing import DEFAULT_MAX_SIZE
 from .._core.naming import Kind, create_or_open
 from .._core.schemes import Address
 from .._core.speedups import SysVQueueCore, msg_handle, msg_receive, msg_send
+from .._core.spin import Spin
 from .._core.streams import FAIR_OPS, Buffer, QueueStream, fair_yield
 from .._core.sysvipc import check_key, sysvipc_table
 
@@ -61,10 +57,6 @@ __all__ = [
 ]
 
 TYPE_MAX = 2**31 - 1  # sysv_ipc passes the type as a C int
-SPIN = 50e-6  # seconds an empty (full) queue is polled before a wait goes to the bridge
-SPIN_BACKOFF = 6  # after n fruitless spins in a row, the next 2**n - 1 waits skip it (n <= 6)
-_SPIN_CPUS = (os.cpu_count() or 1) > 1  # with one CPU, a spin would only hold up the peer
-T = TypeVar("T")
 
 
 def _read_limit(name: str, default: int) -> int:
@@ -186,8 +178,8 @@ class MessageQueue(SysVQueueCore, QueueStream):
         # something is taken, or the direction is closed, so those go the slow way.
         self._receive_budget = FAIR_OPS
         self._send_budget = FAIR_OPS
-        self._spin_misses = 0  # spins in a row that found nothing (up to SPIN_BACKOFF)
-        self._spin_skip = 0  # waits that go to the bridge at once before the next spin
+        self._receive_spin = Spin()  # polls an empty (full) queue a little before a wait goes to the bridge
+        self._send_spin = Spin()
         self._closed = False
         self._send_closed = False
 
@@ -290,7 +282,9 @@ class MessageQueue(SysVQueueCore, QueueStream):
                     if found is None and not tried:
                         found = msg_receive(self._msq, self.max_message_size, True, type)
                     if found is None:
-                        found = self._spin(lambda: msg_receive(self._msq, self.max_message_size, True, type))
+                        found = self._receive_spin(
+                            lambda: msg_receive(self._msq, self.max_message_size, True, type)
+                        )
                     if found is not None:
                         # No checkpoint after a message was taken: a cancellation there would lose it.
                         return found if whole else found[0]
@@ -304,29 +298,6 @@ class MessageQueue(SysVQueueCore, QueueStream):
             self._receiving = False
             if not (self._taken or self._closed or self._receiver.busy):
                 self._receive_budget = budget
-
-    def _spin(self, call: Callable[[], T | None]) -> T | None:
-        """Retry a non-blocking call for up to ``SPIN`` seconds: its first result that is not
-        ``None`` or ``False``, or ``None`` if the queue stayed empty (full) all along.
-
-        The adaptive spin of the module docstring (rule 5): a spin that found
-        nothing makes the next ``2**misses - 1`` waits skip it.
-        """
-        if self._spin_skip:
-            self._spin_skip -= 1
-            return None
-        if not _SPIN_CPUS:
-            return None
-        clock = time.perf_counter
-        deadline = clock() + SPIN
-        while clock() < deadline:
-            result = call()
-            if result:
-                self._spin_misses = 0
-                return result
-        self._spin_misses = misses = min(self._spin_misses + 1, SPIN_BACKOFF)
-        self._spin_skip = (1 << misses) - 1
-        return None
 
     # -- sending -------------------------------------------------------------------------
 
@@ -360,7 +331,7 @@ class MessageQueue(SysVQueueCore, QueueStream):
             with _map_errors(self.key):
                 if not tried and msg_send(self._msq, item, type):
                     return
-                if not self._spin(partial(msg_send, self._msq, item, type)):
+                if not self._send_spin(partial(msg_send, self._msq, item, type)):
                     await self._sender.run(partial(self._msgsnd, item, True, type), all_or_nothing=True)
         finally:
             self._sending = False
