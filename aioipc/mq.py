@@ -49,8 +49,8 @@ from ._core.errors import FrameTooLarge
 from ._core.fdstreams import FdHandle
 from ._core.framing import DEFAULT_MAX_SIZE
 from ._core.naming import Kind, create_or_open
+from ._core.queues import PosixQueueCore, mq_handle, mq_receive, mq_send
 from ._core.schemes import Address
-from ._core.speedups import PosixQueueCore, mq_handle, mq_receive, mq_send
 from ._core.spin import Spin
 from ._core.streams import FAIR_OPS, Buffer, QueueStream, byte_view, fair_yield
 

@@ -20,11 +20,11 @@ from pathlib import Path
 import anyio
 import posix_ipc
 import pytest
-from helpers import compile_c, run_tool
+from helpers import check_ops_are_coroutines, compile_c, run_tool
 
 import aioipc
 import aioipc.mq
-from aioipc._core.speedups import mq_handle, mq_receive, mq_send
+from aioipc._core.queues import mq_handle, mq_receive, mq_send
 from aioipc.mq import QueueAttribute
 from aioipc.testing import check_message_stream
 
@@ -385,30 +385,11 @@ async def test_send_and_receive_are_coroutines_to_awaits_and_tasks(qname: str, m
     """Compiled, they are coroutines without a frame: nothing happens before the first step."""
     async with await aioipc.mq.open(qname, create=True, max_messages=2, max_message_size=16) as q:
         with anyio.fail_after(20):
-            sending = q.send(b"a", priority=3)
-            assert asyncio.iscoroutine(sending)
-            await sending
-            with pytest.raises(RuntimeError, match="already awaited"):
-                await sending
-            with pytest.warns(RuntimeWarning, match="never awaited"):
-                dropped = q.send(b"dropped")
-                del dropped
-            q.send(b"closed").close()
-            with pytest.raises(KeyError):
-                q.send(b"thrown").throw(KeyError("thrown"))
-            q.receive().close()
-            assert q.extra(QueueAttribute.current_messages) == 1, "an op that never ran sent or took"
-            assert await q.receive_with_priority() == (b"a", 3)
-
-            # parked, then cancelled, or cancelled before it started: no message is taken
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(q.receive)
-                await anyio.wait_all_tasks_blocked()
-                tg.cancel_scope.cancel()
-            unstarted = asyncio.create_task(q.receive())
-            unstarted.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await unstarted
+            await check_ops_are_coroutines(
+                lambda data: q.send(data, priority=3),
+                q.receive,
+                lambda: q.extra(QueueAttribute.current_messages) == 1,
+            )
             # parked, then thrown into or closed: the exception comes out, the handle is free again
             for end in ("throw", "close"):
                 waiting = q.receive_with_priority()

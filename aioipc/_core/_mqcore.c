@@ -24,8 +24,11 @@ typedef struct {
     PyObject_HEAD
     long long receive_budget, send_budget;
     Py_ssize_t max_message_size;
-    int id; /* the mqd or msqid, from _bind; -1 before */
+    int id;   /* the mqd or msqid, from _bind; -1 before */
+    int kind; /* QUEUE_POSIX or QUEUE_SYSV, from the type */
 } QueueCore;
+
+static PyTypeObject PosixQueueCoreType;
 
 static PyObject *queue_zero, *queue_one;               /* the default tags */
 static PyObject *queue_no_args;                        /* () */
@@ -38,8 +41,10 @@ queue_core_new(PyTypeObject *type, PyObject *Py_UNUSED(args), PyObject *Py_UNUSE
      * attributes inline, which the interpreter's attribute caches need (else every self.x of the
      * Python slow paths is a dict lookup) */
     QueueCore *self = (QueueCore *)PyBaseObject_Type.tp_new(type, queue_no_args, NULL);
-    if (self != NULL)
+    if (self != NULL) {
         self->id = -1; /* budgets 0: every operation takes the slow path until bound */
+        self->kind = PyType_IsSubtype(type, &PosixQueueCoreType) ? QUEUE_POSIX : QUEUE_SYSV;
+    }
     return (PyObject *)self;
 }
 
@@ -86,11 +91,12 @@ queue_slow(PyObject *name, PyObject **call, size_t nargs, PyObject **result)
     return *result == NULL ? FAST_ERROR : FAST_SLOW;
 }
 
-/* args: (item, tag) */
+/* The steps of send() and receive(). args: (item, tag) */
 static int
-queue_send_step(int kind, PyObject *owner, PyObject *const *args, PyObject **result)
+queue_send_step(PyObject *owner, PyObject *const *args, Py_ssize_t Py_UNUSED(nargs), PyObject **result)
 {
     QueueCore *self = (QueueCore *)owner;
+    int kind = self->kind;
     PyObject *tried = Py_False;
     int sent;
 
@@ -113,9 +119,10 @@ queue_send_step(int kind, PyObject *owner, PyObject *const *args, PyObject **res
 
 /* args: POSIX (whole), System V (type, whole) */
 static int
-queue_receive_step(int kind, PyObject *owner, PyObject *const *args, PyObject **result)
+queue_receive_step(PyObject *owner, PyObject *const *args, Py_ssize_t Py_UNUSED(nargs), PyObject **result)
 {
     QueueCore *self = (QueueCore *)owner;
+    int kind = self->kind;
     PyObject *whole = args[kind == QUEUE_POSIX ? 0 : 1], *tried = Py_False, *message;
 
     if (self->receive_budget > 0) {
@@ -144,30 +151,6 @@ queue_receive_step(int kind, PyObject *owner, PyObject *const *args, PyObject **
     return queue_slow(queue_receive_name, call, 4, result);
 }
 
-static int
-posix_send_step(PyObject *owner, PyObject *const *args, Py_ssize_t Py_UNUSED(nargs), PyObject **result)
-{
-    return queue_send_step(QUEUE_POSIX, owner, args, result);
-}
-
-static int
-sysv_send_step(PyObject *owner, PyObject *const *args, Py_ssize_t Py_UNUSED(nargs), PyObject **result)
-{
-    return queue_send_step(QUEUE_SYSV, owner, args, result);
-}
-
-static int
-posix_receive_step(PyObject *owner, PyObject *const *args, Py_ssize_t Py_UNUSED(nargs), PyObject **result)
-{
-    return queue_receive_step(QUEUE_POSIX, owner, args, result);
-}
-
-static int
-sysv_receive_step(PyObject *owner, PyObject *const *args, Py_ssize_t Py_UNUSED(nargs), PyObject **result)
-{
-    return queue_receive_step(QUEUE_SYSV, owner, args, result);
-}
-
 /* The arguments (item, tag=default) (required 1) or (tag=default) (required 0), the tag also by the
  * keyword name: into out[0..required] (borrowed references). */
 static int
@@ -187,36 +170,30 @@ queue_args(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames, Py_ssize_
     return 0;
 }
 
+/* send(item, priority=0) (POSIX), send(item, type=1) (System V) */
 static PyObject *
-posix_send(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+queue_send(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
+    int posix = ((QueueCore *)self)->kind == QUEUE_POSIX;
     PyObject *call[2];
-    if (queue_args(args, nargs, kwnames, 1, "priority", queue_zero, "send(item, priority=0)", call) < 0)
+    if (queue_args(args, nargs, kwnames, 1, posix ? "priority" : "type", posix ? queue_zero : queue_one,
+                   posix ? "send(item, priority=0)" : "send(item, type=1)", call) < 0)
         return NULL;
-    return fast_op_new(self, posix_send_step, "MessageQueue.send", call, 2);
+    return fast_op_new(self, queue_send_step, "MessageQueue.send", call, 2);
 }
 
 static PyObject *
 posix_receive(PyObject *self, PyObject *Py_UNUSED(ignored))
 {
     PyObject *whole = Py_False;
-    return fast_op_new(self, posix_receive_step, "MessageQueue.receive", &whole, 1);
+    return fast_op_new(self, queue_receive_step, "MessageQueue.receive", &whole, 1);
 }
 
 static PyObject *
 posix_receive_with_priority(PyObject *self, PyObject *Py_UNUSED(ignored))
 {
     PyObject *whole = Py_True;
-    return fast_op_new(self, posix_receive_step, "MessageQueue.receive_with_priority", &whole, 1);
-}
-
-static PyObject *
-sysv_send(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
-{
-    PyObject *call[2];
-    if (queue_args(args, nargs, kwnames, 1, "type", queue_one, "send(item, type=1)", call) < 0)
-        return NULL;
-    return fast_op_new(self, sysv_send_step, "MessageQueue.send", call, 2);
+    return fast_op_new(self, queue_receive_step, "MessageQueue.receive_with_priority", &whole, 1);
 }
 
 static PyObject *
@@ -227,7 +204,7 @@ sysv_receive_op(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObjec
     if (queue_args(args, nargs, kwnames, 0, "type", queue_zero, "receive(type=0)", call) < 0)
         return NULL;
     call[1] = whole;
-    return fast_op_new(self, sysv_receive_step, name, call, 2);
+    return fast_op_new(self, queue_receive_step, name, call, 2);
 }
 
 static PyObject *
@@ -271,7 +248,7 @@ sysv_receive_with_type(PyObject *self, PyObject *const *args, Py_ssize_t nargs, 
 
 static PyMethodDef posix_methods[] = {
     {"_bind", (PyCFunction)queue_core_bind, METH_O, QUEUE_BIND_DOC},
-    {"send", (PyCFunction)(void (*)(void))posix_send, METH_FASTCALL | METH_KEYWORDS, POSIX_SEND_DOC},
+    {"send", (PyCFunction)(void (*)(void))queue_send, METH_FASTCALL | METH_KEYWORDS, POSIX_SEND_DOC},
     {"receive", (PyCFunction)posix_receive, METH_NOARGS,
      "receive()\n--\n\nReceive the next message's data (see :meth:`receive_with_priority`)."},
     {"receive_with_priority", (PyCFunction)posix_receive_with_priority, METH_NOARGS, POSIX_RECEIVE_WITH_PRIORITY_DOC},
@@ -280,7 +257,7 @@ static PyMethodDef posix_methods[] = {
 
 static PyMethodDef sysv_methods[] = {
     {"_bind", (PyCFunction)queue_core_bind, METH_O, QUEUE_BIND_DOC},
-    {"send", (PyCFunction)(void (*)(void))sysv_send, METH_FASTCALL | METH_KEYWORDS, SYSV_SEND_DOC},
+    {"send", (PyCFunction)(void (*)(void))queue_send, METH_FASTCALL | METH_KEYWORDS, SYSV_SEND_DOC},
     {"receive", (PyCFunction)(void (*)(void))sysv_receive, METH_FASTCALL | METH_KEYWORDS,
      "receive(type=0)\n--\n\nReceive the data of the next message matching ``type`` (see "
      ":meth:`receive_with_type`)."},

@@ -41,8 +41,8 @@ from .._core.bridge import Bridge
 from .._core.errors import FrameTooLarge, map_exceptions
 from .._core.framing import DEFAULT_MAX_SIZE
 from .._core.naming import Kind, create_or_open
+from .._core.queues import SysVQueueCore, msg_handle, msg_receive, msg_send
 from .._core.schemes import Address
-from .._core.speedups import SysVQueueCore, msg_handle, msg_receive, msg_send
 from .._core.spin import Spin
 from .._core.streams import FAIR_OPS, Buffer, QueueStream, fair_yield
 from .._core.sysvipc import check_key, sysvipc_table
