@@ -10,7 +10,13 @@ setup(
     ext_modules=[
         Extension(
             "aioipc._core._speedups",
-            ["aioipc/_core/_speedups.c", "aioipc/_core/_ring.c", "aioipc/_core/_fastop.c", "aioipc/_core/_mq.c"],
+            [
+                "aioipc/_core/_speedups.c",
+                "aioipc/_core/_ring.c",
+                "aioipc/_core/_fastop.c",
+                "aioipc/_core/_mq.c",
+                "aioipc/_core/_mqcore.c",
+            ],
             depends=["aioipc/_core/_speedups.h"],
             optional=True,
             extra_compile_args=["-O2", "-Wall", "-Wextra", "-Werror=implicit-function-declaration"],

@@ -220,3 +220,35 @@ def compile_c(directory: Path, name: str, source: str, *libs: str) -> Path:
     exe = directory / name
     subprocess.run(["gcc", "-O1", "-o", str(exe), str(src), *libs], check=True, timeout=60)
     return exe
+
+
+async def check_ops_are_coroutines(
+    send: Callable[[bytes], Any], receive: Callable[[], Any], holds_one: Callable[[], bool]
+) -> None:
+    """``send(data)`` and ``receive()`` of an empty queue give coroutines, compiled (FastOp) or not:
+    awaited once; one dropped, closed or thrown into before its first step does nothing (and a
+    dropped one warns); a receive parked then cancelled, or cancelled before it started, takes
+    nothing. ``holds_one()``: whether the queue holds one message. Leaves the queue empty.
+    """
+    sending = send(b"a")
+    assert asyncio.iscoroutine(sending)
+    await sending
+    with pytest.raises(RuntimeError, match="already awaited"):
+        await sending
+    with pytest.warns(RuntimeWarning, match="never awaited"):
+        dropped = send(b"dropped")
+        del dropped
+    send(b"closed").close()
+    with pytest.raises(KeyError):
+        send(b"thrown").throw(KeyError("thrown"))
+    receive().close()
+    assert holds_one(), "an operation that never ran sent or took a message"
+    assert await receive() == b"a"
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(receive)
+        await anyio.wait_all_tasks_blocked()  # parked
+        tg.cancel_scope.cancel()
+    unstarted = asyncio.create_task(receive())
+    unstarted.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await unstarted

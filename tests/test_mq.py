@@ -20,11 +20,11 @@ from pathlib import Path
 import anyio
 import posix_ipc
 import pytest
-from helpers import compile_c, run_tool
+from helpers import check_ops_are_coroutines, compile_c, run_tool
 
 import aioipc
 import aioipc.mq
-from aioipc._core.speedups import mq_handle, mq_receive, mq_send
+from aioipc._core.queues import mq_handle, mq_receive, mq_send
 from aioipc.mq import QueueAttribute
 from aioipc.testing import check_message_stream
 
@@ -379,3 +379,36 @@ async def test_cancelled_receives_lose_nothing(qname: str, mqc: Path) -> None:
             assert await producer.wait() == 0
     assert got == list(range(count)), "a number was lost, repeated or reordered"
     assert cancelled > 1000
+
+
+async def test_send_and_receive_are_coroutines_to_awaits_and_tasks(qname: str, mqc: Path) -> None:
+    """Compiled, they are coroutines without a frame: nothing happens before the first step."""
+    async with await aioipc.mq.open(qname, create=True, max_messages=2, max_message_size=16) as q:
+        with anyio.fail_after(20):
+            await check_ops_are_coroutines(
+                lambda data: q.send(data, priority=3),
+                q.receive,
+                lambda: q.extra(QueueAttribute.current_messages) == 1,
+            )
+            # parked, then thrown into or closed: the exception comes out, the handle is free again
+            for end in ("throw", "close"):
+                waiting = q.receive_with_priority()
+                assert isinstance(waiting.send(None), asyncio.Future)  # parked on the descriptor
+                if end == "throw":
+                    with pytest.raises(KeyError):
+                        waiting.throw(KeyError("thrown"))
+                else:
+                    waiting.close()
+            receiving = asyncio.create_task(q.receive_with_priority())
+            await run_tool(mqc, "send", qname, "5", "late")
+            assert await receiving == (b"late", 5), "a parked receive that ended took the message"
+
+            # a send parked on a full queue, then cancelled, sent nothing
+            await q.send(b"1")
+            await q.send(b"2")
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(q.send, b"3")
+                await anyio.wait_all_tasks_blocked()
+                tg.cancel_scope.cancel()
+            assert [await q.receive() for _ in range(2)] == [b"1", b"2"]
+            assert q.extra(QueueAttribute.current_messages) == 0, "a cancelled send() sent its message"

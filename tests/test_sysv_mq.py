@@ -14,11 +14,11 @@ from pathlib import Path
 import anyio
 import pytest
 import sysv_ipc
-from helpers import Service, compile_c, run_tool, service, until
+from helpers import Service, check_ops_are_coroutines, compile_c, run_tool, service, until
 
 import aioipc
 import aioipc.sysv
-from aioipc._core.speedups import msg_handle, msg_receive, msg_send
+from aioipc._core.queues import msg_handle, msg_receive, msg_send
 from aioipc.sysv import MessageQueue, SysVQueueAttribute
 from aioipc.testing import check_message_stream
 
@@ -518,3 +518,26 @@ async def test_a_send_that_raised_never_arrives(key: int, tmp_path: Path) -> Non
             await q.send(b"end")
             assert await consumer.line() == f"done {returned}"
         assert raised >= 60, "too few sends were cancelled"
+
+
+async def test_send_and_receive_are_coroutines_to_awaits_and_tasks(key: int) -> None:
+    """Compiled, they are coroutines without a frame: nothing happens before the first step."""
+    async with await MessageQueue.open(key, create=True) as q:
+        with anyio.fail_after(20):
+            await check_ops_are_coroutines(
+                lambda data: q.send(data, type=3),
+                lambda: q.receive(3),
+                lambda: q.extra(SysVQueueAttribute.current_messages) == 1,
+            )
+            with pytest.raises(TypeError):
+                q.receive(0, 1)  # type: ignore[call-arg]
+            with pytest.raises(TypeError):
+                q.send(b"x", kind=1)  # type: ignore[call-arg]
+            # a receive cancelled while the bridge thread waited for it took nothing
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(q.receive)
+                await until(lambda: q._receiver.busy)
+                tg.cancel_scope.cancel()
+            receiving = asyncio.create_task(q.receive_with_type(type=-5))
+            await q.send(b"late", type=4)
+            assert await receiving == (b"late", 4), "a cancelled receive() took the message"

@@ -116,46 +116,60 @@ fast_op_return(PyObject *value)
     return NULL;
 }
 
-static PyObject *
-fast_op_inner_result(FastOp *op, PySendResult status, PyObject *result)
+/* One step (am_send, what await and PyIter_Send call): PYGEN_NEXT with *result the value to yield,
+ * PYGEN_RETURN with *result the operation's value (no StopIteration to make and catch), or
+ * PYGEN_ERROR with an exception set. */
+static PySendResult
+fast_op_am_send(FastOp *op, PyObject *value, PyObject **result)
 {
-    if (status == PYGEN_NEXT)
-        return result;
-    op->state = OP_DONE;
-    Py_CLEAR(op->inner);
-    return status == PYGEN_RETURN ? fast_op_return(result) : NULL;
-}
+    PySendResult status;
 
+    *result = NULL;
+    if (op->state == OP_INNER) {
+        status = PyIter_Send(op->inner, value, result);
+        if (status != PYGEN_NEXT) {
+            op->state = OP_DONE;
+            Py_CLEAR(op->inner);
+        }
+        return status;
+    }
+    if (op->state == OP_DONE) {
+        PyErr_SetString(PyExc_RuntimeError, "cannot reuse an already awaited operation");
+        return PYGEN_ERROR;
+    }
+    if (value != Py_None) {
+        PyErr_SetString(PyExc_TypeError, "can't send non-None value to a just-started operation");
+        return PYGEN_ERROR;
+    }
+    op->state = OP_DONE;
+    status = PYGEN_ERROR;
+    switch (op->step(op->owner, op->args, op->nargs, result)) {
+    case FAST_DONE:
+        status = PYGEN_RETURN;
+        break;
+    case FAST_SLOW:
+        op->inner = *result;
+        op->state = OP_INNER;
+        *result = NULL;
+        status = PYGEN_NEXT; /* stepped below, once the arguments are let go */
+        break;
+    default:
+        *result = NULL;
+    }
+    fast_op_clear_args(op);
+    return status == PYGEN_NEXT ? fast_op_am_send(op, Py_None, result) : status;
+}
 
 static PyObject *
 fast_op_step(FastOp *op, PyObject *value)
 {
     PyObject *result;
-
-    if (op->state == OP_INNER) {
-        PySendResult status = PyIter_Send(op->inner, value, &result);
-        return fast_op_inner_result(op, status, result);
-    }
-    if (op->state == OP_DONE) {
-        PyErr_SetString(PyExc_RuntimeError, "cannot reuse an already awaited operation");
-        return NULL;
-    }
-    if (value != Py_None) {
-        PyErr_SetString(PyExc_TypeError, "can't send non-None value to a just-started operation");
-        return NULL;
-    }
-    op->state = OP_DONE;
-    switch (op->step(op->owner, op->args, op->nargs, &result)) {
-    case FAST_DONE:
-        fast_op_clear_args(op);
+    switch (fast_op_am_send(op, value, &result)) {
+    case PYGEN_NEXT:
+        return result;
+    case PYGEN_RETURN:
         return fast_op_return(result);
-    case FAST_SLOW:
-        fast_op_clear_args(op);
-        op->inner = result;
-        op->state = OP_INNER;
-        return fast_op_step(op, Py_None);
     default:
-        fast_op_clear_args(op);
         return NULL;
     }
 }
@@ -163,20 +177,19 @@ fast_op_step(FastOp *op, PyObject *value)
 static PyObject *
 fast_op_iternext(FastOp *op)
 {
-    PyObject *result = fast_op_step(op, Py_None);
-    if (result == NULL && PyErr_ExceptionMatches(PyExc_StopIteration)) {
-        /* a plain end with the value: what tp_iternext callers (await, PyIter_Send) expect */
-        PyObject *type, *value, *traceback;
-        PyErr_Fetch(&type, &value, &traceback);
-        if (value == NULL || value == Py_None) {
-            Py_XDECREF(type);
-            Py_XDECREF(value);
-            Py_XDECREF(traceback);
+    PyObject *result;
+    switch (fast_op_am_send(op, Py_None, &result)) {
+    case PYGEN_NEXT:
+        return result;
+    case PYGEN_RETURN:
+        if (result == Py_None) { /* a plain end: what tp_iternext callers expect */
+            Py_DECREF(result);
             return NULL;
         }
-        PyErr_Restore(type, value, traceback);
+        return fast_op_return(result);
+    default:
+        return NULL;
     }
-    return result;
 }
 
 static PyObject *
@@ -285,6 +298,7 @@ static PyGetSetDef fast_op_getset[] = {
 
 static PyAsyncMethods fast_op_async = {
     .am_await = (unaryfunc)fast_op_await,
+    .am_send = (sendfunc)fast_op_am_send,
 };
 
 static PyTypeObject FastOpType = {

@@ -37,19 +37,6 @@ queue_int_arg(PyObject *arg, int *value)
     return 0;
 }
 
-static int
-queue_size_arg(PyObject *arg, Py_ssize_t *size)
-{
-    *size = PyLong_AsSsize_t(arg);
-    if (*size == -1 && PyErr_Occurred())
-        return -1;
-    if (*size < 1 || *size > QUEUE_SIZE_MAX) {
-        PyErr_SetString(PyExc_ValueError, "size must be from 1 to 2**30");
-        return -1;
-    }
-    return 0;
-}
-
 /* A receive's first arguments: the descriptor (id), the buffer size, whether the tag is wanted. */
 static int
 queue_receive_args(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t expected, const char *usage, int *fd,
@@ -59,7 +46,10 @@ queue_receive_args(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t expected,
         PyErr_SetString(PyExc_TypeError, usage);
         return -1;
     }
-    if (queue_int_arg(args[0], fd) < 0 || queue_size_arg(args[1], size) < 0)
+    if (queue_int_arg(args[0], fd) < 0)
+        return -1;
+    *size = PyLong_AsSsize_t(args[1]); /* its range: checked by the call */
+    if (*size == -1 && PyErr_Occurred())
         return -1;
     *with_tag = PyObject_IsTrue(args[2]);
     return *with_tag < 0 ? -1 : 0;
@@ -73,21 +63,27 @@ queue_result(PyObject *data, long tag, int with_tag)
     return Py_BuildValue("(Nl)", data, tag);
 }
 
+static int
+queue_check_size(Py_ssize_t size)
+{
+    if (size >= 1 && size <= QUEUE_SIZE_MAX)
+        return 0;
+    PyErr_SetString(PyExc_ValueError, "size must be from 1 to 2**30");
+    return -1;
+}
+
 static const struct timespec queue_now = {0, 0}; /* a deadline already past: never wait */
 
-/* mq_receive(mqd, size, with_priority) -> bytes | (bytes, priority) | None (empty)
- * size: the queue's mq_msgsize. */
-static PyObject *
-posix_mq_receive(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+PyObject *
+queue_posix_receive(int fd, Py_ssize_t size, int with_priority)
 {
     char stack[QUEUE_STACK];
     PyObject *data = NULL;
-    Py_ssize_t size;
     ssize_t n;
     unsigned int priority = 0;
-    int fd, with_priority, saved;
+    int saved;
 
-    if (queue_receive_args(args, nargs, 3, "mq_receive(mqd, size, with_priority)", &fd, &size, &with_priority) < 0)
+    if (queue_check_size(size) < 0)
         return NULL;
     if (size <= QUEUE_STACK) {
         n = mq_timedreceive(fd, stack, (size_t)size, &priority, &queue_now);
@@ -113,13 +109,63 @@ posix_mq_receive(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t 
     return PyErr_SetFromErrno(PyExc_OSError);
 }
 
+/* mq_receive(mqd, size, with_priority) -> bytes | (bytes, priority) | None (empty)
+ * size: the queue's mq_msgsize. */
+static PyObject *
+posix_mq_receive(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_ssize_t size;
+    int fd, with_priority;
+
+    if (queue_receive_args(args, nargs, 3, "mq_receive(mqd, size, with_priority)", &fd, &size, &with_priority) < 0)
+        return NULL;
+    return queue_posix_receive(fd, size, with_priority);
+}
+
+int
+queue_posix_send(int fd, PyObject *data, PyObject *priority_arg)
+{
+    Py_buffer view;
+    unsigned long priority;
+    int rc;
+
+    priority = PyLong_AsUnsignedLong(priority_arg);
+    if (priority == (unsigned long)-1 && PyErr_Occurred())
+        return -1;
+    if (priority > UINT_MAX) {
+        PyErr_SetString(PyExc_OverflowError, "priority out of range");
+        return -1;
+    }
+    if (PyBytes_CheckExact(data)) {
+        rc = mq_timedsend(fd, PyBytes_AS_STRING(data), (size_t)PyBytes_GET_SIZE(data), (unsigned int)priority,
+                          &queue_now);
+    } else {
+        if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0)
+            return -1;
+        rc = mq_timedsend(fd, view.buf, (size_t)view.len, (unsigned int)priority, &queue_now);
+        PyBuffer_Release(&view);
+    }
+    if (rc == 0)
+        return 1;
+    if (errno == EAGAIN || errno == ETIMEDOUT)
+        return 0;
+    PyErr_SetFromErrno(PyExc_OSError);
+    return -1;
+}
+
+static PyObject *
+queue_sent(int rc)
+{
+    if (rc < 0)
+        return NULL;
+    return PyBool_FromLong(rc);
+}
+
 /* mq_send(mqd, data, priority) -> True, or False when the queue is full. */
 static PyObject *
 posix_mq_send(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
-    Py_buffer view;
-    unsigned long priority;
-    int fd, rc;
+    int fd;
 
     if (nargs != 3) {
         PyErr_SetString(PyExc_TypeError, "mq_send(mqd, data, priority)");
@@ -127,27 +173,7 @@ posix_mq_send(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nar
     }
     if (queue_int_arg(args[0], &fd) < 0)
         return NULL;
-    priority = PyLong_AsUnsignedLong(args[2]);
-    if (priority == (unsigned long)-1 && PyErr_Occurred())
-        return NULL;
-    if (priority > UINT_MAX) {
-        PyErr_SetString(PyExc_OverflowError, "priority out of range");
-        return NULL;
-    }
-    if (PyBytes_CheckExact(args[1])) {
-        rc = mq_timedsend(fd, PyBytes_AS_STRING(args[1]), (size_t)PyBytes_GET_SIZE(args[1]),
-                          (unsigned int)priority, &queue_now);
-    } else {
-        if (PyObject_GetBuffer(args[1], &view, PyBUF_SIMPLE) < 0)
-            return NULL;
-        rc = mq_timedsend(fd, view.buf, (size_t)view.len, (unsigned int)priority, &queue_now);
-        PyBuffer_Release(&view);
-    }
-    if (rc == 0)
-        Py_RETURN_TRUE;
-    if (errno == EAGAIN || errno == ETIMEDOUT)
-        Py_RETURN_FALSE;
-    return PyErr_SetFromErrno(PyExc_OSError);
+    return queue_sent(queue_posix_send(fd, args[1], args[2]));
 }
 
 /* A System V message: the type, then the text (struct msgbuf with a flexible tail). */
@@ -156,22 +182,19 @@ struct queue_message {
     char mtext[];
 };
 
-/* msg_receive(msqid, size, with_type, type) -> bytes | (bytes, mtype) | None (none matched)
- * size: the largest message the caller accepts (msgmax); a larger one stays queued (E2BIG). */
-static PyObject *
-sysv_msg_receive(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+PyObject *
+queue_sysv_receive(int id, Py_ssize_t size, int with_type, PyObject *type_arg)
 {
     long stack[1 + QUEUE_STACK / sizeof(long)];
     struct queue_message *message = (struct queue_message *)stack;
     PyObject *data = NULL;
-    Py_ssize_t size;
     ssize_t n;
     long type;
-    int id, with_type, saved;
+    int saved;
 
-    if (queue_receive_args(args, nargs, 4, "msg_receive(msqid, size, with_type, type)", &id, &size, &with_type) < 0)
+    if (queue_check_size(size) < 0)
         return NULL;
-    type = PyLong_AsLong(args[3]);
+    type = PyLong_AsLong(type_arg);
     if (type == -1 && PyErr_Occurred())
         return NULL;
     if (type < -INT_MAX || type > INT_MAX) { /* as sysv_ipc: a C int */
@@ -197,41 +220,48 @@ sysv_msg_receive(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t 
     return PyErr_SetFromErrno(PyExc_OSError);
 }
 
-/* msg_send(msqid, data, type) -> True, or False when the queue is full. */
+/* msg_receive(msqid, size, with_type, type) -> bytes | (bytes, mtype) | None (none matched)
+ * size: the largest message the caller accepts (msgmax); a larger one stays queued (E2BIG). */
 static PyObject *
-sysv_msg_send(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+sysv_msg_receive(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_ssize_t size;
+    int id, with_type;
+
+    if (queue_receive_args(args, nargs, 4, "msg_receive(msqid, size, with_type, type)", &id, &size, &with_type) < 0)
+        return NULL;
+    return queue_sysv_receive(id, size, with_type, args[3]);
+}
+
+int
+queue_sysv_send(int id, PyObject *data, PyObject *type_arg)
 {
     long stack[1 + QUEUE_STACK / sizeof(long)];
     struct queue_message *message = (struct queue_message *)stack;
     Py_buffer view;
     long type;
-    int id, rc, saved;
+    int rc, saved;
 
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "msg_send(msqid, data, type)");
-        return NULL;
-    }
-    if (queue_int_arg(args[0], &id) < 0)
-        return NULL;
-    type = PyLong_AsLong(args[2]);
+    type = PyLong_AsLong(type_arg);
     if (type == -1 && PyErr_Occurred())
-        return NULL;
+        return -1;
     if (type < 1 || type > INT_MAX) { /* as sysv_ipc: a C int (the kernel would take any long) */
         PyErr_SetString(PyExc_ValueError, "type out of range");
-        return NULL;
+        return -1;
     }
-    if (PyObject_GetBuffer(args[1], &view, PyBUF_SIMPLE) < 0)
-        return NULL;
+    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0)
+        return -1;
     if (view.len > QUEUE_SIZE_MAX) {
         PyBuffer_Release(&view);
         PyErr_SetString(PyExc_ValueError, "message over 2**30 bytes");
-        return NULL;
+        return -1;
     }
     if (view.len > QUEUE_STACK) {
         message = PyMem_Malloc(sizeof(long) + (size_t)view.len);
         if (message == NULL) {
             PyBuffer_Release(&view);
-            return PyErr_NoMemory();
+            PyErr_NoMemory();
+            return -1;
         }
     }
     message->mtype = type;
@@ -242,11 +272,27 @@ sysv_msg_send(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nar
         PyMem_Free(message);
     PyBuffer_Release(&view);
     if (rc == 0)
-        Py_RETURN_TRUE;
+        return 1;
     if (saved == EAGAIN)
-        Py_RETURN_FALSE;
+        return 0;
     errno = saved;
-    return PyErr_SetFromErrno(PyExc_OSError);
+    PyErr_SetFromErrno(PyExc_OSError);
+    return -1;
+}
+
+/* msg_send(msqid, data, type) -> True, or False when the queue is full. */
+static PyObject *
+sysv_msg_send(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    int id;
+
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "msg_send(msqid, data, type)");
+        return NULL;
+    }
+    if (queue_int_arg(args[0], &id) < 0)
+        return NULL;
+    return queue_sent(queue_sysv_send(id, args[1], args[2]));
 }
 
 static PyMethodDef queue_methods[] = {

@@ -1,7 +1,7 @@
 /* What the accelerator's source files share: the one module aioipc._core._speedups is built
  * from _speedups.c (message sockets, the frame parser, the module), _fastop.c (the frameless
  * coroutine of every compiled send() and receive()), _ring.c (the shared-memory ring's fast paths)
- * and _mq.c (non-blocking message queue calls). */
+ * _mq.c (non-blocking message queue calls) and _mqcore.c (the queues' compiled send() and receive()). */
 #ifndef AIOIPC_SPEEDUPS_H
 #define AIOIPC_SPEEDUPS_H
 
@@ -11,6 +11,7 @@
 /* Each adds its functions and types to the module; -1 with an exception set on failure. */
 int speedups_add_ring(PyObject *module);
 int speedups_add_queues(PyObject *module);
+int speedups_add_queue_cores(PyObject *module);
 
 /* _fastop.c: FastOp, what a compiled send() / receive() returns, a coroutine without a frame. Its
  * first step calls step(owner, args, nargs, &result), which returns FAST_DONE with *result the
@@ -22,5 +23,14 @@ typedef int (*fast_step)(PyObject *owner, PyObject *const *args, Py_ssize_t narg
 /* name ("Ring.send") is a static string, for the never-awaited warning */
 PyObject *fast_op_new(PyObject *owner, fast_step step, const char *name, PyObject *const *args, Py_ssize_t nargs);
 int fast_op_ready(void);
+
+/* _mq.c: one call on a POSIX (fd: an mqd) or System V (id: a msqid) queue that never blocks. A receive
+ * returns the data, (data, tag) with with_tag, or None when nothing waits (a new reference), NULL with
+ * an exception; size is the queue's limit (1 to 2**30). A send returns 1 (sent), 0 (full) or -1 with an
+ * exception; priority / type are Python ints, checked here. */
+PyObject *queue_posix_receive(int fd, Py_ssize_t size, int with_priority);
+int queue_posix_send(int fd, PyObject *data, PyObject *priority);
+PyObject *queue_sysv_receive(int id, Py_ssize_t size, int with_type, PyObject *type);
+int queue_sysv_send(int id, PyObject *data, PyObject *type);
 
 #endif

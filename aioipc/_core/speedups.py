@@ -4,9 +4,11 @@ The accelerator (``aioipc._core._speedups``, built from ``_speedups.c`` by
 ``pip install``) batches message socket I/O: ``sendmmsg`` and ``recvmmsg``
 move many messages per system call; it does the shared-memory ring's
 one-message sends and receives in one call each (:data:`RingCore`); and it
-calls message queues without an exception for "empty" or "full". When it
-did not build (no compiler), or ``AIOIPC_NO_SPEEDUPS=1`` is set, the
-functions here do the same job one ``send`` / ``recvmsg`` per call, and
+calls message queues without an exception for "empty" or "full", and does
+their sends and receives that need no waiting in one call each (in
+:mod:`aioipc._core.queues`, which follows :data:`ACTIVE`). When it did not
+build (no compiler), or ``AIOIPC_NO_SPEEDUPS=1`` is set, the functions here
+do the same job one ``send`` / ``recvmsg`` per call, and
 :class:`PyRingCore` the ring's, with the same arguments and results, so
 the callers cannot tell which ran. :data:`ACTIVE` says which did.
 
@@ -17,13 +19,11 @@ Rule 2: received fds are handed over or closed, never dropped open.
 
 from __future__ import annotations
 
-import importlib
-import operator
 import os
 import socket
 import struct
 from collections.abc import Callable, Coroutine, Sequence
-from typing import TYPE_CHECKING, Any, Literal, Protocol, overload
+from typing import TYPE_CHECKING, Any
 
 from .attributes import UCRED
 from .fdio import close_fds, fds_from_ancillary
@@ -37,12 +37,6 @@ __all__ = [
     "Batch",
     "Item",
     "buffer_size",
-    "mq_handle",
-    "mq_receive",
-    "mq_send",
-    "msg_handle",
-    "msg_receive",
-    "msg_send",
     "parse_frames",
     "recv_batch",
     "recv_one",
@@ -391,138 +385,3 @@ if TYPE_CHECKING:
 else:
     RingCore = _choose_ring()
     """The base of a ring side: the compiled ``RingCore`` or :class:`PyRingCore`."""
-
-
-# -- message queues: one call that never blocks, None (False) when the queue is empty (full) ----
-#
-# A consumer that keeps up with its producer finds the queue empty every few messages (and a
-# producer finds it full), so "would block" is an answer here, not an exception: posix_ipc and
-# sysv_ipc raise BusyError for it, the accelerator returns None / False. The calls take the
-# queue as :func:`mq_handle` / :func:`msg_handle` give it (the accelerator's is the descriptor or
-# the id, so a call is one C call). The receive buffer is the queue's own limit (``size``:
-# mq_msgsize, msgmax), never a size a peer announces. A send refuses (raises, sends nothing)
-# what the kernel would: over the size, a priority (type) out of range, and anything but bytes,
-# bytearray or memoryview, so callers need not check first.
-
-_BYTES_LIKE = (bytes, bytearray, memoryview)  # posix_ipc / sysv_ipc would encode a str, or crash
-_INT_MAX = 2**31 - 1  # System V types: a C int, from -_INT_MAX to _INT_MAX
-_POSIX_BUSY: type[Exception] = Exception  # the libraries' BusyError, for the pure-Python calls
-_SYSV_BUSY: type[Exception] = Exception
-
-
-class _NoSysV(Exception):
-    """Stands for sysv_ipc's BusyError where sysv_ipc is not installed (nothing raises it)."""
-
-
-def _busy_error(module: str) -> type[Exception]:
-    """posix_ipc's or sysv_ipc's BusyError, looked up once (sysv_ipc is optional)."""
-    try:
-        return importlib.import_module(module).BusyError  # type: ignore[no-any-return]
-    except ImportError:
-        return _NoSysV
-
-
-def _check_bytes_like(data: Any) -> None:
-    if type(data) not in _BYTES_LIKE:
-        raise TypeError(f"a message is bytes-like, not {type(data).__name__}")
-
-
-def _py_mq_receive(queue: Any, size: int, with_priority: bool) -> Any:
-    """posix_ipc's receive on ``queue`` (a ``posix_ipc.MessageQueue`` on a non-blocking descriptor)."""
-    try:
-        message = queue.receive()
-    except _POSIX_BUSY:
-        return None
-    return message if with_priority else message[0]
-
-
-def _py_mq_send(queue: Any, data: Any, priority: int) -> bool:
-    _check_bytes_like(data)
-    try:
-        if priority:
-            queue.send(data, None, priority)
-        else:  # posix_ipc parses one argument faster than three
-            queue.send(data)
-    except _POSIX_BUSY:
-        return False
-    return True
-
-
-def _py_msg_receive(queue: Any, size: int, with_type: bool, type: int) -> Any:
-    """sysv_ipc's receive on ``queue`` (a ``sysv_ipc.MessageQueue``), with ``IPC_NOWAIT``."""
-    if not -_INT_MAX <= type <= _INT_MAX:  # sysv_ipc would take -2**31
-        raise OverflowError("type out of range")
-    try:
-        message = queue.receive(False, type)
-    except _SYSV_BUSY:
-        return None
-    return message if with_type else message[0]
-
-
-def _py_msg_send(queue: Any, data: Any, mtype: int) -> bool:
-    _check_bytes_like(data)
-    try:
-        queue.send(data, False, mtype)
-    except _SYSV_BUSY:
-        return False
-    return True
-
-
-def _choose_queue_calls() -> tuple[Callable[..., Any], ...]:
-    global _POSIX_BUSY, _SYSV_BUSY
-    if ACTIVE:
-        from . import _speedups  # type: ignore[attr-defined]
-
-        return (
-            operator.attrgetter("mqd"),
-            _speedups.mq_receive,
-            _speedups.mq_send,
-            operator.attrgetter("id"),
-            _speedups.msg_receive,
-            _speedups.msg_send,
-        )
-    _POSIX_BUSY, _SYSV_BUSY = _busy_error("posix_ipc"), _busy_error("sysv_ipc")
-    return (
-        lambda queue: queue,
-        _py_mq_receive,
-        _py_mq_send,
-        lambda queue: queue,
-        _py_msg_receive,
-        _py_msg_send,
-    )
-
-
-class _MqReceive(Protocol):
-    @overload
-    def __call__(self, handle: Any, size: int, with_priority: Literal[False], /) -> bytes | None: ...
-    @overload
-    def __call__(
-        self, handle: Any, size: int, with_priority: Literal[True], /
-    ) -> tuple[bytes, int] | None: ...
-
-
-class _MsgReceive(Protocol):
-    @overload
-    def __call__(self, handle: Any, size: int, with_type: Literal[False], type: int, /) -> bytes | None: ...
-    @overload
-    def __call__(
-        self, handle: Any, size: int, with_type: Literal[True], type: int, /
-    ) -> tuple[bytes, int] | None: ...
-
-
-mq_handle: Callable[[Any], Any]
-"""The handle the ``mq_*`` calls take for a ``posix_ipc.MessageQueue`` (whose descriptor is non-blocking)."""
-mq_receive: _MqReceive
-"""``mq_receive(handle, size, with_priority)``: the next message's data, or ``(data, priority)``;
-``None`` when the queue is empty. ``size`` is the queue's ``max_message_size``."""
-mq_send: Callable[[Any, Any, int], bool]
-"""``mq_send(handle, data, priority)``: True, or False when the queue is full."""
-msg_handle: Callable[[Any], Any]
-"""The handle the ``msg_*`` calls take for a ``sysv_ipc.MessageQueue``."""
-msg_receive: _MsgReceive
-"""``msg_receive(handle, size, with_type, type)``: the data of the next message ``msgrcv(type)``
-selects, or ``(data, mtype)``; ``None`` when there is none. A message over ``size`` stays queued
-(an error, ``E2BIG``)."""
-msg_send: Callable[[Any, Any, int], bool]
-"""``msg_send(handle, data, type)``: True, or False when the queue is full."""
-mq_handle, mq_receive, mq_send, msg_handle, msg_receive, msg_send = _choose_queue_calls()

@@ -16,26 +16,21 @@ Rule 4: exactly what was said: a cancelled ``send()`` whose blocking
 ``msgsnd`` was interrupted raises and sent nothing; one whose ``msgsnd``
 completed at that moment returns normally (the cancellation came too
 late), so a ``send()`` that raised never delivers.
-Rule 5: a short spin before the bridge. Handing a wait to the thread and
-its result back costs two thread wake-ups and a loop wake-up, several
-times the kernel's own wake-up, while a peer on another CPU often answers
-within microseconds. So an empty (full) queue is first polled with
-``IPC_NOWAIT`` on the loop thread for up to ``SPIN`` (50 µs), within the
-loop's fairness bound. The spin adapts: after ``n`` fruitless spins in a
-row the next ``2**n - 1`` waits (up to 63) go to the bridge at once, so a
-slow or idle peer costs at most one spin per 64 waits, and an idle queue,
-parked in the bridge, no CPU at all. With one CPU there is no spin.
+Rule 5: a short spin before the bridge (``aioipc._core.spin``): an empty
+(full) queue is polled on the loop thread for up to 50 µs before a wait
+goes to the bridge, unless recent spins came to nothing; handing a wait to
+the thread and its result back costs two thread wake-ups and a loop
+wake-up, several times the kernel's own.
 """
 
 from __future__ import annotations
 
 import os
-import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from functools import partial
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple
 
 import anyio
 import anyio.lowlevel
@@ -46,8 +41,9 @@ from .._core.bridge import Bridge
 from .._core.errors import FrameTooLarge, map_exceptions
 from .._core.framing import DEFAULT_MAX_SIZE
 from .._core.naming import Kind, create_or_open
+from .._core.queues import SysVQueueCore, msg_handle, msg_receive, msg_send
 from .._core.schemes import Address
-from .._core.speedups import msg_handle, msg_receive, msg_send
+from .._core.spin import Spin
 from .._core.streams import FAIR_OPS, Buffer, QueueStream, fair_yield
 from .._core.sysvipc import check_key, sysvipc_table
 
@@ -61,12 +57,6 @@ __all__ = [
 ]
 
 TYPE_MAX = 2**31 - 1  # sysv_ipc passes the type as a C int
-SPIN = 50e-6  # seconds an empty (full) queue is polled before a wait goes to the bridge
-SPIN_BACKOFF = 6  # after n fruitless spins in a row, the next 2**n - 1 waits skip it (n <= 6)
-_SPIN_CPUS = (os.cpu_count() or 1) > 1  # with one CPU, a spin would only hold up the peer
-# what a fast path leaves to the slow one (a send refused them before sending anything)
-_FAILED = (sysv_ipc.Error, OSError, OverflowError, ValueError, TypeError, BufferError)
-T = TypeVar("T")
 
 
 def _read_limit(name: str, default: int) -> int:
@@ -123,7 +113,7 @@ class SysVQueueAttribute(TypedAttributeSet):
     max_message_size: int = typed_attribute()
 
 
-class MessageQueue(QueueStream):
+class MessageQueue(SysVQueueCore, QueueStream):
     """A System V message queue: ``send(data, type=1)``, ``receive(type=0)``, ``async for``.
 
     Type selection (``msgrcv``): ``type=0`` the oldest message, ``type>0``
@@ -156,6 +146,11 @@ class MessageQueue(QueueStream):
         no-op ``SIGURG`` handler (see ``aioipc._core.bridge``) to interrupt
         the bridge threads.
 
+        With the accelerator, ``send()``, ``receive()`` and
+        ``receive_with_type()`` return a coroutine without a frame of its
+        own: awaits, ``asyncio`` tasks, ``asyncio.iscoroutine()`` and anyio
+        take it as any other, but ``inspect.iscoroutine()`` says False.
+
     Example::
 
         key = aioipc.sysv.ftok("/etc/hostname", 7)
@@ -177,13 +172,14 @@ class MessageQueue(QueueStream):
         self._msgrcv = queue.receive  # blocking, in the bridge threads
         self._msgsnd = queue.send
         self._msq = msg_handle(queue)  # for msg_receive / msg_send (IPC_NOWAIT): None / False when busy
+        self._bind(self._msq)
         # Fairness: operations left before a yield to the loop, one budget per direction. It is
         # also the fast paths' one test: 0 while a slow path or a bridge call is unfinished,
         # something is taken, or the direction is closed, so those go the slow way.
         self._receive_budget = FAIR_OPS
         self._send_budget = FAIR_OPS
-        self._spin_misses = 0  # spins in a row that found nothing (up to SPIN_BACKOFF)
-        self._spin_skip = 0  # waits that go to the bridge at once before the next spin
+        self._receive_spin = Spin()  # polls an empty (full) queue a little before a wait goes to the bridge
+        self._send_spin = Spin()
         self._closed = False
         self._send_closed = False
 
@@ -255,40 +251,12 @@ class MessageQueue(QueueStream):
             taken.remove(found)
         return found
 
-    async def receive_with_type(self, type: int = 0) -> tuple[bytes, int]:
-        """Receive the next message matching ``type``; return ``(data, mtype)``.
+    # send(), receive() and receive_with_type() are SysVQueueCore's: one call when the budget
+    # allows and nothing must wait, else these slow paths.
 
-        Raises:
-            ValueError: ``type`` out of range.
-            anyio.BrokenResourceError: the queue was removed.
-        """
-        # The common case in as few steps as possible: a message is waiting.
-        if self._receive_budget > 0:
-            self._receive_budget -= 1
-            try:
-                message = msg_receive(self._msq, self.max_message_size, True, type)
-            except _FAILED:  # an error the slow path reports
-                return await self._receive(type, False)
-            if message is not None:
-                return message
-            return await self._receive(type, True)
-        return await self._receive(type, False)
-
-    async def receive(self, type: int = 0) -> bytes:
-        """Receive the data of the next message matching ``type`` (see :meth:`receive_with_type`)."""
-        if self._receive_budget > 0:
-            self._receive_budget -= 1
-            try:
-                data = msg_receive(self._msq, self.max_message_size, False, type)
-            except _FAILED:
-                return (await self._receive(type, False))[0]
-            if data is not None:
-                return data
-            return (await self._receive(type, True))[0]
-        return (await self._receive(type, False))[0]
-
-    async def _receive(self, type: int, tried: bool) -> tuple[bytes, int]:
-        """The slow path: ``tried`` when the fast path just found no message of ``type``."""
+    async def _receive(self, type: int, tried: bool, whole: bool) -> bytes | tuple[bytes, int]:
+        """The slow path: ``tried`` when the fast path just found no message of ``type``;
+        ``whole``: ``(data, mtype)``, else the data."""
         if not -TYPE_MAX <= type <= TYPE_MAX:
             raise ValueError(f"type must be from {-TYPE_MAX} to {TYPE_MAX}")
         if self._receiving:
@@ -314,62 +282,26 @@ class MessageQueue(QueueStream):
                     if found is None and not tried:
                         found = msg_receive(self._msq, self.max_message_size, True, type)
                     if found is None:
-                        found = self._spin(lambda: msg_receive(self._msq, self.max_message_size, True, type))
+                        found = self._receive_spin(
+                            lambda: msg_receive(self._msq, self.max_message_size, True, type)
+                        )
                     if found is not None:
                         # No checkpoint after a message was taken: a cancellation there would lose it.
-                        return found
+                        return found if whole else found[0]
                     # The one message the thread takes is this receive's; taken after a cancel,
                     # it waits in _taken for the next receive.
-                    return await self._receiver.run(
+                    message: tuple[bytes, int] = await self._receiver.run(
                         partial(self._msgrcv, True, type), orphan=self._taken.append
                     )
+                    return message if whole else message[0]
         finally:
             self._receiving = False
             if not (self._taken or self._closed or self._receiver.busy):
                 self._receive_budget = budget
 
-    def _spin(self, call: Callable[[], T | None]) -> T | None:
-        """Retry a non-blocking call for up to ``SPIN`` seconds: its first result that is not
-        ``None`` or ``False``, or ``None`` if the queue stayed empty (full) all along.
-
-        The adaptive spin of the module docstring (rule 5): a spin that found
-        nothing makes the next ``2**misses - 1`` waits skip it.
-        """
-        if self._spin_skip:
-            self._spin_skip -= 1
-            return None
-        if not _SPIN_CPUS:
-            return None
-        clock = time.perf_counter
-        deadline = clock() + SPIN
-        while clock() < deadline:
-            result = call()
-            if result:
-                self._spin_misses = 0
-                return result
-        self._spin_misses = misses = min(self._spin_misses + 1, SPIN_BACKOFF)
-        self._spin_skip = (1 << misses) - 1
-        return None
-
     # -- sending -------------------------------------------------------------------------
 
-    async def send(self, item: Buffer, type: int = 1) -> None:
-        """Send one message of ``type`` (1 to 2**31 - 1); wait while the queue is full.
-
-        Raises:
-            FrameTooLarge: the message is larger than :attr:`max_message_size`.
-            ValueError: ``type`` out of range.
-            TypeError: ``item`` is not bytes-like.
-        """
-        if self._send_budget > 0:
-            self._send_budget -= 1
-            try:
-                if msg_send(self._msq, item, type):
-                    return
-            except _FAILED:  # nothing was sent; the slow path checks, and says why
-                return await self._send(item, type, False)
-            return await self._send(item, type, True)
-        await self._send(item, type, False)
+    # send() is SysVQueueCore's (see receiving).
 
     async def _send(self, item: Buffer, type: int, tried: bool) -> None:
         """The slow path: checks, then wait for room; ``tried`` when the queue was just full."""
@@ -399,7 +331,7 @@ class MessageQueue(QueueStream):
             with _map_errors(self.key):
                 if not tried and msg_send(self._msq, item, type):
                     return
-                if not self._spin(partial(msg_send, self._msq, item, type)):
+                if not self._send_spin(partial(msg_send, self._msq, item, type)):
                     await self._sender.run(partial(self._msgsnd, item, True, type), all_or_nothing=True)
         finally:
             self._sending = False
