@@ -21,7 +21,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import pytest
-from helpers import assert_fair, loop_name
+from helpers import assert_fair, check_echoed_ops_are_coroutines, loop_name
 
 import aioipc
 import aioipc.process
@@ -68,6 +68,9 @@ CHILD = """
                         number += 1
                 except (anyio.BrokenResourceError, anyio.ClosedResourceError, ConnectionRefusedError):
                     pass
+            elif mode == "echo":  # each message back upper-cased, until the end marker
+                while (data := await stream.receive()) != b"end":
+                    await stream.send(data.upper())
             elif mode == "mixed":  # fds inside a burst
                 r, w = os.pipe()
                 os.write(w, b"through the fd")
@@ -210,6 +213,16 @@ async def test_send_eof_sends_the_burst_before_it_first() -> None:
             await tx.send(b"end")
             await tx.send_eof()
             assert json.loads(await read_all(proc)) == list(range(500))
+            assert await proc.wait() == 0
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=KIND_IDS)
+async def test_send_and_receive_are_coroutines_to_awaits_and_tasks(kind: int) -> None:
+    """Compiled, they are coroutines without a frame (FastOp)."""
+    async with child(kind, "echo", "65536") as (stream, proc):
+        with anyio.fail_after(20):
+            await check_echoed_ops_are_coroutines(stream)
+            await stream.send(b"end")
             assert await proc.wait() == 0
 
 
