@@ -12,6 +12,7 @@ import random
 import signal
 import socket
 import struct
+import subprocess
 import sys
 import textwrap
 from collections.abc import AsyncIterator
@@ -224,6 +225,27 @@ async def test_send_and_receive_are_coroutines_to_awaits_and_tasks(kind: int) ->
             await check_echoed_ops_are_coroutines(stream)
             await stream.send(b"end")
             assert await proc.wait() == 0
+
+
+def test_a_dropped_send_under_warnings_as_errors_is_reported_not_a_crash() -> None:
+    """The never-awaited warning raised as an error goes to the unraisable hook, once per send()."""
+    code = """if True:
+        import socket, aioipc.sockets
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        stream = aioipc.sockets.from_socket(ours)
+        for _ in range(3):
+            dropped = stream.send(b"x")
+            del dropped
+        ours.close()
+        theirs.close()
+        print("survived")
+    """
+    proc = subprocess.run(
+        [sys.executable, "-W", "error", "-c", code], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "survived\n"
+    assert proc.stderr.count("was never awaited") == 3
 
 
 # -- peers that die ---------------------------------------------------------------------------------
