@@ -16,6 +16,7 @@ setup(
                 "aioipc/_core/_fastop.c",
                 "aioipc/_core/_mq.c",
                 "aioipc/_core/_mqcore.c",
+                "aioipc/_core/_message.c",
             ],
             depends=["aioipc/_core/_speedups.h"],
             optional=True,

@@ -222,13 +222,9 @@ def compile_c(directory: Path, name: str, source: str, *libs: str) -> Path:
     return exe
 
 
-async def check_ops_are_coroutines(
-    send: Callable[[bytes], Any], receive: Callable[[], Any], holds_one: Callable[[], bool]
-) -> None:
-    """``send(data)`` and ``receive()`` of an empty queue give coroutines, compiled (FastOp) or not:
-    awaited once; one dropped, closed or thrown into before its first step does nothing (and a
-    dropped one warns); a receive parked then cancelled, or cancelled before it started, takes
-    nothing. ``holds_one()``: whether the queue holds one message. Leaves the queue empty.
+async def check_sends_before_their_first_step(send: Callable[[bytes], Any]) -> None:
+    """``send(data)`` gives a coroutine, compiled (FastOp) or not: awaited once (it sends ``b"a"``);
+    one dropped (it warns), closed, thrown into or cancelled before its first step sends nothing.
     """
     sending = send(b"a")
     assert asyncio.iscoroutine(sending)
@@ -241,6 +237,21 @@ async def check_ops_are_coroutines(
     send(b"closed").close()
     with pytest.raises(KeyError):
         send(b"thrown").throw(KeyError("thrown"))
+    unstarted = asyncio.create_task(send(b"cancelled"))
+    unstarted.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await unstarted
+
+
+async def check_ops_are_coroutines(
+    send: Callable[[bytes], Any], receive: Callable[[], Any], holds_one: Callable[[], bool]
+) -> None:
+    """``send(data)`` and ``receive()`` of an empty queue give coroutines, compiled (FastOp) or not:
+    awaited once; one dropped, closed or thrown into before its first step does nothing (and a
+    dropped one warns); a receive parked then cancelled, or cancelled before it started, takes
+    nothing. ``holds_one()``: whether the queue holds one message. Leaves the queue empty.
+    """
+    await check_sends_before_their_first_step(send)
     receive().close()
     assert holds_one(), "an operation that never ran sent or took a message"
     assert await receive() == b"a"
@@ -252,3 +263,30 @@ async def check_ops_are_coroutines(
     unstarted.cancel()
     with pytest.raises(asyncio.CancelledError):
         await unstarted
+
+
+async def check_echoed_ops_are_coroutines(stream: Any) -> None:
+    """:func:`check_ops_are_coroutines` for a stream whose peer sends every message back
+    upper-cased: only what was sent comes back, and a receive parked then cancelled, or cancelled
+    before it started (with messages waiting), takes nothing.
+    """
+    await check_sends_before_their_first_step(stream.send)
+    assert await stream.receive() == b"A"
+    receiving = asyncio.create_task(stream.receive())
+    await stream.send(b"b")
+    assert await receiving == b"B", "a send() that never ran sent its message"
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(stream.send, b"c")
+    assert await stream.receive() == b"C"
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(stream.receive)  # parks in the slow path: nothing comes
+        await anyio.wait_all_tasks_blocked()
+        tg.cancel_scope.cancel()
+    for letter in b"def":
+        await stream.send(bytes([letter]))
+    assert await stream.receive() == b"D", "a cancelled receive() took a message"
+    unstarted = asyncio.create_task(stream.receive())  # E may wait in what D came with
+    unstarted.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await unstarted
+    assert [await stream.receive() for _ in range(2)] == [b"E", b"F"], "a cancelled receive() took E"

@@ -12,6 +12,7 @@ import random
 import signal
 import socket
 import struct
+import subprocess
 import sys
 import textwrap
 from collections.abc import AsyncIterator
@@ -21,7 +22,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import pytest
-from helpers import assert_fair, loop_name
+from helpers import assert_fair, check_echoed_ops_are_coroutines, loop_name
 
 import aioipc
 import aioipc.process
@@ -68,6 +69,9 @@ CHILD = """
                         number += 1
                 except (anyio.BrokenResourceError, anyio.ClosedResourceError, ConnectionRefusedError):
                     pass
+            elif mode == "echo":  # each message back upper-cased, until the end marker
+                while (data := await stream.receive()) != b"end":
+                    await stream.send(data.upper())
             elif mode == "mixed":  # fds inside a burst
                 r, w = os.pipe()
                 os.write(w, b"through the fd")
@@ -211,6 +215,37 @@ async def test_send_eof_sends_the_burst_before_it_first() -> None:
             await tx.send_eof()
             assert json.loads(await read_all(proc)) == list(range(500))
             assert await proc.wait() == 0
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=KIND_IDS)
+async def test_send_and_receive_are_coroutines_to_awaits_and_tasks(kind: int) -> None:
+    """Compiled, they are coroutines without a frame (FastOp)."""
+    async with child(kind, "echo", "65536") as (stream, proc):
+        with anyio.fail_after(20):
+            await check_echoed_ops_are_coroutines(stream)
+            await stream.send(b"end")
+            assert await proc.wait() == 0
+
+
+def test_a_dropped_send_under_warnings_as_errors_is_reported_not_a_crash() -> None:
+    """The never-awaited warning raised as an error goes to the unraisable hook, once per send()."""
+    code = """if True:
+        import socket, aioipc.sockets
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        stream = aioipc.sockets.from_socket(ours)
+        for _ in range(3):
+            dropped = stream.send(b"x")
+            del dropped
+        ours.close()
+        theirs.close()
+        print("survived")
+    """
+    proc = subprocess.run(
+        [sys.executable, "-W", "error", "-c", code], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "survived\n"
+    assert proc.stderr.count("was never awaited") == 3
 
 
 # -- peers that die ---------------------------------------------------------------------------------

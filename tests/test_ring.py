@@ -16,6 +16,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+from helpers import check_echoed_ops_are_coroutines
 
 import aioipc
 import aioipc.shm
@@ -537,32 +538,6 @@ async def test_send_and_receive_are_coroutines_to_awaits_and_tasks(ring_name: st
             sys.executable, str(script), f"shm:{ring_name}", _loop_name(), "0"
         )
         with anyio.fail_after(20):
-            sending = ring.send(b"a")
-            assert asyncio.iscoroutine(sending)
-            await sending
-            with pytest.raises(RuntimeError, match="already awaited"):
-                await sending
-            assert await ring.receive() == b"A"
-            with pytest.warns(RuntimeWarning, match="never awaited"):
-                dropped = ring.send(b"dropped")
-                del dropped
-            closed = ring.send(b"closed")
-            closed.close()
-            receiving = asyncio.create_task(ring.receive())
-            await ring.send(b"b")
-            assert await receiving == b"B"
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(ring.send, b"c")
-            assert await ring.receive() == b"C", "a dropped or closed send() sent its message"
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(ring.receive)  # parks: nothing comes
-                await anyio.wait_all_tasks_blocked()
-                tg.cancel_scope.cancel()
-            unstarted = asyncio.create_task(ring.receive())
-            unstarted.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await unstarted
-            await ring.send(b"d")
-            assert await ring.receive() == b"D", "a cancelled receive() took a message"
+            await check_echoed_ops_are_coroutines(ring)
             await ring.send_eof()
             assert await proc.wait() == 0

@@ -25,6 +25,12 @@ typedef struct {
 
 static PyTypeObject FastOpType;
 
+/* Ops freed for reuse: most live for one step, so the next one takes the memory (and the GC
+ * header) the last one left, without the allocator or a GC generation count. */
+#define FAST_OP_FREE_MAX 16
+static FastOp *free_ops[FAST_OP_FREE_MAX];
+static int free_count;
+
 PyObject *
 fast_op_new(PyObject *owner, fast_step step, const char *name, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -35,8 +41,11 @@ fast_op_new(PyObject *owner, fast_step step, const char *name, PyObject *const *
         PyErr_SetString(PyExc_SystemError, "fast_op_new: too many arguments");
         return NULL;
     }
-    op = PyObject_GC_New(FastOp, &FastOpType);
-    if (op == NULL)
+    if (free_count > 0) {
+        op = free_ops[--free_count];
+        PyObject_Init((PyObject *)op, &FastOpType);
+    }
+    else if ((op = PyObject_GC_New(FastOp, &FastOpType)) == NULL)
         return NULL;
     op->owner = Py_NewRef(owner);
     for (i = 0; i < FAST_OP_MAX_ARGS; i++)
@@ -81,16 +90,26 @@ fast_op_clear(FastOp *op)
 static void
 fast_op_dealloc(FastOp *op)
 {
-    PyObject_GC_UnTrack(op);
     if (op->state == OP_NEW) {
+        /* alive while it warns: a warning turned into an error reports it as unraisable, and the
+         * hook takes a reference (as CPython keeps a coroutine alive for its finalizer) */
         PyObject *type, *value, *traceback;
+        op->state = OP_DONE;
+        Py_SET_REFCNT(op, 1);
         PyErr_Fetch(&type, &value, &traceback);
         if (PyErr_WarnFormat(PyExc_RuntimeWarning, 1, "%s() was never awaited", op->name) < 0)
             PyErr_WriteUnraisable((PyObject *)op);
         PyErr_Restore(type, value, traceback);
+        Py_SET_REFCNT(op, Py_REFCNT(op) - 1);
+        if (Py_REFCNT(op) > 0)
+            return; /* kept by what it warned to */
     }
+    PyObject_GC_UnTrack(op);
     fast_op_clear(op);
-    PyObject_GC_Del(op);
+    if (free_count < FAST_OP_FREE_MAX)
+        free_ops[free_count++] = op;
+    else
+        PyObject_GC_Del(op);
 }
 
 /* The operation's result, as a finished coroutine gives it: StopIteration(value). Steals value. */

@@ -444,7 +444,8 @@ PyMODINIT_FUNC
 PyInit__speedups(void)
 {
     PyObject *m = PyModule_Create(&module);
-    if (m != NULL && (speedups_add_ring(m) < 0 || speedups_add_queues(m) < 0 || speedups_add_queue_cores(m) < 0))
+    if (m != NULL && (speedups_add_ring(m) < 0 || speedups_add_queues(m) < 0 || speedups_add_queue_cores(m) < 0 ||
+                      speedups_add_message(m) < 0))
         Py_CLEAR(m);
     return m;
 }

@@ -1,7 +1,8 @@
 /* What the accelerator's source files share: the one module aioipc._core._speedups is built
  * from _speedups.c (message sockets, the frame parser, the module), _fastop.c (the frameless
- * coroutine of every compiled send() and receive()), _ring.c (the shared-memory ring's fast paths)
- * _mq.c (non-blocking message queue calls) and _mqcore.c (the queues' compiled send() and receive()). */
+ * coroutine of every compiled send() and receive()), _ring.c (the shared-memory ring's fast paths),
+ * _mq.c (non-blocking message queue calls), _mqcore.c (the queues' compiled send() and receive())
+ * and _message.c (the message sockets' fast paths). */
 #ifndef AIOIPC_SPEEDUPS_H
 #define AIOIPC_SPEEDUPS_H
 
@@ -32,5 +33,8 @@ PyObject *queue_posix_receive(int fd, Py_ssize_t size, int with_priority);
 int queue_posix_send(int fd, PyObject *data, PyObject *priority);
 PyObject *queue_sysv_receive(int id, Py_ssize_t size, int with_type, PyObject *type);
 int queue_sysv_send(int id, PyObject *data, PyObject *type);
+
+/* _message.c: MessageCore, the base of the message sockets (seqpacket, datagram) */
+int speedups_add_message(PyObject *module);
 
 #endif

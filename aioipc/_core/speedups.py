@@ -3,13 +3,15 @@
 The accelerator (``aioipc._core._speedups``, built from ``_speedups.c`` by
 ``pip install``) batches message socket I/O: ``sendmmsg`` and ``recvmmsg``
 move many messages per system call; it does the shared-memory ring's
-one-message sends and receives in one call each (:data:`RingCore`); and it
+one-message sends and receives in one call each (:data:`RingCore`), and
+the message sockets' that need no syscall (:data:`MessageCore`); and it
 calls message queues without an exception for "empty" or "full", and does
 their sends and receives that need no waiting in one call each (in
 :mod:`aioipc._core.queues`, which follows :data:`ACTIVE`). When it did not
 build (no compiler), or ``AIOIPC_NO_SPEEDUPS=1`` is set, the functions here
 do the same job one ``send`` / ``recvmsg`` per call, and
-:class:`PyRingCore` the ring's, with the same arguments and results, so
+:class:`PyRingCore` and :class:`PyMessageCore` the fast paths', with the
+same arguments and results, so
 the callers cannot tell which ran. :data:`ACTIVE` says which did.
 
 Rule 1: sizes come from the caller, never from a peer: a message over its
@@ -27,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from .attributes import UCRED
 from .fdio import close_fds, fds_from_ancillary
+from .messagecore import PyMessageCore
 
 __all__ = [
     "ACTIVE",
@@ -36,6 +39,8 @@ __all__ = [
     "PyRingCore",
     "Batch",
     "Item",
+    "MessageCore",
+    "PyMessageCore",
     "buffer_size",
     "parse_frames",
     "recv_batch",
@@ -372,16 +377,26 @@ class PyRingCore:
             self._flush()
 
 
-def _choose_ring() -> type[PyRingCore]:
+def _compiled(name: str, fallback: Any) -> Any:
+    """The accelerator's ``name`` when it is in use, else ``fallback`` (its pure-Python twin)."""
     if ACTIVE:
         from . import _speedups  # type: ignore[attr-defined]
 
-        return _speedups.RingCore  # type: ignore[no-any-return]
-    return PyRingCore
+        return getattr(_speedups, name)
+    return fallback
 
 
 if TYPE_CHECKING:
     RingCore = PyRingCore
 else:
-    RingCore = _choose_ring()
+    RingCore = _compiled("RingCore", PyRingCore)
     """The base of a ring side: the compiled ``RingCore`` or :class:`PyRingCore`."""
+
+
+# -- message sockets' one-message fast paths (the pure-Python twin: messagecore.PyMessageCore) ----
+
+if TYPE_CHECKING:
+    MessageCore = PyMessageCore
+else:
+    MessageCore = _compiled("MessageCore", PyMessageCore)
+    """The base of a message socket: the compiled ``MessageCore`` or :class:`PyMessageCore`."""

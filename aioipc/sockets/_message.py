@@ -23,7 +23,7 @@ to return normally. Send states of a Unix socket, for messages of at most
   -> idle, or -> parked when the peer's queue is full.
 - **parked**: messages are pending and the peer is full: the handle
   watches the socket and sends more each time it turns writable. A send
-  that finds ``_SEND_MAX`` messages or ``_HIGH_WATER`` bytes pending waits
+  that finds ``SEND_MAX`` messages or ``HIGH_WATER`` bytes pending waits
   (backpressure). A send error (the peer is gone) drops what is pending and
   every later send raises ``BrokenResourceError``.
 
@@ -50,8 +50,9 @@ from .._core.attributes import UCRED, IPCAttribute, PeerCredentials
 from .._core.errors import FdsTruncated, FrameTooLarge, broken, map_exceptions
 from .._core.fdio import close_fds
 from .._core.framing import DEFAULT_MAX_SIZE
-from .._core.speedups import RECV_MAX, Batch, Item, buffer_size, recv_batch, recv_one, send_batch
-from .._core.streams import FAIR_OPS, FAIR_SHIFT, Buffer, MessageStream, ResourceGuard, byte_view, fair_yield
+from .._core.messagecore import HIGH_WATER, SEND_MAX
+from .._core.speedups import RECV_MAX, Batch, Item, MessageCore, buffer_size, recv_batch, recv_one, send_batch
+from .._core.streams import FAIR_OPS, FAIR_SHIFT, Buffer, MessageStream, byte_view, fair_yield
 from ._base import SocketHandle, peer_credentials, socket_extra
 from ._stream import DEFAULT_MAX_FDS, check_fds
 
@@ -65,15 +66,22 @@ _CREDS_SPACE = socket.CMSG_SPACE(UCRED.size)
 _SCM_MAX_FD = 253  # the kernel never passes more fds with one message
 _RELEASE_ABOVE = 1 << 20  # give back the pages of a buffer after a message this large
 _RECV_SPAN = 64 << 20  # the most address space the slots of one receive buffer take
-_SEND_MAX = 256  # pending messages at which a send flushes them (and waits while the peer is full)
-_HIGH_WATER = 64 * 1024  # pending bytes, likewise
 _BATCH_LARGEST = 16 * 1024  # larger messages go unbatched: an error (EMSGSIZE) reaches their sender
 
 
-class MessageSocket(MessageStream):
+class MessageSocket(MessageCore, MessageStream):
     """Shared machinery of :class:`SeqpacketStream` and :class:`DatagramStream`.
 
+    ``send()`` and ``receive()`` are :class:`~aioipc._core.speedups.MessageCore`'s:
+    their fast paths need no syscall (a send in a burst, a message received
+    earlier); the rest is the slow paths' here.
+
     Caveats:
+        With the accelerator, ``send()`` and ``receive()`` return a
+        coroutine without a frame of its own: awaits, ``asyncio`` tasks,
+        ``asyncio.iscoroutine()`` and anyio take it as any other, but
+        ``inspect.iscoroutine()`` says False.
+
         ``aclose()`` first sends what is pending, waiting while the peer's
         queue is full; cancel it (or wrap it in a timeout) to close at once
         and drop the rest. Shrinking ``SO_SNDBUF`` after the stream was made
@@ -91,8 +99,8 @@ class MessageSocket(MessageStream):
         self._handle = handle
         sock = self._sock = handle.sock
         self.max_size = max_size
-        self._receive_guard = ResourceGuard("receiving")
-        self._send_guard = ResourceGuard("sending")
+        self._receiving = self._sending = False  # a task is in the slow path (BusyResourceError)
+        self._fair_shift = FAIR_SHIFT
         self._buffer: mmap.mmap | None = None
         self._unix = sock.family == socket.AF_UNIX
         # An IP datagram is at most 65535 bytes: no need for a larger slot.
@@ -179,31 +187,16 @@ class MessageSocket(MessageStream):
             raise FdsTruncated(max_fds, data)
         return data, fds, address
 
-    def _ready(self) -> bytes | None:
-        """The common case of ``_take(0)``, with no syscall and no await: the next message received
-        earlier, when it is plain bytes and not the last of its batch; else ``None``."""
-        i = self._next
-        items = self._items
-        if i + 1 < len(items) and not self._receive_guard.busy:
-            item = items[i]
-            if type(item) is bytes:
-                self._next = i + 1
-                creds = self._creds[i]
-                if creds is not None:
-                    self._last_creds = creds
-                if self._addrs is not None:
-                    self._last_sender = self._addrs[i]
-                self._budget -= len(item) >> FAIR_SHIFT
-                return item
-        return None
-
     def _store(self, batch: Batch) -> None:
         self._items, self._creds, self._addrs = batch
         self._next = 0
 
     async def _receive(self, max_fds: int) -> tuple[bytes, list[int], Any]:
         """One message, its fds and the sender's address."""
-        with self._receive_guard:
+        if self._receiving:
+            raise anyio.BusyResourceError("receiving")
+        self._receiving = True
+        try:
             handle = self._handle
             if handle.fd < 0:
                 raise anyio.ClosedResourceError
@@ -238,19 +231,11 @@ class MessageSocket(MessageStream):
                 buffer.madvise(mmap.MADV_DONTNEED)
             self._store(batch)
             return self._take(max_fds)
+        finally:
+            self._receiving = False
 
-    async def receive(self) -> bytes:
-        """The next whole message.
-
-        Raises:
-            FrameTooLarge: the message was over ``max_size``; it was discarded
-                and the next ``receive()`` goes on with the following one.
-            anyio.EndOfStream: the peer closed (seqpacket only).
-            anyio.BrokenResourceError: the peer vanished with data unread (``ECONNRESET``).
-        """
-        data = self._ready()
-        if data is not None:
-            return data
+    async def _receive_slow(self) -> bytes:
+        """``receive()`` when no message received earlier is ready to hand out."""
         data, _, _ = await self._receive(0)
         return data
 
@@ -277,12 +262,12 @@ class MessageSocket(MessageStream):
         if (
             size > self._batch_largest
             or self._budget <= 0
-            or self._send_guard.busy
+            or self._sending
             or self._send_error is not None
             or self._eof_sent
             or self._handle.fd < 0
-            or len(self._pending) >= _SEND_MAX
-            or self._pending_bytes >= _HIGH_WATER
+            or len(self._pending) >= SEND_MAX
+            or self._pending_bytes >= HIGH_WATER
         ):
             return False
         self._budget -= 1
@@ -359,7 +344,10 @@ class MessageSocket(MessageStream):
         await self._send((item,), [], None)
 
     async def _send(self, parts: Sequence[Buffer], ancdata: list[tuple[int, int, Any]], address: Any) -> None:
-        with self._send_guard:
+        if self._sending:
+            raise anyio.BusyResourceError("sending")
+        self._sending = True
+        try:
             parts = [part if type(part) is bytes else byte_view(part) for part in parts]
             size = sum(map(len, parts))
             self._check_send(size)
@@ -384,36 +372,12 @@ class MessageSocket(MessageStream):
                         raise  # nobody at that address: the caller's error, not a broken socket
                     with map_exceptions():  # connected: ECONNREFUSED means the peer is gone
                         raise
-
-    async def send(self, item: Buffer) -> None:
-        """Send one message; it goes out at once, or with the others sent in this loop iteration.
-
-        Waits while the peer's queue is full and enough is pending.
-
-        Raises:
-            FrameTooLarge: over ``max_size``; nothing was sent.
-            OSError: ``EMSGSIZE`` when the kernel's limit (the socket's
-                ``SO_SNDBUF``) is lower than ``max_size``.
-            anyio.BrokenResourceError: the peer is gone (now, or for a message sent earlier).
-        """
-        if (  # burst: the common case of _try_queue, inline
-            self._flush_handle is not None
-            and type(item) is bytes
-            and len(item) <= self._batch_largest
-            and self._budget > 0
-            and len(self._pending) < _SEND_MAX
-            and self._pending_bytes < _HIGH_WATER
-            and not self._send_guard.busy
-        ):
-            self._budget -= 1
-            self._pending.append(item)
-            self._pending_bytes += len(item)
-            return
-        await self._send_message(item)
+        finally:
+            self._sending = False
 
     async def aclose(self) -> None:
         try:
-            if self._pending and self._send_error is None and not self._send_guard.busy:
+            if self._pending and self._send_error is None and not self._sending:
                 await self._drain()
         finally:
             self._drop_pending()
@@ -454,8 +418,13 @@ class SeqpacketStream(MessageSocket):
             raise anyio.ClosedResourceError
         if not self._eof_sent:
             if self._pending or self._flush_handle is not None:
-                with self._send_guard:
+                if self._sending:
+                    raise anyio.BusyResourceError("sending")
+                self._sending = True
+                try:
                     await self._drain()  # what was sent before the end goes first
+                finally:
+                    self._sending = False
             self._eof_sent = True
             self._drop_pending()
             try:
@@ -530,10 +499,7 @@ class DatagramStream(MessageSocket):
 
     _want_address = True
 
-    async def receive(self) -> bytes:
-        data = self._ready()
-        if data is not None:
-            return data
+    async def _receive_slow(self) -> bytes:
         data, _ = await self.receive_from()
         return data
 
@@ -549,7 +515,7 @@ class DatagramStream(MessageSocket):
         """
         while True:
             try:
-                if self._next < len(self._items) and not self._receive_guard.busy:  # no syscall, no await
+                if self._next < len(self._items) and not self._receiving:  # no syscall, no await
                     data, _, address = self._take(0)
                 else:
                     data, _, address = await self._receive(0)
