@@ -25,6 +25,15 @@ typedef struct {
 
 static PyTypeObject FastOpType;
 
+PyObject *
+core_new(PyTypeObject *type)
+{
+    static PyObject *no_args;
+    if (no_args == NULL && (no_args = PyTuple_New(0)) == NULL)
+        return NULL;
+    return PyBaseObject_Type.tp_new(type, no_args, NULL);
+}
+
 /* Ops freed for reuse: most live for one step, so the next one takes the memory (and the GC
  * header) the last one left, without the allocator or a GC generation count. */
 #define FAST_OP_FREE_MAX 16

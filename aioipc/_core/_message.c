@@ -43,7 +43,7 @@ static PyObject *str_send_message, *str_receive_slow;
 static PyObject *
 message_core_new(PyTypeObject *type, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwargs))
 {
-    MessageCore *self = (MessageCore *)type->tp_alloc(type, 0);
+    MessageCore *self = (MessageCore *)core_new(type);
     if (self == NULL)
         return NULL;
     self->items = PyList_New(0);

@@ -31,16 +31,12 @@ typedef struct {
 static PyTypeObject PosixQueueCoreType;
 
 static PyObject *queue_zero, *queue_one;               /* the default tags */
-static PyObject *queue_no_args;                        /* () */
 static PyObject *queue_send_name, *queue_receive_name; /* "_send", "_receive", interned (the method cache's key) */
 
 static PyObject *
 queue_core_new(PyTypeObject *type, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwargs))
 {
-    /* object's __new__, not tp_alloc alone: on Python 3.11 it also lays out a subclass's instance
-     * attributes inline, which the interpreter's attribute caches need (else every self.x of the
-     * Python slow paths is a dict lookup) */
-    QueueCore *self = (QueueCore *)PyBaseObject_Type.tp_new(type, queue_no_args, NULL);
+    QueueCore *self = (QueueCore *)core_new(type);
     if (self != NULL) {
         self->id = -1; /* budgets 0: every operation takes the slow path until bound */
         self->kind = PyType_IsSubtype(type, &PosixQueueCoreType) ? QUEUE_POSIX : QUEUE_SYSV;
@@ -301,7 +297,6 @@ speedups_add_queue_cores(PyObject *module)
 {
     if ((queue_zero == NULL && (queue_zero = PyLong_FromLong(0)) == NULL) ||
         (queue_one == NULL && (queue_one = PyLong_FromLong(1)) == NULL) ||
-        (queue_no_args == NULL && (queue_no_args = PyTuple_New(0)) == NULL) ||
         (queue_send_name == NULL && (queue_send_name = PyUnicode_InternFromString("_send")) == NULL) ||
         (queue_receive_name == NULL && (queue_receive_name = PyUnicode_InternFromString("_receive")) == NULL))
         return -1;

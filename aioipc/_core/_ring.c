@@ -38,7 +38,7 @@ typedef struct {
 static PyObject *
 ring_new(PyTypeObject *type, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwargs))
 {
-    RingCore *self = (RingCore *)type->tp_alloc(type, 0);
+    RingCore *self = (RingCore *)core_new(type);
     if (self != NULL)
         self->closed = 1; /* until bound: a half-made ring is a closed one */
     return (PyObject *)self;

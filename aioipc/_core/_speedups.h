@@ -24,6 +24,11 @@ typedef int (*fast_step)(PyObject *owner, PyObject *const *args, Py_ssize_t narg
 /* name ("Ring.send") is a static string, for the never-awaited warning */
 PyObject *fast_op_new(PyObject *owner, fast_step step, const char *name, PyObject *const *args, Py_ssize_t nargs);
 int fast_op_ready(void);
+/* A new instance of a C base type whose Python subclass has slow paths: object's __new__, not
+ * tp_alloc alone, as on Python 3.11 it also lays out the subclass's instance attributes inline,
+ * which the interpreter's attribute caches need (else every self.x of the slow paths is a dict
+ * lookup). Its C fields are zero. */
+PyObject *core_new(PyTypeObject *type);
 
 /* _mq.c: one call on a POSIX (fd: an mqd) or System V (id: a msqid) queue that never blocks. A receive
  * returns the data, (data, tag) with with_tag, or None when nothing waits (a new reference), NULL with
