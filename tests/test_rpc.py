@@ -19,6 +19,7 @@ from helpers import Service, loop_name, service
 import aioipc
 import aioipc.process
 import aioipc.rpc
+from aioipc._core.objects import resolve_codec
 
 SERVICE = """
     import asyncio, collections, sys
@@ -156,6 +157,8 @@ SPEC_CASES = [
     (b'{"jsonrpc": "2.0", "id": 10, "method": "nope"}', error(-32601, 10)),
     (b'{"jsonrpc": "2.0", "id": 11, "method": "add", "params": {"a": 1}}', error(-32602, 11)),
     (b'{"jsonrpc": "2.0", "id": null, "method": "fail", "params": ["x"]}', error(-32603, None)),
+    (b'{"jsonrpc": "2.0", "id": 12, "method": "add", "params": [1, 2]} x', error(-32700, None)),
+    (b"", error(-32700, None)),
 ]
 
 
@@ -176,6 +179,23 @@ async def test_spec_error_codes_from_a_raw_peer(tmp_path: Path, tmp_ipc_dir: Pat
                 assert isinstance(response["error"]["message"], str)
             ok = await exchange(raw, b'{"jsonrpc": "2.0", "id": "a", "method": "add", "params": [1, 2]}')
             assert ok == {"jsonrpc": "2.0", "result": 3, "id": "a"}
+            spaced = await exchange(
+                raw, b' \n{"jsonrpc": "2.0", "id": "b", "method": "add", "params": [2, 2]}\t'
+            )
+            assert spaced == {"jsonrpc": "2.0", "result": 4, "id": "b"}  # whitespace around JSON is JSON
+
+
+def test_the_json_codec_forgets_a_failed_encode() -> None:
+    codec = resolve_codec("json")
+    cycle: list[Any] = []
+    cycle.append(cycle)
+    with pytest.raises(ValueError, match="Circular"):
+        codec.encode(cycle)
+    cycle.clear()
+    assert codec.decode(codec.encode([cycle, {"k": cycle}])) == [[], {"k": []}]  # no cycle seen now
+    with pytest.raises(TypeError):
+        codec.encode({"x": object()})
+    assert codec.decode(codec.encode("é")) == "é"
 
 
 async def test_batches_and_notifications(tmp_path: Path, tmp_ipc_dir: Path) -> None:

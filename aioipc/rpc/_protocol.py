@@ -19,6 +19,7 @@ import inspect
 import itertools
 import logging
 from collections.abc import Callable, Mapping
+from types import CoroutineType
 from typing import Any
 
 import anyio
@@ -107,12 +108,6 @@ class _Method:
             except (TypeError, ValueError):  # a builtin without a signature: call and see
                 self.signature = None
 
-    def start(self, args: list[Any], kwargs: dict[str, Any]) -> Any:
-        """Call the handler; ``TypeError`` means the params do not fit its signature."""
-        if self.signature is not None:
-            self.signature.bind(*args, **kwargs)
-        return self.function(*args, **kwargs)
-
 
 def method_table(handlers: Handlers) -> dict[str, _Method]:
     """``{"name": fn}`` as given, or an object's public coroutine methods by name."""
@@ -200,12 +195,14 @@ class Dispatcher:
         if method is None:
             return None if notification else _error(reply_id, METHOD_NOT_FOUND, data=method_name)
         try:
-            result = method.start(args, kwargs)
+            if method.signature is not None:
+                method.signature.bind(*args, **kwargs)
+            result = method.function(*args, **kwargs)
         except TypeError as exc:
             return None if notification else _error(reply_id, INVALID_PARAMS, data=str(exc))
         except Exception as exc:  # a sync handler raised
             return None if notification else self._failed(reply_id, method_name, exc)
-        if inspect.isawaitable(result):
+        if type(result) is CoroutineType or inspect.isawaitable(result):
             try:
                 result = await result
             except Exception as exc:

@@ -47,11 +47,11 @@ async def serve_connection(msgs: Any, dispatcher: Dispatcher, max_concurrency: i
     """Answer the requests arriving on ``msgs`` until it ends (see the module docstring)."""
     if max_concurrency < 1:
         raise ValueError(f"max_concurrency must be at least 1, not {max_concurrency}")
-    slots = asyncio.Semaphore(max_concurrency)
     send_lock = asyncio.Lock()
     running: set[asyncio.Task[None]] = set()
-    handle = dispatcher.handle
+    handle, receive = dispatcher.handle, msgs.receive
     loop = asyncio.get_running_loop()
+    slot_freed: asyncio.Future[None] | None = None  # the loop waits on it while every slot is taken
     if sys.version_info >= (3, 12):  # run each answer at once, up to its first wait: no extra loop turn
 
         def start(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
@@ -63,34 +63,36 @@ async def serve_connection(msgs: Any, dispatcher: Dispatcher, max_concurrency: i
         try:
             reply = await handle(data)
             if reply is not None:
-                async with send_lock:
-                    try:
-                        await msgs.send(reply)
-                    except FrameTooLarge as exc:  # a result over max_size: the caller gets an error
-                        await msgs.send(
-                            dispatcher.undeliverable(dispatcher.codec.decode(reply), str(exc), exc)
-                        )
+                await send_lock.acquire()
+                try:
+                    await msgs.send(reply)
+                except FrameTooLarge as exc:  # a result over max_size: the caller gets an error
+                    await msgs.send(dispatcher.undeliverable(dispatcher.codec.decode(reply), str(exc), exc))
+                finally:
+                    send_lock.release()
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             pass  # the peer is gone: the reading loop sees it too
         except Exception:
             logger.exception("rpc: cannot send a response")
-        finally:
-            slots.release()
+
+    def finished(task: asyncio.Task[None]) -> None:
+        running.discard(task)
+        if slot_freed is not None and not slot_freed.done():
+            slot_freed.set_result(None)
 
     try:
         while True:
-            await slots.acquire()
+            while len(running) >= max_concurrency:  # Rule 1: a slot for the next message first
+                slot_freed = loop.create_future()
+                await slot_freed
             try:
-                data = await msgs.receive()
-            except BaseException as exc:
-                slots.release()
-                if isinstance(exc, _GONE):
-                    break
-                raise
+                data = await receive()
+            except _GONE:
+                break
             task = start(answer(data))
             if not task.done():
                 running.add(task)
-                task.add_done_callback(running.discard)
+                task.add_done_callback(finished)
         if running:
             await asyncio.wait(set(running))
     finally:
@@ -134,8 +136,12 @@ class Client(Caller):
         return f"<{type(self).__name__} over {self._peer} pending={len(self._pending)}>"
 
     async def _send(self, data: bytes, request_id: int | None) -> None:
-        async with self._send_lock:
+        lock = self._send_lock
+        await lock.acquire()
+        try:
             await self.stream.send(data)
+        finally:
+            lock.release()
 
     async def _response(self, request_id: int, future: asyncio.Future[dict[str, Any]]) -> dict[str, Any]:
         while True:
