@@ -22,8 +22,11 @@ import aioipc.rpc
 from aioipc._core.objects import resolve_codec
 
 SERVICE = """
-    import asyncio, collections, sys
+    import asyncio, collections, contextvars, sys
+    import anyio
     import aioipc, aioipc.rpc
+
+    SEEN = contextvars.ContextVar("seen")
 
     class Service:
         def __init__(self):
@@ -58,6 +61,25 @@ SERVICE = """
 
         async def notes_taken(self):
             return self.notes
+
+        async def same_task(self, seconds):
+            task = asyncio.current_task()
+            with anyio.fail_after(5):  # a cancel scope entered before the first wait
+                await asyncio.sleep(seconds)
+            async with asyncio.timeout(5):
+                await asyncio.sleep(seconds)
+            return asyncio.current_task() is task
+
+        async def context_var(self, value, seconds=0):
+            before = SEEN.get(None)
+            SEEN.set(value)
+            await asyncio.sleep(seconds)
+            return [before, SEEN.get()]
+
+        async def cancel_self(self, seconds):
+            if seconds:
+                await asyncio.sleep(seconds)
+            raise asyncio.CancelledError
 
         def _private(self):
             return "never served"
@@ -318,6 +340,29 @@ async def test_concurrency_is_bounded_per_connection(tmp_path: Path, tmp_ipc_dir
             await other.call("release", "a")
             assert await third == "third"
             await other.call("release", "b")
+
+
+async def test_a_method_keeps_its_task_and_a_context_of_its_own(tmp_path: Path, tmp_ipc_dir: Path) -> None:
+    async with (
+        rpc_server(tmp_path, f"unix:{tmp_ipc_dir}/rpc.sock") as (_, address),
+        await aioipc.rpc.connect(address) as client,
+    ):
+        with anyio.fail_after(20):
+            # answered inline, then after a wait: its task (and cancel scopes, timeouts) stay its own
+            assert await client.call("same_task", 0) is True
+            assert await client.call("same_task", 0.01) is True
+            # a context variable a method sets is not seen by the next request, waiting or not
+            for seconds in (0, 0.01, 0, 0.01):
+                assert await client.call("context_var", seconds, seconds) == [None, seconds]
+            both = await asyncio.gather(
+                client.call("context_var", "a", 0.05), client.call("context_var", "b")
+            )
+            assert both == [[None, "a"], [None, "b"]]
+            # a method that cancels itself, at once or after a wait, answers nothing and harms nothing
+            await client.notify("cancel_self", 0)
+            await client.notify("cancel_self", 0.01)
+            assert await client.call("add", 1, 2) == 3
+            assert await client.call("same_task", 0.01) is True
 
 
 def raw_socket(address: str) -> socket.socket:
