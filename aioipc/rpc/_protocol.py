@@ -88,8 +88,11 @@ def _error(request_id: Any, code: int, message: str | None = None, data: Any = N
     return {"jsonrpc": "2.0", "error": error, "id": request_id}
 
 
+_ID_TYPES = (str, int, float)
+
+
 def _valid_id(value: Any) -> bool:
-    return value is None or (isinstance(value, str | int | float) and not isinstance(value, bool))
+    return value is None or (isinstance(value, _ID_TYPES) and value is not True and value is not False)
 
 
 class _Method:
@@ -240,6 +243,13 @@ class Caller:
         """Wait for the response to ``request_id`` (a transport that reads in the caller overrides this)."""
         return await future
 
+    async def _exchange(
+        self, data: bytes, request_id: int, future: asyncio.Future[dict[str, Any]]
+    ) -> dict[str, Any]:
+        """Send the request ``data``, then wait for its response (a transport may do both in one frame)."""
+        await self._send(data, request_id)
+        return await self._response(request_id, future)
+
     async def call(self, method: str, /, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
         """Call ``method`` with positional or keyword params; return its result.
 
@@ -262,12 +272,10 @@ class Caller:
         self._pending[request_id] = future
         try:
             if timeout is None:
-                await self._send(data, request_id)
-                response = await self._response(request_id, future)
+                response = await self._exchange(data, request_id, future)
             else:
                 with anyio.fail_after(timeout):
-                    await self._send(data, request_id)
-                    response = await self._response(request_id, future)
+                    response = await self._exchange(data, request_id, future)
         finally:
             self._pending.pop(request_id, None)
         if "error" in response:

@@ -209,6 +209,21 @@ class Client(Caller):
         finally:
             lock.release()
 
+    async def _exchange(
+        self, data: bytes, request_id: int, future: asyncio.Future[dict[str, Any]]
+    ) -> dict[str, Any]:
+        lock = self._send_lock
+        await lock.acquire()
+        try:
+            await self.stream.send(data)
+        finally:
+            lock.release()
+        if (
+            not self._reading and self._lost is None and not future.done()
+        ):  # the common case: it reads its own
+            return await self._read_until(request_id, future)
+        return await self._response(request_id, future)
+
     async def _response(self, request_id: int, future: asyncio.Future[dict[str, Any]]) -> dict[str, Any]:
         while True:
             if future.done() and not future.cancelled() and future.result() is _TAKE_OVER:
@@ -250,9 +265,9 @@ class Client(Caller):
                     deliver(data)
         finally:
             self._reading = False
-            if not future.done():  # cancelled: this call is over, someone else must read
-                self._pending.pop(request_id, None)
-            self._hand_over()
+            self._pending.pop(request_id, None)  # answered, or cancelled: this call is over
+            if self._pending:
+                self._hand_over()  # someone else must read
         return future.result()
 
     def _hand_over(self) -> None:
