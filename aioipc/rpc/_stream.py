@@ -1,16 +1,18 @@
 """JSON-RPC over one message stream: :class:`Client`, and the serving loop of one connection.
 
 Serving one connection, one task at a time is its *reader*: it receives a
-request and runs its answer (the method, then the response sent under the
-connection's send lock) at once, in a fresh copy of its context. Most
+request and runs its answer (the method, then the response sent) at once,
+in a fresh copy of its context; a response ready while another answer is
+sending joins that answer's outbox, which it sends before it ends. Most
 answers finish without waiting: no task per request, no loop turn. An
 answer that waits keeps the task it started in (a cancel scope or timeout
 it entered there stays valid), which becomes its *host*, and a new task
 becomes the reader. The task that serves the connection only waits for the
 end, and cancels the others if it is cancelled.
 Rule 1: the reader receives the next message only while fewer than
-``max_concurrency`` answers wait, so a peer that floods the connection is
-slowed, never buffered without bound.
+``max_concurrency`` answers wait or responses are queued, so a peer that
+floods the connection (or reads no responses) is slowed, never buffered
+without bound.
 Rule 2: the peer's end (EOF) stops reading; what is running still gets
 answered; then the serving returns. A broken or closed stream ends it at once.
 Rule 3: an oversize or malformed frame ends this connection only (the
@@ -31,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import types
+from collections import deque
 from collections.abc import Coroutine, Generator
 from contextvars import Context, copy_context
 from types import TracebackType
@@ -77,8 +80,11 @@ class _Connection:
         self.finished: asyncio.Future[None] = self.loop.create_future()
         self.tasks: set[asyncio.Task[None]] = set()  # the reader and the hosts
         self.hosts = 0  # answers that wait, each in the task it started in
-        self.host_left: asyncio.Future[None] | None = None  # the reader waits on it for a slot, or at the end
-        self.send_lock = asyncio.Lock()
+        self.slot_freed: asyncio.Future[None] | None = (
+            None  # the reader waits on it for a slot, or at the end
+        )
+        self.sending = False  # an answer is sending: it sends the outbox's replies too, in turn
+        self.outbox: deque[bytes] = deque()
 
     def start_reader(self) -> None:
         task = self.loop.create_task(self.read())
@@ -90,8 +96,8 @@ class _Connection:
         receive, answer = self.msgs.receive, self.answer
         try:
             while True:
-                while self.hosts >= self.max_concurrency:  # Rule 1
-                    await self.wait_for_a_host()
+                while self.hosts + len(self.outbox) >= self.max_concurrency:  # Rule 1
+                    await self.wait_for_a_slot()
                 try:
                     data = await receive()
                 except _GONE:
@@ -110,11 +116,10 @@ class _Connection:
                     await _resume(coro, waiting_on, context)
                 finally:
                     self.hosts -= 1
-                    if self.host_left is not None and not self.host_left.done():
-                        self.host_left.set_result(None)
+                    self.free_a_slot()
                 return
             while self.hosts:  # Rule 2
-                await self.wait_for_a_host()
+                await self.wait_for_a_slot()
         except Exception as exc:  # the stream broke: the serving task raises it and cancels the hosts
             if not self.finished.done():
                 self.finished.set_exception(exc)
@@ -122,28 +127,43 @@ class _Connection:
         if not self.finished.done():
             self.finished.set_result(None)
 
-    async def wait_for_a_host(self) -> None:
-        self.host_left = self.loop.create_future()
-        await self.host_left
+    async def wait_for_a_slot(self) -> None:
+        self.slot_freed = self.loop.create_future()
+        await self.slot_freed
+
+    def free_a_slot(self) -> None:
+        if self.slot_freed is not None and not self.slot_freed.done():
+            self.slot_freed.set_result(None)
 
     async def answer(self, data: bytes) -> None:
-        dispatcher = self.dispatcher
         try:
-            reply = await dispatcher.handle(data)
-            if reply is not None:
-                await self.send_lock.acquire()
-                try:
-                    await self.msgs.send(reply)
-                except FrameTooLarge as exc:  # a result over max_size: the caller gets an error
-                    await self.msgs.send(
-                        dispatcher.undeliverable(dispatcher.codec.decode(reply), str(exc), exc)
-                    )
-                finally:
-                    self.send_lock.release()
+            reply = await self.dispatcher.handle(data)
+            if reply is None:
+                return
+            if self.sending:  # the answer sending now sends this one too: no wait, no lock
+                self.outbox.append(reply)
+                return
+            self.sending = True
+            try:
+                await self.send(reply)
+                outbox = self.outbox
+                while outbox:
+                    reply = outbox.popleft()
+                    self.free_a_slot()
+                    await self.send(reply)
+            finally:
+                self.sending = False
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-            pass  # the peer is gone: the reader sees it too
+            self.outbox.clear()  # the peer is gone: the reader sees it too
         except Exception:
             logger.exception("rpc: cannot send a response")
+
+    async def send(self, reply: bytes) -> None:
+        try:
+            await self.msgs.send(reply)
+        except FrameTooLarge as exc:  # a result over max_size: the caller gets an error
+            dispatcher = self.dispatcher
+            await self.msgs.send(dispatcher.undeliverable(dispatcher.codec.decode(reply), str(exc), exc))
 
 
 @types.coroutine
