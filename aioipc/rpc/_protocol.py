@@ -18,9 +18,9 @@ import asyncio
 import inspect
 import itertools
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from types import CoroutineType
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 
@@ -56,6 +56,7 @@ _MESSAGES = {
 }
 
 Handlers = Mapping[str, Callable[..., Any]] | object
+T = TypeVar("T")
 _MISSING: Any = object()
 
 
@@ -89,6 +90,14 @@ def _error(request_id: Any, code: int, message: str | None = None, data: Any = N
 
 
 _ID_TYPES = (str, int, float)
+
+
+async def _ready(value: T) -> T:
+    return value
+
+
+def _unchanged(response: dict[str, Any]) -> dict[str, Any]:
+    return response
 
 
 def _valid_id(value: Any) -> bool:
@@ -140,20 +149,25 @@ class Dispatcher:
         self.methods = method_table(handlers)
         self.codec = resolve_codec(codec)
 
-    async def handle(self, data: bytes) -> bytes | None:
-        """The encoded response to the message ``data``; ``None`` when nothing must be answered."""
+    def handle(self, data: bytes) -> Coroutine[Any, Any, bytes | None]:
+        """The encoded response to the message ``data`` (``None``: nothing to answer), to await.
+
+        Not ``async def``: a single request is answered by one coroutine, not two.
+        """
         try:
             message = self.codec.decode(data)
         except Exception:
-            return self.encode(_error(None, PARSE_ERROR))
+            return _ready(self.encode(_error(None, PARSE_ERROR)))
         if isinstance(message, dict):
-            response = await self._answer(message)
-            return None if response is None else self.encode(response)
+            return self._answer(message, self.encode)
         if isinstance(message, list) and message:
-            answers = await asyncio.gather(*(self._answer(item) for item in message))
-            responses = [response for response in answers if response is not None]
-            return self.encode(responses) if responses else None
-        return self.encode(_error(None, INVALID_REQUEST))
+            return self._answer_batch(message)
+        return _ready(self.encode(_error(None, INVALID_REQUEST)))
+
+    async def _answer_batch(self, batch: list[Any]) -> bytes | None:
+        answers = await asyncio.gather(*(self._answer(item, _unchanged) for item in batch))
+        responses = [response for response in answers if response is not None]
+        return self.encode(responses) if responses else None
 
     def encode(self, response: Any) -> bytes:
         try:
@@ -169,7 +183,21 @@ class Dispatcher:
             return self.codec.encode([_error(r.get("id"), INTERNAL_ERROR, data=data) for r in response])
         return self.codec.encode(_error(response.get("id"), INTERNAL_ERROR, data=data))
 
-    async def _answer(self, request: Any) -> dict[str, Any] | None:
+    async def _answer(self, request: Any, finish: Callable[[dict[str, Any]], T]) -> T | None:
+        """``finish(response)`` for ``request``; ``None`` for a notification."""
+        started = self._start(request)
+        if not isinstance(started, tuple):
+            return None if started is None else finish(started)
+        result, reply_id, method_name = started
+        if type(result) is CoroutineType or inspect.isawaitable(result):
+            try:
+                result = await result
+            except Exception as exc:
+                return None if reply_id is _MISSING else finish(self._failed(reply_id, method_name, exc))
+        return None if reply_id is _MISSING else finish({"jsonrpc": "2.0", "result": result, "id": reply_id})
+
+    def _start(self, request: Any) -> tuple[Any, Any, str] | dict[str, Any] | None:
+        """Call the method ``request`` names: (its result, the id or _MISSING, the name), or the response."""
         if not isinstance(request, dict):
             return _error(None, INVALID_REQUEST)
         request_id = request.get("id", _MISSING)
@@ -200,17 +228,11 @@ class Dispatcher:
         try:
             if method.signature is not None:
                 method.signature.bind(*args, **kwargs)
-            result = method.function(*args, **kwargs)
+            return method.function(*args, **kwargs), request_id, method_name
         except TypeError as exc:
             return None if notification else _error(reply_id, INVALID_PARAMS, data=str(exc))
         except Exception as exc:  # a sync handler raised
             return None if notification else self._failed(reply_id, method_name, exc)
-        if type(result) is CoroutineType or inspect.isawaitable(result):
-            try:
-                result = await result
-            except Exception as exc:
-                return None if notification else self._failed(reply_id, method_name, exc)
-        return None if notification else {"jsonrpc": "2.0", "result": result, "id": reply_id}
 
     @staticmethod
     def _failed(reply_id: Any, method_name: str, exc: Exception) -> dict[str, Any]:

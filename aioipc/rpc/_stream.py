@@ -145,12 +145,18 @@ class _Connection:
                 return
             self.sending = True
             try:
-                await self.send(reply)
+                try:
+                    await self.msgs.send(reply)
+                except FrameTooLarge as exc:
+                    await self.send_undeliverable(reply, exc)
                 outbox = self.outbox
                 while outbox:
                     reply = outbox.popleft()
                     self.free_a_slot()
-                    await self.send(reply)
+                    try:
+                        await self.msgs.send(reply)
+                    except FrameTooLarge as exc:
+                        await self.send_undeliverable(reply, exc)
             finally:
                 self.sending = False
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
@@ -158,12 +164,10 @@ class _Connection:
         except Exception:
             logger.exception("rpc: cannot send a response")
 
-    async def send(self, reply: bytes) -> None:
-        try:
-            await self.msgs.send(reply)
-        except FrameTooLarge as exc:  # a result over max_size: the caller gets an error
-            dispatcher = self.dispatcher
-            await self.msgs.send(dispatcher.undeliverable(dispatcher.codec.decode(reply), str(exc), exc))
+    async def send_undeliverable(self, reply: bytes, exc: FrameTooLarge) -> None:
+        """``reply`` is over max_size: its caller (each caller of a batch) gets an error instead."""
+        dispatcher = self.dispatcher
+        await self.msgs.send(dispatcher.undeliverable(dispatcher.codec.decode(reply), str(exc), exc))
 
 
 @types.coroutine
