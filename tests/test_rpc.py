@@ -53,6 +53,9 @@ SERVICE = """
         async def refuse(self):
             raise aioipc.rpc.RemoteError(-32001, "refused", {"why": "a test"})
 
+        async def unencodable(self):
+            return {1, 2}
+
         async def big(self, size):
             return "x" * size
 
@@ -150,6 +153,18 @@ async def test_remote_errors_carry_code_message_and_data(tmp_path: Path, tmp_ipc
                 await client.call("refuse")
             assert (refused.value.code, refused.value.message) == (-32001, "refused")
             assert refused.value.data == {"why": "a test"}
+            with pytest.raises(aioipc.rpc.RemoteError) as unencodable:  # a result JSON cannot carry
+                await client.call("unencodable")
+            assert (unencodable.value.code, unencodable.value.data["type"]) == (-32603, "TypeError")
+            with pytest.raises(TypeError):  # params JSON cannot carry: nothing is sent
+                await client.call("echo", {1, 2})
+            assert await client.call("echo", ['"quoted"\n', "é", 1.5, None, True]) == [
+                '"quoted"\n',
+                "é",
+                1.5,
+                None,
+                True,
+            ]
             assert await client.call("add", 2, 2) == 4  # the connection went on through all of it
 
 

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import anyio
 
 from .._core.errors import IPCError, ProtocolError
-from .._core.objects import Codec, resolve_codec
+from .._core.objects import Codec, JsonCodec, resolve_codec
 
 __all__ = [
     "INTERNAL_ERROR",
@@ -100,6 +100,15 @@ def _unchanged(response: dict[str, Any]) -> dict[str, Any]:
     return response
 
 
+def _result(result: Any, reply_id: Any) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "result": result, "id": reply_id}
+
+
+def _json_text(codec: Codec) -> Callable[[Any], str] | None:
+    """The standard JSON codec's ``dumps``: an rpc envelope is then built around its parts' text."""
+    return codec.dumps if isinstance(codec, JsonCodec) else None
+
+
 def _valid_id(value: Any) -> bool:
     return value is None or (isinstance(value, _ID_TYPES) and value is not True and value is not False)
 
@@ -148,6 +157,7 @@ class Dispatcher:
     def __init__(self, handlers: Handlers, codec: str | Codec = "json") -> None:
         self.methods = method_table(handlers)
         self.codec = resolve_codec(codec)
+        self._dumps = _json_text(self.codec)
 
     def handle(self, data: bytes) -> Coroutine[Any, Any, bytes | None]:
         """The encoded response to the message ``data`` (``None``: nothing to answer), to await.
@@ -159,13 +169,13 @@ class Dispatcher:
         except Exception:
             return _ready(self.encode(_error(None, PARSE_ERROR)))
         if isinstance(message, dict):
-            return self._answer(message, self.encode)
+            return self._answer(message, self.encode, self._encode_result)
         if isinstance(message, list) and message:
             return self._answer_batch(message)
         return _ready(self.encode(_error(None, INVALID_REQUEST)))
 
     async def _answer_batch(self, batch: list[Any]) -> bytes | None:
-        answers = await asyncio.gather(*(self._answer(item, _unchanged) for item in batch))
+        answers = await asyncio.gather(*(self._answer(item, _unchanged, _result) for item in batch))
         responses = [response for response in answers if response is not None]
         return self.encode(responses) if responses else None
 
@@ -183,8 +193,10 @@ class Dispatcher:
             return self.codec.encode([_error(r.get("id"), INTERNAL_ERROR, data=data) for r in response])
         return self.codec.encode(_error(response.get("id"), INTERNAL_ERROR, data=data))
 
-    async def _answer(self, request: Any, finish: Callable[[dict[str, Any]], T]) -> T | None:
-        """``finish(response)`` for ``request``; ``None`` for a notification."""
+    async def _answer(
+        self, request: Any, finish: Callable[[dict[str, Any]], T], result_of: Callable[[Any, Any], T]
+    ) -> T | None:
+        """``result_of(result, id)`` or ``finish(error response)`` for ``request``; None: a notification."""
         started = self._start(request)
         if not isinstance(started, tuple):
             return None if started is None else finish(started)
@@ -194,7 +206,16 @@ class Dispatcher:
                 result = await result
             except Exception as exc:
                 return None if reply_id is _MISSING else finish(self._failed(reply_id, method_name, exc))
-        return None if reply_id is _MISSING else finish({"jsonrpc": "2.0", "result": result, "id": reply_id})
+        return None if reply_id is _MISSING else result_of(result, reply_id)
+
+    def _encode_result(self, result: Any, reply_id: Any) -> bytes:
+        dumps = self._dumps
+        if dumps is not None:  # JSON: the envelope is a constant around the result and the id
+            try:
+                return f'{{"jsonrpc":"2.0","result":{dumps(result)},"id":{dumps(reply_id)}}}'.encode()
+            except Exception:
+                pass  # encode() says why, per request
+        return self.encode(_result(result, reply_id))
 
     def _start(self, request: Any) -> tuple[Any, Any, str] | dict[str, Any] | None:
         """Call the method ``request`` names: (its result, the id or _MISSING, the name), or the response."""
@@ -253,6 +274,7 @@ class Caller:
 
     def __init__(self, codec: str | Codec, peer: str) -> None:
         self.codec = resolve_codec(codec)
+        self._dumps = _json_text(self.codec)
         self._peer = peer
         self._pending: dict[Any, asyncio.Future[dict[str, Any]]] = {}
         self._ids = itertools.count(1)
@@ -286,10 +308,15 @@ class Caller:
         if self._lost is not None:
             raise self._lost_error()
         request_id = next(self._ids)
-        request: dict[str, Any] = {"jsonrpc": "2.0", "method": method, "id": request_id}
-        if args or kwargs:
-            request["params"] = kwargs or list(args)
-        data = self.codec.encode(request)
+        dumps = self._dumps
+        if dumps is not None:  # JSON: the envelope is a constant around the method, params and id
+            params = f',"params":{dumps(kwargs or list(args))}' if args or kwargs else ""
+            data = f'{{"jsonrpc":"2.0","method":{dumps(method)}{params},"id":{request_id}}}'.encode()
+        else:
+            request: dict[str, Any] = {"jsonrpc": "2.0", "method": method, "id": request_id}
+            if args or kwargs:
+                request["params"] = kwargs or list(args)
+            data = self.codec.encode(request)
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
         try:
