@@ -13,7 +13,7 @@ import anyio.abc
 from .errors import ProtocolError
 from .streams import OverTransport
 
-__all__ = ["Codec", "JsonCodec", "ObjectStream", "resolve_codec"]
+__all__ = ["Codec", "ObjectStream", "resolve_codec"]
 
 
 class Codec(Protocol):
@@ -23,7 +23,7 @@ class Codec(Protocol):
     def decode(self, data: bytes) -> Any: ...
 
 
-class JsonCodec:
+class _Json:
     """Compact UTF-8 JSON. The C encoder and scanner are built once, not per message as
     ``JSONEncoder.encode`` and ``JSONDecoder.decode`` do; anything unusual (leading
     whitespace, an error) takes the standard path, so results and errors are json's own."""
@@ -115,7 +115,7 @@ class _Pickle:
         return self._loads(data)
 
 
-_CODECS: dict[str, Callable[[], Codec]] = {"json": JsonCodec, "msgpack": _Msgpack, "pickle": _Pickle}
+_CODECS: dict[str, Callable[[], Codec]] = {"json": _Json, "msgpack": _Msgpack, "pickle": _Pickle}
 
 
 def resolve_codec(codec: str | Codec) -> Codec:

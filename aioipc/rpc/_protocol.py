@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import anyio
 
 from .._core.errors import IPCError, ProtocolError
-from .._core.objects import Codec, JsonCodec, resolve_codec
+from .._core.objects import Codec, _Json, resolve_codec
 
 __all__ = [
     "INTERNAL_ERROR",
@@ -106,7 +106,7 @@ def _result(result: Any, reply_id: Any) -> dict[str, Any]:
 
 def _json_text(codec: Codec) -> Callable[[Any], str] | None:
     """The standard JSON codec's ``dumps``: an rpc envelope is then built around its parts' text."""
-    return codec.dumps if isinstance(codec, JsonCodec) else None
+    return codec.dumps if isinstance(codec, _Json) else None
 
 
 def _valid_id(value: Any) -> bool:
