@@ -19,7 +19,7 @@ from helpers import Service, loop_name, service
 import aioipc
 import aioipc.process
 import aioipc.rpc
-from aioipc._core.objects import resolve_codec
+from aioipc._core.objects import _Json, resolve_codec
 
 SERVICE = """
     import asyncio, collections, contextvars, sys
@@ -224,6 +224,7 @@ async def test_spec_error_codes_from_a_raw_peer(tmp_path: Path, tmp_ipc_dir: Pat
 
 def test_the_json_codec_forgets_a_failed_encode() -> None:
     codec = resolve_codec("json")
+    assert isinstance(codec, _Json)
     cycle: list[Any] = []
     cycle.append(cycle)
     with pytest.raises(ValueError, match="Circular"):
@@ -233,6 +234,13 @@ def test_the_json_codec_forgets_a_failed_encode() -> None:
     with pytest.raises(TypeError):
         codec.encode({"x": object()})
     assert codec.decode(codec.encode("é")) == "é"
+    assert [codec.dumps(value) for value in ("é\n", 7, True, None, 1.5)] == [
+        '"é\\n"',
+        "7",
+        "true",
+        "null",
+        "1.5",
+    ]
 
 
 async def test_batches_and_notifications(tmp_path: Path, tmp_ipc_dir: Path) -> None:
@@ -369,8 +377,8 @@ async def test_a_method_keeps_its_task_and_a_context_of_its_own(tmp_path: Path, 
             # a context variable a method sets is not seen by the next request, waiting or not
             for seconds in (0, 0.01, 0, 0.01):
                 assert await client.call("context_var", seconds, seconds) == [None, seconds]
-            both = await asyncio.gather(
-                client.call("context_var", "a", 0.05), client.call("context_var", "b")
+            both = list(
+                await asyncio.gather(client.call("context_var", "a", 0.05), client.call("context_var", "b"))
             )
             assert both == [[None, "a"], [None, "b"]]
             # a method that cancels itself, at once or after a wait, answers nothing and harms nothing

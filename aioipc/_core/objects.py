@@ -56,6 +56,8 @@ class _Json:
         """``obj`` as JSON text, as ``encode`` makes it (for a message built around it)."""
         if type(obj) is str:
             return json.encoder.encode_basestring(obj)
+        if type(obj) is int:  # an rpc id: as json writes an int
+            return int.__repr__(obj)
         chunks = self._chunks
         if chunks is None:
             return self._encode(obj)
