@@ -236,16 +236,9 @@ class Client(Caller):
     async def _exchange(
         self, data: bytes, request_id: int, future: asyncio.Future[dict[str, Any]]
     ) -> dict[str, Any]:
-        lock = self._send_lock
-        await lock.acquire()
-        try:
-            await self.stream.send(data)
-        finally:
-            lock.release()
-        if (
-            not self._reading and self._lost is None and not future.done()
-        ):  # the common case: it reads its own
-            return await self._read_until(request_id, future)
+        await self._send(data, request_id)
+        if not self._reading and self._lost is None and not future.done():
+            return await self._read_until(request_id, future)  # the common case: it reads its own
         return await self._response(request_id, future)
 
     async def _response(self, request_id: int, future: asyncio.Future[dict[str, Any]]) -> dict[str, Any]:
