@@ -71,6 +71,13 @@ SERVICE = """
                 await asyncio.sleep(seconds)
             async with asyncio.timeout(5):
                 await asyncio.sleep(seconds)
+            with anyio.move_on_after(0.01):  # scopes that fire cancel this method, nothing else
+                await asyncio.sleep(10)
+            try:
+                async with asyncio.timeout(0.01):
+                    await asyncio.sleep(10)
+            except TimeoutError:
+                pass
             return asyncio.current_task() is task
 
         async def context_var(self, value, seconds=0):
@@ -371,7 +378,7 @@ async def test_a_method_keeps_its_task_and_a_context_of_its_own(tmp_path: Path, 
         await aioipc.rpc.connect(address) as client,
     ):
         with anyio.fail_after(20):
-            # answered inline, then after a wait: its task (and cancel scopes, timeouts) stay its own
+            # across waits its task stays its own: cancel scopes and timeouts it enters work, fired or not
             assert await client.call("same_task", 0) is True
             assert await client.call("same_task", 0.01) is True
             # a context variable a method sets is not seen by the next request, waiting or not
