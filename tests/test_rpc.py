@@ -19,10 +19,14 @@ from helpers import Service, loop_name, service
 import aioipc
 import aioipc.process
 import aioipc.rpc
+from aioipc._core.objects import _Json, resolve_codec
 
 SERVICE = """
-    import asyncio, collections, sys
+    import asyncio, collections, contextvars, sys
+    import anyio
     import aioipc, aioipc.rpc
+
+    SEEN = contextvars.ContextVar("seen")
 
     class Service:
         def __init__(self):
@@ -49,6 +53,9 @@ SERVICE = """
         async def refuse(self):
             raise aioipc.rpc.RemoteError(-32001, "refused", {"why": "a test"})
 
+        async def unencodable(self):
+            return {1, 2}
+
         async def big(self, size):
             return "x" * size
 
@@ -57,6 +64,32 @@ SERVICE = """
 
         async def notes_taken(self):
             return self.notes
+
+        async def same_task(self, seconds):
+            task = asyncio.current_task()
+            with anyio.fail_after(5):  # a cancel scope entered before the first wait
+                await asyncio.sleep(seconds)
+            async with asyncio.timeout(5):
+                await asyncio.sleep(seconds)
+            with anyio.move_on_after(0.01):  # scopes that fire cancel this method, nothing else
+                await asyncio.sleep(10)
+            try:
+                async with asyncio.timeout(0.01):
+                    await asyncio.sleep(10)
+            except TimeoutError:
+                pass
+            return asyncio.current_task() is task
+
+        async def context_var(self, value, seconds=0):
+            before = SEEN.get(None)
+            SEEN.set(value)
+            await asyncio.sleep(seconds)
+            return [before, SEEN.get()]
+
+        async def cancel_self(self, seconds):
+            if seconds:
+                await asyncio.sleep(seconds)
+            raise asyncio.CancelledError
 
         def _private(self):
             return "never served"
@@ -127,6 +160,18 @@ async def test_remote_errors_carry_code_message_and_data(tmp_path: Path, tmp_ipc
                 await client.call("refuse")
             assert (refused.value.code, refused.value.message) == (-32001, "refused")
             assert refused.value.data == {"why": "a test"}
+            with pytest.raises(aioipc.rpc.RemoteError) as unencodable:  # a result JSON cannot carry
+                await client.call("unencodable")
+            assert (unencodable.value.code, unencodable.value.data["type"]) == (-32603, "TypeError")
+            with pytest.raises(TypeError):  # params JSON cannot carry: nothing is sent
+                await client.call("echo", {1, 2})
+            assert await client.call("echo", ['"quoted"\n', "é", 1.5, None, True]) == [
+                '"quoted"\n',
+                "é",
+                1.5,
+                None,
+                True,
+            ]
             assert await client.call("add", 2, 2) == 4  # the connection went on through all of it
 
 
@@ -156,6 +201,8 @@ SPEC_CASES = [
     (b'{"jsonrpc": "2.0", "id": 10, "method": "nope"}', error(-32601, 10)),
     (b'{"jsonrpc": "2.0", "id": 11, "method": "add", "params": {"a": 1}}', error(-32602, 11)),
     (b'{"jsonrpc": "2.0", "id": null, "method": "fail", "params": ["x"]}', error(-32603, None)),
+    (b'{"jsonrpc": "2.0", "id": 12, "method": "add", "params": [1, 2]} x', error(-32700, None)),
+    (b"", error(-32700, None)),
 ]
 
 
@@ -176,6 +223,31 @@ async def test_spec_error_codes_from_a_raw_peer(tmp_path: Path, tmp_ipc_dir: Pat
                 assert isinstance(response["error"]["message"], str)
             ok = await exchange(raw, b'{"jsonrpc": "2.0", "id": "a", "method": "add", "params": [1, 2]}')
             assert ok == {"jsonrpc": "2.0", "result": 3, "id": "a"}
+            spaced = await exchange(
+                raw, b' \n{"jsonrpc": "2.0", "id": "b", "method": "add", "params": [2, 2]}\t'
+            )
+            assert spaced == {"jsonrpc": "2.0", "result": 4, "id": "b"}  # whitespace around JSON is JSON
+
+
+def test_the_json_codec_forgets_a_failed_encode() -> None:
+    codec = resolve_codec("json")
+    assert isinstance(codec, _Json)
+    cycle: list[Any] = []
+    cycle.append(cycle)
+    with pytest.raises(ValueError, match="Circular"):
+        codec.encode(cycle)
+    cycle.clear()
+    assert codec.decode(codec.encode([cycle, {"k": cycle}])) == [[], {"k": []}]  # no cycle seen now
+    with pytest.raises(TypeError):
+        codec.encode({"x": object()})
+    assert codec.decode(codec.encode("é")) == "é"
+    assert [codec.dumps(value) for value in ("é\n", 7, True, None, 1.5)] == [
+        '"é\\n"',
+        "7",
+        "true",
+        "null",
+        "1.5",
+    ]
 
 
 async def test_batches_and_notifications(tmp_path: Path, tmp_ipc_dir: Path) -> None:
@@ -298,6 +370,29 @@ async def test_concurrency_is_bounded_per_connection(tmp_path: Path, tmp_ipc_dir
             await other.call("release", "a")
             assert await third == "third"
             await other.call("release", "b")
+
+
+async def test_a_method_keeps_its_task_and_a_context_of_its_own(tmp_path: Path, tmp_ipc_dir: Path) -> None:
+    async with (
+        rpc_server(tmp_path, f"unix:{tmp_ipc_dir}/rpc.sock") as (_, address),
+        await aioipc.rpc.connect(address) as client,
+    ):
+        with anyio.fail_after(20):
+            # across waits its task stays its own: cancel scopes and timeouts it enters work, fired or not
+            assert await client.call("same_task", 0) is True
+            assert await client.call("same_task", 0.01) is True
+            # a context variable a method sets is not seen by the next request, waiting or not
+            for seconds in (0, 0.01, 0, 0.01):
+                assert await client.call("context_var", seconds, seconds) == [None, seconds]
+            both = list(
+                await asyncio.gather(client.call("context_var", "a", 0.05), client.call("context_var", "b"))
+            )
+            assert both == [[None, "a"], [None, "b"]]
+            # a method that cancels itself, at once or after a wait, answers nothing and harms nothing
+            await client.notify("cancel_self", 0)
+            await client.notify("cancel_self", 0.01)
+            assert await client.call("add", 1, 2) == 3
+            assert await client.call("same_task", 0.01) is True
 
 
 def raw_socket(address: str) -> socket.socket:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import json.encoder
+import json.scanner
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -22,18 +24,62 @@ class Codec(Protocol):
 
 
 class _Json:
+    """Compact UTF-8 JSON. The C encoder and scanner are built once, not per message as
+    ``JSONEncoder.encode`` and ``JSONDecoder.decode`` do; anything unusual (leading
+    whitespace, an error) takes the standard path, so results and errors are json's own."""
+
     name = "json"
 
     def __init__(self) -> None:
-        self._encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
-        self._decode = json.JSONDecoder().decode
+        encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+        decoder = json.JSONDecoder()
+        self._encode = encoder.encode
+        self._decode = decoder.decode
+        self._markers: dict[int, Any] = {}  # the C encoder's circular-reference check
+        # the C accelerators json itself uses (absent from the type stubs; None without _json)
+        make_encoder = getattr(json.encoder, "c_make_encoder", None)
+        make_scanner = getattr(json.scanner, "c_make_scanner", None)
+        self._chunks: Callable[[Any, int], Any] | None = None
+        if make_encoder is not None:
+            basestring = json.encoder.encode_basestring
+            self._chunks = make_encoder(
+                self._markers, encoder.default, basestring, None, ":", ",", False, False, True
+            )
+        self._scan: Callable[[str, int], tuple[Any, int]] | None = (
+            None if make_scanner is None else make_scanner(decoder)
+        )
 
     def encode(self, obj: Any) -> bytes:
-        return self._encoder.encode(obj).encode()
+        return self.dumps(obj).encode()
+
+    def dumps(self, obj: Any) -> str:
+        """``obj`` as JSON text, as ``encode`` makes it (for a message built around it)."""
+        if type(obj) is str:
+            return json.encoder.encode_basestring(obj)
+        if type(obj) is int:  # an rpc id: as json writes an int
+            return int.__repr__(obj)
+        chunks = self._chunks
+        if chunks is None:
+            return self._encode(obj)
+        try:
+            return "".join(chunks(obj, 0))
+        except BaseException:
+            self._markers.clear()  # what a failed encode left behind would read as a cycle next time
+            raise
 
     def decode(self, data: bytes) -> Any:
         # JSON between programs is UTF-8 (RFC 8259): no encoding sniffing, as json.loads(bytes) does
-        return self._decode(str(data, "utf-8"))
+        text = str(data, "utf-8")
+        scan = self._scan
+        if scan is not None:
+            try:
+                obj, end = scan(text, 0)
+            except (StopIteration, ValueError):
+                pass  # leading whitespace or not JSON: decode() says which, as json does
+            else:
+                if end == len(text):
+                    return obj
+        return self._decode(text)
 
 
 class _Msgpack:

@@ -18,13 +18,14 @@ import asyncio
 import inspect
 import itertools
 import logging
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Coroutine, Mapping
+from types import CoroutineType
+from typing import Any, TypeVar
 
 import anyio
 
 from .._core.errors import IPCError, ProtocolError
-from .._core.objects import Codec, resolve_codec
+from .._core.objects import Codec, _Json, resolve_codec
 
 __all__ = [
     "INTERNAL_ERROR",
@@ -55,6 +56,7 @@ _MESSAGES = {
 }
 
 Handlers = Mapping[str, Callable[..., Any]] | object
+T = TypeVar("T")
 _MISSING: Any = object()
 
 
@@ -87,8 +89,28 @@ def _error(request_id: Any, code: int, message: str | None = None, data: Any = N
     return {"jsonrpc": "2.0", "error": error, "id": request_id}
 
 
+_ID_TYPES = (str, int, float)
+
+
+async def _ready(value: T) -> T:
+    return value
+
+
+def _unchanged(response: dict[str, Any]) -> dict[str, Any]:
+    return response
+
+
+def _result(result: Any, reply_id: Any) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "result": result, "id": reply_id}
+
+
+def _json_text(codec: Codec) -> Callable[[Any], str] | None:
+    """The standard JSON codec's ``dumps``: an rpc envelope is then built around its parts' text."""
+    return codec.dumps if isinstance(codec, _Json) else None
+
+
 def _valid_id(value: Any) -> bool:
-    return value is None or (isinstance(value, str | int | float) and not isinstance(value, bool))
+    return value is None or (isinstance(value, _ID_TYPES) and value is not True and value is not False)
 
 
 class _Method:
@@ -106,12 +128,6 @@ class _Method:
                 self.signature = inspect.signature(function)
             except (TypeError, ValueError):  # a builtin without a signature: call and see
                 self.signature = None
-
-    def start(self, args: list[Any], kwargs: dict[str, Any]) -> Any:
-        """Call the handler; ``TypeError`` means the params do not fit its signature."""
-        if self.signature is not None:
-            self.signature.bind(*args, **kwargs)
-        return self.function(*args, **kwargs)
 
 
 def method_table(handlers: Handlers) -> dict[str, _Method]:
@@ -141,21 +157,27 @@ class Dispatcher:
     def __init__(self, handlers: Handlers, codec: str | Codec = "json") -> None:
         self.methods = method_table(handlers)
         self.codec = resolve_codec(codec)
+        self._dumps = _json_text(self.codec)
 
-    async def handle(self, data: bytes) -> bytes | None:
-        """The encoded response to the message ``data``; ``None`` when nothing must be answered."""
+    def handle(self, data: bytes) -> Coroutine[Any, Any, bytes | None]:
+        """The encoded response to the message ``data`` (``None``: nothing to answer), to await.
+
+        Not ``async def``: a single request is answered by one coroutine, not two.
+        """
         try:
             message = self.codec.decode(data)
         except Exception:
-            return self.encode(_error(None, PARSE_ERROR))
+            return _ready(self.encode(_error(None, PARSE_ERROR)))
         if isinstance(message, dict):
-            response = await self._answer(message)
-            return None if response is None else self.encode(response)
+            return self._answer(message, self.encode, self._encode_result)
         if isinstance(message, list) and message:
-            answers = await asyncio.gather(*(self._answer(item) for item in message))
-            responses = [response for response in answers if response is not None]
-            return self.encode(responses) if responses else None
-        return self.encode(_error(None, INVALID_REQUEST))
+            return self._answer_batch(message)
+        return _ready(self.encode(_error(None, INVALID_REQUEST)))
+
+    async def _answer_batch(self, batch: list[Any]) -> bytes | None:
+        answers = await asyncio.gather(*(self._answer(item, _unchanged, _result) for item in batch))
+        responses = [response for response in answers if response is not None]
+        return self.encode(responses) if responses else None
 
     def encode(self, response: Any) -> bytes:
         try:
@@ -171,7 +193,32 @@ class Dispatcher:
             return self.codec.encode([_error(r.get("id"), INTERNAL_ERROR, data=data) for r in response])
         return self.codec.encode(_error(response.get("id"), INTERNAL_ERROR, data=data))
 
-    async def _answer(self, request: Any) -> dict[str, Any] | None:
+    async def _answer(
+        self, request: Any, finish: Callable[[dict[str, Any]], T], result_of: Callable[[Any, Any], T]
+    ) -> T | None:
+        """``result_of(result, id)`` or ``finish(error response)`` for ``request``; None: a notification."""
+        started = self._start(request)
+        if not isinstance(started, tuple):
+            return None if started is None else finish(started)
+        result, reply_id, method_name = started
+        if type(result) is CoroutineType or inspect.isawaitable(result):
+            try:
+                result = await result
+            except Exception as exc:
+                return None if reply_id is _MISSING else finish(self._failed(reply_id, method_name, exc))
+        return None if reply_id is _MISSING else result_of(result, reply_id)
+
+    def _encode_result(self, result: Any, reply_id: Any) -> bytes:
+        dumps = self._dumps
+        if dumps is not None:  # JSON: the envelope is a constant around the result and the id
+            try:
+                return f'{{"jsonrpc":"2.0","result":{dumps(result)},"id":{dumps(reply_id)}}}'.encode()
+            except Exception:
+                pass  # encode() says why, per request
+        return self.encode(_result(result, reply_id))
+
+    def _start(self, request: Any) -> tuple[Any, Any, str] | dict[str, Any] | None:
+        """Call the method ``request`` names: (its result, the id or _MISSING, the name), or the response."""
         if not isinstance(request, dict):
             return _error(None, INVALID_REQUEST)
         request_id = request.get("id", _MISSING)
@@ -200,17 +247,13 @@ class Dispatcher:
         if method is None:
             return None if notification else _error(reply_id, METHOD_NOT_FOUND, data=method_name)
         try:
-            result = method.start(args, kwargs)
+            if method.signature is not None:
+                method.signature.bind(*args, **kwargs)
+            return method.function(*args, **kwargs), request_id, method_name
         except TypeError as exc:
             return None if notification else _error(reply_id, INVALID_PARAMS, data=str(exc))
         except Exception as exc:  # a sync handler raised
             return None if notification else self._failed(reply_id, method_name, exc)
-        if inspect.isawaitable(result):
-            try:
-                result = await result
-            except Exception as exc:
-                return None if notification else self._failed(reply_id, method_name, exc)
-        return None if notification else {"jsonrpc": "2.0", "result": result, "id": reply_id}
 
     @staticmethod
     def _failed(reply_id: Any, method_name: str, exc: Exception) -> dict[str, Any]:
@@ -231,6 +274,7 @@ class Caller:
 
     def __init__(self, codec: str | Codec, peer: str) -> None:
         self.codec = resolve_codec(codec)
+        self._dumps = _json_text(self.codec)
         self._peer = peer
         self._pending: dict[Any, asyncio.Future[dict[str, Any]]] = {}
         self._ids = itertools.count(1)
@@ -242,6 +286,13 @@ class Caller:
     async def _response(self, request_id: int, future: asyncio.Future[dict[str, Any]]) -> dict[str, Any]:
         """Wait for the response to ``request_id`` (a transport that reads in the caller overrides this)."""
         return await future
+
+    async def _exchange(
+        self, data: bytes, request_id: int, future: asyncio.Future[dict[str, Any]]
+    ) -> dict[str, Any]:
+        """Send the request ``data``, then wait for its response (a transport may do both in one frame)."""
+        await self._send(data, request_id)
+        return await self._response(request_id, future)
 
     async def call(self, method: str, /, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
         """Call ``method`` with positional or keyword params; return its result.
@@ -257,20 +308,23 @@ class Caller:
         if self._lost is not None:
             raise self._lost_error()
         request_id = next(self._ids)
-        request: dict[str, Any] = {"jsonrpc": "2.0", "method": method, "id": request_id}
-        if args or kwargs:
-            request["params"] = kwargs or list(args)
-        data = self.codec.encode(request)
+        dumps = self._dumps
+        if dumps is not None:  # JSON: the envelope is a constant around the method, params and id
+            params = f',"params":{dumps(kwargs or list(args))}' if args or kwargs else ""
+            data = f'{{"jsonrpc":"2.0","method":{dumps(method)}{params},"id":{request_id}}}'.encode()
+        else:
+            request: dict[str, Any] = {"jsonrpc": "2.0", "method": method, "id": request_id}
+            if args or kwargs:
+                request["params"] = kwargs or list(args)
+            data = self.codec.encode(request)
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
         try:
             if timeout is None:
-                await self._send(data, request_id)
-                response = await self._response(request_id, future)
+                response = await self._exchange(data, request_id, future)
             else:
                 with anyio.fail_after(timeout):
-                    await self._send(data, request_id)
-                    response = await self._response(request_id, future)
+                    response = await self._exchange(data, request_id, future)
         finally:
             self._pending.pop(request_id, None)
         if "error" in response:

@@ -1,15 +1,24 @@
 """JSON-RPC over one message stream: :class:`Client`, and the serving loop of one connection.
 
-Serving one connection, the states of a request: *read* (the loop
-received it, holding one of ``max_concurrency`` slots), *running* (its own
-task), *answered* (the response sent under the connection's send lock).
-Rule 1: the loop reads the next message only when a slot is free, so a
-peer that floods the connection is slowed, never buffered without bound.
+Serving one connection, one task at a time is its *reader*: it receives a
+request and runs its answer (the method, then the response sent) at once,
+in a fresh copy of its context; a response ready while another answer is
+sending joins that answer's outbox, which it sends before it ends. Most
+answers finish without waiting: no task per request, no loop turn. An
+answer that waits keeps the task it started in (a cancel scope or timeout
+it entered there stays valid), which becomes its *host*, and a new task
+becomes the reader. The task that serves the connection only waits for the
+end, and cancels the others if it is cancelled.
+Rule 1: the reader receives the next message only while fewer than
+``max_concurrency`` answers wait or responses are queued, so a peer that
+floods the connection (or reads no responses) is slowed, never buffered
+without bound.
 Rule 2: the peer's end (EOF) stops reading; what is running still gets
-answered; then the loop returns. A broken or closed stream ends it at once.
+answered; then the serving returns. A broken or closed stream ends it at once.
 Rule 3: an oversize or malformed frame ends this connection only (the
-exception propagates to whoever serves it, which logs it); a message that
-is not JSON-RPC is answered with an error and the connection goes on.
+exception propagates to whoever serves it, which logs it, and what is
+running is cancelled); a message that is not JSON-RPC is answered with an
+error and the connection goes on.
 
 The client has no reader task: the first caller that waits reads for
 everyone (the *reader*), handing each response to its call (see
@@ -23,8 +32,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
-from collections.abc import Coroutine
+import types
+from collections import deque
+from collections.abc import Coroutine, Generator
+from contextvars import Context, copy_context
 from types import TracebackType
 from typing import Any
 
@@ -47,57 +58,138 @@ async def serve_connection(msgs: Any, dispatcher: Dispatcher, max_concurrency: i
     """Answer the requests arriving on ``msgs`` until it ends (see the module docstring)."""
     if max_concurrency < 1:
         raise ValueError(f"max_concurrency must be at least 1, not {max_concurrency}")
-    slots = asyncio.Semaphore(max_concurrency)
-    send_lock = asyncio.Lock()
-    running: set[asyncio.Task[None]] = set()
-    handle = dispatcher.handle
-    loop = asyncio.get_running_loop()
-    if sys.version_info >= (3, 12):  # run each answer at once, up to its first wait: no extra loop turn
+    connection = _Connection(msgs, dispatcher, max_concurrency)
+    connection.start_reader()
+    try:
+        await connection.finished
+    finally:
+        while connection.tasks:
+            for task in connection.tasks:
+                task.cancel()
+            await asyncio.wait(set(connection.tasks))
 
-        def start(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-            return asyncio.Task(coro, loop=loop, eager_start=True)
-    else:
-        start = loop.create_task
 
-    async def answer(data: bytes) -> None:
+class _Connection:
+    """The serving state of one connection, shared by its reader and the hosts of waiting answers."""
+
+    def __init__(self, msgs: Any, dispatcher: Dispatcher, max_concurrency: int) -> None:
+        self.msgs = msgs
+        self.dispatcher = dispatcher
+        self.max_concurrency = max_concurrency
+        self.loop = asyncio.get_running_loop()
+        self.finished: asyncio.Future[None] = self.loop.create_future()
+        self.tasks: set[asyncio.Task[None]] = set()  # the reader and the hosts
+        self.hosts = 0  # answers that wait, each in the task it started in
+        self.slot_freed: asyncio.Future[None] | None = (
+            None  # the reader waits on it for a slot, or at the end
+        )
+        self.sending = False  # an answer is sending: it sends the outbox's replies too, in turn
+        self.outbox: deque[bytes] = deque()
+
+    def start_reader(self) -> None:
+        task = self.loop.create_task(self.read())
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def read(self) -> None:
+        """Receive and answer until the end, or until an answer waits: then host it (a new task reads)."""
+        receive, answer = self.msgs.receive, self.answer
         try:
-            reply = await handle(data)
-            if reply is not None:
-                async with send_lock:
+            while True:
+                while self.hosts + len(self.outbox) >= self.max_concurrency:  # Rule 1
+                    await self.wait_for_a_slot()
+                try:
+                    data = await receive()
+                except _GONE:
+                    break
+                coro = answer(data)
+                context = copy_context()
+                try:
+                    waiting_on = context.run(coro.send, None)
+                except StopIteration:
+                    continue  # answered
+                except asyncio.CancelledError:
+                    continue  # the method cancelled itself (nothing cancels this task while it runs)
+                self.hosts += 1
+                self.start_reader()
+                try:
+                    await _resume(coro, waiting_on, context)
+                finally:
+                    self.hosts -= 1
+                    self.free_a_slot()
+                return
+            while self.hosts:  # Rule 2
+                await self.wait_for_a_slot()
+        except Exception as exc:  # the stream broke: the serving task raises it and cancels the hosts
+            if not self.finished.done():
+                self.finished.set_exception(exc)
+            return
+        if not self.finished.done():
+            self.finished.set_result(None)
+
+    async def wait_for_a_slot(self) -> None:
+        self.slot_freed = self.loop.create_future()
+        await self.slot_freed
+
+    def free_a_slot(self) -> None:
+        if self.slot_freed is not None and not self.slot_freed.done():
+            self.slot_freed.set_result(None)
+
+    async def answer(self, data: bytes) -> None:
+        try:
+            reply = await self.dispatcher.handle(data)
+            if reply is None:
+                return
+            if self.sending:  # the answer sending now sends this one too: no wait, no lock
+                self.outbox.append(reply)
+                return
+            self.sending = True
+            try:
+                try:
+                    await self.msgs.send(reply)
+                except FrameTooLarge as exc:
+                    await self.send_undeliverable(reply, exc)
+                outbox = self.outbox
+                while outbox:
+                    reply = outbox.popleft()
+                    self.free_a_slot()
                     try:
-                        await msgs.send(reply)
-                    except FrameTooLarge as exc:  # a result over max_size: the caller gets an error
-                        await msgs.send(
-                            dispatcher.undeliverable(dispatcher.codec.decode(reply), str(exc), exc)
-                        )
+                        await self.msgs.send(reply)
+                    except FrameTooLarge as exc:
+                        await self.send_undeliverable(reply, exc)
+            finally:
+                self.sending = False
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-            pass  # the peer is gone: the reading loop sees it too
+            self.outbox.clear()  # the peer is gone: the reader sees it too
         except Exception:
             logger.exception("rpc: cannot send a response")
-        finally:
-            slots.release()
 
-    try:
-        while True:
-            await slots.acquire()
+    async def send_undeliverable(self, reply: bytes, exc: FrameTooLarge) -> None:
+        """``reply`` is over max_size: its caller (each caller of a batch) gets an error instead."""
+        dispatcher = self.dispatcher
+        await self.msgs.send(dispatcher.undeliverable(dispatcher.codec.decode(reply), str(exc), exc))
+
+
+@types.coroutine
+def _resume(coro: Coroutine[Any, Any, None], waiting_on: Any, context: Context) -> Generator[Any, Any, None]:
+    """Run ``coro`` on from where it waits on ``waiting_on``, in ``context``, in the awaiting task."""
+    run = context.run
+    while True:
+        try:
+            value = yield waiting_on
+        except GeneratorExit:
+            coro.close()
+            raise
+        except BaseException as exc:  # a cancel (or a future's error) goes to the coroutine
             try:
-                data = await msgs.receive()
-            except BaseException as exc:
-                slots.release()
-                if isinstance(exc, _GONE):
-                    break
-                raise
-            task = start(answer(data))
-            if not task.done():
-                running.add(task)
-                task.add_done_callback(running.discard)
-        if running:
-            await asyncio.wait(set(running))
-    finally:
-        for task in running:
-            task.cancel()
-        if running:
-            await asyncio.wait(set(running))
+                waiting_on = run(coro.throw, exc)
+            except StopIteration:
+                return
+        else:
+            try:
+                waiting_on = run(coro.send, value)
+            except StopIteration:
+                return
 
 
 class Client(Caller):
@@ -134,8 +226,20 @@ class Client(Caller):
         return f"<{type(self).__name__} over {self._peer} pending={len(self._pending)}>"
 
     async def _send(self, data: bytes, request_id: int | None) -> None:
-        async with self._send_lock:
+        lock = self._send_lock
+        await lock.acquire()
+        try:
             await self.stream.send(data)
+        finally:
+            lock.release()
+
+    async def _exchange(
+        self, data: bytes, request_id: int, future: asyncio.Future[dict[str, Any]]
+    ) -> dict[str, Any]:
+        await self._send(data, request_id)
+        if not self._reading and self._lost is None and not future.done():
+            return await self._read_until(request_id, future)  # the common case: it reads its own
+        return await self._response(request_id, future)
 
     async def _response(self, request_id: int, future: asyncio.Future[dict[str, Any]]) -> dict[str, Any]:
         while True:
@@ -178,9 +282,9 @@ class Client(Caller):
                     deliver(data)
         finally:
             self._reading = False
-            if not future.done():  # cancelled: this call is over, someone else must read
-                self._pending.pop(request_id, None)
-            self._hand_over()
+            self._pending.pop(request_id, None)  # answered, or cancelled: this call is over
+            if self._pending:
+                self._hand_over()  # someone else must read
         return future.result()
 
     def _hand_over(self) -> None:
