@@ -187,6 +187,9 @@ async def test_a_call_cancelled_while_queued_leaves_no_error_nobody_reads(exact:
                 for i in range(30):
                     tg.start_soon(cancelled_while_queued, i)
                 await until(lambda: len(scopes) == 30 and all(scope.cancel_called for scope in scopes))
+                # and each caller has had its cancellation, not merely had it called for: a call
+                # whose caller is cancelled but not yet told may start, as the thread cannot know
+                await anyio.wait_all_tasks_blocked()
                 gate.set()
         # From here the thread only skips 30 calls: a bound of seconds, where callers
         # spinning the loop took 1-10 s to let it.
