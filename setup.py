@@ -17,6 +17,8 @@ setup(
                 "aioipc/_core/_mq.c",
                 "aioipc/_core/_mqcore.c",
                 "aioipc/_core/_message.c",
+                "aioipc/_core/_framer.c",
+                "aioipc/_core/_fdsend.c",
             ],
             depends=["aioipc/_core/_speedups.h"],
             optional=True,

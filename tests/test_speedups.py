@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import array
 import importlib.util
 import os
+import socket
 import struct
 import subprocess
 import sys
+from typing import Any
 
+import anyio
+import anyio.lowlevel
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import aioipc
+import aioipc.sockets
+from aioipc import FrameTooLarge
 from aioipc._core import framing, speedups
 
 # -- which path runs -------------------------------------------------------------------------------
@@ -44,28 +52,39 @@ def test_ci_built_the_accelerator() -> None:
 
 
 def framer_parse(
-    buffer: bytes, start: int, end: int, max_size: int, batch: int
+    framer: framing._PyFramerCore, buffer: bytes, start: int, end: int, batch: int
 ) -> tuple[list[bytes], int, int, int]:
-    """``Framer._parse_python`` over ``buffer[start:end]``: messages, next start, need, bad size or -1."""
-    framer = framing.Framer(max_size)
+    """One ``_parse`` of ``framer`` over ``buffer[start:end]``: messages, next start, need, bad size or -1."""
     framer._buf = bytearray(buffer)
     framer._view = memoryview(framer._buf)
-    framer._start, framer._end = start, end
+    framer._start, framer._end, framer._need = start, end, 4
+    framer.parsed = framing._NO_PARSED
+    framer.total, framer._error = 0, None
     saved = framing.PARSE_BATCH
-    setattr(framing, "PARSE_BATCH", batch)  # read by _parse at each call  # noqa: B010
+    setattr(framing, "PARSE_BATCH", batch)  # read by the Python _parse at each call  # noqa: B010
+    framing.setup_compiled_framer()  # and handed to the compiled one
     try:
-        framer._parse_python()
+        framer._parse()
     finally:
         setattr(framing, "PARSE_BATCH", saved)  # noqa: B010
+        framing.setup_compiled_framer()
     next_start = end if framer._start == framer._end == 0 else framer._start
     bad = -1 if framer._error is None else framer._error.size
+    assert framer.total == len(framer.parsed)
     return list(framer.parsed), next_start, framer._need, bad
 
 
+def python_framer(max_size: int) -> framing._PyFramerCore:
+    framer = framing._PyFramerCore()
+    framer.max_size = max_size
+    return framer
+
+
 frames = st.lists(st.binary(max_size=40), max_size=30)
+compiled = pytest.mark.skipif(speedups.FramerCore is None, reason="the accelerator is not in use")
 
 
-@pytest.mark.skipif(speedups.parse_frames is None, reason="the accelerator is not in use")
+@compiled
 @given(frames, st.integers(0, 4), st.integers(0, 50), st.integers(1, 40), st.binary(max_size=3))
 def test_the_c_frame_parser_parses_as_the_framer_does(
     messages: list[bytes], cut: int, max_size: int, batch: int, junk: bytes
@@ -74,16 +93,48 @@ def test_the_c_frame_parser_parses_as_the_framer_does(
         b"".join(framing.Framer.encode(m) for m in messages) + struct.pack(">I", 100 + cut)[: cut or 4] + junk
     )
     buffer = b"??" + wire + b"!!"  # both keep to start..end
-    assert speedups.parse_frames is not None
-    got: list[bytes] = []
-    start, need, bad = speedups.parse_frames(buffer, 2, 2 + len(wire), max_size, batch, got.append)
-    assert (got, start, need, bad) == framer_parse(buffer, 2, 2 + len(wire), max_size, batch)
+    ours = framer_parse(framing.Framer(max_size), buffer, 2, 2 + len(wire), batch)
+    assert ours == framer_parse(python_framer(max_size), buffer, 2, 2 + len(wire), batch)
 
 
-@pytest.mark.skipif(speedups.parse_frames is None, reason="the accelerator is not in use")
+@compiled
 def test_the_c_frame_parser_refuses_bounds_outside_the_buffer() -> None:
-    assert speedups.parse_frames is not None
-    with pytest.raises(ValueError, match="within the buffer"):
-        speedups.parse_frames(b"abc", 0, 4, 10, 10, print)
-    with pytest.raises(ValueError, match="within the buffer"):
-        speedups.parse_frames(b"abc", 2, 1, 10, 10, print)
+    framer = framing.Framer(10)
+    framer._buf = bytearray(b"abc")
+    for start, end in ((0, 4), (2, 1)):
+        framer._start, framer._end = start, end
+        with pytest.raises(ValueError, match="out of range"):
+            framer._parse()
+
+
+# -- a framed send over an fd stream (compiled: FastOp through SendCore) -----------------------------
+
+
+@pytest.mark.parametrize("kind", ["unix", "tcp"])
+async def test_a_framed_send_of_any_buffer_arrives_whole_and_refusals_send_nothing(kind: str) -> None:
+    if kind == "unix":
+        a, b = socket.socketpair()
+    else:
+        with socket.create_server(("127.0.0.1", 0)) as listener:
+            a = socket.create_connection(listener.getsockname())
+            b, _ = listener.accept()
+    tx = aioipc.framed(aioipc.sockets.from_socket(a), max_size=8)
+    rx = aioipc.framed(aioipc.sockets.from_socket(b), max_size=8)
+    payloads: list[Any] = [b"x", bytearray(b"yz"), memoryview(array.array("h", [1, 2])), b"", b"8 bytes!"]
+    with anyio.fail_after(10):
+        async with tx, rx:
+            with pytest.raises(FrameTooLarge):
+                await tx.send(b"9 bytes!!")
+            for payload in payloads:
+                await tx.send(payload)
+            for _ in range(100):  # a burst: the first is written at once, the rest queue behind it
+                await tx.send(b"burst")
+            assert [await rx.receive() for _ in payloads] == [
+                bytes(memoryview(p).cast("B")) for p in payloads
+            ]
+            assert [await rx.receive() for _ in range(100)] == [b"burst"] * 100
+            await rx.aclose()
+            with pytest.raises(anyio.BrokenResourceError):
+                while True:  # the peer's close (a reset, over TCP) may take a send or two to show
+                    await tx.send(b"late")
+                    await anyio.lowlevel.checkpoint()  # the end of the burst: its write fails

@@ -1,5 +1,4 @@
-/* Optional accelerator: batched message socket I/O (sendmmsg / recvmmsg), and the
- * length-prefixed frame parser's inner loop.
+/* Optional accelerator: batched message socket I/O (sendmmsg / recvmmsg); the module's init.
  *
  * The pure-Python equivalents live in speedups.py, which decides which one
  * is used (AIOIPC_NO_SPEEDUPS=1 forces Python). Both take and return the
@@ -355,74 +354,7 @@ fail:
     return NULL;
 }
 
-/* parse_frames(buffer, start, end, max_size, batch, append) -> (start, need, bad_size)
- * Framer._parse's loop: hand each whole length-prefixed frame (4-byte big-endian length, then
- * the payload) in buffer[start:end] to append() as bytes, at most `batch` of them. Stops at a
- * partial frame (need: the bytes that frame takes, header included; else 4) or at a header over
- * max_size (bad_size: its size, else -1), after every whole frame before it. Nothing is
- * allocated but the messages, each no larger than max_size. */
-static PyObject *
-parse_frames(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
-{
-    Py_buffer view;
-    Py_ssize_t start, end, batch;
-    unsigned long long max_size;
-    long long need = 4, bad = -1;
-    const unsigned char *buf;
-    PyObject *append;
-
-    if (nargs != 6) {
-        PyErr_SetString(PyExc_TypeError, "parse_frames(buffer, start, end, max_size, batch, append)");
-        return NULL;
-    }
-    start = PyLong_AsSsize_t(args[1]);
-    end = PyLong_AsSsize_t(args[2]);
-    max_size = PyLong_AsUnsignedLongLong(args[3]);
-    batch = PyLong_AsSsize_t(args[4]);
-    if (PyErr_Occurred())
-        return NULL;
-    append = args[5];
-    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
-        return NULL;
-    if (start < 0 || end < start || end > view.len) {
-        PyBuffer_Release(&view);
-        PyErr_SetString(PyExc_ValueError, "start and end must lie within the buffer");
-        return NULL;
-    }
-    buf = (const unsigned char *)view.buf;
-    while (end - start >= 4 && batch > 0) {
-        unsigned long long size = ((unsigned long long)buf[start] << 24) | ((unsigned long long)buf[start + 1] << 16) |
-                                  ((unsigned long long)buf[start + 2] << 8) | (unsigned long long)buf[start + 3];
-        PyObject *message, *result;
-        if (size > max_size) {
-            bad = (long long)size;
-            break;
-        }
-        if ((unsigned long long)(end - start - 4) < size) {
-            need = 4 + (long long)size;
-            break;
-        }
-        message = PyBytes_FromStringAndSize((const char *)buf + start + 4, (Py_ssize_t)size);
-        if (message == NULL)
-            goto fail;
-        result = PyObject_CallOneArg(append, message);
-        Py_DECREF(message);
-        if (result == NULL)
-            goto fail;
-        Py_DECREF(result);
-        start += 4 + (Py_ssize_t)size;
-        batch--;
-    }
-    PyBuffer_Release(&view);
-    return Py_BuildValue("(nLL)", start, need, bad);
-fail:
-    PyBuffer_Release(&view);
-    return NULL;
-}
-
 static PyMethodDef methods[] = {
-    {"parse_frames", (PyCFunction)(void (*)(void))parse_frames, METH_FASTCALL,
-     "parse_frames(buffer, start, end, max_size, batch, append) -> (start, need, bad_size)"},
     {"send_batch", (PyCFunction)(void (*)(void))send_batch, METH_FASTCALL,
      "send_batch(sock, messages, start) -> number of messages sent (sendmmsg)"},
     {"recv_batch", (PyCFunction)(void (*)(void))recv_batch, METH_FASTCALL,
@@ -434,7 +366,7 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "aioipc._core._speedups",
-    .m_doc = "Batched message socket I/O (sendmmsg/recvmmsg), a frame parser, the shared-memory ring's fast paths,"
+    .m_doc = "Batched message socket I/O (sendmmsg/recvmmsg), a length-prefixed framer, the shared-memory ring's fast paths,"
              " and non-blocking message queue calls.",
     .m_size = 0,
     .m_methods = methods,
@@ -445,7 +377,8 @@ PyInit__speedups(void)
 {
     PyObject *m = PyModule_Create(&module);
     if (m != NULL && (speedups_add_ring(m) < 0 || speedups_add_queues(m) < 0 || speedups_add_queue_cores(m) < 0 ||
-                      speedups_add_message(m) < 0))
+                      speedups_add_message(m) < 0 ||
+                      speedups_add_framer(m) < 0 || speedups_add_send(m) < 0))
         Py_CLEAR(m);
     return m;
 }

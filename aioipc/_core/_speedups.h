@@ -1,8 +1,9 @@
 /* What the accelerator's source files share: the one module aioipc._core._speedups is built
- * from _speedups.c (message sockets, the frame parser, the module), _fastop.c (the frameless
+ * from _speedups.c (message sockets, the module), _fastop.c (the frameless
  * coroutine of every compiled send() and receive()), _ring.c (the shared-memory ring's fast paths),
- * _mq.c (non-blocking message queue calls), _mqcore.c (the queues' compiled send() and receive())
- * and _message.c (the message sockets' fast paths). */
+ * _mq.c (non-blocking message queue calls), _mqcore.c (the queues' compiled send() and receive()),
+ * _message.c (the message sockets' fast paths), _framer.c (the length-prefixed framer) and
+ * _fdsend.c (a send stream's small sends, the framed send()). */
 #ifndef AIOIPC_SPEEDUPS_H
 #define AIOIPC_SPEEDUPS_H
 
@@ -41,5 +42,13 @@ int queue_sysv_send(int id, PyObject *data, PyObject *type);
 
 /* _message.c: MessageCore, the base of the message sockets (seqpacket, datagram) */
 int speedups_add_message(PyObject *module);
+
+/* _framer.c: FramerCore (the base of the length-prefixed Framer: its state and per-read methods)
+ * and recv_fill / try_recv_fill (one read of a stream socket or pipe into a framer). */
+int speedups_add_framer(PyObject *module);
+
+/* _fdsend.c: SendCore (the base of FdSendStream: its state and try_send_parts) and frame_send
+ * (a framed stream's send(), a FastOp). */
+int speedups_add_send(PyObject *module);
 
 #endif

@@ -34,7 +34,9 @@ import anyio.lowlevel
 
 from .attributes import IPCAttribute
 from .errors import broken, map_exceptions
+from .fdcore import DIRECT_WRITE, HIGH_WATER, skip_bytes
 from .fdio import FdHandle, check_fd_kind
+from .speedups import SendCore, recv_fill, try_recv_fill
 from .streams import (
     FAIR_OPS,
     FAIR_SHIFT,
@@ -50,24 +52,9 @@ from .streams import (
 
 __all__ = ["FdByteStream", "FdHandle", "FdReceiveStream", "FdSendStream", "check_fd_kind"]
 
-HIGH_WATER = 64 * 1024  # pending bytes above which send() waits for the peer
-DIRECT_WRITE = 16 * 1024  # sends this large skip the pending buffer
 PIPE_BUF = select.PIPE_BUF
 
 T = TypeVar("T")
-
-
-def _skip(parts: Sequence[Buffer], offset: int) -> list[memoryview]:
-    """Byte views of ``parts`` without their first ``offset`` bytes."""
-    views = []
-    for part in parts:
-        view = memoryview(part).cast("B")
-        if offset >= len(view):
-            offset -= len(view)
-            continue
-        views.append(view[offset:])
-        offset = 0
-    return views
 
 
 def _fd_extra(handle: FdHandle, extra: Mapping[Any, Any] | None) -> dict[Any, Callable[[], Any]]:
@@ -76,21 +63,6 @@ def _fd_extra(handle: FdHandle, extra: Mapping[Any, Any] | None) -> dict[Any, Ca
     for key, value in (extra or {}).items():
         attrs[key] = (lambda v: lambda: v)(value)
     return attrs
-
-
-def _fill_now(fd: int, sink: BufferSink) -> int:
-    try:
-        n = os.readv(fd, (sink.get_buffer(),))
-    except BlockingIOError:
-        sink.release()
-        raise
-    if n:
-        sink.buffer_updated(n)
-    return n
-
-
-def _nothing(result: object) -> None:
-    pass
 
 
 class _FdOwner:
@@ -176,10 +148,20 @@ class FdReceiveStream(_FdOwner, ByteReceiveStream):
             guard.busy = False
 
     async def fill(self, sink: BufferSink) -> None:
-        if not self._handle._reader_armed:  # armed: the fd was empty; take no buffer to find out
-            n = self._read_now(sink.get_buffer())
-            if n:
-                sink.buffer_updated(n)
+        handle = self._handle
+        # The common case of a reader that keeps up with no wait: read now, unless the loop
+        # polls the fd (it was empty: take no buffer to find out) or the slow path is due.
+        ready = self._budget > 0 and handle.fd >= 0 and not handle._reader_armed
+        if ready and not (self._unclaimed or self._wait_first or self._guard.busy):
+            try:
+                n = try_recv_fill(handle.fd, None, sink, -1)
+            except OSError:
+                with map_exceptions():
+                    raise
+            if n is not None:
+                if not n:
+                    raise anyio.EndOfStream
+                self._budget -= 1 + (n >> FAIR_SHIFT)  # type: ignore[operator]  # a read(): an int
                 return
         if self._unclaimed:  # what a cancelled receive() had read: handed over like any receive_into
             sink.buffer_updated(await self.receive_into(sink.get_buffer(len(self._unclaimed))))
@@ -194,15 +176,26 @@ class FdReceiveStream(_FdOwner, ByteReceiveStream):
             self._budget -= 1
             sink.release()  # no buffer while parked: one is taken when data comes
             # The op hands what it read to the sink at once: a cancelled wait loses nothing.
-            await self._read(_fill_now, _nothing, sink)
+            if self._wait_first:  # a FIFO opened before any writer: wait for the first one
+                await handle.wait_readable()
+                self._wait_first = False
+            # Parked on the handle's future itself, not in handle.read: one coroutine fewer per wait.
+            waiter = handle.park_read(recv_fill, None, sink, -1)
+            try:
+                n = await waiter
+            finally:
+                handle.end_read()
+        except OSError:
+            with map_exceptions():
+                raise
         finally:
             guard.busy = False
+        if not n:
+            raise anyio.EndOfStream
 
     def _read_now(self, buffer: memoryview) -> int:
-        """The common case of a reader that keeps up with no wait: read at once.
-
-        Returns 0 when the read would block, or must go the slow way (the
-        loop polls the fd, bytes are unclaimed, the budget is spent ...).
+        """:meth:`receive_into` with no wait: 0 when the read would block, or must go the slow
+        way (the loop polls the fd, bytes are unclaimed, the budget is spent ...).
 
         Raises:
             anyio.EndOfStream: the peer closed its end.
@@ -254,7 +247,7 @@ class FdReceiveStream(_FdOwner, ByteReceiveStream):
         await anyio.lowlevel.checkpoint()
 
 
-class FdSendStream(_FdOwner, ByteSendStream):
+class FdSendStream(_FdOwner, SendCore, ByteSendStream):
     """Send bytes to a non-blocking fd, coalescing small sends.
 
     ``send()`` returns once the data is either written or queued in a
@@ -281,7 +274,8 @@ class FdSendStream(_FdOwner, ByteSendStream):
       pending and every later send raises ``BrokenResourceError``.
 
     In every state a send appends only when it is about to return
-    normally: a send that raised put nothing on the wire.
+    normally: a send that raised put nothing on the wire. The states and
+    ``try_send_parts`` are :class:`SendCore`'s (compiled, or its Python twin).
 
     Args:
         atomic: keep each ``send()`` of at most ``PIPE_BUF`` bytes in one
@@ -331,52 +325,6 @@ class FdSendStream(_FdOwner, ByteSendStream):
     async def send(self, item: Buffer) -> None:
         await self.send_parts((byte_view(item),))
 
-    def try_send_parts(self, parts: Sequence[Buffer]) -> bool:
-        """Take ``parts`` now if no wait is needed (see :class:`ByteSendStream`).
-
-        ``parts`` are byte buffers whose ``len()`` counts bytes (pass typed
-        views through :func:`byte_view`).
-        """
-        size = sum(map(len, parts))
-        pending = self._pending
-        if (
-            size >= DIRECT_WRITE
-            or len(pending) >= HIGH_WATER
-            or self._budget <= 0
-            or self._error is not None
-            or self._closed
-            or self._guard.busy
-            or self._handle.fd < 0
-        ):
-            return False
-        self._budget -= 1  # a small send: its bytes are bounded by HIGH_WATER between flushes
-        if self._flush_handle is not None or self._parked:
-            # burst or parked: a flush is already due, queue behind it.
-            for part in parts:
-                pending += part
-            if self._units is not None:
-                self._units.append(size)
-            return True
-        # idle: write at once; the sends that follow in this iteration queue
-        # behind the end of the burst scheduled here and go out together.
-        handle = self._handle
-        try:
-            written = os.writev(handle.fd, parts)
-        except BlockingIOError:
-            written = 0
-        except OSError as exc:
-            self._error = exc
-            raise broken(exc) from exc
-        if written < size:
-            for view in _skip(parts, written):
-                pending += view
-            if self._units is not None:
-                self._units.append(size - written)
-            self._flush_handle = (handle._loop or handle.loop()).call_soon(self._flush)
-        else:
-            self._flush_handle = (handle._loop or handle.loop()).call_soon(self._end_burst)
-        return True
-
     async def send_parts(self, parts: Sequence[Buffer]) -> None:
         if self.try_send_parts(parts):
             return
@@ -423,7 +371,7 @@ class FdSendStream(_FdOwner, ByteSendStream):
         if written < size:
             # Committed by its first byte: the rest joins the pending buffer
             # and the send returns, with no await between (exactly once).
-            for view in _skip(parts, written):
+            for view in skip_bytes(parts, written):
                 self._pending += view
             if self._units is not None:
                 self._units.append(size - written)
@@ -447,12 +395,6 @@ class FdSendStream(_FdOwner, ByteSendStream):
         if left:
             units[0] -= left
         return n
-
-    def _end_burst(self) -> None:
-        # The loop iteration of an idle write is over: write what queued behind it.
-        self._flush_handle = None
-        if self._pending:
-            self._flush()
 
     def _flush(self) -> None:
         self._flush_handle = None

@@ -26,11 +26,12 @@ from __future__ import annotations
 
 import enum
 from collections import deque
+from collections.abc import Callable
 from struct import Struct
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from .errors import FrameTooLarge, TruncatedMessage
-from .speedups import parse_frames as _parse_frames
+from .speedups import FramerCore, framer_setup
 
 __all__ = ["DEFAULT_MAX_SIZE", "EOF", "HEADER", "NEED_DATA", "PARSE_BATCH", "Framer", "LineFramer"]
 
@@ -97,7 +98,7 @@ EOF: Final = _Sentinel.EOF
 class _Decoder:
     """What both decoders share: bytes in (:meth:`feed`), whole messages out in ``parsed``."""
 
-    __slots__ = ("_end", "_eof", "_start")
+    __slots__ = ()
     _start: int  # first unparsed byte
     _end: int  # end of valid data
     _eof: bool
@@ -110,71 +111,35 @@ class _Decoder:
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Add received bytes; ``b""`` means the input has ended."""
         if not data:
-            self._eof = True
             self._input_ended()
             return
         self._add(memoryview(data).cast("B"))
 
     def _input_ended(self) -> None:
-        """What is left in the buffer when the input ends (nothing to do by default)."""
+        """The input has ended: note it (``_eof``), and parse what is left if that makes a message."""
+        raise NotImplementedError
 
     def _add(self, data: memoryview) -> None:
         raise NotImplementedError
 
 
-class Framer(_Decoder):
-    """Decode length-prefixed frames from chunks of bytes, all complete frames in one pass.
+class _PyFramerCore:
+    """A length-prefixed framer's state and its per-read methods: the pure-Python twin of the
+    compiled ``FramerCore`` (``speedups``), the base of :class:`Framer`."""
 
-    Feed bytes with :meth:`feed` (or read straight into :meth:`get_buffer`
-    and report with :meth:`buffer_updated`); take messages with
-    :meth:`next_message`. ``feed(b"")`` marks the end of input.
-
-    The buffer grows with the bytes that arrive, doubling up to the frame in
-    progress (never to the size a header announces before its bytes come),
-    and :meth:`release` gives it back while nothing is pending, so an idle
-    stream holds none.
-
-    Raises:
-        FrameTooLarge: a header announces more than ``max_size`` bytes; raised
-            by :meth:`next_message` once the whole messages before it were taken.
-        TruncatedMessage: input ends in the middle of a frame.
-    """
-
-    __slots__ = ("_buf", "_error", "_need", "_view", "max_size", "parsed", "total")
-
-    def __init__(self, max_size: int = DEFAULT_MAX_SIZE) -> None:
-        if not 0 <= max_size <= _MAX_WIRE_SIZE:
-            raise ValueError(f"max_size must be between 0 and {_MAX_WIRE_SIZE}")
-        self.max_size = max_size
-        self._buf = _NO_BUFFER  # taken when bytes arrive, given back by release()
-        self._view = _NO_VIEW  # the buffer is replaced, never resized in place
-        self._start = 0  # first unparsed byte
-        self._end = 0  # end of valid data
-        self._need = HEADER.size  # bytes the next frame needs in the buffer
-        # Messages not yet taken; next_message() pops them. Made by the first parse (a deque
-        # is 760 B, which a connection that never sends would keep for nothing).
-        self.parsed = _NO_PARSED
-        self.total = 0  # messages parsed so far: ``total - len(parsed)`` have been taken
-        self._eof = False
-        self._error: FrameTooLarge | None = None  # raised once ``parsed`` is empty
-
-    @staticmethod
-    def encode_header(size: int) -> bytes:
-        """The 4-byte header for a payload of ``size`` bytes."""
-        return HEADER.pack(size)
-
-    @staticmethod
-    def encode(message: bytes | bytearray | memoryview) -> bytes:
-        """One whole frame: header and payload."""
-        return HEADER.pack(len(message)) + message
-
-    def _add(self, data: memoryview) -> None:
-        while data and self._error is None:
-            view = self.get_buffer(len(data))
-            size = min(len(view), len(data))
-            view[:size] = data[:size]
-            self.buffer_updated(size)
-            data = data[size:]
+    __slots__ = ("_buf", "_end", "_eof", "_error", "_need", "_start", "_view", "max_size", "parsed", "total")
+    _buf: bytearray
+    _view: memoryview
+    _start: int
+    _end: int
+    _need: int
+    _eof: bool
+    _error: FrameTooLarge | None
+    max_size: int
+    parsed: deque[bytes]
+    total: int
+    _make_room: Callable[[], None]  # the subclass's: compact or grow the buffer
+    _next_at_end: Callable[[], _Sentinel]  # the subclass's: EOF, or TruncatedMessage
 
     def get_buffer(self, size_hint: int = _MIN_READ) -> memoryview:
         """A writable view to read into: the free room at the end of the buffer.
@@ -229,12 +194,129 @@ class Framer(_Decoder):
         if self._error is not None:
             raise self._error
         if self._eof:
-            if self._end != self._start:
-                raise TruncatedMessage(
-                    f"input ended inside a frame ({self._end - self._start} bytes of it received)"
-                )
-            return EOF
+            return self._next_at_end()
         return NEED_DATA
+
+    def _parse(self) -> None:
+        """Parse one batch (``PARSE_BATCH``) of the whole frames received into ``parsed``."""
+        buf = self._buf
+        view = self._view
+        start, end = self._start, self._end
+        unpack = _unpack_header
+        max_size = self.max_size
+        parsed = self.parsed
+        if parsed is _NO_PARSED:
+            parsed = self.parsed = deque()
+        append = parsed.append
+        batch = PARSE_BATCH
+        self._need = 4
+        while end - start >= 4 and batch:
+            (size,) = unpack(buf, start)
+            if size > max_size:
+                # Kept for next_message(): the whole messages before it go first.
+                self._error = FrameTooLarge(size, max_size)
+                break
+            stop = start + 4 + size
+            if stop > end:
+                self._need = 4 + size
+                break
+            append(view[start + 4 : stop].tobytes())
+            start = stop
+            batch -= 1
+        self.total += PARSE_BATCH - batch
+        if start == end:
+            self._start = self._end = 0
+        else:
+            self._start = start
+
+
+def setup_compiled_framer() -> None:
+    """Hand the compiled ``FramerCore`` this module's buffer pool, sentinels and limits (at import)."""
+    framer_setup(
+        _POOL,
+        _give_back,
+        _NO_BUFFER,
+        _NO_VIEW,
+        _NO_PARSED,
+        FrameTooLarge,
+        _MIN_READ,
+        _POOL_SIZE,
+        PARSE_BATCH,
+        NEED_DATA,
+    )
+
+
+setup_compiled_framer()
+if TYPE_CHECKING:
+    _FramerBase = _PyFramerCore
+else:
+    _FramerBase = FramerCore or _PyFramerCore
+
+
+class Framer(_FramerBase, _Decoder):
+    """Decode length-prefixed frames from chunks of bytes, all complete frames in one pass.
+
+    Feed bytes with :meth:`feed` (or read straight into :meth:`get_buffer`
+    and report with :meth:`buffer_updated`); take messages with
+    :meth:`next_message`. ``feed(b"")`` marks the end of input.
+
+    The buffer grows with the bytes that arrive, doubling up to the frame in
+    progress (never to the size a header announces before its bytes come),
+    and :meth:`release` gives it back while nothing is pending, so an idle
+    stream holds none.
+
+    Raises:
+        FrameTooLarge: a header announces more than ``max_size`` bytes; raised
+            by :meth:`next_message` once the whole messages before it were taken.
+        TruncatedMessage: input ends in the middle of a frame.
+    """
+
+    __slots__ = ()
+
+    def __init__(self, max_size: int = DEFAULT_MAX_SIZE) -> None:
+        if not 0 <= max_size <= _MAX_WIRE_SIZE:
+            raise ValueError(f"max_size must be between 0 and {_MAX_WIRE_SIZE}")
+        self.max_size = max_size
+        self._buf = _NO_BUFFER  # taken when bytes arrive, given back by release()
+        self._view = _NO_VIEW  # the buffer is replaced, never resized in place
+        self._start = 0  # first unparsed byte
+        self._end = 0  # end of valid data
+        self._need = HEADER.size  # bytes the next frame needs in the buffer
+        # Messages not yet taken; next_message() pops them. Made by the first parse (a deque
+        # is 760 B, which a connection that never sends would keep for nothing).
+        self.parsed = _NO_PARSED
+        self.total = 0  # messages parsed so far: ``total - len(parsed)`` have been taken
+        self._eof = False
+        self._error: FrameTooLarge | None = None  # raised once ``parsed`` is empty
+
+    def _input_ended(self) -> None:
+        self._eof = True
+
+    @staticmethod
+    def encode_header(size: int) -> bytes:
+        """The 4-byte header for a payload of ``size`` bytes."""
+        return HEADER.pack(size)
+
+    @staticmethod
+    def encode(message: bytes | bytearray | memoryview) -> bytes:
+        """One whole frame: header and payload."""
+        return HEADER.pack(len(message)) + message
+
+    def _add(self, data: memoryview) -> None:
+        while data and self._error is None:
+            view = self.get_buffer(len(data))
+            size = min(len(view), len(data))
+            view[:size] = data[:size]
+            self.buffer_updated(size)
+            data = data[size:]
+
+    def _next_at_end(self) -> _Sentinel:
+        """:meth:`next_message` once the input has ended and every message was taken."""
+        if self._end != self._start:
+            raise TruncatedMessage(
+                f"input ended inside a frame ({self._end - self._start} bytes of it received)"
+            )
+        return EOF
 
     def parse_pending(self) -> None:
         """Parse every whole frame already received, past the :data:`PARSE_BATCH` limit.
@@ -267,57 +349,6 @@ class Framer(_Decoder):
         self._start = 0
         self._end = pending
 
-    def _parse_compiled(self) -> None:
-        """:meth:`_parse_python`, its loop in C (``speedups.parse_frames``): a third of the cost per frame."""
-        parsed = self.parsed
-        if parsed is _NO_PARSED:
-            parsed = self.parsed = deque()
-        before = len(parsed)
-        assert _parse_frames is not None
-        start, self._need, bad = _parse_frames(
-            self._buf, self._start, self._end, self.max_size, PARSE_BATCH, parsed.append
-        )
-        self.total += len(parsed) - before
-        if bad >= 0:
-            self._error = FrameTooLarge(bad, self.max_size)  # kept for next_message(), as below
-        if start == self._end:
-            self._start = self._end = 0
-        else:
-            self._start = start
-
-    def _parse_python(self) -> None:
-        buf = self._buf
-        view = self._view
-        start, end = self._start, self._end
-        unpack = _unpack_header
-        max_size = self.max_size
-        parsed = self.parsed
-        if parsed is _NO_PARSED:
-            parsed = self.parsed = deque()
-        append = parsed.append
-        batch = PARSE_BATCH
-        self._need = 4
-        while end - start >= 4 and batch:
-            (size,) = unpack(buf, start)
-            if size > max_size:
-                # Kept for next_message(): the whole messages before it go first.
-                self._error = FrameTooLarge(size, max_size)
-                break
-            stop = start + 4 + size
-            if stop > end:
-                self._need = 4 + size
-                break
-            append(view[start + 4 : stop].tobytes())
-            start = stop
-            batch -= 1
-        self.total += PARSE_BATCH - batch
-        if start == end:
-            self._start = self._end = 0
-        else:
-            self._start = start
-
-    _parse = _parse_compiled if _parse_frames is not None else _parse_python
-
 
 class LineFramer(_Decoder):
     """Decode newline-delimited messages: each message is a line, sent with one ``\\n`` appended.
@@ -345,7 +376,7 @@ class LineFramer(_Decoder):
         assert [framer.next_message() for _ in range(4)] == [b"hi", b"", b"last", EOF]
     """
 
-    __slots__ = ("_buf", "_error", "_scan", "max_size", "parsed")
+    __slots__ = ("_buf", "_end", "_eof", "_error", "_scan", "_start", "max_size", "parsed")
 
     def __init__(self, max_size: int = DEFAULT_MAX_SIZE) -> None:
         if not 0 <= max_size <= _MAX_WIRE_SIZE:
@@ -371,6 +402,7 @@ class LineFramer(_Decoder):
         return bytes(message) + b"\n"
 
     def _input_ended(self) -> None:
+        self._eof = True
         if self._end > self._start and self._error is None:  # a last line without its newline
             self.parsed.append(bytes(self._buf[self._start : self._end]))
             self._start = self._scan = self._end

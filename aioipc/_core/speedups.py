@@ -4,7 +4,10 @@ The accelerator (``aioipc._core._speedups``, built from ``_speedups.c`` by
 ``pip install``) batches message socket I/O: ``sendmmsg`` and ``recvmmsg``
 move many messages per system call; it does the shared-memory ring's
 one-message sends and receives in one call each (:data:`RingCore`), and
-the message sockets' that need no syscall (:data:`MessageCore`); and it
+the message sockets' that need no syscall (:data:`MessageCore`); it reads
+stream sockets into the length-prefixed framer and parses their frames in one
+call, and sends small frames without a Python frame (:data:`FramerCore`,
+:data:`recv_fill`, :data:`SendCore`); and it
 calls message queues without an exception for "empty" or "full", and does
 their sends and receives that need no waiting in one call each (in
 :mod:`aioipc._core.queues`, which follows :data:`ACTIVE`). When it did not
@@ -28,6 +31,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .attributes import UCRED
+from .fdcore import DIRECT_WRITE, HIGH_WATER, PySendCore, WithFds, py_recv_fill, py_try_recv_fill
 from .fdio import close_fds, fds_from_ancillary
 from .messagecore import PyMessageCore
 
@@ -37,12 +41,17 @@ __all__ = [
     "RING_RECORD",
     "RING_WRAP",
     "PyRingCore",
+    "FramerCore",
+    "SendCore",
+    "frame_send",
+    "framer_setup",
+    "recv_fill",
+    "try_recv_fill",
     "Batch",
     "Item",
     "MessageCore",
     "PyMessageCore",
     "buffer_size",
-    "parse_frames",
     "recv_batch",
     "recv_one",
     "ring_record",
@@ -121,16 +130,14 @@ def buffer_size(slot: int, count: int, control: int) -> int:
     return (slot * count + 7) // 8 * 8 + (control + 7) // 8 * 8 * count
 
 
-def _choose() -> tuple[
-    bool, Callable[..., int], Callable[..., Batch], Callable[..., tuple[int, int, int]] | None
-]:
+def _choose() -> tuple[bool, Callable[..., int], Callable[..., Batch]]:
     if os.environ.get("AIOIPC_NO_SPEEDUPS", "") not in ("", "0"):
-        return False, _py_send_batch, recv_one, None
+        return False, _py_send_batch, recv_one
     try:
         from . import _speedups  # type: ignore[attr-defined]
     except ImportError:
-        return False, _py_send_batch, recv_one, None
-    return True, _speedups.send_batch, _speedups.recv_batch, _speedups.parse_frames
+        return False, _py_send_batch, recv_one
+    return True, _speedups.send_batch, _speedups.recv_batch
 
 
 ACTIVE: bool
@@ -143,15 +150,7 @@ recv_batch: Callable[[socket.socket, Any, int, int, int, bool, bool], Batch]
 """Receive up to ``count`` messages into ``slot``-byte slots of ``buffer`` (``control`` ancillary bytes
 each, after the slots): ``(items, credentials, addresses or None)``. ``buffer`` holds
 :func:`buffer_size` bytes. Raises ``BlockingIOError`` when nothing waits."""
-parse_frames: Callable[[Any, int, int, int, int, Callable[[bytes], object]], tuple[int, int, int]] | None
-"""``parse_frames(buffer, start, end, max_size, batch, append) -> (start, need, bad_size)``, or ``None``
-without the accelerator (the caller keeps its own loop).
-
-Hands each whole length-prefixed frame in ``buffer[start:end]`` to ``append`` as bytes, at most
-``batch`` of them; stops at a partial frame (``need``: the bytes it takes, header included, else 4)
-or at a header over ``max_size`` (``bad_size``, else -1), after every whole frame before it.
-Returns the offset of the first byte not parsed."""
-ACTIVE, send_batch, recv_batch, parse_frames = _choose()
+ACTIVE, send_batch, recv_batch = _choose()
 
 
 # -- the shared-memory ring's one-message fast paths ---------------------------------------------
@@ -400,3 +399,42 @@ if TYPE_CHECKING:
 else:
     MessageCore = _compiled("MessageCore", PyMessageCore)
     """The base of a message socket: the compiled ``MessageCore`` or :class:`PyMessageCore`."""
+
+
+# -- the length-prefixed framer's base, and one read into it (_framer.c) -------------------------
+
+
+FramerCore: Any
+"""The compiled base of ``framing.Framer`` (its state, ``get_buffer``, ``buffer_updated``,
+``release``, ``next_message`` and ``_parse`` in C), or ``None``: the framer's pure-Python twin is
+``framing._PyFramerCore``. The compiled one needs ``framer_setup`` (done by ``framing``) first."""
+framer_setup: Callable[..., None]
+"""``framer_setup(pool, give_back, no_buffer, no_view, no_parsed, frame_too_large, min_read,
+pool_size, batch, need_data)``: what the compiled framer takes from ``framing`` (its buffer pool,
+sentinels and limits)."""
+recv_fill: Callable[[int, socket.socket | None, Any, int], int | WithFds]
+"""``recv_fill(fd, sock, sink, ancsize)``: one ``recvmsg`` (``read`` when ``ancsize < 0``) into
+``sink.get_buffer()`` (a ``BufferSink``), handed to ``sink.buffer_updated`` at once so that a cancelled
+wait loses nothing, ``sink.release()`` when nothing came. Returns the byte count (0: end of stream)
+when no ancillary data came, else :data:`WithFds`. Raises ``BlockingIOError`` when the fd is empty."""
+try_recv_fill: Callable[[int, socket.socket | None, Any, int], int | WithFds | None]
+""":data:`recv_fill` that returns ``None`` instead of raising ``BlockingIOError``."""
+FramerCore = _compiled("FramerCore", None)
+framer_setup = _compiled("framer_setup", lambda *args: None)
+recv_fill = _compiled("recv_fill", py_recv_fill)
+try_recv_fill = _compiled("try_recv_fill", py_try_recv_fill)
+
+
+# -- a send stream over an fd: its state and small sends (_fdsend.c) -----------------------------
+
+
+if TYPE_CHECKING:
+    SendCore = PySendCore
+    frame_send: Any = None
+else:
+    SendCore = _compiled("SendCore", PySendCore)
+    frame_send = _compiled("frame_send", None)
+_compiled("send_core_setup", lambda *args: None)(DIRECT_WRITE, HIGH_WATER)  # the compiled one's limits
+"""``SendCore``: the base of ``FdSendStream``, compiled or :class:`PySendCore`. ``frame_send``: a
+framed stream's ``send(item)`` in C (a ``FastOp`` that writes header and payload through the
+transport's ``SendCore`` when that needs no wait, else runs ``_send_slow(item)``), or ``None``."""

@@ -23,6 +23,7 @@ import anyio.lowlevel
 
 from .errors import FrameTooLarge, IPCError
 from .framing import DEFAULT_MAX_SIZE, EOF, HEADER, NEED_DATA, Framer, LineFramer
+from .speedups import frame_send
 
 __all__ = [
     "FAIR_OPS",
@@ -341,7 +342,7 @@ class _SendsFrames(_Framed):
         self._lines = framing == "lines"
         self._parts = isinstance(stream, ByteSendStream)  # sends header and payload as parts
 
-    async def send(self, item: bytes) -> None:
+    async def _send_slow(self, item: bytes) -> None:
         data: Buffer = item
         if type(data) is not bytes:
             data = byte_view(data)  # the frame length counts bytes, not items
@@ -360,6 +361,10 @@ class _SendsFrames(_Framed):
                 await stream.send_parts(parts)
         else:
             await stream.send(b"".join(parts))
+
+    # Compiled: a coroutine without a frame that writes the frame at once through the transport's
+    # SendCore when that needs no wait, else awaits _send_slow (which raises every error).
+    send = frame_send or _send_slow
 
 
 class FramedSendStream(_SendsFrames, MessageSendStream):

@@ -17,9 +17,11 @@ from typing import Any
 import anyio
 
 from .._core.errors import FdsTruncated, FrameTooLarge, map_exceptions
+from .._core.fdcore import WithFds
 from .._core.fdio import close_fds, fds_from_ancillary
 from .._core.fdstreams import FdByteStream, FdReceiveStream, FdSendStream
 from .._core.framing import DEFAULT_MAX_SIZE, HEADER, Framer
+from .._core.speedups import recv_fill, try_recv_fill
 from .._core.streams import (
     Buffer,
     BufferSink,
@@ -33,42 +35,9 @@ DEFAULT_MAX_FDS = 16
 
 
 _ANCSIZE = socket.CMSG_SPACE(DEFAULT_MAX_FDS * 4)
-_CMSG_CLOEXEC = int(socket.MSG_CMSG_CLOEXEC)
-_CTRUNC = int(socket.MSG_CTRUNC)
-_WithFds = tuple[bytes, list[tuple[int, int, bytes]], int]  # a read's bytes, ancdata and flags
-
-
-def _fill_with_fds(fd: int, sock: socket.socket, sink: BufferSink, ancsize: int) -> int | _WithFds:
-    """One ``recvmsg`` into ``sink``, the bytes handed to it at once (a cancelled wait loses none).
-
-    Returns the byte count (0: end of stream) when no ancillary data came,
-    else ``(the bytes, ancdata, flags)`` for :func:`rights_message`.
-    """
-    buffer = sink.get_buffer()
-    try:
-        n, ancdata, flags, _ = sock.recvmsg_into([buffer], ancsize, _CMSG_CLOEXEC)
-    except BlockingIOError:
-        sink.release()
-        raise
-    if not (ancdata or flags & _CTRUNC):
-        if n:
-            sink.buffer_updated(n)
-        else:
-            sink.release()
-        return n
-    data = bytes(buffer[:n])
-    sink.buffer_updated(n)
-    return data, ancdata, flags
 
 
 _DISCARDED = bytearray(65536)  # where closing sockets drop what arrived unread (never read back)
-
-
-def _try_fill_with_fds(fd: int, sock: socket.socket, sink: BufferSink, ancsize: int) -> int | _WithFds | None:
-    try:
-        return _fill_with_fds(fd, sock, sink, ancsize)
-    except BlockingIOError:  # caught here, not in a coroutine that then parks with its frame object
-        return None
 
 
 def check_fds(fds: Sequence[int]) -> array.array[int]:
@@ -169,7 +138,7 @@ class SocketReceiveStream(FdReceiveStream):
             # The common case of a reader that keeps up with no wait: read now.
             self._budget -= 1
             try:
-                got = _try_fill_with_fds(handle.fd, self._sock, sink, ancsize)
+                got = try_recv_fill(handle.fd, self._sock, sink, ancsize)
             except OSError:
                 with map_exceptions():
                     raise
@@ -191,12 +160,12 @@ class SocketReceiveStream(FdReceiveStream):
             self._budget -= 1
             got = None
             if now and not handle._reader_armed and handle.fd >= 0:
-                got = _try_fill_with_fds(handle.fd, self._sock, sink, ancsize)
+                got = try_recv_fill(handle.fd, self._sock, sink, ancsize)
             if got is None:
                 sink.release()  # no buffer while parked: one is taken when data comes
                 # Parked on the handle's future itself, not in handle.read: one coroutine
                 # fewer for as long as the connection is idle (a socket never waits first).
-                waiter = handle.park_read(_fill_with_fds, self._sock, sink, ancsize)
+                waiter = handle.park_read(recv_fill, self._sock, sink, ancsize)
                 try:
                     got = await waiter
                 except asyncio.CancelledError:
@@ -216,7 +185,7 @@ class SocketReceiveStream(FdReceiveStream):
         return self._fds_of_read(got, max_fds, notes, before)
 
     @staticmethod
-    def _fds_of_read(got: _WithFds, max_fds: int, notes: FramedUnixStream | None, before: int) -> list[int]:
+    def _fds_of_read(got: WithFds, max_fds: int, notes: FramedUnixStream | None, before: int) -> list[int]:
         """The fds of a read that carried ancillary data; noted by frame when a framed stream reads."""
         try:
             fds: list[int] | None = rights_message(*got, max_fds)
@@ -230,7 +199,7 @@ class SocketReceiveStream(FdReceiveStream):
         notes._arrived(before, fds)
         return []
 
-    def _keep_fds(self, got: int | _WithFds) -> None:
+    def _keep_fds(self, got: int | WithFds) -> None:
         # Cancelled after the read: the bytes went to the sink; the fds wait for the next read.
         if not isinstance(got, int):
             self._unclaimed_fds = [*self._unclaimed_fds, *fds_from_ancillary(got[1])]
