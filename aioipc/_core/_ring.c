@@ -373,65 +373,51 @@ ring_take_many(PyObject *ring, PyObject *limit)
     return messages;
 }
 
-/* The steps of send() and receive(): the fast path, else the slow path's coroutine. */
+/* The steps of send(), receive(), send_many() and receive_many(): the one-call path's outcome
+ * (a new reference, NULL on error) ends the operation, True as None, or else (False, None) the
+ * slow path's coroutine takes over: ring.slow(arg), or ring.slow() without arg. */
+static PyObject *str_send_slow, *str_receive, *str_send_many_slow, *str_receive_many_slow;
+
+static int
+ring_step(PyObject *ring, PyObject *outcome, PyObject *slow, PyObject *arg, PyObject **result)
+{
+    if (outcome == NULL)
+        return FAST_ERROR;
+    if (outcome != Py_None && outcome != Py_False) {
+        if (outcome == Py_True) {
+            Py_DECREF(outcome);
+            outcome = Py_NewRef(Py_None);
+        }
+        *result = outcome;
+        return FAST_DONE;
+    }
+    Py_DECREF(outcome);
+    *result = arg == NULL ? PyObject_CallMethodNoArgs(ring, slow) : PyObject_CallMethodOneArg(ring, slow, arg);
+    return *result == NULL ? FAST_ERROR : FAST_SLOW;
+}
+
 static int
 ring_send_step(PyObject *ring, PyObject *const *args, Py_ssize_t Py_UNUSED(nargs), PyObject **result)
 {
-    PyObject *sent = ring_put(ring, args[0]);
-    if (sent == NULL)
-        return FAST_ERROR;
-    Py_DECREF(sent);
-    if (sent == Py_True) {
-        *result = Py_NewRef(Py_None);
-        return FAST_DONE;
-    }
-    *result = PyObject_CallMethod(ring, "_send_slow", "O", args[0]);
-    return *result == NULL ? FAST_ERROR : FAST_SLOW;
+    return ring_step(ring, ring_put(ring, args[0]), str_send_slow, args[0], result);
 }
 
 static int
 ring_receive_step(PyObject *ring, PyObject *const *Py_UNUSED(args), Py_ssize_t Py_UNUSED(nargs), PyObject **result)
 {
-    PyObject *data = ring_take(ring, NULL);
-    if (data == NULL)
-        return FAST_ERROR;
-    if (data != Py_None) {
-        *result = data;
-        return FAST_DONE;
-    }
-    Py_DECREF(data);
-    *result = PyObject_CallMethod(ring, "_receive", NULL);
-    return *result == NULL ? FAST_ERROR : FAST_SLOW;
+    return ring_step(ring, ring_take(ring, NULL), str_receive, NULL, result);
 }
 
 static int
 ring_send_many_step(PyObject *ring, PyObject *const *args, Py_ssize_t Py_UNUSED(nargs), PyObject **result)
 {
-    PyObject *sent = ring_put_many(ring, args[0]);
-    if (sent == NULL)
-        return FAST_ERROR;
-    Py_DECREF(sent);
-    if (sent == Py_True) {
-        *result = Py_NewRef(Py_None);
-        return FAST_DONE;
-    }
-    *result = PyObject_CallMethod(ring, "_send_many_slow", "O", args[0]);
-    return *result == NULL ? FAST_ERROR : FAST_SLOW;
+    return ring_step(ring, ring_put_many(ring, args[0]), str_send_many_slow, args[0], result);
 }
 
 static int
 ring_receive_many_step(PyObject *ring, PyObject *const *args, Py_ssize_t Py_UNUSED(nargs), PyObject **result)
 {
-    PyObject *messages = ring_take_many(ring, args[0]);
-    if (messages == NULL)
-        return FAST_ERROR;
-    if (messages != Py_None) {
-        *result = messages;
-        return FAST_DONE;
-    }
-    Py_DECREF(messages);
-    *result = PyObject_CallMethod(ring, "_receive_many_slow", "O", args[0]);
-    return *result == NULL ? FAST_ERROR : FAST_SLOW;
+    return ring_step(ring, ring_take_many(ring, args[0]), str_receive_many_slow, args[0], result);
 }
 
 static PyObject *
@@ -554,6 +540,11 @@ static PyTypeObject RingCoreType = {
 int
 speedups_add_ring(PyObject *module)
 {
+    if ((str_send_slow = PyUnicode_InternFromString("_send_slow")) == NULL ||
+        (str_receive = PyUnicode_InternFromString("_receive")) == NULL ||
+        (str_send_many_slow = PyUnicode_InternFromString("_send_many_slow")) == NULL ||
+        (str_receive_many_slow = PyUnicode_InternFromString("_receive_many_slow")) == NULL)
+        return -1;
     if (PyType_Ready(&RingCoreType) < 0 || fast_op_ready() < 0)
         return -1;
     Py_INCREF(&RingCoreType);
