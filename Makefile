@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml setup.py $(wildcard aioipc/_core/*.c aioipc/_core/*.h) 
 # Accelerated paths run twice: with the accelerator, then in pure Python (AIOIPC_NO_SPEEDUPS=1).
 ACCELERATED_TESTS := tests/test_speedups.py tests/test_message_batching.py tests/test_sockets.py tests/test_sockets_processes.py \
 	tests/test_sockets_server.py tests/test_framing.py tests/test_pipes.py tests/test_fifo.py tests/test_unix_fds.py tests/test_ring.py \
-	tests/test_mq.py tests/test_sysv_mq.py tests/test_queue_fairness.py
+	tests/test_mq.py tests/test_sysv_mq.py tests/test_queue_fairness.py tests/test_stream_rules.py tests/test_lines.py
 
 test: $(STAMP)
 	$(PY) -m ruff check aioipc tests examples benchmarks
