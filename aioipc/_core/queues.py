@@ -15,7 +15,7 @@ import operator
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Literal, Protocol, overload
 
-from .speedups import ACTIVE
+from .speedups import ACTIVE, compiled
 
 __all__ = [
     "PosixQueueCore",
@@ -305,17 +305,10 @@ class PySysVQueueCore(_PyQueueCore):
         return message  # type: ignore[no-any-return]
 
 
-def _choose_queue_cores() -> tuple[type[PyPosixQueueCore], type[PySysVQueueCore]]:
-    if ACTIVE:
-        from . import _speedups  # type: ignore[attr-defined]
-
-        return _speedups.PosixQueueCore, _speedups.SysVQueueCore
-    return PyPosixQueueCore, PySysVQueueCore
-
-
 if TYPE_CHECKING:
     PosixQueueCore = PyPosixQueueCore
     SysVQueueCore = PySysVQueueCore
 else:
-    PosixQueueCore, SysVQueueCore = _choose_queue_cores()
+    PosixQueueCore = compiled("PosixQueueCore", PyPosixQueueCore)
+    SysVQueueCore = compiled("SysVQueueCore", PySysVQueueCore)
     """The bases of the two MessageQueue classes: compiled, or their pure-Python twins."""

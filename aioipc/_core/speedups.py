@@ -37,6 +37,7 @@ from .messagecore import PyMessageCore
 
 __all__ = [
     "ACTIVE",
+    "compiled",
     "RECV_MAX",
     "RING_RECORD",
     "RING_WRAP",
@@ -376,7 +377,7 @@ class PyRingCore:
             self._flush()
 
 
-def _compiled(name: str, fallback: Any) -> Any:
+def compiled(name: str, fallback: Any) -> Any:
     """The accelerator's ``name`` when it is in use, else ``fallback`` (its pure-Python twin)."""
     if ACTIVE:
         from . import _speedups  # type: ignore[attr-defined]
@@ -388,7 +389,7 @@ def _compiled(name: str, fallback: Any) -> Any:
 if TYPE_CHECKING:
     RingCore = PyRingCore
 else:
-    RingCore = _compiled("RingCore", PyRingCore)
+    RingCore = compiled("RingCore", PyRingCore)
     """The base of a ring side: the compiled ``RingCore`` or :class:`PyRingCore`."""
 
 
@@ -397,7 +398,7 @@ else:
 if TYPE_CHECKING:
     MessageCore = PyMessageCore
 else:
-    MessageCore = _compiled("MessageCore", PyMessageCore)
+    MessageCore = compiled("MessageCore", PyMessageCore)
     """The base of a message socket: the compiled ``MessageCore`` or :class:`PyMessageCore`."""
 
 
@@ -419,10 +420,10 @@ wait loses nothing, ``sink.release()`` when nothing came. Returns the byte count
 when no ancillary data came, else :data:`WithFds`. Raises ``BlockingIOError`` when the fd is empty."""
 try_recv_fill: Callable[[int, socket.socket | None, Any, int], int | WithFds | None]
 """:data:`recv_fill` that returns ``None`` instead of raising ``BlockingIOError``."""
-FramerCore = _compiled("FramerCore", None)
-framer_setup = _compiled("framer_setup", lambda *args: None)
-recv_fill = _compiled("recv_fill", py_recv_fill)
-try_recv_fill = _compiled("try_recv_fill", py_try_recv_fill)
+FramerCore = compiled("FramerCore", None)
+framer_setup = compiled("framer_setup", lambda *args: None)
+recv_fill = compiled("recv_fill", py_recv_fill)
+try_recv_fill = compiled("try_recv_fill", py_try_recv_fill)
 
 
 # -- a send stream over an fd: its state and small sends (_fdsend.c) -----------------------------
@@ -432,9 +433,9 @@ if TYPE_CHECKING:
     SendCore = PySendCore
     frame_send: Any = None
 else:
-    SendCore = _compiled("SendCore", PySendCore)
-    frame_send = _compiled("frame_send", None)
-_compiled("send_core_setup", lambda *args: None)(DIRECT_WRITE, HIGH_WATER)  # the compiled one's limits
+    SendCore = compiled("SendCore", PySendCore)
+    frame_send = compiled("frame_send", None)
+compiled("send_core_setup", lambda *args: None)(DIRECT_WRITE, HIGH_WATER)  # the compiled one's limits
 """``SendCore``: the base of ``FdSendStream``, compiled or :class:`PySendCore`. ``frame_send``: a
 framed stream's ``send(item)`` in C (a ``FastOp`` that writes header and payload through the
 transport's ``SendCore`` when that needs no wait, else runs ``_send_slow(item)``), or ``None``."""
