@@ -195,6 +195,11 @@ async def test_oversize_and_bad_type(key: int) -> None:
         for bad in (12, "text"):
             with pytest.raises(TypeError):
                 await q.send(bad)  # type: ignore[arg-type]
+        limit, q.max_message_size = q.max_message_size, 100  # ours, below the kernel's msgmax
+        for item in (b"x" * 101, bytearray(101), memoryview(b"x" * 101)):
+            with pytest.raises(aioipc.FrameTooLarge):
+                await q.send(item)  # the fast path too holds to our limit
+        q.max_message_size = limit
         assert q.extra(SysVQueueAttribute.current_messages) == 0
         await q.send(b"waiting", type=3)
         for type in (2**31, -(2**31)):  # from -(2**31 - 1) to 2**31 - 1

@@ -234,7 +234,7 @@ sysv_msg_receive(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t 
 }
 
 int
-queue_sysv_send(int id, PyObject *data, PyObject *type_arg)
+queue_sysv_send(int id, PyObject *data, PyObject *type_arg, Py_ssize_t limit)
 {
     long stack[1 + QUEUE_STACK / sizeof(long)];
     struct queue_message *message = (struct queue_message *)stack;
@@ -251,9 +251,9 @@ queue_sysv_send(int id, PyObject *data, PyObject *type_arg)
     }
     if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0)
         return -1;
-    if (view.len > QUEUE_SIZE_MAX) {
+    if (view.len > QUEUE_SIZE_MAX || view.len > limit) { /* the kernel's msgmax may be higher: ours holds */
         PyBuffer_Release(&view);
-        PyErr_SetString(PyExc_ValueError, "message over 2**30 bytes");
+        PyErr_SetString(PyExc_ValueError, "message over the queue's limit");
         return -1;
     }
     if (view.len > QUEUE_STACK) {
@@ -292,7 +292,7 @@ sysv_msg_send(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nar
     }
     if (queue_int_arg(args[0], &id) < 0)
         return NULL;
-    return queue_sent(queue_sysv_send(id, args[1], args[2]));
+    return queue_sent(queue_sysv_send(id, args[1], args[2], QUEUE_SIZE_MAX));
 }
 
 static PyMethodDef queue_methods[] = {

@@ -99,7 +99,7 @@ queue_send_step(PyObject *owner, PyObject *const *args, Py_ssize_t Py_UNUSED(nar
     if (self->send_budget > 0) {
         self->send_budget--;
         sent = kind == QUEUE_POSIX ? queue_posix_send(self->id, args[0], args[1])
-                                   : queue_sysv_send(self->id, args[0], args[1]);
+                                   : queue_sysv_send(self->id, args[0], args[1], self->max_message_size);
         if (sent > 0) {
             *result = Py_NewRef(Py_None);
             return FAST_DONE;

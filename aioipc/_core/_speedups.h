@@ -38,7 +38,7 @@ PyObject *core_new(PyTypeObject *type);
 PyObject *queue_posix_receive(int fd, Py_ssize_t size, int with_priority);
 int queue_posix_send(int fd, PyObject *data, PyObject *priority);
 PyObject *queue_sysv_receive(int id, Py_ssize_t size, int with_type, PyObject *type);
-int queue_sysv_send(int id, PyObject *data, PyObject *type);
+int queue_sysv_send(int id, PyObject *data, PyObject *type, Py_ssize_t limit);
 
 /* _message.c: MessageCore, the base of the message sockets (seqpacket, datagram) */
 int speedups_add_message(PyObject *module);

@@ -197,6 +197,9 @@ class _PyQueueCore:
             return None
         self._send_budget -= 1
         try:
+            size = len(item) if type(item) is bytes else memoryview(item).nbytes
+            if size > self.max_message_size:  # the kernel's limit may be higher (System V): ours holds
+                return None
             return self._core_send(self._core_queue, item, tag)
         except _QUEUE_REFUSALS:  # nothing was sent; the slow path checks, and says why
             return None
@@ -225,7 +228,7 @@ class PyPosixQueueCore(_PyQueueCore):
     return a coroutine without a frame (``FastOp``).
     """
 
-    _core_send = staticmethod(lambda queue, item, tag: mq_send(queue, item, tag))
+    _core_send = staticmethod(mq_send)
     _core_receive = staticmethod(lambda queue, size, whole, type: mq_receive(queue, size, whole))
     _send: Callable[[Any, int, bool], Coroutine[Any, Any, None]]
     _receive: Callable[[bool, bool], Coroutine[Any, Any, Any]]
@@ -268,8 +271,8 @@ class PySysVQueueCore(_PyQueueCore):
     The slow paths: ``_send(item, type, tried)`` and ``_receive(type, tried, whole)``.
     """
 
-    _core_send = staticmethod(lambda queue, item, tag: msg_send(queue, item, tag))
-    _core_receive = staticmethod(lambda queue, size, whole, type: msg_receive(queue, size, whole, type))
+    _core_send = staticmethod(msg_send)
+    _core_receive = staticmethod(msg_receive)
     _send: Callable[[Any, int, bool], Coroutine[Any, Any, None]]
     _receive: Callable[[int, bool, bool], Coroutine[Any, Any, Any]]
 
