@@ -272,7 +272,7 @@ class PySysVQueueCore(_PyQueueCore):
     """
 
     _core_send = staticmethod(msg_send)
-    _core_receive = staticmethod(msg_receive)
+    _core_receive = staticmethod(lambda queue, size, whole, type: msg_receive(queue, size, whole, type))
     _send: Callable[[Any, int, bool], Coroutine[Any, Any, None]]
     _receive: Callable[[int, bool, bool], Coroutine[Any, Any, Any]]
 
