@@ -152,7 +152,8 @@ class FdReceiveStream(_FdOwner, ByteReceiveStream):
         # The common case of a reader that keeps up with no wait: read now, unless the loop
         # polls the fd (it was empty: take no buffer to find out) or the slow path is due.
         ready = self._budget > 0 and handle.fd >= 0 and not handle._reader_armed
-        if ready and not (self._unclaimed or self._wait_first or self._guard.busy):
+        tried = ready and not (self._unclaimed or self._wait_first or self._guard.busy)
+        if tried:
             try:
                 n = try_recv_fill(handle.fd, None, sink, -1)
             except OSError:
@@ -173,18 +174,26 @@ class FdReceiveStream(_FdOwner, ByteReceiveStream):
         try:
             if self._budget <= 0:  # inline, not a coroutine: this runs once a wait
                 await self._yield_fairly()
+                tried = False
             self._budget -= 1
             sink.release()  # no buffer while parked: one is taken when data comes
             # The op hands what it read to the sink at once: a cancelled wait loses nothing.
             if self._wait_first:  # a FIFO opened before any writer: wait for the first one
                 await handle.wait_readable()
                 self._wait_first = False
-            # Parked on the handle's future itself, not in handle.read: one coroutine fewer per wait.
-            waiter = handle.park_read(recv_fill, None, sink, -1)
-            try:
-                n = await waiter
-            finally:
-                handle.end_read()
+                tried = False
+            n = None
+            if not tried and not handle._reader_armed and handle.fd >= 0:
+                # not found empty just now (a fair yield, a first writer): a flood's next read is
+                # one syscall away, with no loop iteration and no epoll registration
+                n = try_recv_fill(handle.fd, None, sink, -1)
+            if n is None:
+                # Parked on the handle's future itself, not in handle.read: one coroutine fewer per wait.
+                waiter = handle.park_read(recv_fill, None, sink, -1)
+                try:
+                    n = await waiter
+                finally:
+                    handle.end_read()
         except OSError:
             with map_exceptions():
                 raise
