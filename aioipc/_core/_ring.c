@@ -176,6 +176,10 @@ ring_write(RingCore *self, long long head, PyObject *item, long long *size)
         *size = PyBytes_GET_SIZE(item);
     }
     else {
+        /* bytearray and memoryview only: their buffers run no Python code, which (a class's
+         * __buffer__, Python 3.12) could close the ring or change a batch under us */
+        if (!(PyByteArray_CheckExact(item) || PyMemoryView_Check(item)))
+            return -1;
         if (PyObject_GetBuffer(item, &view, PyBUF_SIMPLE) < 0) {
             PyErr_Clear(); /* not contiguous bytes: the slow path says why, or copes */
             return -1;
@@ -239,7 +243,7 @@ ring_put_many(PyObject *ring, PyObject *messages)
     count = PySequence_Fast_GET_SIZE(messages);
     if (count == 0)
         Py_RETURN_FALSE;
-    /* a list cannot change under us: nothing here runs Python code (buffers of C types only) */
+    /* a list cannot change under us: nothing here runs Python code (see ring_write) */
     for (i = 0; i < count; i++) {
         head = ring_write(self, head, PySequence_Fast_GET_ITEM(messages, i), &size);
         if (head < 0)
