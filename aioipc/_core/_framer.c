@@ -420,7 +420,7 @@ fill(PyObject *const *args, Py_ssize_t nargs, int try_only)
     if (msg.msg_controllen > 0 || (msg.msg_flags & MSG_CTRUNC)) {
         struct cmsghdr *cmsg;
         if ((data = PyBytes_FromStringAndSize(ptr, n)) == NULL || (ancdata = PyList_New(0)) == NULL)
-            goto done;
+            goto close_fds; /* out of memory: the fds that came must not leak */
         for (cmsg = CMSG_FIRSTHDR(&msg); cmsg != NULL; cmsg = CMSG_NXTHDR(&msg, cmsg)) {
             PyObject *item;
             size_t size;
@@ -448,6 +448,8 @@ fill(PyObject *const *args, Py_ssize_t nargs, int try_only)
     if (sink_updated(sink, n) < 0)
         goto close_fds;
     result = Py_BuildValue("(OOi)", data, ancdata, msg.msg_flags);
+    if (result == NULL)
+        goto close_fds;
     goto done;
 close_fds:
     for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c != NULL; c = CMSG_NXTHDR(&msg, c)) {
