@@ -127,7 +127,7 @@ queue_posix_send(int fd, PyObject *data, PyObject *priority_arg)
 {
     Py_buffer view;
     unsigned long priority;
-    int rc;
+    int rc, saved;
 
     priority = PyLong_AsUnsignedLong(priority_arg);
     if (priority == (unsigned long)-1 && PyErr_Occurred())
@@ -139,16 +139,19 @@ queue_posix_send(int fd, PyObject *data, PyObject *priority_arg)
     if (PyBytes_CheckExact(data)) {
         rc = mq_timedsend(fd, PyBytes_AS_STRING(data), (size_t)PyBytes_GET_SIZE(data), (unsigned int)priority,
                           &queue_now);
+        saved = errno;
     } else {
         if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0)
             return -1;
         rc = mq_timedsend(fd, view.buf, (size_t)view.len, (unsigned int)priority, &queue_now);
+        saved = errno; /* before the release, which may run code */
         PyBuffer_Release(&view);
     }
     if (rc == 0)
         return 1;
-    if (errno == EAGAIN || errno == ETIMEDOUT)
+    if (saved == EAGAIN || saved == ETIMEDOUT)
         return 0;
+    errno = saved;
     PyErr_SetFromErrno(PyExc_OSError);
     return -1;
 }

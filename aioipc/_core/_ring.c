@@ -348,7 +348,7 @@ ring_take_many(PyObject *ring, PyObject *limit)
     if (messages == NULL)
         return NULL;
     tail = self->tail;
-    while (tail != self->head_seen && PyList_GET_SIZE(messages) < most) {
+    while (tail < self->head_seen && PyList_GET_SIZE(messages) < most) { /* a bad length may step past it */
         data = ring_read(self, &tail, &size);
         if (data == NULL) {
             Py_DECREF(messages);

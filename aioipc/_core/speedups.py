@@ -352,7 +352,7 @@ class PyRingCore:
         memory, base, lane, capacity = self._core_memory, self._core_rx_base, self._core_rx, self.capacity
         messages: list[bytes] = []
         total = 0
-        while tail != head and len(messages) < max_messages:
+        while tail < head and len(messages) < max_messages:  # a bad length may step past head
             start, size, after = ring_record(lane, capacity, tail)
             if start + size > capacity:
                 break  # a bad record: hand out what came before it; the slow path sees it

@@ -46,7 +46,7 @@ class Spin:
         deadline = clock() + SPIN
         while clock() < deadline:
             result = call()
-            if result:
+            if result is not None and result is not False:  # an empty message is a result
                 self.misses = 0
                 return result
         self.misses = misses = min(self.misses + 1, SPIN_BACKOFF)
