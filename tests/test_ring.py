@@ -541,3 +541,36 @@ async def test_send_and_receive_are_coroutines_to_awaits_and_tasks(ring_name: st
             await check_echoed_ops_are_coroutines(ring)
             await ring.send_eof()
             assert await proc.wait() == 0
+
+
+@pytest.mark.parametrize("end", ["eof", "death"])
+async def test_a_message_committed_between_the_receivers_two_looks_is_read_before_the_end(
+    ring_name: str, end: str
+) -> None:
+    # The receiver looks at the peer's head (nothing new), then at its EOF flag / hang-up. A peer
+    # that commits a last message and then ends between those two looks must not have it lost:
+    # the interleaving is forced here, in one process, at the receiver's first look.
+    async with await Ring.create(ring_name, 8192) as a, await Ring.attach(ring_name) as b:
+        first_look = b._peek
+        forced = []
+
+        def peek() -> tuple[int, int, int] | None:
+            record = first_look()
+            if record is None and not forced:
+                forced.append(True)
+                assert a._put(b"last")  # committed by the compiled (or Python) fast path
+                if end == "eof":
+                    a._h[a._tx_eof] = 1  # what send_eof() stores after it
+                else:  # the sender died: its end of the doorbell closed, and the receiver heard
+                    os.close(a._peer_bell)
+                    a._peer_bell = -1
+                    b._bell.hung_up = True
+            return record
+
+        b._peek = peek  # type: ignore[method-assign]
+        with anyio.fail_after(10):
+            assert await b.receive() == b"last"
+            with pytest.raises(anyio.EndOfStream if end == "eof" else aioipc.PeerDied):
+                await b.receive()
+        assert forced
+

@@ -327,9 +327,11 @@ class Lanes(RingCore):
             record = self._peek()
             if record is not None:
                 return record
-            if h[self._rx_eof]:
-                raise anyio.EndOfStream
-            if self._bell.hung_up:
+            if h[self._rx_eof] or self._bell.hung_up:
+                if self._see_head() != self._tail:
+                    continue  # committed just before the end (after our look): read it first
+                if h[self._rx_eof]:
+                    raise anyio.EndOfStream
                 raise PeerDied(f"the peer of ring {self.name!r} died")
             self._flush()  # the peer may be asleep until it hears of what we did
             if not spun:
