@@ -574,3 +574,8 @@ async def test_a_message_committed_between_the_receivers_two_looks_is_read_befor
                 await b.receive()
         assert forced
 
+
+async def test_receive_takes_no_arguments(ring_name: str) -> None:
+    async with await Ring.create(ring_name, 8192) as a:
+        with pytest.raises(TypeError):
+            a.receive(1)  # type: ignore[call-arg]

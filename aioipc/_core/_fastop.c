@@ -34,6 +34,15 @@ core_new(PyTypeObject *type)
     return PyBaseObject_Type.tp_new(type, no_args, NULL);
 }
 
+int
+fast_no_args(const char *name, Py_ssize_t nargs)
+{
+    if (nargs == 0)
+        return 0;
+    PyErr_Format(PyExc_TypeError, "%s() takes no arguments (%zd given)", name, nargs);
+    return -1;
+}
+
 /* Ops freed for reuse: most live for one step, so the next one takes the memory (and the GC
  * header) the last one left, without the allocator or a GC generation count. */
 #define FAST_OP_FREE_MAX 16

@@ -176,8 +176,10 @@ message_send(PyObject *self, PyObject *item)
 }
 
 static PyObject *
-message_receive(PyObject *self, PyObject *Py_UNUSED(ignored))
+message_receive(PyObject *self, PyObject *const *Py_UNUSED(args), Py_ssize_t nargs)
 {
+    if (fast_no_args("receive", nargs) < 0)
+        return NULL;
     return fast_op_new(self, message_receive_step, "MessageSocket.receive", NULL, 0);
 }
 
@@ -202,7 +204,7 @@ message_receive(PyObject *self, PyObject *Py_UNUSED(ignored))
 
 static PyMethodDef message_core_methods[] = {
     {"send", (PyCFunction)message_send, METH_O, MESSAGE_SEND_DOC},
-    {"receive", (PyCFunction)message_receive, METH_NOARGS, MESSAGE_RECEIVE_DOC},
+    {"receive", (PyCFunction)(void (*)(void))message_receive, METH_FASTCALL, MESSAGE_RECEIVE_DOC},
     {NULL, NULL, 0, NULL},
 };
 

@@ -179,16 +179,20 @@ queue_send(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kw
 }
 
 static PyObject *
-posix_receive(PyObject *self, PyObject *Py_UNUSED(ignored))
+posix_receive(PyObject *self, PyObject *const *Py_UNUSED(args), Py_ssize_t nargs)
 {
     PyObject *whole = Py_False;
+    if (fast_no_args("receive", nargs) < 0)
+        return NULL;
     return fast_op_new(self, queue_receive_step, "MessageQueue.receive", &whole, 1);
 }
 
 static PyObject *
-posix_receive_with_priority(PyObject *self, PyObject *Py_UNUSED(ignored))
+posix_receive_with_priority(PyObject *self, PyObject *const *Py_UNUSED(args), Py_ssize_t nargs)
 {
     PyObject *whole = Py_True;
+    if (fast_no_args("receive_with_priority", nargs) < 0)
+        return NULL;
     return fast_op_new(self, queue_receive_step, "MessageQueue.receive_with_priority", &whole, 1);
 }
 
@@ -245,9 +249,9 @@ sysv_receive_with_type(PyObject *self, PyObject *const *args, Py_ssize_t nargs, 
 static PyMethodDef posix_methods[] = {
     {"_bind", (PyCFunction)queue_core_bind, METH_O, QUEUE_BIND_DOC},
     {"send", (PyCFunction)(void (*)(void))queue_send, METH_FASTCALL | METH_KEYWORDS, POSIX_SEND_DOC},
-    {"receive", (PyCFunction)posix_receive, METH_NOARGS,
+    {"receive", (PyCFunction)(void (*)(void))posix_receive, METH_FASTCALL,
      "receive()\n--\n\nReceive the next message's data (see :meth:`receive_with_priority`)."},
-    {"receive_with_priority", (PyCFunction)posix_receive_with_priority, METH_NOARGS, POSIX_RECEIVE_WITH_PRIORITY_DOC},
+    {"receive_with_priority", (PyCFunction)(void (*)(void))posix_receive_with_priority, METH_FASTCALL, POSIX_RECEIVE_WITH_PRIORITY_DOC},
     {NULL, NULL, 0, NULL},
 };
 

@@ -431,8 +431,10 @@ ring_send(RingCore *self, PyObject *item)
 }
 
 static PyObject *
-ring_receive(RingCore *self, PyObject *Py_UNUSED(ignored))
+ring_receive(RingCore *self, PyObject *const *Py_UNUSED(args), Py_ssize_t nargs)
 {
+    if (fast_no_args("receive", nargs) < 0)
+        return NULL;
     return fast_op_new((PyObject *)self, ring_receive_step, "Ring.receive", NULL, 0);
 }
 
@@ -504,7 +506,7 @@ static PyMethodDef ring_methods[] = {
     {"_put", (PyCFunction)ring_put, METH_O, "_put(item) -> bool: send one message now if it fits"},
     {"_take", (PyCFunction)ring_take, METH_NOARGS, "_take() -> bytes | None: the next message if one waits"},
     {"send", (PyCFunction)ring_send, METH_O, RING_SEND_DOC},
-    {"receive", (PyCFunction)ring_receive, METH_NOARGS, RING_RECEIVE_DOC},
+    {"receive", (PyCFunction)(void (*)(void))ring_receive, METH_FASTCALL, RING_RECEIVE_DOC},
     {"_put_many", (PyCFunction)ring_put_many, METH_O, "_put_many(messages) -> bool: send them all now if they fit"},
     {"_take_many", (PyCFunction)ring_take_many, METH_O, "_take_many(max_messages) -> list | None: what waits"},
     {"send_many", (PyCFunction)ring_send_many, METH_O, RING_SEND_MANY_DOC},

@@ -25,6 +25,11 @@ typedef int (*fast_step)(PyObject *owner, PyObject *const *args, Py_ssize_t narg
 /* name ("Ring.send") is a static string, for the never-awaited warning */
 PyObject *fast_op_new(PyObject *owner, fast_step step, const char *name, PyObject *const *args, Py_ssize_t nargs);
 int fast_op_ready(void);
+/* For a receive() taking no arguments, declared METH_FASTCALL rather than METH_NOARGS: the
+ * interpreter specialises a call of a bound builtin FASTCALL method (a receive passed around as
+ * a callable), not of a NOARGS one, which costs ~60 instructions more a call. 0, or -1 with a
+ * TypeError when arguments were given. */
+int fast_no_args(const char *name, Py_ssize_t nargs);
 /* A new instance of a C base type whose Python subclass has slow paths: object's __new__, not
  * tp_alloc alone, as on Python 3.11 it also lays out the subclass's instance attributes inline,
  * which the interpreter's attribute caches need (else every self.x of the slow paths is a dict
