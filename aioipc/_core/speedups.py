@@ -307,7 +307,7 @@ class PyRingCore:
             or self._budget <= 0
             or self._closed
             or self._eof_sent
-            or h[self._core_tx_gone]
+            or (not self._sent and h[self._core_tx_gone])  # once per barrier (see _ring.c)
         ):
             return False
         tx = self._core_tx

@@ -90,7 +90,11 @@ class Ring(Lanes, MessageStream):
 
     Ends of life: after the peer's ``send_eof()`` or ``aclose()``,
     ``receive()`` returns what it committed, then raises ``EndOfStream``;
-    ``send()`` to a peer that closed raises ``BrokenResourceError``. A peer
+    ``send()`` to a peer that closed raises ``BrokenResourceError``: the
+    first send after a barrier looks (barriers run once per loop iteration
+    and every ``FLUSH_EVERY`` messages), so a few more sends of the same
+    burst may still be committed, unread, after the peer closed. As with
+    a socket, a send that returned is not a delivery. A peer
     that died (even by SIGKILL) is ``PeerDied`` once its committed messages
     are read: a message it was writing when it died is never seen.
 
