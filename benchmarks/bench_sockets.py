@@ -12,6 +12,8 @@ harness makes (``socketpair`` for Unix, a loopback connection for TCP):
 - ``anyio-unix``: ``anyio`` socket streams with ``BufferedByteReceiveStream``
   framing (what ``anyio.connect_unix`` gives).
 - ``c-unix`` / ``c-tcp``: ``c/pipe_bench.c`` (read/write on the socket fd).
+- ``c-seqpacket`` / ``c-dgram``: ``c/msg_bench.c``, the message sockets' floor:
+  ``sendmmsg`` / ``recvmmsg`` in batches of 64 (one way throughput only).
 - ``pyzmq-ipc``: pyzmq's asyncio ``PAIR`` sockets over ``ipc://`` (a Unix
   socket pyzmq makes itself; one way throughput only; bench-only,
   ``pip install 'aioipc[bench]'``).
@@ -36,7 +38,7 @@ import _harness as h
 
 SCRIPT = os.path.abspath(__file__)
 LATENCY_MAX_SIZE = 64 * 1024
-MESSAGE_SOCKETS = {"aioipc-seqpacket", "aioipc-dgram"}
+MESSAGE_SOCKETS = {"aioipc-seqpacket", "aioipc-dgram", "c-seqpacket", "c-dgram"}
 
 
 def _family(transport: str) -> str:
@@ -282,6 +284,8 @@ LABELS = {
     "aioipc-tcp": "aioipc tcp, framed",
     "asyncio-tcp": "asyncio tcp streams + readexactly",
     "c-tcp": "C tcp (gcc -O2)",
+    "c-seqpacket": "C unix seqpacket, sendmmsg/recvmmsg x64 (gcc -O2)",
+    "c-dgram": "C unix datagram, sendmmsg/recvmmsg x64 (gcc -O2)",
     "pyzmq-ipc": "pyzmq asyncio PAIR, ipc://",
 }
 ASYNC_LIBRARIES = ("aioipc", "asyncio", "anyio", "pyzmq")
@@ -321,7 +325,9 @@ def measure(contender: h.Contender, workload: h.Workload, cpus: tuple[int, int])
         sides = ("recv", (b, go_w)), ("send", (a, go_r))
     else:
         sides = ("ping", (a, a)), ("echo", (b, b))
-    binary = h.build_c("pipe_bench") if contender.transport.startswith("c-") else None
+    binary = None
+    if contender.transport.startswith("c-"):
+        binary = h.build_c("msg_bench" if contender.transport in MESSAGE_SOCKETS else "pipe_bench")
     return h.run_sides(SCRIPT, contender, workload, cpus, *sides, binary=binary)
 
 
@@ -349,6 +355,9 @@ def targets_for(contenders: list[h.Contender]) -> list[h.Target]:
         for kind in ("seqpacket", "dgram"):
             name = f"aioipc {kind}/unix stream 64 B msgs/s, {loop}"
             wanted.append((name, f"aioipc-{kind}@{loop}", stream, tput, "msgs_per_s", ">=", 1.0))
+            # how near the kernel's own per-message cost a message socket gets (information)
+            name = f"aioipc {kind}/C sendmmsg+recvmmsg floor 64 B msgs/s, {loop} (information)"
+            wanted.append((name, f"aioipc-{kind}@{loop}", f"c-{kind}", tput, "msgs_per_s", ">=", 0.0))
     return h.targets(contenders, wanted)
 
 
@@ -373,8 +382,11 @@ def main(argv: list[str] | None = None) -> bool:
 
 
 def _applies(contender: h.Contender, workload: h.Workload) -> bool:
-    # pyzmq: one way throughput only (a PAIR echo has no end of stream to stop at)
-    return contender.transport != "pyzmq-ipc" or workload.kind == "throughput"
+    # pyzmq: one way throughput only (a PAIR echo has no end of stream to stop at); so the C
+    # message sockets (their floor is one way)
+    if contender.transport in ("pyzmq-ipc", "c-seqpacket", "c-dgram"):
+        return workload.kind == "throughput"
+    return True
 
 
 if __name__ == "__main__":
