@@ -18,10 +18,9 @@
  *   syscall); anything else is self._receive_slow()'s.
  *
  * Neither raises: every error, and every wait, is the slow path's. The limits are messagecore.py's
- * SEND_MAX and HIGH_WATER, the same numbers. */
+ * SEND_MAX and HIGH_WATER, handed over by message_core_setup (speedups.py calls it at import). */
 
-#define MSG_SEND_MAX 256        /* pending messages at which a send takes the slow path (flush, wait) */
-#define MSG_HIGH_WATER 65536    /* pending bytes, likewise */
+static Py_ssize_t msg_send_max = 0, msg_high_water = 0; /* until set up, every send is the slow path's */
 
 typedef struct {
     PyObject_HEAD
@@ -106,8 +105,8 @@ message_send_step(PyObject *owner, PyObject *const *args, Py_ssize_t Py_UNUSED(n
 
     if (self->flush_handle != NULL && self->flush_handle != Py_None && PyBytes_CheckExact(item) &&
         (size = PyBytes_GET_SIZE(item)) <= self->batch_largest && self->budget > 0 && !self->sending &&
-        pending != NULL && PyList_CheckExact(pending) && PyList_GET_SIZE(pending) < MSG_SEND_MAX &&
-        self->pending_bytes < MSG_HIGH_WATER) {
+        pending != NULL && PyList_CheckExact(pending) && PyList_GET_SIZE(pending) < msg_send_max &&
+        self->pending_bytes < msg_high_water) {
         if (PyList_Append(pending, item) < 0)
             return FAST_ERROR;
         self->budget -= 1;
@@ -239,13 +238,36 @@ static PyTypeObject MessageCoreType = {
     .tp_members = message_core_members,
 };
 
+static PyObject *
+message_core_setup(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_ssize_t send_max, high_water;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "message_core_setup(send_max, high_water)");
+        return NULL;
+    }
+    send_max = PyLong_AsSsize_t(args[0]);
+    high_water = PyLong_AsSsize_t(args[1]);
+    if (PyErr_Occurred())
+        return NULL;
+    msg_send_max = send_max;
+    msg_high_water = high_water;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef message_functions[] = {
+    {"message_core_setup", (PyCFunction)(void (*)(void))message_core_setup, METH_FASTCALL,
+     "message_core_setup(send_max, high_water): the message sockets' limits (messagecore.py's)"},
+    {NULL, NULL, 0, NULL},
+};
+
 int
 speedups_add_message(PyObject *module)
 {
     str_send_message = PyUnicode_InternFromString("_send_message");
     str_receive_slow = PyUnicode_InternFromString("_receive_slow");
     if (str_send_message == NULL || str_receive_slow == NULL || PyType_Ready(&MessageCoreType) < 0 ||
-        fast_op_ready() < 0)
+        fast_op_ready() < 0 || PyModule_AddFunctions(module, message_functions) < 0)
         return -1;
     Py_INCREF(&MessageCoreType);
     if (PyModule_AddObject(module, "MessageCore", (PyObject *)&MessageCoreType) < 0) {

@@ -378,7 +378,8 @@ PyInit__speedups(void)
     PyObject *m = PyModule_Create(&module);
     if (m != NULL && (speedups_add_ring(m) < 0 || speedups_add_queues(m) < 0 || speedups_add_queue_cores(m) < 0 ||
                       speedups_add_message(m) < 0 ||
-                      speedups_add_framer(m) < 0 || speedups_add_send(m) < 0))
+                      speedups_add_framer(m) < 0 || speedups_add_send(m) < 0 ||
+                      PyModule_AddIntConstant(m, "RECV_MAX", RECV_MAX) < 0))
         Py_CLEAR(m);
     return m;
 }

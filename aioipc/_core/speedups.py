@@ -33,7 +33,8 @@ from typing import TYPE_CHECKING, Any
 from .attributes import UCRED
 from .fdcore import DIRECT_WRITE, HIGH_WATER, PySendCore, WithFds, py_recv_fill, py_try_recv_fill
 from .fdio import close_fds, fds_from_ancillary
-from .messagecore import PyMessageCore
+from .messagecore import HIGH_WATER as MSG_HIGH_WATER
+from .messagecore import SEND_MAX, PyMessageCore
 
 __all__ = [
     "ACTIVE",
@@ -60,8 +61,6 @@ __all__ = [
     "RingCore",
 ]
 
-RECV_MAX = 64
-"""The most messages one :func:`recv_batch` takes (one ``recvmmsg``)."""
 
 _TRUNC = int(socket.MSG_TRUNC)
 _CTRUNC = int(socket.MSG_CTRUNC)
@@ -386,6 +385,11 @@ def compiled(name: str, fallback: Any) -> Any:
     return fallback
 
 
+RECV_MAX: int = compiled("RECV_MAX", 1)
+"""The most messages one :func:`recv_batch` takes (one ``recvmmsg``; 1 without the accelerator,
+whose :func:`recv_batch` is :func:`recv_one`)."""
+
+
 if TYPE_CHECKING:
     RingCore = PyRingCore
 else:
@@ -400,6 +404,7 @@ if TYPE_CHECKING:
 else:
     MessageCore = compiled("MessageCore", PyMessageCore)
     """The base of a message socket: the compiled ``MessageCore`` or :class:`PyMessageCore`."""
+compiled("message_core_setup", lambda *args: None)(SEND_MAX, MSG_HIGH_WATER)  # the compiled one's limits
 
 
 # -- the length-prefixed framer's base, and one read into it (_framer.c) -------------------------
