@@ -5,49 +5,26 @@
  *   msg_bench recv FD_DATA FD_GO SIZE COUNT CPU   receive COUNT messages, print the elapsed time
  *   msg_bench send FD_DATA FD_GO SIZE COUNT CPU   wait for the go byte, send COUNT messages
  *
- * CPU < 0 leaves the process unpinned. The result is one JSON line on stdout. The receiving
+ * The result is one JSON line on stdout. The receiving
  * side copies each payload out of its batch buffer, as a language runtime delivering a
  * message would.
  */
 #define _GNU_SOURCE
 #include <errno.h>
-#include <sched.h>
-#include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <time.h>
 #include <unistd.h>
+
+#include "bench.h"
 
 #define BATCH 64
 
-static void die(const char *what) {
-    perror(what);
-    exit(2);
-}
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 int main(int argc, char **argv) {
-    if (argc != 7) {
-        fprintf(stderr, "usage: %s recv|send FD_DATA FD_GO SIZE COUNT CPU\n", argv[0]);
-        return 2;
-    }
-    const char *role = argv[1];
-    int fd = atoi(argv[2]), go_fd = atoi(argv[3]);
-    size_t size = strtoul(argv[4], NULL, 10);
-    long count = atol(argv[5]);
-    int cpu = atoi(argv[6]);
-    if (cpu >= 0) {
-        cpu_set_t set;
-        CPU_ZERO(&set);
-        CPU_SET(cpu, &set);
-        if (sched_setaffinity(0, sizeof set, &set) < 0) die("sched_setaffinity");
-    }
+    struct bench b = bench_start(argc, argv, "recv|send");
+    const char *role = b.role;
+    int fd = b.fd_a, go_fd = b.fd_b;
+    size_t size = b.size;
+    long count = b.count;
     size_t slot = size ? size : 1;
     char *buffers = malloc(slot * BATCH), *message = malloc(slot);
     if (!buffers || !message) die("malloc");

@@ -12,24 +12,11 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
-#include <sched.h>
 #include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
-static void die(const char *what) {
-    perror(what);
-    exit(2);
-}
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
+#include "bench.h"
 
 static void write_all(int fd, const char *buf, size_t len) {
     while (len) {
@@ -119,21 +106,11 @@ static int cmp_double(const void *a, const void *b) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 7) {
-        fprintf(stderr, "usage: %s recv|send|ping|echo FD_A FD_B SIZE COUNT CPU\n", argv[0]);
-        return 2;
-    }
-    const char *role = argv[1];
-    int fd_a = atoi(argv[2]), fd_b = atoi(argv[3]);
-    size_t size = strtoul(argv[4], NULL, 10);
-    long count = atol(argv[5]);
-    int cpu = atoi(argv[6]);
-    if (cpu >= 0) {
-        cpu_set_t set;
-        CPU_ZERO(&set);
-        CPU_SET(cpu, &set);
-        if (sched_setaffinity(0, sizeof set, &set) < 0) die("sched_setaffinity");
-    }
+    struct bench b = bench_start(argc, argv, "recv|send|ping|echo");
+    const char *role = b.role;
+    int fd_a = b.fd_a, fd_b = b.fd_b;
+    size_t size = b.size;
+    long count = b.count;
     char *message = malloc(size ? size : 1);
     if (!message) die("malloc");
     struct reader r;
