@@ -110,14 +110,18 @@ def test_the_c_frame_parser_refuses_bounds_outside_the_buffer() -> None:
 # -- a framed send over an fd stream (compiled: FastOp through SendCore) -----------------------------
 
 
+def _pair(kind: str) -> tuple[socket.socket, socket.socket]:
+    if kind == "unix":
+        return socket.socketpair()
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        a = socket.create_connection(listener.getsockname())
+        b, _ = listener.accept()
+    return a, b
+
+
 @pytest.mark.parametrize("kind", ["unix", "tcp"])
 async def test_a_framed_send_of_any_buffer_arrives_whole_and_refusals_send_nothing(kind: str) -> None:
-    if kind == "unix":
-        a, b = socket.socketpair()
-    else:
-        with socket.create_server(("127.0.0.1", 0)) as listener:
-            a = socket.create_connection(listener.getsockname())
-            b, _ = listener.accept()
+    a, b = _pair(kind)
     tx = aioipc.framed(aioipc.sockets.from_socket(a), max_size=8)
     rx = aioipc.framed(aioipc.sockets.from_socket(b), max_size=8)
     payloads: list[Any] = [b"x", bytearray(b"yz"), memoryview(array.array("h", [1, 2])), b"", b"8 bytes!"]
@@ -138,3 +142,31 @@ async def test_a_framed_send_of_any_buffer_arrives_whole_and_refusals_send_nothi
                 while True:  # the peer's close (a reset, over TCP) may take a send or two to show
                     await tx.send(b"late")
                     await anyio.lowlevel.checkpoint()  # the end of the burst: its write fails
+
+
+@pytest.mark.parametrize("kind", ["unix", "tcp"])
+async def test_a_round_trips_send_schedules_nothing_and_a_burst_still_coalesces(kind: str) -> None:
+    # The echo is a task of this loop, so that the ping's receive always parks (the loop iterates).
+    a, b = _pair(kind)
+    ping = aioipc.framed(aioipc.sockets.from_socket(a), max_size=4096)
+    echo = aioipc.framed(aioipc.sockets.from_socket(b), max_size=4096)
+    sender = ping.transport_stream.sender
+
+    async def echo_all() -> None:
+        async for message in echo:
+            await echo.send(message)
+
+    with anyio.fail_after(10):
+        async with ping, echo, anyio.create_task_group() as tg:
+            tg.start_soon(echo_all)
+            for payload in (b"a", b"x" * 2043, b"y" * 2044, b"z" * 3000):  # one write, up to writev's 2 parts
+                await ping.send(payload)
+                assert sender._flush_handle is None  # written at once, nothing scheduled
+                assert await ping.receive() == payload  # parked: the next send is a lone one again
+            for number in range(50):
+                await ping.send(b"%02d" % number)
+            # the first two written at once, the second scheduling the end of the burst; the rest queued
+            assert sender._flush_handle is not None
+            assert len(sender._pending) == 48 * (4 + 2)
+            assert [await ping.receive() for _ in range(50)] == [b"%02d" % n for n in range(50)]
+            tg.cancel_scope.cancel()

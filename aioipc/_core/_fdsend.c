@@ -3,7 +3,8 @@
  * SendCore: the state of a send stream over a non-blocking fd (fdstreams.FdSendStream, whose Python
  * slow paths read and write the same attributes; the pure-Python twin is speedups.PySendCore) and
  * its try_send_parts: a small send is appended to the pending buffer when a flush is due anyway,
- * else written at once (writev), the end of the burst scheduled. And frame_send, the framed
+ * else written at once (one write(), or writev() for a large one), the end of the burst scheduled
+ * from the second such write (a lone send, a round trip's, costs no loop iteration). And frame_send, the framed
  * streams' send(): a FastOp whose step sends header and payload through that try_send_parts when
  * the transport is such a stream, and hands over to the Python slow path (_send_slow) otherwise. */
 #include "_speedups.h"
@@ -12,8 +13,10 @@
 #include <stddef.h>
 #include <structmember.h>
 #include <sys/uio.h>
+#include <unistd.h>
 
 #define MAX_PARTS 8
+#define JOIN_BELOW 2048 /* parts this small in all are copied together and written with one write() */
 
 typedef struct {
     PyObject_HEAD
@@ -25,6 +28,7 @@ typedef struct {
     PyObject *guard;        /* the ResourceGuard of the sending direction */
     Py_ssize_t budget;      /* fairness budget */
     char parked, closed;
+    char wrote; /* written at once with no end of burst scheduled (FdSendStream's "wrote" state) */
 } SendCore;
 
 static struct {
@@ -129,13 +133,24 @@ core_try(SendCore *s, Py_buffer *bufs, int n)
     s->budget--; /* a small send: its bytes are bounded by HIGH_WATER between flushes */
     if (IS_SET(s->flush_handle) || s->parked) /* burst or parked: a flush is due, queue behind it */
         return append_pending(s, bufs, n, 0) < 0 ? -1 : 1;
-    /* idle: write at once; the sends that follow in this iteration queue behind the end of the
-     * burst scheduled here and go out together. */
-    for (i = 0; i < n; i++) {
-        iov[i].iov_base = bufs[i].buf;
-        iov[i].iov_len = (size_t)bufs[i].len;
+    /* idle or wrote: write at once (see FdSendStream's states) */
+    if (n == 1)
+        written = write((int)fd, bufs[0].buf, (size_t)size);
+    else if (size < JOIN_BELOW) {
+        char joined[JOIN_BELOW], *to = joined;
+        for (i = 0; i < n; i++) {
+            memcpy(to, bufs[i].buf, (size_t)bufs[i].len);
+            to += bufs[i].len;
+        }
+        written = write((int)fd, joined, (size_t)size);
     }
-    written = writev((int)fd, iov, n);
+    else {
+        for (i = 0; i < n; i++) {
+            iov[i].iov_base = bufs[i].buf;
+            iov[i].iov_len = (size_t)bufs[i].len;
+        }
+        written = writev((int)fd, iov, n);
+    }
     if (written < 0) {
         if (errno != EAGAIN && errno != EWOULDBLOCK) {
             PyObject *type, *exc, *tb, *r;
@@ -159,6 +174,12 @@ core_try(SendCore *s, Py_buffer *bufs, int n)
             return -1;
         return schedule(s, send_setup.str_flush) < 0 ? -1 : 1;
     }
+    if (!s->wrote) { /* idle: a lone send schedules nothing */
+        s->wrote = 1;
+        return 1;
+    }
+    /* the second in a row: the sends that follow in this iteration queue behind the end of the
+     * burst scheduled here and go out together. */
     return schedule(s, send_setup.str_end_burst) < 0 ? -1 : 1;
 }
 
@@ -343,6 +364,7 @@ static PyObject *
 core_end_burst(SendCore *s, PyObject *Py_UNUSED(arg))
 {
     Py_XSETREF(s->flush_handle, Py_NewRef(Py_None));
+    s->wrote = 0;
     if (s->pending != NULL && PyByteArray_Check(s->pending) && PyByteArray_GET_SIZE(s->pending) > 0)
         return PyObject_CallMethodNoArgs((PyObject *)s, send_setup.str_flush);
     Py_RETURN_NONE;
@@ -366,6 +388,7 @@ static PyMemberDef send_members[] = {
     {"_budget", T_PYSSIZET, offsetof(SendCore, budget), 0, NULL},
     {"_parked", T_BOOL, offsetof(SendCore, parked), 0, NULL},
     {"_closed", T_BOOL, offsetof(SendCore, closed), 0, NULL},
+    {"_wrote", T_BOOL, offsetof(SendCore, wrote), 0, NULL},
     {NULL, 0, 0, 0, NULL},
 };
 

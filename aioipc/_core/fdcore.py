@@ -64,6 +64,8 @@ HIGH_WATER = 64 * 1024
 """Pending bytes above which a send stream's ``send()`` waits for the peer."""
 DIRECT_WRITE = 16 * 1024
 """Sends this large skip a send stream's pending buffer."""
+_JOIN_BELOW = 2048
+"""Parts of a send at once smaller than this in all are joined and written with one ``write``."""
 
 
 def skip_bytes(parts: Sequence[Any], offset: int) -> list[memoryview]:
@@ -93,11 +95,13 @@ class PySendCore:
     _budget: int
     _parked: bool
     _closed: bool
+    _wrote: bool  # written at once with no end of burst scheduled (FdSendStream's "wrote" state)
     _flush: Callable[[], None]
 
     def _end_burst(self) -> None:
-        # The loop iteration of an idle write is over: write what queued behind it.
+        # The loop iteration of a burst's writes is over: write what queued behind them.
         self._flush_handle = None
+        self._wrote = False
         if self._pending:
             self._flush()
 
@@ -127,11 +131,13 @@ class PySendCore:
             if self._units is not None:
                 self._units.append(size)
             return True
-        # idle: write at once; the sends that follow in this iteration queue
-        # behind the end of the burst scheduled here and go out together.
+        # idle or wrote: write at once (see FdSendStream's states).
         handle = self._handle
         try:
-            written = os.writev(handle.fd, parts)
+            if size < _JOIN_BELOW:
+                written = os.write(handle.fd, b"".join(parts))
+            else:
+                written = os.writev(handle.fd, parts)
         except BlockingIOError:
             written = 0
         except OSError as exc:
@@ -143,6 +149,10 @@ class PySendCore:
             if self._units is not None:
                 self._units.append(size - written)
             self._flush_handle = (handle._loop or handle.loop()).call_soon(self._flush)
+        elif not self._wrote:  # idle: a lone send schedules nothing
+            self._wrote = True
         else:
+            # the second in a row: the sends that follow in this iteration queue
+            # behind the end of the burst scheduled here and go out together.
             self._flush_handle = (handle._loop or handle.loop()).call_soon(self._end_burst)
         return True

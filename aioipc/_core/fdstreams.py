@@ -103,6 +103,8 @@ class FdReceiveStream(_FdOwner, ByteReceiveStream):
         anyio.BusyResourceError: another task is already receiving.
     """
 
+    _sender: FdSendStream | None = None  # the sending half of the same two-way stream
+
     def __init__(
         self, handle: FdHandle, *, extra: Mapping[Any, Any] | None = None, wait_first: bool = False
     ) -> None:
@@ -190,6 +192,7 @@ class FdReceiveStream(_FdOwner, ByteReceiveStream):
             if n is None:
                 # Parked on the handle's future itself, not in handle.read: one coroutine fewer per wait.
                 waiter = handle.park_read(recv_fill, None, sink, -1)
+                self._parking()
                 try:
                     n = await waiter
                 finally:
@@ -201,6 +204,12 @@ class FdReceiveStream(_FdOwner, ByteReceiveStream):
             guard.busy = False
         if not n:
             raise anyio.EndOfStream
+
+    def _parking(self) -> None:
+        """This task waits for the loop: the sending half's next send is no burst (see FdSendStream)."""
+        sender = self._sender
+        if sender is not None:
+            sender._wrote = False
 
     def _read_now(self, buffer: memoryview) -> int:
         """:meth:`receive_into` with no wait: 0 when the read would block, or must go the slow
@@ -269,9 +278,13 @@ class FdSendStream(_FdOwner, SendCore, ByteSendStream):
     pending buffer to empty, then for the fd to take its first bytes, and
     leaves the rest pending: -> parked):
 
-    - **idle**: nothing pending, no flush due. A send writes at once
-      (``writev``), so a lone message waits for no loop iteration, and
-      schedules the end of the burst: -> burst.
+    - **idle**: nothing pending, no flush due. A send writes at once (one
+      ``write``) and schedules nothing, so a lone message waits for no loop
+      iteration and costs none: -> wrote.
+    - **wrote**: the same, after a send written at once (``_wrote``). A send
+      writes at once and schedules the end of the burst: -> burst. The
+      receiving half of the same stream parking (the loop iterates before it
+      resumes: a round trip's next send is no burst): -> idle.
     - **burst**: a write happened in this loop iteration (``_flush_handle``
       is set). Sends append to the pending buffer; at the end of the
       iteration one ``write`` takes all of it: -> idle when it all went,
@@ -306,6 +319,7 @@ class FdSendStream(_FdOwner, SendCore, ByteSendStream):
         self._units: deque[int] | None = deque() if atomic else None
         self._flush_handle: asyncio.Handle | None = None
         self._parked = False
+        self._wrote = False
         self._drain_waiters: list[tuple[asyncio.Future[None], int]] | None = None  # made by the first wait
         self._error: OSError | None = None
         self._closed = False
@@ -504,6 +518,7 @@ class FdByteStream(ByteStream):
     ) -> None:
         self.receiver = receiver
         self.sender = sender
+        receiver._sender = sender
         self._shutdown = shutdown
         self._extra = extra
 

@@ -166,6 +166,7 @@ class SocketReceiveStream(FdReceiveStream):
                 # Parked on the handle's future itself, not in handle.read: one coroutine
                 # fewer for as long as the connection is idle (a socket never waits first).
                 waiter = handle.park_read(recv_fill, self._sock, sink, ancsize)
+                self._parking()
                 try:
                     got = await waiter
                 except asyncio.CancelledError:
