@@ -68,7 +68,11 @@ CHILD = textwrap.dedent(
 )
 
 
-async def test_child_process_echoes_over_passed_pipe_ends(tmp_path: Path) -> None:
+@asynccontextmanager
+async def upper_echo_child(
+    tmp_path: Path,
+) -> AsyncIterator[tuple[asyncio.subprocess.Process, aioipc.MessageSendStream, aioipc.MessageReceiveStream]]:
+    """A child that sends every message back upper-cased, over two pipes: (child, to it, from it)."""
     script = tmp_path / "child.py"
     script.write_text(CHILD)
     to_child_r, to_child_w = aioipc.pipe()
@@ -80,7 +84,17 @@ async def test_child_process_echoes_over_passed_pipe_ends(tmp_path: Path) -> Non
     )
     await to_child_r.aclose()
     await from_child_w.aclose()
-    async with aioipc.framed(to_child_w) as tx, aioipc.framed(from_child_r) as rx:
+    try:
+        async with aioipc.framed(to_child_w) as tx, aioipc.framed(from_child_r) as rx:
+            yield proc, tx, rx
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def test_child_process_echoes_over_passed_pipe_ends(tmp_path: Path) -> None:
+    async with upper_echo_child(tmp_path) as (proc, tx, rx):
         with anyio.fail_after(20):
             for i in range(100):
                 await tx.send(b"msg %d" % i)
@@ -91,6 +105,33 @@ async def test_child_process_echoes_over_passed_pipe_ends(tmp_path: Path) -> Non
             await tx.aclose()
             with pytest.raises(anyio.EndOfStream):
                 await rx.receive()
+            assert await proc.wait() == 0
+
+
+async def test_a_large_send_of_bytes_is_held_not_copied_and_each_send_arrives_as_sent(tmp_path: Path) -> None:
+    async with upper_echo_child(tmp_path) as (proc, tx, rx):
+        sender = tx.transport_stream  # type: ignore[attr-defined]
+        mutable = bytearray(b"m" * 300_000)
+
+        async def send_all() -> None:
+            await tx.send(b"b" * 2**20)  # the pipe takes 64 KiB at most: the rest waits, held
+            assert sender._held is not None
+            assert not sender._pending
+            await tx.send(b"small")  # queued behind it
+            await tx.send(mutable)  # a bytearray's rest is copied: changing it now changes nothing sent
+            assert sender._pending
+            assert sender._held is None
+            mutable[:] = b"z" * len(mutable)
+            await tx.send(b"last")
+            await tx.aclose()
+
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(send_all)  # the child echoes as it reads: we read meanwhile
+                assert await rx.receive() == b"B" * 2**20
+                assert await rx.receive() == b"SMALL"
+                assert await rx.receive() == b"M" * 300_000
+                assert await rx.receive() == b"LAST"
             assert await proc.wait() == 0
 
 

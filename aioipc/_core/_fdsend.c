@@ -21,6 +21,7 @@
 typedef struct {
     PyObject_HEAD
     PyObject *pending;      /* bytearray: what the loop writes at the end of the burst or when writable */
+    PyObject *held;         /* the unwritten rest of a large send of bytes, written before pending, or None */
     PyObject *units;        /* deque of pending message sizes (atomic FIFO writes), or None */
     PyObject *flush_handle; /* the scheduled end of the burst or flush, or None */
     PyObject *error;        /* the write error every later send raises, or None */
@@ -113,7 +114,8 @@ core_try(SendCore *s, Py_buffer *bufs, int n)
     for (i = 0; i < n; i++)
         size += bufs[i].len;
     if (size >= send_setup.direct_write || s->pending == NULL || !PyByteArray_Check(s->pending) ||
-        PyByteArray_GET_SIZE(s->pending) >= send_setup.high_water || s->budget <= 0 || IS_SET(s->error) ||
+        PyByteArray_GET_SIZE(s->pending) >= send_setup.high_water || IS_SET(s->held) || s->budget <= 0 ||
+        IS_SET(s->error) ||
         s->closed || s->handle == NULL || s->guard == NULL)
         return 0;
     if ((value = PyObject_GetAttr(s->guard, send_setup.str_busy)) == NULL)
@@ -331,6 +333,7 @@ static int
 send_traverse(SendCore *s, visitproc visit, void *arg)
 {
     Py_VISIT(s->pending);
+    Py_VISIT(s->held);
     Py_VISIT(s->units);
     Py_VISIT(s->flush_handle);
     Py_VISIT(s->error);
@@ -343,6 +346,7 @@ static int
 send_clear(SendCore *s)
 {
     Py_CLEAR(s->pending);
+    Py_CLEAR(s->held);
     Py_CLEAR(s->units);
     Py_CLEAR(s->flush_handle);
     Py_CLEAR(s->error);
@@ -380,6 +384,7 @@ static PyMethodDef send_methods[] = {
 
 static PyMemberDef send_members[] = {
     {"_pending", T_OBJECT, offsetof(SendCore, pending), 0, NULL},
+    {"_held", T_OBJECT, offsetof(SendCore, held), 0, NULL},
     {"_units", T_OBJECT, offsetof(SendCore, units), 0, NULL},
     {"_flush_handle", T_OBJECT, offsetof(SendCore, flush_handle), 0, NULL},
     {"_error", T_OBJECT, offsetof(SendCore, error), 0, NULL},

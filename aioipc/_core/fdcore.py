@@ -87,6 +87,7 @@ class PySendCore:
     ``_check()`` and ``_flush()``. The compiled ``SendCore`` is the same in C."""
 
     _pending: bytearray
+    _held: memoryview | None  # the unwritten rest of a large send of bytes, written before _pending
     _units: deque[int] | None
     _flush_handle: asyncio.Handle | None
     _error: OSError | None
@@ -116,6 +117,7 @@ class PySendCore:
         if (
             size >= DIRECT_WRITE
             or len(pending) >= HIGH_WATER
+            or self._held is not None
             or self._budget <= 0
             or self._error is not None
             or self._closed

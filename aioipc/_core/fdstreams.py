@@ -276,7 +276,8 @@ class FdSendStream(_FdOwner, SendCore, ByteSendStream):
 
     States (a send of ``DIRECT_WRITE`` bytes or more first waits for the
     pending buffer to empty, then for the fd to take its first bytes, and
-    leaves the rest pending: -> parked):
+    leaves the rest pending, a ``bytes`` object's rest held rather than
+    copied (``_held``, written first): -> parked):
 
     - **idle**: nothing pending, no flush due. A send writes at once (one
       ``write``) and schedules nothing, so a lone message waits for no loop
@@ -316,6 +317,7 @@ class FdSendStream(_FdOwner, SendCore, ByteSendStream):
     ) -> None:
         _FdOwner.__init__(self, handle, "sending", extra)
         self._pending = bytearray()
+        self._held: memoryview | None = None
         self._units: deque[int] | None = deque() if atomic else None
         self._flush_handle: asyncio.Handle | None = None
         self._parked = False
@@ -326,7 +328,7 @@ class FdSendStream(_FdOwner, SendCore, ByteSendStream):
         self._budget = FAIR_OPS
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} fd={self._handle.fd} pending={len(self._pending)}>"
+        return f"<{type(self).__name__} fd={self._handle.fd} pending={self._unsent()}>"
 
     def detach(self, *, blocking: bool = True) -> int:
         """Return the fd and stop owning it (see :meth:`_FdOwner.detach`).
@@ -334,7 +336,7 @@ class FdSendStream(_FdOwner, SendCore, ByteSendStream):
         Raises:
             anyio.BusyResourceError: data is still pending; ``await flush()`` first.
         """
-        if self._pending:
+        if self._unsent():
             raise anyio.BusyResourceError("detaching with unsent data; await flush() first")
         self._closed = True
         return super().detach(blocking=blocking)
@@ -360,7 +362,7 @@ class FdSendStream(_FdOwner, SendCore, ByteSendStream):
             parts = [byte_view(part) for part in parts]
             size = sum(map(len, parts))
             self._budget -= 1 + (size >> FAIR_SHIFT)
-            if self._pending:
+            if self._unsent():
                 await self._drain(0 if size >= DIRECT_WRITE else HIGH_WATER - 1)
                 self._check()
             if size >= DIRECT_WRITE:
@@ -394,12 +396,21 @@ class FdSendStream(_FdOwner, SendCore, ByteSendStream):
         if written < size:
             # Committed by its first byte: the rest joins the pending buffer
             # and the send returns, with no await between (exactly once).
-            for view in skip_bytes(parts, written):
-                self._pending += view
-            if self._units is not None:
-                self._units.append(size - written)
+            rest = skip_bytes(parts, written)
+            if len(rest) == 1 and type(rest[0].obj) is bytes and self._units is None:
+                self._held = rest[0]  # immutable: held, not copied (a large frame's payload)
+            else:
+                for view in rest:
+                    self._pending += view
+                if self._units is not None:
+                    self._units.append(size - written)
             self._parked = True
             handle.watch_writable(self._flush)
+
+    def _unsent(self) -> int:
+        """Bytes sent but not written yet: the held rest of a large send, then the pending buffer."""
+        held = self._held
+        return len(self._pending) + (0 if held is None else len(held))
 
     def _write_some(self, fd: int) -> int:
         pending = self._pending
@@ -426,7 +437,10 @@ class FdSendStream(_FdOwner, SendCore, ByteSendStream):
         pending = self._pending
         if fd >= 0:
             try:
-                while pending:
+                held = self._held
+                while held is not None and (n := os.write(fd, held)):
+                    held = self._held = held[n:] if n < len(held) else None
+                while pending and held is None:
                     n = self._write_some(fd)
                     del pending[:n]
                     if n == 0:
@@ -435,10 +449,11 @@ class FdSendStream(_FdOwner, SendCore, ByteSendStream):
                 pass
             except OSError as exc:
                 self._error = exc
+                self._held = None
                 pending.clear()
                 if self._units is not None:
                     self._units.clear()
-        parked = bool(pending) and fd >= 0 and self._error is None
+        parked = self._unsent() > 0 and fd >= 0 and self._error is None
         if parked != self._parked:
             self._parked = parked
             handle.watch_writable(self._flush if parked else None)
@@ -448,7 +463,7 @@ class FdSendStream(_FdOwner, SendCore, ByteSendStream):
         waiters = self._drain_waiters
         if not waiters:
             return
-        size = len(self._pending)
+        size = self._unsent()
         for waiter, limit in waiters[:]:
             if waiter.done():
                 waiters.remove((waiter, limit))
@@ -460,7 +475,7 @@ class FdSendStream(_FdOwner, SendCore, ByteSendStream):
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush()
-        while len(self._pending) > limit and self._error is None and not self._handle.closed:
+        while self._unsent() > limit and self._error is None and not self._handle.closed:
             waiter = self._handle.loop().create_future()
             if self._drain_waiters is None:
                 self._drain_waiters = []
@@ -476,7 +491,7 @@ class FdSendStream(_FdOwner, SendCore, ByteSendStream):
             return
         self._closed = True
         try:
-            if self._pending and self._error is None and not self._handle.closed:
+            if self._unsent() and self._error is None and not self._handle.closed:
                 await self._drain(0)
         finally:
             if self._flush_handle is not None:
@@ -486,6 +501,7 @@ class FdSendStream(_FdOwner, SendCore, ByteSendStream):
                 self._parked = False
                 self._handle.watch_writable(None)
             self._pending.clear()
+            self._held = None
             if shutdown is not None and not self._handle.closed:
                 try:
                     shutdown(self._handle.fd)
