@@ -10,12 +10,14 @@ import textwrap
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
 
 import aioipc
 import aioipc.pipes
+from aioipc._core.fdio import FdHandle
 from aioipc.testing import check_byte_stream, check_message_stream
 
 
@@ -132,6 +134,28 @@ async def test_a_large_send_of_bytes_is_held_not_copied_and_each_send_arrives_as
                 assert await rx.receive() == b"SMALL"
                 assert await rx.receive() == b"M" * 300_000
                 assert await rx.receive() == b"LAST"
+            assert await proc.wait() == 0
+
+
+async def test_a_large_frame_wakes_its_parked_receiver_once_not_once_a_chunk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    parks = 0
+    park_read = FdHandle.park_read
+
+    def counted(self: FdHandle, *args: Any) -> asyncio.Future[Any]:
+        nonlocal parks
+        parks += 1
+        return park_read(self, *args)
+
+    monkeypatch.setattr(FdHandle, "park_read", counted)
+    async with upper_echo_child(tmp_path) as (proc, tx, rx):
+        with anyio.fail_after(20):
+            for _ in range(3):  # the pipe holds 64 KiB: each echo comes in 16 chunks or more
+                await tx.send(b"l" * 2**20)
+                assert await rx.receive() == b"L" * 2**20
+            assert parks <= 3
+            await tx.aclose()
             assert await proc.wait() == 0
 
 

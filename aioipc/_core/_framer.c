@@ -42,6 +42,9 @@ static struct {
 static PyTypeObject FramerCoreType;
 
 #define HAS_ERROR(f) ((f)->error != NULL && (f)->error != Py_None)
+/* nothing parsed and no error: the frame in progress needs more bytes */
+#define UNFINISHED(f) \
+    (!HAS_ERROR(f) && ((f)->parsed == NULL || (f)->parsed == setup.no_parsed || PyObject_Length((f)->parsed) == 0))
 
 static PyObject *
 framer_setup(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
@@ -339,7 +342,8 @@ sink_updated(PyObject *sink, Py_ssize_t n)
  * sink.get_buffer(), the bytes handed to sink.buffer_updated() at once, so a cancelled wait
  * loses none; sink.release() when nothing came. Returns the byte count (0: end of stream) when
  * no ancillary data came, else the bytes read, the ancillary data (as socket.recvmsg gives it)
- * and the flags. ``sock`` is unused (the Python twin's signature). */
+ * and the flags. ``sock`` is unused (the Python twin's signature). recv_fill also raises it when a
+ * framer's frame in progress is not whole yet: the parked task wakes once a frame, not a chunk. */
 static PyObject *
 fill(PyObject *const *args, Py_ssize_t nargs, int try_only)
 {
@@ -441,7 +445,11 @@ fill(PyObject *const *args, Py_ssize_t nargs, int try_only)
         Py_CLEAR(bufobj);
     }
     if (data == NULL) {
-        if ((n ? sink_updated(sink, n) : sink_release(sink)) == 0)
+        if ((n ? sink_updated(sink, n) : sink_release(sink)) < 0)
+            goto done;
+        if (n && framer && !try_only && UNFINISHED((FramerCore *)sink))
+            PyErr_SetNone(PyExc_BlockingIOError); /* the caller keeps waiting */
+        else
             result = PyLong_FromSsize_t(n);
         goto done;
     }

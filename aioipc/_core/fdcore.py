@@ -33,6 +33,27 @@ WithFds = tuple[bytes, list[tuple[int, int, bytes]], int]
 
 
 def py_recv_fill(fd: int, sock: socket.socket | None, sink: Any, ancsize: int) -> int | WithFds:
+    """One read into ``sink`` (``_framer.c``'s ``recv_fill``): the byte count, or with ancillary
+    data its bytes, the data and the flags. ``BlockingIOError`` when the fd was empty, or when the
+    sink is a length framer whose frame in progress is still not whole (the bytes are in it): the
+    caller, parked on the fd, keeps waiting with no wake-up per chunk of a large frame."""
+    got = _fill(fd, sock, sink, ancsize)
+    if type(got) is int and got:
+        from .framing import Framer  # here: framing imports this module (through speedups)
+
+        if isinstance(sink, Framer) and not sink.parsed and sink._error is None:
+            raise BlockingIOError
+    return got
+
+
+def py_try_recv_fill(fd: int, sock: socket.socket | None, sink: Any, ancsize: int) -> int | WithFds | None:
+    try:
+        return _fill(fd, sock, sink, ancsize)
+    except BlockingIOError:  # caught here, not in a coroutine that then parks with its frame object
+        return None
+
+
+def _fill(fd: int, sock: socket.socket | None, sink: Any, ancsize: int) -> int | WithFds:
     buffer = sink.get_buffer()
     try:
         if ancsize < 0 or sock is None:
@@ -51,13 +72,6 @@ def py_recv_fill(fd: int, sock: socket.socket | None, sink: Any, ancsize: int) -
     data = bytes(buffer[:n])
     sink.buffer_updated(n)
     return data, ancdata, flags
-
-
-def py_try_recv_fill(fd: int, sock: socket.socket | None, sink: Any, ancsize: int) -> int | WithFds | None:
-    try:
-        return py_recv_fill(fd, sock, sink, ancsize)
-    except BlockingIOError:  # caught here, not in a coroutine that then parks with its frame object
-        return None
 
 
 HIGH_WATER = 64 * 1024
