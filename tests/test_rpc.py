@@ -14,7 +14,7 @@ from typing import Any
 
 import anyio
 import pytest
-from helpers import Service, loop_name, service
+from helpers import Service, loop_name, service, shell_kill
 
 import aioipc
 import aioipc.process
@@ -32,6 +32,7 @@ SERVICE = """
         def __init__(self):
             self.events = collections.defaultdict(asyncio.Event)
             self.notes = []
+            self.waited = 0
 
         async def add(self, a, b):
             return a + b
@@ -41,8 +42,12 @@ SERVICE = """
             return value
 
         async def wait_for(self, name):
+            self.waited += 1
             await self.events[name].wait()
             return name
+
+        async def waits_begun(self):
+            return self.waited
 
         async def release(self, name):
             self.events[name].set()
@@ -90,6 +95,10 @@ SERVICE = """
             if seconds:
                 await asyncio.sleep(seconds)
             raise asyncio.CancelledError
+
+        async def cancel_own_task(self):
+            asyncio.current_task().cancel()  # and return normally: the next wait of this task raises
+            return "done"
 
         def _private(self):
             return "never served"
@@ -393,6 +402,114 @@ async def test_a_method_keeps_its_task_and_a_context_of_its_own(tmp_path: Path, 
             await client.notify("cancel_self", 0.01)
             assert await client.call("add", 1, 2) == 3
             assert await client.call("same_task", 0.01) is True
+
+
+async def test_a_method_that_cancels_the_task_that_reads_ends_only_its_connection(
+    tmp_path: Path, tmp_ipc_dir: Path
+) -> None:
+    async with (
+        rpc_server(tmp_path, f"unix:{tmp_ipc_dir}/rpc.sock") as (_, address),
+        await aioipc.rpc.connect(address) as client,
+        await aioipc.rpc.connect(address) as other,
+    ):
+        with anyio.fail_after(20):
+            # answered at once, in the task that reads this connection; the cancellation it left
+            # there ends that reader, and so this connection (its serving used to wait forever)
+            assert await client.call("cancel_own_task") == "done"
+            with pytest.raises(anyio.BrokenResourceError):
+                await client.call("echo", 1)
+            assert await other.call("echo", 2) == 2
+
+
+async def test_a_raw_peer_that_floods_and_reads_nothing_is_held_to_the_bound(
+    tmp_path: Path, tmp_ipc_dir: Path
+) -> None:
+    names = [f"flood-{i}" for i in range(6)]
+    async with (
+        rpc_server(tmp_path, f"unix:{tmp_ipc_dir}/rpc.sock", max_concurrency=2) as (_, address),
+        await aioipc.connect(address) as raw,  # a plain framed stream, not our client
+        await aioipc.rpc.connect(address) as other,
+    ):
+        with anyio.fail_after(20):
+            for i, name in enumerate(names):
+                request = {"jsonrpc": "2.0", "id": i, "method": "wait_for", "params": [name]}
+                await raw.send(json.dumps(request).encode())
+            while await other.call("waits_begun") < 2:
+                pass
+            for _ in range(20):  # many turns of the server's loop: the other four stay unread
+                assert await other.call("waits_begun") == 2
+            for name in names:
+                await other.call("release", name)
+            replies = [json.loads(await raw.receive()) for _ in names]
+            assert sorted(replies, key=lambda r: r["id"]) == [
+                {"jsonrpc": "2.0", "result": name, "id": i} for i, name in enumerate(names)
+            ]
+            assert await other.call("waits_begun") == len(names)
+            # each reply came once: the next message is the answer to the next request
+            last = await exchange(raw, b'{"jsonrpc": "2.0", "id": "last", "method": "add", "params": [1, 2]}')
+            assert last == {"jsonrpc": "2.0", "result": 3, "id": "last"}
+
+
+CLEANUP_SERVICE = """
+    import asyncio, sys
+    import aioipc, aioipc.rpc, aioipc.rpc._stream
+
+    aioipc.rpc._stream.CLEANUP_TIMEOUT = float(sys.argv[3])
+    cleaned = []
+
+    async def hold(name, seconds):
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await asyncio.sleep(seconds)  # a cleanup that waits
+            cleaned.append(name)
+
+    async def stubborn():
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            pass  # it ignores the cancellation: only a second one ends it
+        await asyncio.Event().wait()
+
+    async def echo(value):
+        return value
+
+    async def main(address):
+        server = await aioipc.rpc.serve(address, {"hold": hold, "stubborn": stubborn, "echo": echo})
+        async with aioipc.graceful_shutdown(timeout=30), server:
+            print(server.address, flush=True)
+            await server.serve_forever()
+        print("closed after cleaning", sorted(cleaned), flush=True)
+
+    aioipc.run(main(sys.argv[2]), loop=sys.argv[1])
+"""
+
+
+@pytest.mark.parametrize("stubborn", [False, True])
+async def test_a_closing_server_waits_for_methods_to_clean_up(
+    stubborn: bool, tmp_path: Path, tmp_ipc_dir: Path
+) -> None:
+    cleanup_timeout = "0.3" if stubborn else "30"
+    async with service(tmp_path, CLEANUP_SERVICE, f"unix:{tmp_ipc_dir}/rpc.sock", cleanup_timeout) as child:
+        with anyio.fail_after(30):
+            address = (await child.line()).strip()
+            async with await aioipc.rpc.connect(address) as one, await aioipc.rpc.connect(address) as two:
+                calls = [
+                    asyncio.ensure_future(one.call("hold", "a", 0.1)),
+                    asyncio.ensure_future(one.call("hold", "b", 0)),
+                    asyncio.ensure_future(two.call("hold", "c", 0.1)),
+                ]
+                if stubborn:  # it holds the close for the cleanup timeout only
+                    calls.append(asyncio.ensure_future(two.call("stubborn")))
+                assert await one.call("echo", 1) == await two.call("echo", 2) - 1  # all are running
+                await shell_kill("TERM", child.pid)  # the server closes: every method is cancelled
+                # when the close returned, every cleanup had ended (a server's cancellation,
+                # delivered again at each wait, used to cut the wait for them short)
+                assert await child.line() == "closed after cleaning ['a', 'b', 'c']"
+                for call in calls:
+                    with pytest.raises(anyio.BrokenResourceError):
+                        await call
+            assert await child.proc.wait() == 0
 
 
 def raw_socket(address: str) -> socket.socket:

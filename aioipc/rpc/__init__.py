@@ -99,6 +99,11 @@ async def serve_stream(
     Caveats:
         When the peer closes its sending side, requests already running
         are still answered before this returns; the stream is not closed.
+        Cancelled (a server closing, ``idle_timeout``), it cancels the
+        methods still running and waits for them to end, so that their
+        cleanup (``finally: await ...``) is done when it returns; a method
+        still running after 5 seconds (it ignored the cancellation) is
+        left running, and a warning is logged.
 
     Example::
 
@@ -139,6 +144,11 @@ async def serve(
         ValueError: a bad address; AddressInUse: a live server owns it.
         ImportError: a ``nats://`` address without the extra ``nats``.
         OSError: the NATS server cannot be reached.
+
+    Caveats:
+        Closing the server (or ``idle_timeout`` closing a connection)
+        cancels the methods running there and waits for their cleanup, as
+        :func:`serve_stream` says.
 
     Example::
 

@@ -26,6 +26,7 @@ import anyio
 from .._core.nats import FirstRoundTrip, close_nats, import_nats, is_nats_address
 from .._core.objects import Codec
 from .._core.server import Server
+from . import _stream
 from ._protocol import Caller, Dispatcher
 
 __all__ = ["NatsClient", "NatsServer", "is_nats_address", "nats_client", "serve_nats"]
@@ -194,8 +195,15 @@ class NatsServer(Server):
             await asyncio.wait(set(self._running), timeout=self._grace)
         for task in self._running:
             task.cancel()
+        if self._running:  # their cleanup ends first (this runs shielded), within a bound
+            await asyncio.wait(set(self._running), timeout=_stream.CLEANUP_TIMEOUT)
         if self._running:
-            await asyncio.wait(set(self._running))
+            logger.warning(
+                "rpc: %d method(s) on %s still running %g s after they were cancelled; left running",
+                len(self._running),
+                self.address,
+                _stream.CLEANUP_TIMEOUT,
+            )
         await close_nats(self._nc)
 
     async def close(self, grace: float = 0) -> None:

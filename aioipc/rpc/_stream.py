@@ -18,7 +18,11 @@ answered; then the serving returns. A broken or closed stream ends it at once.
 Rule 3: an oversize or malformed frame ends this connection only (the
 exception propagates to whoever serves it, which logs it, and what is
 running is cancelled); a message that is not JSON-RPC is answered with an
-error and the connection goes on.
+error and the connection goes on. A reader that dies of anything else (a
+method cancelled its task) ends the connection with a RuntimeError.
+Rule 4: cancelled (a server closing, ``idle_timeout``), the serving task
+cancels the reader and the hosts once and waits, shielded, for them to end
+(their ``finally:`` blocks may await), ``CLEANUP_TIMEOUT`` seconds at most.
 
 The client has no reader task: the first caller that waits reads for
 everyone (the *reader*), handing each response to its call (see
@@ -45,12 +49,17 @@ from .._core.errors import FrameTooLarge
 from .._core.objects import Codec
 from ._protocol import Caller, Dispatcher
 
-__all__ = ["DEFAULT_MAX_CONCURRENCY", "Client", "serve_connection"]
+__all__ = ["CLEANUP_TIMEOUT", "DEFAULT_MAX_CONCURRENCY", "Client", "serve_connection"]
 
 logger = logging.getLogger("aioipc")
 
 DEFAULT_MAX_CONCURRENCY = 64
 _GONE = (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError)
+CLEANUP_TIMEOUT = 5.0
+"""Seconds a cancelled connection waits for its methods to end (``finally:`` blocks that await).
+
+A method that ignores its cancellation, or cleans up for longer, is left
+running (and a warning is logged): closing a server never hangs on it."""
 _TAKE_OVER: Any = object()  # a waiting caller's "response": the reader left, read in its place
 
 
@@ -63,10 +72,7 @@ async def serve_connection(msgs: Any, dispatcher: Dispatcher, max_concurrency: i
     try:
         await connection.finished
     finally:
-        while connection.tasks:
-            for task in connection.tasks:
-                task.cancel()
-            await asyncio.wait(set(connection.tasks))
+        await connection.cancel_the_rest()
 
 
 class _Connection:
@@ -101,7 +107,10 @@ class _Connection:
                 try:
                     data = await receive()
                 except _GONE:
-                    break
+                    while self.hosts:  # Rule 2
+                        await self.wait_for_a_slot()
+                    self.end(None)
+                    return
                 coro = answer(data)
                 context = copy_context()
                 try:
@@ -110,22 +119,55 @@ class _Connection:
                     continue  # answered
                 except asyncio.CancelledError:
                     continue  # the method cancelled itself (nothing cancels this task while it runs)
-                self.hosts += 1
-                self.start_reader()
-                try:
-                    await _resume(coro, waiting_on, context)
-                finally:
-                    self.hosts -= 1
-                    self.free_a_slot()
-                return
-            while self.hosts:  # Rule 2
-                await self.wait_for_a_slot()
+                break  # the answer waits: this task hosts it
         except Exception as exc:  # the stream broke: the serving task raises it and cancels the hosts
-            if not self.finished.done():
-                self.finished.set_exception(exc)
+            self.end(exc)
             return
-        if not self.finished.done():
+        except BaseException as exc:  # a method cancelled this task, say: no reader would be left
+            self.end(exc)
+            raise
+        self.hosts += 1
+        self.start_reader()
+        try:
+            await _resume(coro, waiting_on, context)
+        finally:
+            self.hosts -= 1
+            self.free_a_slot()
+
+    def end(self, exc: BaseException | None) -> None:
+        """The reader is done: the serving ends (with ``exc``, or a RuntimeError for a BaseException)."""
+        if self.finished.done():  # the serving was cancelled already
+            return
+        if exc is None:
             self.finished.set_result(None)
+        elif isinstance(exc, Exception):
+            self.finished.set_exception(exc)
+        else:
+            error = RuntimeError(f"the task reading rpc requests from {self.msgs!r} ended: {exc!r}")
+            error.__cause__ = exc
+            self.finished.set_exception(error)
+
+    async def cancel_the_rest(self) -> None:
+        """Cancel the reader and the hosts once, and wait for them (at most ``CLEANUP_TIMEOUT`` s).
+
+        The wait is shielded: a method's cleanup (``finally: await ...``) ends
+        before the serving does, even though whoever cancelled the serving
+        cancels it again and again (a server closing, ``idle_timeout``).
+        """
+        if all(task.done() for task in self.tasks):
+            return
+        with anyio.move_on_after(CLEANUP_TIMEOUT, shield=True):
+            while self.tasks:  # (a host may not start a reader, but make sure)
+                for task in self.tasks:
+                    task.cancel()
+                await asyncio.wait(set(self.tasks))
+        if self.tasks:
+            logger.warning(
+                "rpc: %d method(s) of %r still running %g s after they were cancelled; left running",
+                len(self.tasks),
+                self.msgs,
+                CLEANUP_TIMEOUT,
+            )
 
     async def wait_for_a_slot(self) -> None:
         self.slot_freed = self.loop.create_future()
