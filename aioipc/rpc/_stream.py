@@ -267,19 +267,32 @@ class Client(Caller):
     def __init__(self, msgs: Any, *, codec: str | Codec = "json") -> None:
         super().__init__(codec, peer=repr(msgs))
         self.stream = msgs
-        self._send_lock = asyncio.Lock()
+        self._sending = False  # a send is under way (it may wait: for room, or a fair yield)
+        self._send_waiters: list[asyncio.Future[None]] = []  # callers waiting for it to end
         self._reading = False
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} over {self._peer} pending={len(self._pending)}>"
 
     async def _send(self, data: bytes, request_id: int | None) -> None:
-        lock = self._send_lock
-        await lock.acquire()
+        # One send at a time (the stream's rule), with no lock: a send that waits wakes every
+        # caller that came meanwhile when it ends, and their sends (which seldom wait) go out
+        # in that loop turn. A lock would hand over to one waiter per loop turn, and with
+        # many calls in flight every later caller would queue behind it: a convoy.
+        while self._sending:
+            waiter = asyncio.get_running_loop().create_future()
+            self._send_waiters.append(waiter)
+            await waiter  # (cancelled here, this caller has sent nothing)
+        self._sending = True
         try:
             await self.stream.send(data)
         finally:
-            lock.release()
+            self._sending = False
+            if self._send_waiters:
+                waiters, self._send_waiters = self._send_waiters, []
+                for waiter in waiters:
+                    if not waiter.done():
+                        waiter.set_result(None)
 
     async def _exchange(
         self, data: bytes, request_id: int, future: asyncio.Future[dict[str, Any]]
