@@ -187,30 +187,25 @@ class _Connection:
                 return
             self.sending = True
             try:
-                while await self.send_reply(reply) and self.outbox:
+                while True:
+                    try:  # each reply fails alone: logged, and the outbox goes on
+                        try:
+                            await self.msgs.send(reply)
+                        except FrameTooLarge as exc:
+                            await self.send_undeliverable(reply, exc)
+                    except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                        self.outbox.clear()  # the peer is gone: the reader sees it too
+                        return
+                    except Exception:
+                        logger.exception("rpc: cannot send a response")
+                    if not self.outbox:
+                        return
                     reply = self.outbox.popleft()
                     self.free_a_slot()
             finally:
                 self.sending = False
         except Exception:
             logger.exception("rpc: cannot answer a request")
-
-    async def send_reply(self, reply: bytes) -> bool:
-        """Send one reply (an error in its place when it is too large); False when the peer is gone.
-
-        Any other failure is this reply's alone: it is logged, and the outbox goes on.
-        """
-        try:
-            try:
-                await self.msgs.send(reply)
-            except FrameTooLarge as exc:
-                await self.send_undeliverable(reply, exc)
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-            self.outbox.clear()  # the peer is gone: the reader sees it too
-            return False
-        except Exception:
-            logger.exception("rpc: cannot send a response")
-        return True
 
     async def send_undeliverable(self, reply: bytes, exc: FrameTooLarge) -> None:
         """``reply`` is over max_size: its caller (each caller of a batch) gets an error instead."""
