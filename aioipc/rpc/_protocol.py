@@ -90,6 +90,7 @@ def _error(request_id: Any, code: int, message: str | None = None, data: Any = N
 
 
 _ID_TYPES = (str, int, float)
+_HEADS = 256
 
 
 async def _ready(value: T) -> T:
@@ -279,6 +280,15 @@ class Caller:
         self._pending: dict[Any, asyncio.Future[dict[str, Any]]] = {}
         self._ids = itertools.count(1)
         self._lost: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop of the first call
+        self._heads: dict[str, str] = {}  # a request's JSON up to its params, by method name
+
+    def _head(self, method: Any, dumps: Callable[[Any], str]) -> str:
+        """The JSON of a request up to its params (kept for the first ``_HEADS`` method names)."""
+        head = f'{{"jsonrpc":"2.0","method":{dumps(method)}'
+        if type(method) is str and len(self._heads) < _HEADS:
+            self._heads[method] = head
+        return head
 
     async def _send(self, data: bytes, request_id: int | None) -> None:
         raise NotImplementedError
@@ -310,14 +320,24 @@ class Caller:
         request_id = next(self._ids)
         dumps = self._dumps
         if dumps is not None:  # JSON: the envelope is a constant around the method, params and id
-            params = f',"params":{dumps(kwargs or list(args))}' if args or kwargs else ""
-            data = f'{{"jsonrpc":"2.0","method":{dumps(method)}{params},"id":{request_id}}}'.encode()
+            head = self._heads.get(method) if type(method) is str else None
+            if head is None:
+                head = self._head(method, dumps)
+            if args:  # each param alone: a str or an int skips the encoder's setup
+                data = f'{head},"params":[{",".join(map(dumps, args))}],"id":{request_id}}}'.encode()
+            elif kwargs:
+                data = f'{head},"params":{dumps(kwargs)},"id":{request_id}}}'.encode()
+            else:
+                data = f'{head},"id":{request_id}}}'.encode()
         else:
             request: dict[str, Any] = {"jsonrpc": "2.0", "method": method, "id": request_id}
             if args or kwargs:
                 request["params"] = kwargs or list(args)
             data = self.codec.encode(request)
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        future: asyncio.Future[dict[str, Any]] = loop.create_future()
         self._pending[request_id] = future
         try:
             if timeout is None:
