@@ -361,6 +361,36 @@ async def test_a_caller_told_to_read_while_still_sending_gets_its_own_answer(
             await asyncio.gather(*(caller(i) for i in range(64)))
 
 
+async def test_callers_that_give_up_while_sends_wait_for_room_leave_the_connection_usable(
+    tmp_path: Path, tmp_ipc_dir: Path
+) -> None:
+    # sends of 256 KiB wait for room: the other callers wait for their turn to send, and the
+    # short timeouts cancel some of them while they wait, some while they send
+    payload = "x" * 256 * 1024
+    async with (
+        rpc_server(tmp_path, f"unix:{tmp_ipc_dir}/rpc.sock", max_size=1 << 20) as (_, address),
+        await aioipc.rpc.connect(address, max_size=1 << 20) as client,
+    ):
+        outcomes: list[str] = []
+
+        async def caller(i: int) -> None:
+            timeout = 0.002 * (i % 4) if i % 4 else None
+            for j in range(4):
+                try:
+                    assert await client.call("echo", [i, j, payload], timeout=timeout) == [i, j, payload]
+                    outcomes.append("answered")
+                except TimeoutError:
+                    outcomes.append("timed out")
+
+        with anyio.fail_after(30):
+            await asyncio.gather(*(caller(i) for i in range(16)))
+            assert len(outcomes) == 16 * 4
+            assert outcomes.count("answered") >= 4 * 4  # every call without a timeout
+            assert "timed out" in outcomes
+            assert await client.call("echo", [payload]) == [payload]  # every send's turn came
+            assert await client.call("add", 1, 2) == 3
+
+
 async def test_concurrency_is_bounded_per_connection(tmp_path: Path, tmp_ipc_dir: Path) -> None:
     async with (
         rpc_server(tmp_path, f"unix:{tmp_ipc_dir}/rpc.sock", max_concurrency=2) as (_, address),
