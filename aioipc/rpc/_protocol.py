@@ -269,7 +269,7 @@ class Caller:
 
     A transport subclass sends with :meth:`_send` and feeds what arrives to
     :meth:`_deliver` (from its own reader, or from the callers themselves in
-    :meth:`_response`); :meth:`_fail_all` ends every pending call when the
+    :meth:`_exchange`); :meth:`_fail_all` ends every pending call when the
     connection is lost.
     """
 

@@ -293,12 +293,7 @@ class Client(Caller):
         self, data: bytes, request_id: int, future: asyncio.Future[dict[str, Any]]
     ) -> dict[str, Any]:
         await self._send(data, request_id)
-        if not self._reading and self._lost is None and not future.done():
-            return await self._read_until(request_id, future)  # the common case: it reads its own
-        return await self._response(request_id, future)
-
-    async def _response(self, request_id: int, future: asyncio.Future[dict[str, Any]]) -> dict[str, Any]:
-        while True:
+        while True:  # (no coroutine of its own: a caller woken with its response resumes one fewer)
             if future.done() and not future.cancelled() and future.result() is _TAKE_OVER:
                 # told to read (perhaps while this call was still sending): its response comes
                 # in the fresh future _hand_over put in _pending
@@ -307,7 +302,7 @@ class Client(Caller):
             if self._lost is not None and not future.done():
                 raise self._lost_error()
             if not self._reading:
-                return await self._read_until(request_id, future)
+                return await self._read_until(request_id, future)  # the common case: it reads its own
             try:
                 response = await future
             except asyncio.CancelledError:
