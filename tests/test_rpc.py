@@ -449,6 +449,19 @@ async def test_a_method_that_cancels_the_task_that_reads_ends_only_its_connectio
             with pytest.raises(anyio.BrokenResourceError):
                 await client.call("echo", 1)
             assert await other.call("echo", 2) == 2
+        sock = raw_socket(address)
+        with sock:
+            # two requests in one write: the reader takes both from one read. The cancellation
+            # the first leaves ends the connection before the second starts (which it would
+            # cancel instead: a request never answered, on a connection that goes on)
+            first = frame(b'{"jsonrpc": "2.0", "id": 1, "method": "cancel_own_task"}')
+            second = frame(b'{"jsonrpc": "2.0", "id": 2, "method": "echo", "params": [2]}')
+            await anyio.to_thread.run_sync(sock.sendall, first + second)
+            reply = json.loads(await anyio.to_thread.run_sync(read_frame, sock))
+            assert reply == {"jsonrpc": "2.0", "result": "done", "id": 1}
+            assert await anyio.to_thread.run_sync(sock.recv, 1) == b""  # the connection ended
+        with anyio.fail_after(20):
+            assert await other.call("echo", 3) == 3
 
 
 async def test_a_raw_peer_that_floods_and_reads_nothing_is_held_to_the_bound(

@@ -100,6 +100,8 @@ class _Connection:
     async def read(self) -> None:
         """Receive and answer until the end, or until an answer waits: then host it (a new task reads)."""
         receive, answer = self.msgs.receive, self.answer
+        task = asyncio.current_task()
+        assert task is not None
         try:
             while True:
                 while self.hosts + len(self.outbox) >= self.max_concurrency:  # Rule 1
@@ -116,6 +118,8 @@ class _Connection:
                 try:
                     waiting_on = context.run(coro.send, None)
                 except StopIteration:
+                    if task.cancelling():  # the method cancelled this task and returned: end now,
+                        raise asyncio.CancelledError from None  # not cancel the next request's method
                     continue  # answered
                 except asyncio.CancelledError:
                     continue  # the method cancelled itself (nothing cancels this task while it runs)
