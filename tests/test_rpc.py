@@ -14,7 +14,7 @@ from typing import Any
 
 import anyio
 import pytest
-from helpers import Service, loop_name, service, shell_kill
+from helpers import Service, loop_name, service
 
 import aioipc
 import aioipc.process
@@ -361,36 +361,6 @@ async def test_a_caller_told_to_read_while_still_sending_gets_its_own_answer(
             await asyncio.gather(*(caller(i) for i in range(64)))
 
 
-async def test_callers_that_give_up_while_sends_wait_for_room_leave_the_connection_usable(
-    tmp_path: Path, tmp_ipc_dir: Path
-) -> None:
-    # sends of 256 KiB wait for room: the other callers wait for their turn to send, and the
-    # short timeouts cancel some of them while they wait, some while they send
-    payload = "x" * 256 * 1024
-    async with (
-        rpc_server(tmp_path, f"unix:{tmp_ipc_dir}/rpc.sock", max_size=1 << 20) as (_, address),
-        await aioipc.rpc.connect(address, max_size=1 << 20) as client,
-    ):
-        outcomes: list[str] = []
-
-        async def caller(i: int) -> None:
-            timeout = 0.002 * (i % 4) if i % 4 else None
-            for j in range(4):
-                try:
-                    assert await client.call("echo", [i, j, payload], timeout=timeout) == [i, j, payload]
-                    outcomes.append("answered")
-                except TimeoutError:
-                    outcomes.append("timed out")
-
-        with anyio.fail_after(30):
-            await asyncio.gather(*(caller(i) for i in range(16)))
-            assert len(outcomes) == 16 * 4
-            assert outcomes.count("answered") >= 4 * 4  # every call without a timeout
-            assert "timed out" in outcomes
-            assert await client.call("echo", [payload]) == [payload]  # every send's turn came
-            assert await client.call("add", 1, 2) == 3
-
-
 async def test_concurrency_is_bounded_per_connection(tmp_path: Path, tmp_ipc_dir: Path) -> None:
     async with (
         rpc_server(tmp_path, f"unix:{tmp_ipc_dir}/rpc.sock", max_concurrency=2) as (_, address),
@@ -491,68 +461,6 @@ async def test_a_raw_peer_that_floods_and_reads_nothing_is_held_to_the_bound(
             # each reply came once: the next message is the answer to the next request
             last = await exchange(raw, b'{"jsonrpc": "2.0", "id": "last", "method": "add", "params": [1, 2]}')
             assert last == {"jsonrpc": "2.0", "result": 3, "id": "last"}
-
-
-CLEANUP_SERVICE = """
-    import asyncio, sys
-    import aioipc, aioipc.rpc, aioipc.rpc._stream
-
-    aioipc.rpc._stream.CLEANUP_TIMEOUT = float(sys.argv[3])
-    cleaned = []
-
-    async def hold(name, seconds):
-        try:
-            await asyncio.Event().wait()
-        finally:
-            await asyncio.sleep(seconds)  # a cleanup that waits
-            cleaned.append(name)
-
-    async def stubborn():
-        try:
-            await asyncio.Event().wait()
-        except asyncio.CancelledError:
-            pass  # it ignores the cancellation: only a second one ends it
-        await asyncio.Event().wait()
-
-    async def echo(value):
-        return value
-
-    async def main(address):
-        server = await aioipc.rpc.serve(address, {"hold": hold, "stubborn": stubborn, "echo": echo})
-        async with aioipc.graceful_shutdown(timeout=30), server:
-            print(server.address, flush=True)
-            await server.serve_forever()
-        print("closed after cleaning", sorted(cleaned), flush=True)
-
-    aioipc.run(main(sys.argv[2]), loop=sys.argv[1])
-"""
-
-
-@pytest.mark.parametrize("stubborn", [False, True])
-async def test_a_closing_server_waits_for_methods_to_clean_up(
-    stubborn: bool, tmp_path: Path, tmp_ipc_dir: Path
-) -> None:
-    cleanup_timeout = "0.3" if stubborn else "30"
-    async with service(tmp_path, CLEANUP_SERVICE, f"unix:{tmp_ipc_dir}/rpc.sock", cleanup_timeout) as child:
-        with anyio.fail_after(30):
-            address = (await child.line()).strip()
-            async with await aioipc.rpc.connect(address) as one, await aioipc.rpc.connect(address) as two:
-                calls = [
-                    asyncio.ensure_future(one.call("hold", "a", 0.1)),
-                    asyncio.ensure_future(one.call("hold", "b", 0)),
-                    asyncio.ensure_future(two.call("hold", "c", 0.1)),
-                ]
-                if stubborn:  # it holds the close for the cleanup timeout only
-                    calls.append(asyncio.ensure_future(two.call("stubborn")))
-                assert await one.call("echo", 1) == await two.call("echo", 2) - 1  # all are running
-                await shell_kill("TERM", child.pid)  # the server closes: every method is cancelled
-                # when the close returned, every cleanup had ended (a server's cancellation,
-                # delivered again at each wait, used to cut the wait for them short)
-                assert await child.line() == "closed after cleaning ['a', 'b', 'c']"
-                for call in calls:
-                    with pytest.raises(anyio.BrokenResourceError):
-                        await call
-            assert await child.proc.wait() == 0
 
 
 def raw_socket(address: str) -> socket.socket:
