@@ -29,7 +29,7 @@ typedef struct {
     int bound;
     uint64_t *h;
     unsigned char *tx, *rx;
-    Py_ssize_t tx_head_i, tx_gone_i, rx_head_i, rx_tail_i;
+    Py_ssize_t tx_head_i, tx_gone_i, rx_head_i, tx_tail_i;
     long long capacity, max_size, fair_shift, flush_every;
     long long head, tail, head_seen, room_until, budget, sent, read;
     char sending, receiving, closed, eof_sent, flush_scheduled;
@@ -63,7 +63,7 @@ ring_dealloc(RingCore *self)
 }
 
 /* _bind(memory, tx_offset, rx_offset, capacity, max_size, words, fair_shift, flush_every)
- * words: the header word indexes (tx head, tx gone, rx head, rx tail). */
+ * words: the header word indexes (tx head, tx gone, rx head, tx tail). */
 static PyObject *
 ring_bind(RingCore *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -115,7 +115,7 @@ ring_bind(RingCore *self, PyObject *const *args, Py_ssize_t nargs)
     self->tx_head_i = words[0];
     self->tx_gone_i = words[1];
     self->rx_head_i = words[2];
-    self->rx_tail_i = words[3];
+    self->tx_tail_i = words[3];
     self->capacity = capacity;
     self->max_size = max_size;
     self->fair_shift = fair_shift;
@@ -164,8 +164,10 @@ ring_may_send(RingCore *self)
            (self->sent > 0 || !__atomic_load_n(&self->h[self->tx_gone_i], __ATOMIC_RELAXED));
 }
 
-/* Write item's record at head, uncommitted, if it fits before the room last seen and the lane's
- * end: the head after it, or -1 (nothing written) for anything else, the slow path's business. */
+/* Write item's record at head, uncommitted, if it fits before the room last seen (looked at again
+ * in the peer's tail when it does not: a lane that was full goes on here, not on the slow path, as
+ * soon as the peer gives some back) and the lane's end: the head after it, or -1 (nothing written)
+ * for anything else, the slow path's business. */
 static long long
 ring_write(RingCore *self, long long head, PyObject *item, long long *size)
 {
@@ -193,6 +195,8 @@ ring_write(RingCore *self, long long head, PyObject *item, long long *size)
     }
     end = head + RING_RECORD + ((*size + 7) & ~7LL);
     position = head % self->capacity;
+    if (end > self->room_until)
+        self->room_until = (long long)__atomic_load_n(&self->h[self->tx_tail_i], __ATOMIC_ACQUIRE) + self->capacity;
     if (*size > self->max_size || end > self->room_until || position + end - head > self->capacity) {
         if (view.obj != NULL)
             PyBuffer_Release(&view);
@@ -297,12 +301,16 @@ ring_read(RingCore *self, long long *tail, long long *size)
     return data;
 }
 
-/* Give back the lane up to tail: count messages of total bytes read. -1 when the barrier raised. */
+/* Give back the lane up to tail: count messages of total bytes read. The shared tail is stored by
+ * the barrier (_flush: at once for the first read since the last one, then every flush_every
+ * reads, at the loop's turn and before any wait), not per message: a sender that finds the lane
+ * full reads the tail, and with a store per message the two sides traded its cache line for every
+ * message, which kept a full lane full (the sender on its slow path, the receiver slowed by the
+ * line's transfers). -1 when the barrier raised. */
 static int
 ring_release(RingCore *self, long long tail, long long count, long long total)
 {
     self->budget -= count + (total >> self->fair_shift);
-    __atomic_store_n(&self->h[self->rx_tail_i], (uint64_t)tail, __ATOMIC_RELEASE);
     self->tail = tail;
     self->read += count;
     return ring_after(self, self->read, count);

@@ -263,14 +263,14 @@ class PyRingCore:
         fair_shift: int,
         flush_every: int,
     ) -> None:
-        """Map the lanes: ``words`` are the header word indexes (tx head, tx gone, rx head, rx tail)."""
+        """Map the lanes: ``words`` are the header word indexes (tx head, tx gone, rx head, tx tail)."""
         whole = memoryview(memory)
         self._core_h = whole[: min(tx_offset, rx_offset)].cast("Q")
         self._core_tx = whole[tx_offset : tx_offset + capacity]
         self._core_rx = whole[rx_offset : rx_offset + capacity]
         self._core_memory, self._core_rx_base = memory, rx_offset
         self._core_views = [self._core_h, self._core_tx, self._core_rx, whole]
-        self._core_tx_head, self._core_tx_gone, self._core_rx_head, self._core_rx_tail = words
+        self._core_tx_head, self._core_tx_gone, self._core_rx_head, self._core_tx_tail = words
         self.capacity, self.max_size, self._fair_shift, self._flush_every = (
             capacity,
             max_size,
@@ -298,6 +298,8 @@ class PyRingCore:
         end = head + 8 + ((size + 7) & -8)
         position = head % self.capacity
         h = self._core_h
+        if end > self._room_until:  # look at the peer's tail again (see _ring.c)
+            self._room_until = h[self._core_tx_tail] + self.capacity
         if (
             size > self.max_size
             or end > self._room_until
@@ -367,7 +369,7 @@ class PyRingCore:
     def _release(self, tail: int, count: int, total: int) -> None:
         """Give back the lane up to ``tail``: ``count`` messages of ``total`` bytes were read."""
         self._budget -= count + (total >> self._fair_shift)
-        self._core_h[self._core_rx_tail] = self._tail = tail
+        self._tail = tail  # given back to the peer by the barrier (_flush), as in _ring.c
         read = self._read = self._read + count
         if read == count:
             if not self._flush_scheduled:

@@ -144,7 +144,7 @@ class Lanes(RingCore):
             _lane_words(rx_lane)
         )
         limit = capacity // 2 - RECORD.size
-        words = (self._tx_head, self._tx_gone, self._rx_head, self._rx_tail)
+        words = (self._tx_head, self._tx_gone, self._rx_head, self._tx_tail)
         tx_offset = HEADER + tx_lane * capacity
         size_limit = limit if max_size is None else max(0, min(max_size, limit))
         self._bind(memory, tx_offset, self._rx_base, capacity, size_limit, words, FAIR_SHIFT, FLUSH_EVERY)
@@ -187,12 +187,16 @@ class Lanes(RingCore):
         self._flush()
 
     def _flush(self) -> None:
-        """One barrier for the messages sent and read since the last; ring the peer if it sleeps on them."""
+        """One barrier for the messages sent and read since the last: give back the lane up to
+        what was read (the fast paths leave the shared tail to this), then ring the peer if it
+        sleeps on them."""
         sent, read = self._sent, self._read
         if not (sent or read) or self._closed:
             return
         self._sent = self._read = 0
         h = self._h
+        if read:
+            h[self._rx_tail] = self._tail
         self._fence()
         if (sent and h[self._tx_sleeping]) or (read and h[self._rx_waiting]):
             self._ring_peer()
@@ -288,7 +292,7 @@ class Lanes(RingCore):
         return head
 
     def _advance(self, tail: int, count: int = 1) -> None:
-        self._h[self._rx_tail] = self._tail = tail
+        self._tail = tail  # given back to the peer by the barrier (_flush)
         read = self._read = self._read + count
         if read == count:
             self._did()
