@@ -26,6 +26,8 @@ the flag is set. With a barrier on both sides, one of the two always sees
 the other: no lost wake-up. The first commit or read of a loop iteration
 runs the barrier at once; the others share one more in a loop callback (or
 every ``FLUSH_EVERY`` messages), and a side runs it before it waits itself.
+The consumer stores ``tail`` (gives room back) in that barrier, not per
+message, so a producer watching for room does not trade the line for each one.
 Rule 3 (end of life): each side holds an fcntl lock on one byte of the
 segment, and the write end of its peer's doorbell. When a process dies the
 kernel drops both: the peer's doorbell hangs up, which wakes it at once,
@@ -48,7 +50,7 @@ its doorbell.
 
 Speed: a ``send()`` or ``receive()`` that needs no waiting is one call into
 ``RingCore`` (``_put``: record, payload and the head store; ``_take``: the
-bytes and the tail store), compiled in the accelerator or its Python twin
+bytes), compiled in the accelerator or its Python twin
 (``aioipc._core.speedups``); anything else takes the Python slow path.
 """
 
