@@ -12,14 +12,12 @@
 #include <structmember.h>
 #include <sys/socket.h>
 #include <unistd.h>
-
 typedef struct {
     PyObject_HEAD
     Py_ssize_t max_size;
     PyObject *buf;    /* bytearray; empty (the shared _NO_BUFFER) while the stream is idle */
     PyObject *view;   /* memoryview of buf */
-    Py_ssize_t start; /* first unparsed byte */
-    Py_ssize_t end;   /* end of valid data */
+    Py_ssize_t start, end; /* the first unparsed byte, the end of valid data */
     Py_ssize_t need;  /* bytes the next frame needs in the buffer */
     PyObject *parsed; /* deque of messages not yet taken (the shared _NO_PARSED until the first parse) */
     Py_ssize_t total; /* messages parsed so far */
@@ -36,6 +34,7 @@ static struct {
     PyObject *no_parsed;      /* _NO_PARSED */
     PyObject *frame_too_large; /* FrameTooLarge(size, max_size) */
     PyObject *need_data;      /* NEED_DATA */
+    PyObject *str_append;     /* "append", interned: looked up once a parse */
     Py_ssize_t min_read, pool_size, batch;
 } setup;
 
@@ -131,7 +130,7 @@ framer_parse(FramerCore *f)
             return -1;
         Py_XSETREF(f->parsed, deque);
     }
-    append = PyObject_GetAttrString(f->parsed, "append");
+    append = PyObject_GetAttr(f->parsed, setup.str_append);
     if (append == NULL)
         return -1;
     buf = (const unsigned char *)PyByteArray_AS_STRING(f->buf);
@@ -588,7 +587,8 @@ static PyMethodDef fill_functions[] = {
 int
 speedups_add_framer(PyObject *module)
 {
-    if (PyType_Ready(&FramerCoreType) < 0 || PyModule_AddFunctions(module, fill_functions) < 0)
+    if ((setup.str_append = PyUnicode_InternFromString("append")) == NULL || PyType_Ready(&FramerCoreType) < 0 ||
+        PyModule_AddFunctions(module, fill_functions) < 0)
         return -1;
     Py_INCREF(&FramerCoreType);
     if (PyModule_AddObject(module, "FramerCore", (PyObject *)&FramerCoreType) < 0) {
