@@ -511,14 +511,14 @@ async def test_a_record_past_its_lane_is_read_without_reading_past_the_mapping(r
 )
 def test_the_compiled_ring_core_refuses_lanes_outside_its_mapping() -> None:
     memory = mmap.mmap(-1, 3 * mmap.PAGESIZE)
-    page, words = mmap.PAGESIZE, (8, 9, 16, 10)
+    page, words = mmap.PAGESIZE, (8, 9, 16, 10, 17)
     core = speedups.RingCore()
     for tx, rx, capacity, indexes in (
         (page, 2 * page, 2 * page, words),  # past the end
         (page, -8, page, words),
         (page + 4, 2 * page, page, words),  # misaligned
         (page, 2 * page, 4, words),  # too small
-        (page, 2 * page, page, (8, 9, 16, page // 8)),  # a header word inside a lane
+        (page, 2 * page, page, (8, 9, 16, 10, page // 8)),  # a header word inside a lane
     ):
         with pytest.raises(ValueError):
             core._bind(memory, tx, rx, capacity, 100, indexes, 12, 64)

@@ -29,7 +29,7 @@ typedef struct {
     int bound;
     uint64_t *h;
     unsigned char *tx, *rx;
-    Py_ssize_t tx_head_i, tx_gone_i, rx_head_i, tx_tail_i;
+    Py_ssize_t tx_head_i, tx_gone_i, rx_head_i, tx_tail_i, rx_tail_i;
     long long capacity, max_size, fair_shift, flush_every;
     long long head, tail, head_seen, room_until, budget, sent, read;
     char sending, receiving, closed, eof_sent, flush_scheduled;
@@ -63,15 +63,15 @@ ring_dealloc(RingCore *self)
 }
 
 /* _bind(memory, tx_offset, rx_offset, capacity, max_size, words, fair_shift, flush_every)
- * words: the header word indexes (tx head, tx gone, rx head, tx tail). */
+ * words: the header word indexes (tx head, tx gone, rx head, tx tail, rx tail). */
 static PyObject *
 ring_bind(RingCore *self, PyObject *const *args, Py_ssize_t nargs)
 {
     long long tx_offset, rx_offset, capacity, max_size, fair_shift, flush_every;
-    Py_ssize_t words[4];
+    Py_ssize_t words[5];
     Py_buffer view;
 
-    if (nargs != 8 || !PyTuple_Check(args[5]) || PyTuple_GET_SIZE(args[5]) != 4) {
+    if (nargs != 8 || !PyTuple_Check(args[5]) || PyTuple_GET_SIZE(args[5]) != 5) {
         PyErr_SetString(PyExc_TypeError,
                         "_bind(memory, tx_offset, rx_offset, capacity, max_size, words, fair_shift, flush_every)");
         return NULL;
@@ -82,7 +82,7 @@ ring_bind(RingCore *self, PyObject *const *args, Py_ssize_t nargs)
     max_size = PyLong_AsLongLong(args[4]);
     fair_shift = PyLong_AsLongLong(args[6]);
     flush_every = PyLong_AsLongLong(args[7]);
-    for (int i = 0; i < 4; i++)
+    for (int i = 0; i < 5; i++)
         words[i] = PyLong_AsSsize_t(PyTuple_GET_ITEM(args[5], i));
     if (PyErr_Occurred())
         return NULL;
@@ -100,7 +100,7 @@ ring_bind(RingCore *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_ValueError, "the lanes must lie within the mapping, aligned");
         return NULL;
     }
-    for (int i = 0; i < 4; i++) {
+    for (int i = 0; i < 5; i++) {
         if (words[i] < 0 || (words[i] + 1) * 8 > (tx_offset < rx_offset ? tx_offset : rx_offset)) {
             PyBuffer_Release(&view);
             PyErr_SetString(PyExc_ValueError, "the header words must lie before the lanes");
@@ -116,6 +116,7 @@ ring_bind(RingCore *self, PyObject *const *args, Py_ssize_t nargs)
     self->tx_gone_i = words[1];
     self->rx_head_i = words[2];
     self->tx_tail_i = words[3];
+    self->rx_tail_i = words[4];
     self->capacity = capacity;
     self->max_size = max_size;
     self->fair_shift = fair_shift;
@@ -303,14 +304,17 @@ ring_read(RingCore *self, long long *tail, long long *size)
 
 /* Give back the lane up to tail: count messages of total bytes read. The shared tail is stored by
  * the barrier (_flush: at once for the first read since the last one, then every flush_every
- * reads, at the loop's turn and before any wait), not per message: a sender that finds the lane
- * full reads the tail, and with a store per message the two sides traded its cache line for every
- * message, which kept a full lane full (the sender on its slow path, the receiver slowed by the
- * line's transfers). -1 when the barrier raised. */
+ * reads, at the loop's turn and before any wait), not per small message: a sender that finds the
+ * lane full reads the tail, and with a store per message the two sides traded its cache line for
+ * every message, which kept a full lane full (the sender on its slow path, the receiver slowed by
+ * the line's transfers). Reads of 4 KiB or more (a budget unit of bytes) give it back at once.
+ * -1 when the barrier raised. */
 static int
 ring_release(RingCore *self, long long tail, long long count, long long total)
 {
     self->budget -= count + (total >> self->fair_shift);
+    if (total >> self->fair_shift)
+        __atomic_store_n(&self->h[self->rx_tail_i], (uint64_t)tail, __ATOMIC_RELEASE);
     self->tail = tail;
     self->read += count;
     return ring_after(self, self->read, count);

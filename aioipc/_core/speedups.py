@@ -259,18 +259,19 @@ class PyRingCore:
         rx_offset: int,
         capacity: int,
         max_size: int,
-        words: tuple[int, int, int, int],
+        words: tuple[int, int, int, int, int],
         fair_shift: int,
         flush_every: int,
     ) -> None:
-        """Map the lanes: ``words`` are the header word indexes (tx head, tx gone, rx head, tx tail)."""
+        """Map the lanes: ``words``, the header word indexes (tx head, tx gone, rx head, tx tail, rx tail)."""
         whole = memoryview(memory)
         self._core_h = whole[: min(tx_offset, rx_offset)].cast("Q")
         self._core_tx = whole[tx_offset : tx_offset + capacity]
         self._core_rx = whole[rx_offset : rx_offset + capacity]
         self._core_memory, self._core_rx_base = memory, rx_offset
         self._core_views = [self._core_h, self._core_tx, self._core_rx, whole]
-        self._core_tx_head, self._core_tx_gone, self._core_rx_head, self._core_tx_tail = words
+        self._core_tx_head, self._core_tx_gone, self._core_rx_head = words[:3]
+        self._core_tx_tail, self._core_rx_tail = words[3:]
         self.capacity, self.max_size, self._fair_shift, self._flush_every = (
             capacity,
             max_size,
@@ -370,6 +371,8 @@ class PyRingCore:
         """Give back the lane up to ``tail``: ``count`` messages of ``total`` bytes were read."""
         self._budget -= count + (total >> self._fair_shift)
         self._tail = tail  # given back to the peer by the barrier (_flush), as in _ring.c
+        if total >> self._fair_shift:  # 4 KiB or more: at once
+            self._core_h[self._core_rx_tail] = tail
         read = self._read = self._read + count
         if read == count:
             if not self._flush_scheduled:

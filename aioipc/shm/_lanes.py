@@ -144,7 +144,7 @@ class Lanes(RingCore):
             _lane_words(rx_lane)
         )
         limit = capacity // 2 - RECORD.size
-        words = (self._tx_head, self._tx_gone, self._rx_head, self._tx_tail)
+        words = (self._tx_head, self._tx_gone, self._rx_head, self._tx_tail, self._rx_tail)
         tx_offset = HEADER + tx_lane * capacity
         size_limit = limit if max_size is None else max(0, min(max_size, limit))
         self._bind(memory, tx_offset, self._rx_base, capacity, size_limit, words, FAIR_SHIFT, FLUSH_EVERY)
@@ -291,10 +291,14 @@ class Lanes(RingCore):
         head = self._head_seen = self._h[self._rx_head]
         return head
 
-    def _advance(self, tail: int, count: int = 1) -> None:
-        self._tail = tail  # given back to the peer by the barrier (_flush)
-        read = self._read = self._read + count
-        if read == count:
+    def _advance(self, tail: int, size: int) -> None:
+        """One message of ``size`` bytes was read: the lane up to ``tail`` is the peer's again, given
+        back by the next barrier (at once for 4 KiB or more)."""
+        self._tail = tail
+        if size >> FAIR_SHIFT:
+            self._h[self._rx_tail] = tail
+        read = self._read = self._read + 1
+        if read == 1:
             self._did()
         elif read >= FLUSH_EVERY:
             self._flush()

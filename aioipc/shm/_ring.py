@@ -288,7 +288,7 @@ class Ring(Lanes, MessageStream):
         position += self._rx_base
         data = self._mmap[position : position + size]
         self._budget -= 1 + (size >> FAIR_SHIFT)
-        self._advance(tail)
+        self._advance(tail, size)
         return data
 
     async def _receive_many_slow(self, max_messages: int) -> list[bytes]:
@@ -344,7 +344,7 @@ class Ring(Lanes, MessageStream):
                     view.release()
                 finally:
                     if not self._closed:
-                        self._advance(tail)
+                        self._advance(tail, size)
         finally:
             self._receiving = False
 
