@@ -62,6 +62,39 @@ async def test_a_signal_cancels_main_cleans_up_and_exits_128_plus_signum(
         posix_ipc.MessageQueue(name)
 
 
+OTHER_THREAD = """
+import asyncio, signal, sys, threading, time
+import aioipc
+
+async def main():
+    worker = threading.Thread(target=time.sleep, args=(60,), daemon=True)
+    worker.start()
+    print("ready", flush=True)
+    # the kernel may hand a process's signal to any thread: here it is the worker's, while
+    # the main thread is parked in the loop's poll
+    signal.pthread_kill(worker.ident, getattr(signal, sys.argv[2]))
+    await asyncio.sleep(60)
+
+aioipc.run(main(), loop=sys.argv[1], exit_quietly=True)
+"""
+
+
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+async def test_a_signal_that_another_thread_receives_still_stops_main(signame: str, tmp_path: Path) -> None:
+    script = tmp_path / "program.py"
+    script.write_text(OTHER_THREAD)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(script), loop_name(), signame, stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        with anyio.fail_after(20):
+            assert await proc.wait() == (130 if signame == "SIGINT" else 143)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
 _WHICH_LOOP = """
 import asyncio
 import aioipc

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
+import socket
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from types import FrameType
 from typing import Any, Literal, TypeVar, cast
+
+from .fdio import FdHandle
 
 __all__ = ["loop_factory", "run"]
 
@@ -71,7 +75,10 @@ def run(
     Caveats:
         ``exit_quietly`` installs Python-level handlers for SIGINT and SIGTERM
         for the duration of the call (main thread only) and puts the previous
-        ones back afterwards.
+        ones back afterwards. So that a signal the kernel hands to another
+        thread still wakes the loop, it also sets a wake-up fd
+        (``signal.set_wakeup_fd``) if the loop has none (asyncio's default
+        loop, until something adds a signal handler to it).
 
     Example::
 
@@ -97,7 +104,8 @@ def _run_until_signal(
     async def wrapper() -> T:
         nonlocal task
         task = asyncio.current_task()
-        return await main
+        with _woken_by_signals():
+            return await main
 
     with asyncio.Runner(loop_factory=factory, debug=debug) as runner:
         running = runner.get_loop()
@@ -120,3 +128,41 @@ def _run_until_signal(
                 signal.signal(sig, handler)
     sys.stdout.flush()
     raise SystemExit(128 + received[0])
+
+
+@contextlib.contextmanager
+def _woken_by_signals() -> Iterator[None]:
+    """Make the running loop wake when a signal arrives, whichever thread the kernel hands it to.
+
+    A Python-level handler runs in the main thread, between two bytecodes: with
+    the main thread parked in the loop's poll and the signal delivered to another
+    thread (a bridge's, an executor's), it ran only at the loop's next event,
+    perhaps never. A wake-up fd (``signal.set_wakeup_fd``) the loop watches ends
+    the poll. uvloop, and asyncio once it has a signal handler, keep one already:
+    theirs stays.
+    """
+    reader, writer = socket.socketpair()
+    writer.setblocking(False)
+    previous = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)  # (the main thread)
+    if previous != -1:
+        signal.set_wakeup_fd(previous)
+        reader.close()
+        writer.close()
+        yield
+        return
+    handle = FdHandle(reader.detach())
+    handle.watch_readable(lambda: _drain(handle.fd))
+    try:
+        yield
+    finally:
+        current = signal.set_wakeup_fd(-1)
+        if current != writer.fileno():  # someone else's since (asyncio's, say): theirs stays
+            signal.set_wakeup_fd(current)
+        handle.close()
+        writer.close()
+
+
+def _drain(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        while os.read(fd, 4096):
+            pass
