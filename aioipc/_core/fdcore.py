@@ -38,12 +38,22 @@ def py_recv_fill(fd: int, sock: socket.socket | None, sink: Any, ancsize: int) -
     sink is a length framer whose frame in progress is still not whole (the bytes are in it): the
     caller, parked on the fd, keeps waiting with no wake-up per chunk of a large frame."""
     got = _fill(fd, sock, sink, ancsize)
-    if type(got) is int and got:
-        from .framing import Framer  # here: framing imports this module (through speedups)
-
-        if isinstance(sink, Framer) and not sink.parsed and sink._error is None:
-            raise BlockingIOError
+    framer = isinstance(sink, _length_framer())
+    if framer and type(got) is int and got and not sink.parsed and sink._error is None:
+        raise BlockingIOError  # a frame still in progress: the caller keeps waiting
     return got
+
+
+_framer_type: list[type] = []
+
+
+def _length_framer() -> type:
+    """``framing.Framer``, imported at its first use, not here: framing imports this module."""
+    if not _framer_type:
+        from .framing import Framer
+
+        _framer_type.append(Framer)
+    return _framer_type[0]
 
 
 def py_try_recv_fill(fd: int, sock: socket.socket | None, sink: Any, ancsize: int) -> int | WithFds | None:

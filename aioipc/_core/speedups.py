@@ -31,7 +31,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .attributes import UCRED
-from .fdcore import DIRECT_WRITE, HIGH_WATER, PySendCore, WithFds, py_recv_fill, py_try_recv_fill
+from .fdcore import _CTRUNC, DIRECT_WRITE, HIGH_WATER, PySendCore, WithFds, py_recv_fill, py_try_recv_fill
 from .fdio import close_fds, fds_from_ancillary
 from .messagecore import HIGH_WATER as MSG_HIGH_WATER
 from .messagecore import SEND_MAX, PyMessageCore
@@ -63,7 +63,6 @@ __all__ = [
 
 
 _TRUNC = int(socket.MSG_TRUNC)
-_CTRUNC = int(socket.MSG_CTRUNC)
 _RECV_FLAGS = int(socket.MSG_TRUNC | socket.MSG_CMSG_CLOEXEC)
 
 # One received message: bytes; its real size (int) when it was over the slot; None at the end
