@@ -352,3 +352,35 @@ async def test_datagram_senders_are_told_apart_inside_a_batch(tmp_ipc_dir: Any) 
                     assert data == message(number, 16)
                     assert address == expected[number % 3]
                     assert rx.extra(aioipc.PeerCredentials).pid == os.getpid()
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=KIND_IDS)
+async def test_a_burst_joins_the_pending_batch_up_to_its_bound(
+    kind: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A burst's first send takes the slow path, and a few more once SEND_MAX messages are
+    # pending (flushes); the rest join the batch in the fast path (compiled: with the limits
+    # messagecore hands it), and every message arrives once, in order.
+    from aioipc._core.messagecore import SEND_MAX
+
+    a, b = socket.socketpair(socket.AF_UNIX, kind)
+    async with aioipc.sockets.from_socket(a) as tx, aioipc.sockets.from_socket(b) as rx:
+        slow = []
+        original = type(tx)._send_message
+
+        async def counted(self: Any, item: Any) -> None:
+            slow.append(len(item))
+            await original(self, item)
+
+        monkeypatch.setattr(type(tx), "_send_message", counted)
+        with anyio.fail_after(10):
+            for count in (100, SEND_MAX + 50):
+                slow.clear()
+                for number in range(count):  # one loop iteration: no send here waits
+                    await tx.send(message(number, 8))
+                if count < SEND_MAX:
+                    assert len(slow) == 1
+                else:  # the bound: a few slow sends (flushes), not one per message
+                    assert 1 < len(slow) < 10
+                for number in range(count):
+                    assert await rx.receive() == message(number, 8)
